@@ -1,0 +1,209 @@
+"""Settings: one TOML file plus `PBXBOT_`-prefixed environment overrides.
+
+    PBXBOT_CONFIG=/etc/pbxbot/config.toml
+    PBXBOT_PBX__MAIN__API_KEY=...        (`__` separates nesting levels)
+
+A bad config fails at start with one line per problem (`ConfigError`), never a
+traceback; unknown keys are errors, because an ignored typo is a silent
+misconfiguration.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "PBXBOT_"
+CONFIG_ENV = "PBXBOT_CONFIG"
+
+# MikoPBX's nginx allows 180 requests/min (+20 burst) per client IP; stay below it.
+MIKOPBX_RATE_LIMIT_PER_MIN = 180
+DEFAULT_RATE_LIMIT_PER_MIN = 165
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _read_secret_file(path: Path, what: str) -> SecretStr:
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read {what} file {path}: {exc.strerror}") from None
+    if not value:
+        raise ValueError(f"{what} file {path} is empty")
+    return SecretStr(value)
+
+
+class PbxProfile(_Section):
+    """One MikoPBX: `[pbx.<name>]`."""
+
+    url: str
+    api_key: SecretStr | None = None
+    api_key_file: Path | None = None
+    login: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    # True, False, or the path of a CA bundle: PBXes often carry self-signed certificates.
+    verify_tls: bool | Path = True
+    timeout: float = Field(default=10.0, gt=0, le=300)
+    rate_limit_per_min: int = Field(default=DEFAULT_RATE_LIMIT_PER_MIN, ge=1, le=600)
+    # MikoPBX regenerates pjsip.conf/dialplan ~5 s after the last change; verify after this.
+    reload_wait: float = Field(default=15.0, ge=0, le=600)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("verify_tls")
+    @classmethod
+    def _ca_file(cls, value: bool | Path) -> bool | Path:
+        if isinstance(value, Path) and not value.is_file():
+            raise ValueError(f"CA file {value} does not exist")
+        return value
+
+    @model_validator(mode="after")
+    def _credentials(self) -> PbxProfile:
+        if self.api_key is not None and self.api_key_file is not None:
+            raise ValueError("give api_key or api_key_file, not both")
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        if self.api_key_file is not None:
+            self.api_key = _read_secret_file(self.api_key_file, "api_key")
+        if self.password_file is not None:
+            self.password = _read_secret_file(self.password_file, "password")
+        has_key = self.api_key is not None
+        has_login = self.login is not None or self.password is not None
+        if has_key and has_login:
+            raise ValueError("give an API key or login + password, not both")
+        if not has_key and not has_login:
+            raise ValueError("needs api_key (or api_key_file), or login + password")
+        if has_login and (not self.login or self.password is None):
+            raise ValueError("login and password go together")
+        return self
+
+
+class TelegramSettings(_Section):
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    # aiogram's custom API server: a self-hosted Bot API server, or sandbox/telegram.py.
+    api_base: str | None = None
+    mode: Literal["polling", "webhook"] = "polling"
+
+    @model_validator(mode="after")
+    def _token_file(self) -> TelegramSettings:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("give token or token_file, not both")
+        if self.token_file is not None:
+            self.token = _read_secret_file(self.token_file, "token")
+        return self
+
+
+class StorageSettings(_Section):
+    # SQLite under data_dir by default; PostgreSQL as postgresql+psycopg://...
+    url: str | None = None
+    data_dir: Path = Path("data")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        case_sensitive=False,
+    )
+
+    pbx: dict[str, PbxProfile] = Field(default_factory=dict)
+    telegram: TelegramSettings = Field(default_factory=TelegramSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    default_language: Literal["ru", "en"] = "ru"
+    timezone: str = "Europe/Moscow"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values come in through init; the environment overrides them.
+        return (env_settings, init_settings)
+
+    def profile(self, name: str | None = None) -> tuple[str, PbxProfile]:
+        """The named PBX profile, or the only one when no name is given."""
+        if name is None:
+            if len(self.pbx) != 1:
+                names = ", ".join(sorted(self.pbx)) or "none configured"
+                raise ConfigError([f"pbx: name a profile with --pbx ({names})"])
+            name = next(iter(self.pbx))
+        if name not in self.pbx:
+            names = ", ".join(sorted(self.pbx)) or "none configured"
+            raise ConfigError([f"pbx: no profile named {name!r} ({names})"])
+        return name, self.pbx[name]
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    return (
+        ".".join(str(part) for part in loc if part not in ("function-after", "function-before")) or "config"
+    )
+
+
+def _format_errors(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors(include_url=False, include_input=False):
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif err["type"] == "missing":
+            message = "required"
+        lines.append(f"{_location(err['loc'])}: {message}")
+    return lines
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Read the TOML file (argument, else $PBXBOT_CONFIG, else none) and the environment."""
+    if path is None:
+        path = os.environ.get(CONFIG_ENV)
+    data: dict[str, Any] = {}
+    if path:
+        file = Path(path)
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError([f"{file}: no such config file"]) from None
+        except OSError as exc:
+            raise ConfigError([f"{file}: {exc.strerror}"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{file}: not valid TOML ({exc})"]) from None
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None

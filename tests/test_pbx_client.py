@@ -1,0 +1,447 @@
+"""The MikoPBX client against the simulator over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import httpx
+import pytest
+from aiohttp import web
+
+from pbx.errors import (
+    PbxAuthError,
+    PbxNotFound,
+    PbxRateLimited,
+    PbxTimeout,
+    PbxUnavailable,
+    PbxUnsupported,
+    PbxValidationError,
+)
+from pbx.models import SECRET_MASK, Provider, RegistrationState, Route
+from sandbox.demo import DEMO_IVR_EXTENSION, DEMO_PROVIDER_ID, DEMO_QUEUE_EXTENSION
+
+from .conftest import API_KEY, fast_client
+
+NEW_SECRET = "n3w-Zadarma-pass"
+
+
+def zadarma(login: str, **extra) -> Provider:
+    return Provider(
+        description=f"Zadarma {login}", username=login, host="sip.zadarma.com", transport="udp", **extra
+    )
+
+
+# ---------------------------------------------------------------- auth
+
+
+async def test_api_key_is_accepted(client):
+    await client.check_auth()
+    assert await client.ping()
+
+
+async def test_wrong_api_key_is_an_auth_error(sim):
+    async with fast_client(sim.url, api_key="0" * 64) as bad:
+        with pytest.raises(PbxAuthError) as err:
+            await bad.list_providers()
+    assert err.value.status == 401
+    assert "The user isn't authenticated." in str(err.value)
+
+
+async def test_login_and_password_get_a_jwt_and_log_in_again_when_it_expires(sim):
+    async with fast_client(sim.url, login="admin", password="admin") as c:
+        assert [p.username for p in await c.list_providers()] == ["847706"]
+        sim.expire_tokens()
+        assert len(await c.list_routes()) == 1  # re-login happened behind the scenes
+
+
+async def test_wrong_password_is_an_auth_error(sim):
+    async with fast_client(sim.url, login="admin", password="nope") as c:
+        with pytest.raises(PbxAuthError) as err:
+            await c.list_providers()
+    assert "Invalid login or password" in str(err.value)
+    assert "nope" not in str(err.value)
+
+
+async def test_pbx_without_v3_is_told_apart_from_a_wrong_key():
+    # An older MikoPBX: nginx answers 404 with an HTML page for /pbxcore/api/v3/...
+    app = web.Application()
+
+    async def old_nginx(request: web.Request) -> web.Response:
+        return web.Response(status=404, text="<html>404</html>")
+
+    app.router.add_route("*", "/{tail:.*}", old_nginx)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        async with fast_client(f"http://127.0.0.1:{port}") as old:
+            with pytest.raises(PbxUnsupported):
+                await old.check_auth()
+            with pytest.raises(PbxUnsupported):
+                await old.ping()
+    finally:
+        await runner.cleanup()
+
+
+# ---------------------------------------------------------------- providers
+
+
+async def test_list_hides_disabled_accounts_unless_asked_and_keeps_sip_only(sim, client):
+    sim.state.providers["IAX-1"] = {**sim.state.providers[DEMO_PROVIDER_ID], "id": "IAX-1", "type": "IAX"}
+    created = await client.create_provider(zadarma("847900"), secret=NEW_SECRET)
+    await client.set_provider_disabled(created.id, True)
+
+    everything = await client.list_providers()
+    assert {p.username for p in everything} == {"847706", "847900"}
+    assert all(p.type == "SIP" for p in everything)
+    assert next(p for p in everything if p.id == created.id).disabled
+    assert [p.username for p in await client.list_providers(include_disabled=False)] == ["847706"]
+    # list items carry no description; it is read from the HTML `represent`
+    assert next(p for p in everything if p.id == DEMO_PROVIDER_ID).description == "Zadarma 847706"
+
+
+async def test_create_returns_201_masks_the_secret_and_the_pbx_keeps_it(sim, client):
+    created = await client.create_provider(zadarma("847900"), secret=NEW_SECRET)
+    assert created.id.startswith("SIP-TRUNK-") and len(created.id) == len("SIP-TRUNK-") + 8
+    assert created.secret == SECRET_MASK
+    assert sim.state.providers[created.id]["secret"] == NEW_SECRET
+    assert sim.stats["POST sip-providers"] == 1
+
+    again = await client.get_provider(created.id)
+    assert again.secret == SECRET_MASK and again.host == "sip.zadarma.com" and again.port == 5060
+
+
+async def test_update_sends_the_mask_and_keeps_the_stored_password(sim, client):
+    provider = await client.get_provider(DEMO_PROVIDER_ID)
+    provider.manualattributes = "[endpoint]\ncontext=public-direct-dial"
+    updated = await client.update_provider(provider)
+    assert updated.manualattributes == "[endpoint]\ncontext=public-direct-dial"
+    assert sim.state.providers[DEMO_PROVIDER_ID]["secret"] == "demo-847706-secret"
+
+    await client.update_provider(updated, secret=NEW_SECRET)
+    assert sim.state.providers[DEMO_PROVIDER_ID]["secret"] == NEW_SECRET
+
+
+async def test_patch_changes_only_the_given_fields(sim, client):
+    patched = await client.patch_provider(DEMO_PROVIDER_ID, {"note": "main line", "transport": "TCP"})
+    assert patched.note == "main line" and patched.transport == "tcp"
+    assert patched.description == "Zadarma 847706"
+    with pytest.raises(ValueError):
+        await client.patch_provider(DEMO_PROVIDER_ID, {"secret": "x"})
+
+
+async def test_template_says_UDP_but_writes_need_lower_case(sim, client):
+    template = await client.provider_template()
+    assert template.transport == "udp"  # the model lower-cases MikoPBX's "UDP"
+    raw = await client._call("GET", "/sip-providers:getDefault")
+    assert raw["transport"] == "UDP"
+    body = {**raw, "description": "raw", "username": "1", "secret": "s", "host": "h"}
+    with pytest.raises(PbxValidationError) as err:
+        await client._call("POST", "/sip-providers", json=body)
+    assert "Field 'transport' must be one of: udp,tcp, udp, tcp, tls" in str(err.value)
+
+    template.description, template.username, template.host = "From template", "847901", "sip.zadarma.com"
+    assert (await client.create_provider(template, secret="s")).transport == "udp"
+
+
+async def test_copy_is_an_unsaved_template_of_an_account(client):
+    copy = await client.copy_provider(DEMO_PROVIDER_ID)
+    assert copy.id == "" and copy.description == "copy of Zadarma 847706" and copy.username == "847706_copy"
+    assert copy.host == "sip.zadarma.com"
+    assert len(await client.list_providers()) == 1
+
+
+async def test_required_fields_come_back_as_field_errors(client):
+    with pytest.raises(PbxValidationError) as err:
+        await client._call("POST", "/sip-providers", json={"username": "1"})
+    assert err.value.status == 422
+    assert err.value.field_errors == {
+        "description": "Provider description is required",
+        "registration_type": "Registration type is required",
+    }
+
+
+async def test_outbound_account_without_password_is_refused(client):
+    with pytest.raises(PbxValidationError) as err:
+        await client.create_provider(zadarma("847900"), secret="")
+    assert "Enter password for authorization" in err.value.messages
+
+
+async def test_delete_takes_the_accounts_routes_along(sim, client):
+    await client.delete_provider(DEMO_PROVIDER_ID)
+    assert await client.list_providers() == []
+    assert await client.list_routes() == []
+    with pytest.raises(PbxNotFound):  # MikoPBX says 422 api_ProviderNotFound
+        await client.delete_provider(DEMO_PROVIDER_ID)
+    with pytest.raises(PbxNotFound):
+        await client.get_provider(DEMO_PROVIDER_ID)
+
+
+async def test_an_id_of_the_wrong_form_is_a_plain_404(client):
+    with pytest.raises(PbxNotFound) as err:
+        await client.get_provider("IVR-1")
+    assert "Endpoint not found" in str(err.value)
+
+
+async def test_registration_states_are_normalised(sim, client):
+    sim.reject_credentials("sip.zadarma.com", "847999")
+    good = await client.create_provider(zadarma("847900"), secret="ok")
+    bad = await client.create_provider(zadarma("847999"), secret="wrong")
+    inbound = await client.create_provider(
+        Provider(description="Office", registration_type="inbound", username="office1"), secret="pw"
+    )
+    first = await client.registration_statuses()
+    assert first[good.id].state is RegistrationState.UNREGISTERED
+
+    await asyncio.sleep(sim.state.registrar.delay * 2)
+    states = await client.registration_statuses(force=True)
+    assert states[DEMO_PROVIDER_ID].state is RegistrationState.REGISTERED
+    assert states[good.id].state is RegistrationState.REGISTERED and states[good.id].raw_state == "registered"
+    assert states[bad.id].state is RegistrationState.REJECTED
+    assert states[inbound.id].state is RegistrationState.UNREGISTERED
+    assert states[inbound.id].raw_state == "UNREGISTERED"
+
+    assert (await client.provider_status(good.id)).state.good
+    assert (await client.force_check(bad.id)).state is RegistrationState.REJECTED
+    history = await client.provider_history(good.id)
+    assert [e.state for e in history] == [RegistrationState.UNREGISTERED, RegistrationState.REGISTERED]
+
+    await client.set_provider_disabled(good.id, True)
+    assert (await client.provider_status(good.id)).state is RegistrationState.OFF
+
+
+# ---------------------------------------------------------------- routes
+
+
+async def test_default_route_is_not_listed_and_cannot_be_deleted(client):
+    routes = await client.list_routes()
+    assert [r.id for r in routes] == [2]
+    default = await client.default_route()
+    assert default.id == 1 and default.extension == "busy" and default.priority == 9999
+    with pytest.raises(PbxValidationError) as err:
+        await client.delete_route(1)
+    assert "Cannot delete default incoming route" in str(err.value)
+
+
+async def test_create_appends_the_route_last_and_any_provider_reads_as_none(client):
+    route = await client.create_route(Route(rulename="847900", number="847900", extension=DEMO_IVR_EXTENSION))
+    assert route.id == 3 and route.priority == 2 and route.any_provider
+    assert (await client.get_route(route.id)).number == "847900"
+
+
+async def test_patch_without_providerid_resets_a_route_to_any_provider(client):
+    # The quirk itself, on the wire:
+    await client._call("PATCH", "/incoming-routes/2", json={"timeout": 60})
+    assert (await client.get_route(2)).any_provider
+
+
+async def test_client_patch_always_sends_providerid(client):
+    route = await client.patch_route(2, {"timeout": 45}, providerid=DEMO_PROVIDER_ID)
+    assert route.providerid == DEMO_PROVIDER_ID and route.timeout == 45
+    route.extension = DEMO_IVR_EXTENSION
+    assert (await client.update_route(route)).providerid == DEMO_PROVIDER_ID
+
+
+async def test_route_to_a_missing_destination_or_provider_is_refused(client):
+    with pytest.raises(PbxValidationError) as err:
+        await client.create_route(Route(rulename="x", number="1", extension="999"))
+    assert 'Value of field "extension" does not exist' in str(err.value)
+    with pytest.raises(PbxValidationError):
+        await client.create_route(
+            Route(rulename="x", number="1", extension="201", providerid="SIP-TRUNK-00000000")
+        )
+
+
+async def test_delete_and_missing_routes(client):
+    await client.delete_route(2)
+    with pytest.raises(PbxNotFound):
+        await client.delete_route(2)
+    with pytest.raises(PbxNotFound):
+        await client.get_route(2)
+    with pytest.raises(PbxNotFound):
+        await client.patch_route(2, {"timeout": 1}, providerid=None)
+
+
+async def test_change_priority_and_copy_and_template(client):
+    second = await client.create_route(Route(rulename="b", number="847900", extension="201"))
+    assert await client.change_priority({2: 5, second.id: 4, 1: 1}) == 2
+    assert [r.id for r in await client.list_routes()] == [second.id, 2]
+    assert (await client.default_route()).priority == 9999
+
+    copy = await client.copy_route(2)
+    assert copy.id is None and copy.priority == 6
+    template = await client.route_template()
+    assert template.id is None and template.any_provider and template.timeout == 120
+
+
+async def test_schema_limits_of_a_route(client):
+    with pytest.raises(PbxValidationError) as err:
+        await client.create_route(Route(rulename="x", number="1", extension="201", timeout=9000))
+    assert "Field 'timeout' must be at most 7400 (got 9000)" in str(err.value)
+
+
+# ---------------------------------------------------------------- destinations and calls
+
+
+async def test_destinations_queues_ivr_employees(client):
+    destinations = {d.value: d for d in await client.destinations()}
+    assert destinations[DEMO_QUEUE_EXTENSION].name == "Sales <2200>"
+    assert destinations[DEMO_QUEUE_EXTENSION].type == "QUEUE"
+    assert destinations[DEMO_IVR_EXTENSION].type == "IVR_MENU"
+    assert {"201", "202", "203", "busy", "hangup"} <= set(destinations)
+    assert "did2user" not in destinations
+    [queue] = await client.call_queues()
+    assert queue.name == "Sales" and [m.extension for m in queue.members] == ["201", "202"]
+    [menu] = await client.ivr_menus()
+    assert menu.name == "Main menu" and menu.extension == DEMO_IVR_EXTENSION
+    assert [e.number for e in await client.employees()] == ["201", "202", "203"]
+
+
+async def test_cdr_pages_stats_and_unique_dids(sim, client):
+    for i in range(7):
+        sim.simulate_call("sip.zadarma.com", "847706" if i % 2 else "74951112233", f"+7495000000{i}")
+    page = await client.cdr(limit=3)
+    assert page.total == 7 and len(page.records) == 3 and page.has_more
+    everything = [r async for r in client.iter_cdr(page_size=3)]
+    assert len(everything) == 7 and len({r.id for r in everything}) == 7
+    assert {r.from_account for r in everything} == {DEMO_PROVIDER_ID}
+    assert len((await client.cdr(did="847706")).records) == 3
+
+    today = everything[0].start[:10]
+    [stats] = await client.cdr_stats_by_provider(date_from=today, date_to=today)
+    assert stats.provider == DEMO_PROVIDER_ID and stats.total_calls == 7 and stats.answered_calls == 7
+    # the login itself is left out of the DIDs seen for the account
+    assert await client.unique_dids(DEMO_PROVIDER_ID) == ["74951112233"]
+    assert await client.active_calls() == []
+
+
+# ---------------------------------------------------------------- failures
+
+
+async def test_503_is_retried_on_reads(sim, client):
+    sim.inject("/sip-providers", method="GET", status=503, count=2)
+    assert len(await client.list_providers()) == 1
+    assert sim.stats["GET sip-providers"] == 1  # the two refused attempts never reached the action
+
+
+async def test_503_on_a_write_is_not_retried(sim, client):
+    sim.inject("/incoming-routes", method="POST", status=503)
+    with pytest.raises(PbxUnavailable) as err:
+        await client.create_route(Route(rulename="x", number="1", extension="201"))
+    assert err.value.status == 503
+    assert len(await client.list_routes()) == 1
+
+
+async def test_429_is_retried_even_for_writes_since_nginx_refused_it_at_the_door(sim, client):
+    sim.inject("/incoming-routes", method="POST", status=429)
+    route = await client.create_route(Route(rulename="x", number="1", extension="201"))
+    assert [r.id for r in await client.list_routes()] == [2, route.id]
+
+
+async def test_timeout_after_a_write_that_did_succeed_is_an_unknown_outcome(sim):
+    async with fast_client(sim.url, timeout=0.3) as c:
+        sim.inject("/sip-providers", method="POST", delay=2.0, when="after")
+        with pytest.raises(PbxTimeout):
+            await c.create_provider(zadarma("847900"), secret="s")
+        assert sim.stats["POST sip-providers"] == 1  # never retried blind
+        # ...and reading back shows the account was created
+        assert {p.username for p in await c.list_providers()} == {"847706", "847900"}
+
+
+async def test_dropped_connection_on_a_read_is_retried(sim, client):
+    sim.inject("/incoming-routes", method="GET", drop=True)
+    assert len(await client.list_routes()) == 1
+
+
+async def test_dropped_connection_on_a_write_is_not_retried(sim, client):
+    sim.inject("/incoming-routes/2", method="DELETE", drop=True, when="after")
+    with pytest.raises(PbxUnavailable):
+        await client.delete_route(2)
+    assert sim.stats["DELETE incoming-routes/{id}"] == 1
+
+
+async def test_unreachable_pbx():
+    async with fast_client("http://127.0.0.1:9", retries=1) as c:
+        with pytest.raises(PbxUnavailable):
+            await c.list_routes()
+
+
+async def test_nginx_rate_limit_blocks_and_the_client_limiter_stays_under_it(sim):
+    sim.state.settings["PBXRateLimitEnabled"] = "1"
+    sim.rate_limit, sim.rate_burst, sim.rate_window = 6, 2, 2.0
+
+    async with fast_client(sim.url, retries=0) as greedy:
+        results = await asyncio.gather(*(greedy.list_routes() for _ in range(9)), return_exceptions=True)
+        assert sum(isinstance(r, PbxRateLimited) for r in results) == 1
+        with pytest.raises(PbxRateLimited):  # blocked now
+            await greedy.ping()
+
+    sim._windows.clear()
+    # 3/s with a burst of 2 never exceeds 8 requests in a 2 s window.
+    async with fast_client(sim.url, retries=0, rate_limit_per_min=180, burst=2) as polite:
+        for _ in range(12):
+            await polite.list_routes()
+
+
+async def test_rate_limit_is_switched_off_by_general_settings(sim, client):
+    sim.state.settings["PBXRateLimitEnabled"] = "1"
+    sim.rate_limit, sim.rate_burst = 2, 0
+    await client._call("PATCH", "/general-settings", json={"PBXRateLimitEnabled": "0"})
+    for _ in range(6):
+        await client.list_routes()
+    assert (await client.general_settings())["PBXRateLimitEnabled"] == "0"
+
+
+# ---------------------------------------------------------------- secrets
+
+
+async def test_no_secret_reaches_logs_errors_or_reprs(sim, caplog):
+    caplog.set_level(logging.DEBUG)
+    async with fast_client(sim.url, login="admin", password="admin") as c:
+        created = await c.create_provider(zadarma("847900"), secret=NEW_SECRET)
+        await c.update_provider(created, secret=NEW_SECRET + "2")
+        with pytest.raises(PbxValidationError) as err:
+            await c.create_provider(zadarma("847901", port=70000), secret=NEW_SECRET)
+        texts = [caplog.text, str(err.value), repr(c), repr(created), str(created)]
+    async with fast_client(sim.url) as k:
+        await k.list_providers()
+        texts += [caplog.text, repr(k)]
+    for text in texts:
+        for secret in (NEW_SECRET, API_KEY, "admin\n", "Bearer "):
+            assert secret not in text
+    assert "POST /sip-providers -> 201" in caplog.text  # the calls are logged, the bodies are not
+
+
+async def test_call_records_are_emitted_for_the_audit_trail(client):
+    seen = []
+    client.listeners.append(seen.append)
+    await client.list_routes()
+    with pytest.raises(PbxNotFound):
+        await client.get_route(99)
+    assert [(r.method, r.path, r.status) for r in seen] == [
+        ("GET", "/incoming-routes", 200),
+        ("GET", "/incoming-routes/99", 404),
+    ]
+
+
+async def test_query_parameters_override_the_body(sim, client):
+    # MikoPBX's Request::getData: query keys win over body keys.
+    data = await client._call(
+        "POST",
+        "/incoming-routes",
+        params={"number": "from-query"},
+        json={"rulename": "q", "number": "from-body", "extension": "201"},
+    )
+    assert data["number"] == "from-query"
+
+
+async def test_http_transport_injection_for_unit_tests():
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.headers["Authorization"] == "Bearer k"
+        return httpx.Response(200, json={"result": True, "data": [], "messages": []})
+
+    async with fast_client("http://pbx", api_key="k", transport=httpx.MockTransport(handler)) as c:
+        assert await c.list_routes() == []
