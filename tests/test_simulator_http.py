@@ -1,0 +1,129 @@
+"""The simulator speaks MikoPBX's wire format; its controls and its command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sys
+
+import httpx
+import pytest
+
+from pbx.models import Route
+from sandbox.demo import DEMO_PROVIDER_ID, demo_state
+from sandbox.mikopbx import MikoPbxSimulator
+
+from .conftest import API_KEY, fast_client
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+async def test_envelope_of_a_success_and_of_an_error(sim):
+    async with httpx.AsyncClient(base_url=sim.url + "/pbxcore/api/v3", headers=AUTH) as http:
+        ok = await http.get("/incoming-routes")
+        body = ok.json()
+        assert ok.status_code == 200
+        assert {"result", "data", "messages", "function", "processor", "pid", "meta"} <= set(body)
+        assert body["result"] is True and body["messages"] == []
+
+        bad = await http.post("/sip-providers", json={"username": "x"})
+        assert bad.status_code == 422
+        assert bad.json()["result"] is False
+        assert bad.json()["messages"]["error"]["description"] == "Provider description is required"
+
+
+async def test_unknown_endpoint_is_phalcons_404_with_success_not_result(sim):
+    async with httpx.AsyncClient(base_url=sim.url, headers=AUTH) as http:
+        response = await http.get("/pbxcore/api/v3/no-such-resource")
+    assert response.status_code == 404
+    assert response.json() == {
+        "success": False,
+        "messages": {"error": ["Endpoint not found: /pbxcore/api/v3/no-such-resource"]},
+        "data": None,
+    }
+
+
+async def test_no_header_is_401_even_from_loopback_unless_trusted(sim):
+    async with httpx.AsyncClient(base_url=sim.url) as http:
+        response = await http.get("/pbxcore/api/v3/incoming-routes")
+        assert response.status_code == 401
+        assert response.json()["messages"]["error"] == ["The user isn't authenticated."]
+        assert (await http.get("/pbxcore/api/v3/system:ping")).status_code == 200
+    sim.trust_localhost = True  # what a real MikoPBX does for 127.0.0.1
+    async with httpx.AsyncClient(base_url=sim.url) as http:
+        assert (await http.get("/pbxcore/api/v3/incoming-routes")).status_code == 200
+
+
+async def test_login_is_form_encoded_and_rate_limited(sim):
+    async with httpx.AsyncClient(base_url=sim.url + "/pbxcore/api/v3") as http:
+        ok = await http.post("/auth:login", data={"login": "admin", "password": "admin"})
+        assert ok.json()["data"]["tokenType"] == "Bearer" and "refreshToken" in ok.cookies
+        refreshed = await http.post("/auth:refresh")
+        assert refreshed.status_code == 200 and refreshed.json()["data"]["accessToken"]
+        for _ in range(10):
+            assert (
+                await http.post("/auth:login", data={"login": "admin", "password": "x"})
+            ).status_code == 401
+        blocked = await http.post("/auth:login", data={"login": "admin", "password": "admin"})
+        assert blocked.status_code == 429
+
+
+async def test_faults_and_stats_over_http(sim):
+    async with httpx.AsyncClient(base_url=sim.url) as http:
+        added = await http.post(
+            "/sandbox/faults", json={"path": "/incoming-routes", "status": 503, "count": 1}
+        )
+        assert added.status_code == 201
+        api = await http.get("/pbxcore/api/v3/incoming-routes", headers=AUTH)
+        assert api.status_code == 503 and api.json()["result"] is False
+        assert (await http.get("/pbxcore/api/v3/incoming-routes", headers=AUTH)).status_code == 200
+        stats = (await http.get("/sandbox/stats")).json()["data"]
+        assert stats == {"calls": {"GET incoming-routes": 1}, "reads": 1, "writes": 0}
+        await http.post("/sandbox/registrar:reject", json={"host": "sip.zadarma.com", "username": "847706"})
+        assert ("sip.zadarma.com", "847706") in sim.state.registrar.rejected
+        bad = await http.post("/sandbox/faults", json={"nonsense": 1})
+        assert bad.status_code == 422
+
+
+async def test_state_file_survives_a_restart(tmp_path):
+    path = tmp_path / "pbx.json"
+    async with MikoPbxSimulator(demo_state(), api_keys=[API_KEY], state_file=path) as first:
+        async with fast_client(first.url) as c:
+            await c.create_route(Route(rulename="kept", number="847900", extension="201"))
+    restored = demo_state().load(json.loads(path.read_text()))
+    async with MikoPbxSimulator(restored, api_keys=[API_KEY]) as second:
+        async with fast_client(second.url) as c:
+            assert [r.rulename for r in await c.list_routes()] == ["Zadarma 847706 → Sales", "kept"]
+            assert (await c.get_provider(DEMO_PROVIDER_ID)).username == "847706"
+
+
+async def test_pbxbot_simulator_command_serves_the_demo_pbx(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", "simulator", "--port", "0", "--api-key", API_KEY,
+        "--state", str(tmp_path / "s.json"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), timeout=60)).decode()
+        url = re.search(r"(http://[0-9.:]+)/pbxcore", line).group(1)
+        async with fast_client(url) as c:
+            assert [p.username for p in await c.list_providers()] == ["847706"]
+            await c.create_route(Route(rulename="x", number="1", extension="201"))
+        assert (tmp_path / "s.json").is_file()
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+@pytest.mark.parametrize("argv", [["tour"], ["numbers", "--sandbox"]])
+async def test_cli_commands_against_the_sandbox(argv):
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 0, err.decode()
+    assert "847706 @ sip.zadarma.com:5060" in out.decode()
+    assert "any number -> Sales <2200>" in out.decode()
