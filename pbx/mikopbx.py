@@ -206,10 +206,19 @@ class MikoPbxClient:
             return {"Authorization": f"Bearer {self._api_key}"}
         async with self._auth_lock:
             if renew or self._jwt is None or time.monotonic() > self._jwt_expires - 30:
-                await self._login_jwt()
+                await self._renew_jwt()
         return {"Authorization": f"Bearer {self._jwt}"}
 
-    async def _login_jwt(self) -> None:
+    async def _renew_jwt(self) -> None:
+        """`auth:refresh` with the refresh-token cookie (30 days) when we hold one;
+        `auth:login` otherwise, or when the refresh is refused."""
+        if self._jwt is not None and self._http.cookies.get("refreshToken"):
+            try:
+                data = await self._call("POST", "/auth:refresh", write=True, auth=False)
+            except PbxAuthError:
+                pass
+            else:
+                return self._take_token(data)
         # The official clients post the login form-encoded.
         data = await self._call(
             "POST",
@@ -218,6 +227,9 @@ class MikoPbxClient:
             write=True,
             auth=False,
         )
+        self._take_token(data)
+
+    def _take_token(self, data: Any) -> None:
         token = data.get("accessToken") if isinstance(data, Mapping) else None
         if not token:
             raise PbxAuthError(f"{self.name}: auth:login returned no token")

@@ -118,3 +118,13 @@ def test_cli_prints_problems_without_a_traceback(tmp_path):
     assert run.returncode == 2
     assert run.stderr.strip() == "config: pbx.a.typo: unknown key"
     assert "sekret-key" not in run.stderr + run.stdout
+
+
+def test_the_example_config_documents_only_real_keys(tmp_path):
+    example = (Path(__file__).parents[1] / "deploy" / "config.example.toml").read_text(encoding="utf-8")
+    for name in ("bot-token", "office.key"):
+        (tmp_path / name).write_text("value\n")
+        example = example.replace(f"/etc/pbxbot/{name}", str(tmp_path / name))
+    settings = load_settings(write(tmp_path, example))
+    assert settings.pbx["office"].api_key.get_secret_value() == "value"
+    assert settings.telegram.token.get_secret_value() == "value"

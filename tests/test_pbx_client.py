@@ -11,6 +11,7 @@ from aiohttp import web
 
 from pbx.errors import (
     PbxAuthError,
+    PbxConflict,
     PbxNotFound,
     PbxRateLimited,
     PbxTimeout,
@@ -48,11 +49,17 @@ async def test_wrong_api_key_is_an_auth_error(sim):
     assert "The user isn't authenticated." in str(err.value)
 
 
-async def test_login_and_password_get_a_jwt_and_log_in_again_when_it_expires(sim):
+async def test_login_and_password_get_a_jwt_and_refresh_it_when_it_expires(sim):
     async with fast_client(sim.url, login="admin", password="admin") as c:
         assert [p.username for p in await c.list_providers()] == ["847706"]
         sim.expire_tokens()
-        assert len(await c.list_routes()) == 1  # re-login happened behind the scenes
+        assert len(await c.list_routes()) == 1  # refreshed behind the scenes
+        assert sim.stats["POST auth:login"] == 1 and sim.stats["POST auth:refresh"] == 1
+
+        sim._refresh.clear()  # the refresh token is gone too: log in again
+        sim.expire_tokens()
+        assert len(await c.list_routes()) == 1
+        assert sim.stats["POST auth:login"] == 2
 
 
 async def test_wrong_password_is_an_auth_error(sim):
@@ -361,6 +368,13 @@ async def test_dropped_connection_on_a_write_is_not_retried(sim, client):
     with pytest.raises(PbxUnavailable):
         await client.delete_route(2)
     assert sim.stats["DELETE incoming-routes/{id}"] == 1
+
+
+async def test_409_is_a_conflict(sim, client):
+    sim.inject("/incoming-routes/2", method="PUT", status=409, message="Route was changed")
+    with pytest.raises(PbxConflict) as err:
+        await client.update_route(await client.get_route(2))
+    assert "Route was changed" in str(err.value)
 
 
 async def test_unreachable_pbx():
