@@ -20,8 +20,10 @@ from pathlib import Path
 
 from pbx.errors import PbxError
 from pbx.mikopbx import MikoPbxClient
+from pbx.models import Route
 
 from .config import ConfigError, load_settings
+from .i18n import system_language, t
 
 log = logging.getLogger("pbxbot")
 
@@ -32,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", help="TOML config file (default: $PBXBOT_CONFIG)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (never shows secrets)")
+    parser.add_argument("--lang", choices=("ru", "en"), default=None, help="ru or en (default: from $LANG)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sim = sub.add_parser("simulator", help="run the MikoPBX REST v3 simulator")
@@ -85,29 +88,32 @@ async def _client(args: argparse.Namespace) -> AsyncIterator[tuple[MikoPbxClient
         yield client, None
 
 
-async def _numbers(client: MikoPbxClient) -> list[str]:
+async def _numbers(client: MikoPbxClient, lang: str) -> list[str]:
     providers = await client.list_providers()
     routes = await client.list_routes()
     default = await client.default_route()
     states = await client.registration_statuses()
     names = {d.value: d.name for d in await client.destinations()}
-    lines = [f"PBX {client.name}: {len(providers)} SIP account(s), {len(routes)} incoming route(s)"]
+    any_number = t("numbers.any_number", lang)
+
+    def route_line(r: Route) -> str:
+        destination = names.get(r.extension, r.extension)
+        return t("numbers.route", lang, id=r.id, did=r.number or any_number, destination=destination)
+
+    lines = [t("numbers.header", lang, pbx=client.name, accounts=len(providers), routes=len(routes))]
     for p in sorted(providers, key=lambda p: (p.host, p.username)):
         status = states.get(p.id)
         state = "disabled" if p.disabled else (status.state.value if status else "unknown")
-        lines.append(f"  {p.username or '-'} @ {p.host}:{p.port}  [{state}]  {p.description}  ({p.id})")
-        for r in routes:
-            if r.providerid == p.id:
-                did = r.number or "any number"
-                lines.append(f"      route {r.id}: {did} -> {names.get(r.extension, r.extension)}")
+        account = {"login": p.username or "-", "host": p.host, "port": p.port, "id": p.id}
+        lines.append(
+            t("numbers.account", lang, state=t(f"state.{state}", lang), description=p.description, **account)
+        )
+        lines += [route_line(r) for r in routes if r.providerid == p.id]
     any_routes = [r for r in routes if r.any_provider]
     if any_routes:
-        lines.append("  any provider:")
-        for r in any_routes:
-            lines.append(
-                f"      route {r.id}: {r.number or 'any number'} -> {names.get(r.extension, r.extension)}"
-            )
-    lines.append(f"  default route -> {names.get(default.extension, default.extension)}")
+        lines.append(t("numbers.any_header", lang))
+        lines += [route_line(r) for r in any_routes]
+    lines.append(t("numbers.default", lang, destination=names.get(default.extension, default.extension)))
     return lines
 
 
@@ -115,39 +121,35 @@ async def _run(args: argparse.Namespace) -> int:
     if args.command == "simulator":
         return await _simulator(args)
     if args.command == "tour":
-        return await _tour()
+        return await _tour(args.lang)
     async with _client(args) as (client, sim):
         if args.command == "numbers":
-            print("\n".join(await _numbers(client)))
+            print("\n".join(await _numbers(client, args.lang)))
             return 0
         if args.command == "call":
             if sim is None:
-                print("pbxbot call: only against the simulator (--sandbox)", file=sys.stderr)
+                print(t("cli.call_sandbox_only", args.lang), file=sys.stderr)
                 return 2
-            print(
-                json.dumps(sim.simulate_call(args.source, args.to, args.caller), ensure_ascii=False, indent=1)
-            )
+            result = sim.simulate_call(args.source, args.to, args.caller)
+            print(json.dumps(result, ensure_ascii=False, indent=1))
             return 0
     return 2
 
 
-async def _tour() -> int:
+async def _tour(lang: str) -> int:
     from sandbox.demo import demo_state
     from sandbox.mikopbx import MikoPbxSimulator
 
     key = secrets.token_hex(32)
     async with MikoPbxSimulator(demo_state(), api_keys=[key]) as sim:
-        print(f"MikoPBX simulator (demo PBX) at {sim.url}\n")
+        print(t("tour.started", lang, url=sim.url) + "\n")
         async with MikoPbxClient(sim.url, api_key=key, name="demo") as client:
             await client.check_auth()
-            print("\n".join(await _numbers(client)))
-            print("\nAn inbound call from sip.zadarma.com to login 847706:")
+            print("\n".join(await _numbers(client, lang)))
+            print("\n" + t("tour.call", lang, host="sip.zadarma.com", login="847706"))
             result = sim.simulate_call("sip.zadarma.com", "847706", "+74951234567")
-            print(
-                f"  endpoint {result['endpoint']}, context {result['context']}, "
-                f"{result['outcome']} -> {result['destination']}"
-            )
-    print("\nNext: `pbxbot simulator` serves this PBX over HTTP; see README.md.")
+            print(t("tour.result", lang, **result))
+    print("\n" + t("tour.next", lang))
     return 0
 
 
@@ -168,9 +170,9 @@ async def _simulator(args: argparse.Namespace) -> int:
     keys = args.api_key or [secrets.token_hex(32)]
     sim = MikoPbxSimulator(state, api_keys=keys, admin_password=args.admin_password, state_file=args.state)
     url = await sim.start(args.host, args.port)
-    print(f"MikoPBX simulator at {url}/pbxcore/api/v3 (login admin; {len(keys)} API key(s))", flush=True)
+    print(t("simulator.started", args.lang, url=url, keys=len(keys)), flush=True)
     if not args.api_key:
-        print(f"API key for this run: {keys[0]}", flush=True)
+        print(t("simulator.key", args.lang, key=keys[0]), flush=True)
     try:
         await asyncio.Event().wait()
     finally:
@@ -180,6 +182,7 @@ async def _simulator(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.lang = args.lang or system_language()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -188,10 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_run(args))
     except ConfigError as exc:
         for line in exc.problems:
-            print(f"config: {line}", file=sys.stderr)
+            print(t("cli.config_problem", args.lang, problem=line), file=sys.stderr)
         return 2
     except PbxError as exc:
-        print(f"pbx: {exc}", file=sys.stderr)
+        print(t("cli.pbx_problem", args.lang, problem=exc), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -118,12 +118,21 @@ async def test_pbxbot_simulator_command_serves_the_demo_pbx(tmp_path):
         await proc.wait()
 
 
-@pytest.mark.parametrize("argv", [["tour"], ["numbers", "--sandbox"]])
-async def test_cli_commands_against_the_sandbox(argv):
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--lang", "en", "tour"], ["[registered]", "any number -> Sales <2200>", "dial -> 2200"]),
+        (["--lang", "en", "numbers", "--sandbox"], ["[registered]", "any number -> Sales <2200>"]),
+        (["--lang", "ru", "numbers", "--sandbox"], ["[зарегистрирован]", "любой номер -> Sales <2200>"]),
+    ],
+)
+async def test_cli_commands_against_the_sandbox(argv, expected):
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bot.cli", *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     assert proc.returncode == 0, err.decode()
-    assert "847706 @ sip.zadarma.com:5060" in out.decode()
-    assert "any number -> Sales <2200>" in out.decode()
+    text = out.decode()
+    assert "847706 @ sip.zadarma.com:5060" in text
+    for line in expected:
+        assert line in text
