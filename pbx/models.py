@@ -8,7 +8,6 @@ from __future__ import annotations
 import enum
 import html
 import re
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -302,18 +301,23 @@ class RegistrationEvent(_Model):
         return cls.model_validate({**data, "state": RegistrationState.parse(str(data.get("newState", "")))})
 
 
-class CdrRecord(_Model):
-    id: str = ""
+class _Call(_Model):
+    """What a call record and an active call share."""
+
     start: str = ""
     answer: str = ""
     endtime: str = ""
     src_num: str = ""
     dst_num: str = ""
     did: str = ""
+    linkedid: str = ""
+
+
+class CdrRecord(_Call):
+    id: str = ""
     disposition: str = ""
     duration: int = 0
     billsec: int = 0
-    linkedid: str = ""
     from_account: str = ""
     to_account: str = ""
 
@@ -341,21 +345,6 @@ class ProviderCallStats(_Model):
     total_billsec: int = Field(default=0, alias="totalBillsec")
 
 
-class ActiveCall(_Model):
-    start: str = ""
-    answer: str = ""
-    endtime: str = ""
-    src_num: str = ""
+class ActiveCall(_Call):
     src_name: str = ""
-    dst_num: str = ""
     dst_name: str = ""
-    did: str = ""
-    linkedid: str = ""
-
-
-class AuthInfo(_Model):
-    """What `system:checkAuth` says about the credentials in use."""
-
-    authenticated: bool = True
-    method: str = ""
-    checked_at: datetime | None = None
