@@ -89,11 +89,14 @@ async def _client(args: argparse.Namespace) -> AsyncIterator[tuple[MikoPbxClient
 
 
 async def _numbers(client: MikoPbxClient, lang: str) -> list[str]:
-    providers = await client.list_providers()
-    routes = await client.list_routes()
-    default = await client.default_route()
-    states = await client.registration_statuses()
-    names = {d.value: d.name for d in await client.destinations()}
+    providers, routes, default, states, destinations = await asyncio.gather(
+        client.list_providers(),
+        client.list_routes(),
+        client.default_route(),
+        client.registration_statuses(),
+        client.destinations(),
+    )
+    names = {d.value: d.name for d in destinations}
     any_number = t("numbers.any_number", lang)
 
     def route_line(r: Route) -> str:

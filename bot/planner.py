@@ -162,8 +162,11 @@ def plan_add_number(intent: AddNumber, snapshot: Snapshot, *, default_extension:
     steps.append(Step(StepKind.CREATE_PROVIDER, None, _provider_record(new), "new_account"))
 
     if not recipe:
-        route = Route(rulename=f"{new.description} → {label(destination)}", extension=destination.value)
-        route = route.model_copy(update={"providerid": NEW_PROVIDER})
+        route = Route(
+            rulename=f"{new.description} → {label(destination)}",
+            providerid=NEW_PROVIDER,
+            extension=destination.value,
+        )
         steps.append(Step(StepKind.CREATE_ROUTE, None, _route_record(route), "route_new_account"))
         return Plan(snapshot.pbx, intent, steps, snapshot.fingerprint(), notes)
 

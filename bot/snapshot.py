@@ -20,6 +20,10 @@ def same_host(a: str, b: str) -> bool:
     return a.strip().rstrip(".").lower() == b.strip().rstrip(".").lower()
 
 
+def sorted_by_id(records: dict[str, Provider]) -> list[Provider]:
+    return [records[key] for key in sorted(records)]
+
+
 @dataclass
 class Snapshot:
     pbx: str
@@ -31,10 +35,8 @@ class Snapshot:
 
     def accounts_on(self, host: str, *, enabled_only: bool = False) -> list[Provider]:
         """Full records of the SIP accounts registering to `host` (any port), by id."""
-        accounts = [p for p in self.details.values() if same_host(p.host, host)]
-        if enabled_only:
-            accounts = [p for p in accounts if not p.disabled]
-        return sorted(accounts, key=lambda p: p.id)
+        accounts = [p for p in sorted_by_id(self.details) if same_host(p.host, host)]
+        return [p for p in accounts if not p.disabled] if enabled_only else accounts
 
     def routes_of(self, provider_id: str) -> list[Route]:
         return [r for r in self.routes if r.providerid == provider_id]
@@ -44,13 +46,9 @@ class Snapshot:
 
     def fingerprint(self) -> str:
         """Hash of the records a plan on this snapshot depends on: the accounts read
-        in full and every route (a DID may be taken by any of them)."""
+        in full (those on the plan's host) and every route (a DID may be taken by any)."""
         records = {
-            "accounts": [
-                p.model_dump(mode="json", exclude={"secret"}) for p in self.accounts_on(self.host or "")
-            ]
-            if self.host
-            else [],
+            "accounts": [p.model_dump(mode="json", exclude={"secret"}) for p in sorted_by_id(self.details)],
             "routes": sorted(
                 (r.model_dump(mode="json") for r in self.routes),
                 key=lambda r: (r["id"] is None, r["id"] or 0),

@@ -232,7 +232,7 @@ class MikoPbxClient:
     def _take_token(self, data: Any) -> None:
         token = data.get("accessToken") if isinstance(data, Mapping) else None
         if not token:
-            raise PbxAuthError(f"{self.name}: auth:login returned no token")
+            raise PbxAuthError(f"{self.name}: the PBX answered without an access token")
         self._jwt = str(token)
         self._jwt_expires = time.monotonic() + float(data.get("expiresIn") or 900)
 
