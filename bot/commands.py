@@ -13,6 +13,8 @@ make `→` awkward and autocorrect turns `->` into other things.
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from dataclasses import dataclass
 
@@ -139,7 +141,18 @@ class Undo:
     plan_id: str
 
 
-Intent = AddNumber | RouteNumber | RemoveNumber | ListNumbers | Undo
+@dataclass(frozen=True)
+class AddNumbers:
+    """Several `/addnumber`s on one provider host: a CSV upload, planned as one change."""
+
+    provider: ProviderTarget
+    rows: tuple[AddNumber, ...]
+
+
+Intent = AddNumber | AddNumbers | RouteNumber | RemoveNumber | ListNumbers | Undo
+
+CSV_COLUMNS = ("login", "password", "destination", "phone")
+MAX_CSV_ROWS = 5000
 
 
 def normalise_phone(text: str, region: str = DEFAULT_REGION) -> str | None:
@@ -246,3 +259,37 @@ def parse(text: str, *, region: str = DEFAULT_REGION) -> Intent:
             raise UsageError("missing_plan", command)
         return Undo(rest)
     raise UsageError("unknown_command", None, name=command[:32])
+
+
+def parse_csv(text: str, provider: str, *, region: str = DEFAULT_REGION) -> tuple[AddNumbers, dict[str, str]]:
+    """A CSV of `login,password,destination[,phone]` (a header row is optional;
+    `,` or `;` separated) for one provider: the intent, and the SIP passwords by
+    login apart from it, so that the intent never carries a secret."""
+    target = parse_provider(provider)
+    sample = text[:4096]
+    delimiter = ";" if sample.count(";") > sample.count(",") else ","
+    rows: list[AddNumber] = []
+    passwords: dict[str, str] = {}
+    for lineno, fields in enumerate(csv.reader(io.StringIO(text), delimiter=delimiter), start=1):
+        fields = [f.strip() for f in fields]
+        if not any(fields) or fields[0].startswith("#"):
+            continue
+        if lineno == 1 and fields[0].lower() in ("login", "логин"):
+            continue
+        if len(fields) < 3 or not all(fields[:3]):
+            raise UsageError("csv_row", "addnumber", line=str(lineno))
+        login = _login(fields[0], "addnumber")
+        if login in passwords:
+            raise UsageError("csv_duplicate", "addnumber", line=str(lineno), login=login)
+        phone = None
+        if len(fields) > 3 and fields[3]:
+            phone = normalise_phone(fields[3], region)
+            if phone is None:
+                raise UsageError("bad_phone", "addnumber", phone=fields[3][:40])
+        rows.append(AddNumber(target, login, phone, fields[2]))
+        passwords[login] = fields[1]
+        if len(rows) > MAX_CSV_ROWS:
+            raise UsageError("csv_too_long", "addnumber", limit=str(MAX_CSV_ROWS))
+    if not rows:
+        raise UsageError("csv_empty", "addnumber")
+    return AddNumbers(target, tuple(rows)), passwords

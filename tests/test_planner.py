@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bot.commands import parse
-from bot.planner import NEW_PROVIDER, PlanError, has_recipe, merge_recipe, plan_add_number
+from bot.planner import PlanError, has_recipe, merge_recipe, new_ref, plan_add_number
 from bot.snapshot import read_snapshot
 from pbx.models import Provider, Route
 from sandbox.demo import DEMO_IVR_EXTENSION, DEMO_PROVIDER_ID, DEMO_QUEUE_EXTENSION
@@ -51,7 +51,7 @@ async def test_a_lone_login_gets_an_account_and_a_bound_route(sim, client):
     assert reads == 3
     assert kinds(plan) == ["create_provider", "create_route"]
     assert plan.steps[0].after["manualattributes"] == ""
-    assert plan.steps[1].after["providerid"] == NEW_PROVIDER
+    assert plan.steps[1].after["providerid"] == new_ref("0053248")
     assert plan.steps[1].after["number"] == ""
 
 
