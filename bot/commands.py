@@ -14,6 +14,7 @@ make `→` awkward and autocorrect turns `->` into other things.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import re
 from dataclasses import dataclass
@@ -293,3 +294,21 @@ def parse_csv(text: str, provider: str, *, region: str = DEFAULT_REGION) -> tupl
     if not rows:
         raise UsageError("csv_empty", "addnumber")
     return AddNumbers(target, tuple(rows)), passwords
+
+
+def intent_to_dict(intent: Intent) -> dict:
+    """A stored form of an intent (plans are re-planned from it when stale)."""
+    return {"type": type(intent).__name__, **dataclasses.asdict(intent)}
+
+
+def intent_from_dict(data: dict) -> Intent:
+    data = dict(data)
+    kind = data.pop("type")
+    if kind == "AddNumber":
+        provider = ProviderTarget(**data["provider"])
+        return AddNumber(provider, data["login"], data["phone"], data["destination"])
+    if kind == "AddNumbers":
+        rows = tuple(intent_from_dict({"type": "AddNumber", **row}) for row in data["rows"])
+        return AddNumbers(ProviderTarget(**data["provider"]), rows)  # type: ignore[arg-type]
+    simple = {cls.__name__: cls for cls in (RouteNumber, RemoveNumber, ListNumbers, Undo)}
+    return simple[kind](**data)

@@ -56,6 +56,15 @@ def _read_secret_file(path: Path, what: str) -> SecretStr:
     return SecretStr(value)
 
 
+def _value_or_file(section: BaseModel, name: str) -> None:
+    """`name` or `name_file` (read into `name`), not both."""
+    value, path = getattr(section, name), getattr(section, f"{name}_file")
+    if value is not None and path is not None:
+        raise ValueError(f"give {name} or {name}_file, not both")
+    if path is not None:
+        setattr(section, name, _read_secret_file(path, name))
+
+
 class PbxProfile(_Section):
     """One MikoPBX: `[pbx.<name>]`."""
 
@@ -89,14 +98,8 @@ class PbxProfile(_Section):
 
     @model_validator(mode="after")
     def _credentials(self) -> PbxProfile:
-        if self.api_key is not None and self.api_key_file is not None:
-            raise ValueError("give api_key or api_key_file, not both")
-        if self.password is not None and self.password_file is not None:
-            raise ValueError("give password or password_file, not both")
-        if self.api_key_file is not None:
-            self.api_key = _read_secret_file(self.api_key_file, "api_key")
-        if self.password_file is not None:
-            self.password = _read_secret_file(self.password_file, "password")
+        _value_or_file(self, "api_key")
+        _value_or_file(self, "password")
         has_key = self.api_key is not None
         has_login = self.login is not None or self.password is not None
         if has_key and has_login:
@@ -117,10 +120,7 @@ class TelegramSettings(_Section):
 
     @model_validator(mode="after")
     def _token_file(self) -> TelegramSettings:
-        if self.token is not None and self.token_file is not None:
-            raise ValueError("give token or token_file, not both")
-        if self.token_file is not None:
-            self.token = _read_secret_file(self.token_file, "token")
+        _value_or_file(self, "token")
         return self
 
 
@@ -128,6 +128,36 @@ class StorageSettings(_Section):
     # SQLite under data_dir by default; PostgreSQL as postgresql+psycopg://...
     url: str | None = None
     data_dir: Path = Path("data")
+    # The Fernet key for SIP passwords at rest; without one, data_dir/secret.key (made on first start).
+    secret_key: SecretStr | None = None
+    secret_key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _key_file(self) -> StorageSettings:
+        _value_or_file(self, "secret_key")
+        return self
+
+
+class PolicySettings(_Section):
+    """Who may do what (Telegram user ids), and how many approvals each kind of change needs."""
+
+    admins: list[int] = Field(default_factory=list)
+    approvers: list[int] = Field(default_factory=list)
+    operators: list[int] = Field(default_factory=list)
+    viewers: list[int] = Field(default_factory=list)
+    # approvals from approvers other than the proposer, per kind of change
+    approvals: dict[Literal["add", "route", "remove", "undo"], int] = Field(
+        default_factory=lambda: {"add": 1, "route": 1, "remove": 2, "undo": 1}
+    )
+    self_approve: bool = False  # a one-admin PBX: the proposer's own approval counts
+    expiry_hours: float = Field(default=24.0, gt=0, le=24 * 30)
+
+    @field_validator("approvals")
+    @classmethod
+    def _approvals(cls, value: dict[str, int]) -> dict[str, int]:
+        if any(n < 0 or n > 10 for n in value.values()):
+            raise ValueError("approvals must be between 0 and 10")
+        return {"add": 1, "route": 1, "remove": 2, "undo": 1, **value}
 
 
 class Settings(BaseSettings):
@@ -141,6 +171,7 @@ class Settings(BaseSettings):
     pbx: dict[str, PbxProfile] = Field(default_factory=dict)
     telegram: TelegramSettings = Field(default_factory=TelegramSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
     default_language: Literal["ru", "en"] = "ru"
     timezone: str = "Europe/Moscow"
 

@@ -1,12 +1,17 @@
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
 
 import pytest
+from sqlalchemy import text
 
 from pbx.mikopbx import MikoPbxClient
 from sandbox.demo import demo_state
 from sandbox.mikopbx import MikoPbxSimulator
+from storage.db import make_engine, migrate
+from storage.repo import Store
 
 API_KEY = secrets.token_hex(32)
 
@@ -42,3 +47,47 @@ async def sim():
 async def client(sim):
     async with fast_client(sim.url, name="demo") as c:
         yield c
+
+
+PG_URL = os.environ.get("PBXBOT_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _sqlite_engine(tmp_path):
+    return make_engine(f"sqlite:///{tmp_path / 'pbxbot.db'}")
+
+
+@contextlib.contextmanager
+def _pg_engine():
+    """A schema of its own per test in the shared `test` database, dropped afterwards."""
+    if os.environ.get("PBXBOT_TEST_NO_PG") == "1":
+        pytest.skip("PostgreSQL tests switched off by PBXBOT_TEST_NO_PG=1")
+    schema = f"t_{secrets.token_hex(6)}"
+    admin = make_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    engine = make_engine(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request, tmp_path):
+    if request.param == "sqlite":
+        engine = _sqlite_engine(tmp_path)
+        migrate(engine)
+        yield engine
+        engine.dispose()
+        return
+    with _pg_engine() as engine:
+        migrate(engine)
+        yield engine
+
+
+@pytest.fixture
+def store(engine):
+    return Store(engine)

@@ -1,0 +1,241 @@
+"""The change lifecycle end to end: storage (SQLite and PostgreSQL) + policy +
+executor + the simulator over HTTP."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+
+import pytest
+
+from bot.changes import LOCAL_ADMIN, Actor, ChangeError, Changes, PbxHandle
+from bot.commands import parse, parse_csv
+from bot.config import PolicySettings
+from bot.vault import Vault
+from sandbox.demo import DEMO_IVR_EXTENSION, DEMO_PROVIDER_ID, DEMO_QUEUE_EXTENSION
+from storage.tables import utcnow
+
+ADMIN, ANNA, BORIS = Actor(1, "admin"), Actor(2, "anna"), Actor(3, "boris")  # admin, approvers
+OLGA, VIKTOR = Actor(4, "olga"), Actor(5, "viktor")  # operator, viewer
+STRANGER = Actor(99, "stranger")
+PASSWORD = "Sip-Pa55-847900"
+ZADARMA = "sip.zadarma.com"
+
+
+class Clock:
+    def __init__(self):
+        self.now = utcnow()
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+def make_changes(store, client, clock, tmp_path, **policy) -> Changes:
+    settings = PolicySettings(admins=[1], approvers=[2, 3], operators=[4], viewers=[5], **policy)
+    handle = PbxHandle.of(client, reload_wait=0, verify_timeout=5, verify_interval=0.05)
+    return Changes(store, settings, Vault.from_file(tmp_path / "secret.key"), {"demo": handle}, clock=clock)
+
+
+@pytest.fixture
+def changes(store, client, clock, tmp_path):
+    return make_changes(store, client, clock, tmp_path)
+
+
+async def propose(changes, actor, text, secrets=None):
+    return await changes.propose(actor, "demo", parse(text), secrets=secrets, command=text)
+
+
+def events(store, plan_id):
+    return [e.event for e in store.audit_trail(plan_id=plan_id) if e.event != "api_call"]
+
+
+async def test_propose_approve_apply_with_an_audit_trail(changes, store, sim):
+    proposal = await propose(changes, OLGA, "/addnumber zadarma 847900 → IVR", {"847900": PASSWORD})
+    row = proposal.row
+    assert row.status == "proposed" and (proposal.tally.have, proposal.tally.need) == (0, 1)
+    assert sim.writes() == 0
+
+    row, tally = await changes.approve(ANNA, row.id)
+    assert row.status == "approved" and tally.done
+    outcome = await changes.apply(ANNA, row.id)
+    assert outcome.row.status == "applied", outcome.row.outcome
+    assert outcome.row.outcome["registration"] == {"847900": "registered", "847706": "registered"}
+    assert sim.simulate_call(ZADARMA, "847900")["destination"] == DEMO_IVR_EXTENSION
+    assert sim.simulate_call(ZADARMA, "847706")["destination"] == DEMO_QUEUE_EXTENSION
+
+    trail = events(store, row.id)
+    assert trail[:4] == ["proposed", "approval", "approved", "applying"]
+    assert trail.count("step_applied") == 4 and trail[-2:] == ["verified", "applied"]
+    calls = [e.detail for e in store.audit_trail(plan_id=row.id) if e.event == "api_call"]
+    assert {"method": "POST", "path": "/sip-providers", "status": 201} in calls
+    assert store.secrets(row.id) == {} and store.lock_holder("demo", ["847900"]) is None
+    who = {e.event: e.actor_name for e in store.audit_trail(plan_id=row.id)}
+    assert (who["proposed"], who["approval"], who["applying"]) == ("olga", "anna", "anna")
+
+
+async def test_no_secret_reaches_audit_rows_logs_or_plans(changes, store, engine, caplog):
+    caplog.set_level(logging.DEBUG)
+    proposal = await propose(changes, OLGA, "/addnumber zadarma 847900 → IVR", {"847900": PASSWORD})
+    await changes.approve(ANNA, proposal.row.id)
+    await changes.apply(ANNA, proposal.row.id)
+    dumped = json.dumps([e.model_dump(mode="json") for e in store.audit_trail()], ensure_ascii=False)
+    dumped += json.dumps(store.get_plan(proposal.row.id).model_dump(mode="json"), ensure_ascii=False)
+    assert PASSWORD not in dumped and PASSWORD not in caplog.text
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        for table in ("plans", "audit_events", "approvals", "locks", "secrets"):
+            for row in conn.execute(text(f"SELECT * FROM {table}")):
+                assert PASSWORD not in str(row)
+
+
+async def test_policy_roles_and_approval_counts(changes, store):
+    with pytest.raises(ChangeError) as err:
+        await propose(changes, VIKTOR, "/addnumber zadarma 847900 → IVR")
+    assert err.value.code == "not_allowed"
+    with pytest.raises(ChangeError):
+        await propose(changes, STRANGER, "/addnumber zadarma 847900 → IVR")
+
+    proposal = await propose(changes, ANNA, "/addnumber zadarma 847900 → IVR", {"847900": "x"})
+    with pytest.raises(ChangeError) as err:
+        await changes.approve(ANNA, proposal.row.id)
+    assert err.value.code == "own_plan"
+    with pytest.raises(ChangeError) as err:
+        await changes.approve(OLGA, proposal.row.id)
+    assert err.value.code == "not_approver"
+    with pytest.raises(ChangeError) as err:
+        await changes.apply(ANNA, proposal.row.id)
+    assert err.value.code == "not_approved"
+    await changes.cancel(ANNA, proposal.row.id)
+
+    removal = await propose(changes, OLGA, "/removenumber 847706")
+    row, tally = await changes.approve(ANNA, removal.row.id)
+    assert row.status == "proposed" and (tally.have, tally.need) == (1, 2)
+    with pytest.raises(ChangeError) as err:
+        await changes.approve(ANNA, removal.row.id)
+    assert err.value.code == "already_approved"
+    row, tally = await changes.approve(BORIS, removal.row.id)
+    assert row.status == "approved"
+    assert "approval_refused" in events(store, removal.row.id)
+
+
+async def test_a_one_admin_pbx_approves_its_own_plans(store, client, clock, tmp_path):
+    changes = make_changes(store, client, clock, tmp_path, self_approve=True)
+    proposal = await propose(changes, ADMIN, "/route 847706 → IVR")
+    row, tally = await changes.approve(ADMIN, proposal.row.id)
+    assert row.status == "approved" and tally.done
+    assert (await changes.apply(ADMIN, row.id)).row.status == "applied"
+
+
+async def test_locks_name_the_holder_and_free_on_cancel(changes):
+    first = await propose(changes, OLGA, "/addnumber zadarma 847900 → IVR", {"847900": "x"})
+    with pytest.raises(ChangeError) as err:
+        await propose(changes, OLGA, "/route 847706 → 201")
+    assert err.value.code == "locked" and err.value.params["plan"] == first.row.id
+    with pytest.raises(ChangeError) as err:
+        await changes.cancel(BORIS, first.row.id)  # not his plan, not an admin
+    assert err.value.code == "not_yours"
+    await changes.cancel(ADMIN, first.row.id)
+    second = await propose(changes, OLGA, "/route 847706 → 201")
+    assert second.row.status == "proposed"
+
+
+async def test_a_stale_plan_is_replanned_never_applied_blind(changes, store, client, sim):
+    proposal = await propose(changes, OLGA, "/addnumber zadarma 847900 → IVR", {"847900": PASSWORD})
+    await changes.approve(ANNA, proposal.row.id)
+    await client.patch_provider(DEMO_PROVIDER_ID, {"manualattributes": "[endpoint]\nset_var=A=1"})
+    sim.stats.clear()
+    outcome = await changes.apply(ANNA, proposal.row.id)
+    assert outcome.row.status == "stale" and sim.writes() == 0
+    new = outcome.replacement.row
+    assert outcome.row.replaced_by == new.id and new.version == 2 and new.status == "proposed"
+    assert new.proposer_id == OLGA.id
+    assert store.secrets(proposal.row.id) == {} and list(store.secrets(new.id)) == ["847900"]
+    with pytest.raises(ChangeError):
+        await changes.approve(ANNA, proposal.row.id)  # approvals belong to one version
+    await changes.approve(BORIS, new.id)
+    assert (await changes.apply(BORIS, new.id)).row.status == "applied"
+    attrs = sim.state.providers[DEMO_PROVIDER_ID]["manualattributes"]
+    assert attrs == "[endpoint]\nset_var=A=1\ncontext=public-direct-dial"
+
+
+async def test_plans_expire_and_let_go_of_locks_and_secrets(changes, store, clock):
+    proposal = await propose(changes, OLGA, "/addnumber zadarma 847900 → IVR", {"847900": PASSWORD})
+    clock.now += timedelta(hours=23)
+    assert await changes.expire() == []
+    clock.now += timedelta(hours=2)
+    (expired,) = await changes.expire()
+    assert expired.id == proposal.row.id and expired.status == "expired"
+    assert store.secrets(expired.id) == {} and store.lock_holder("demo", ["847900"]) is None
+    with pytest.raises(ChangeError) as err:
+        await changes.approve(ANNA, expired.id)
+    assert err.value.code == "plan_closed"
+
+
+async def test_approving_a_plan_past_its_expiry_expires_it(changes, clock):
+    proposal = await propose(changes, OLGA, "/route 847706 → IVR")
+    clock.now += timedelta(hours=25)
+    with pytest.raises(ChangeError) as err:
+        await changes.approve(ANNA, proposal.row.id)
+    assert err.value.code == "expired"
+
+
+async def test_undo_goes_through_approval_and_restores_the_pbx(changes, store, sim):
+    before = json.dumps({k: sim.state.dump()[k] for k in ("providers", "routes")}, sort_keys=True)
+    proposal = await propose(changes, OLGA, "/addnumber zadarma 847900 → IVR", {"847900": PASSWORD})
+    await changes.approve(ANNA, proposal.row.id)
+    await changes.apply(ANNA, proposal.row.id)
+
+    undo = await changes.propose(OLGA, "demo", parse(f"/undo {proposal.row.id}"))
+    assert undo.row.kind == "undo" and undo.row.undo_of == proposal.row.id and undo.row.status == "proposed"
+    await changes.approve(BORIS, undo.row.id)
+    assert (await changes.apply(BORIS, undo.row.id)).row.status == "applied"
+    after = json.dumps({k: sim.state.dump()[k] for k in ("providers", "routes")}, sort_keys=True)
+    assert after == before
+    with pytest.raises(ChangeError) as err:
+        await changes.undo(OLGA, undo.row.id + "0")
+    assert err.value.code == "no_plan"
+
+
+async def test_a_failed_step_ends_rolled_back_with_the_error(changes, sim):
+    proposal = await propose(changes, OLGA, "/addnumber zadarma 847900 → IVR", {"847900": PASSWORD})
+    await changes.approve(ANNA, proposal.row.id)
+    sim.inject("/incoming-routes", method="POST", status=422, message="Simulated refusal")
+    outcome = await changes.apply(ANNA, proposal.row.id)
+    assert outcome.row.status == "rolled_back"
+    assert outcome.row.outcome["failed_step"] == 3 and "Simulated refusal" in outcome.row.outcome["error"]
+    assert [p["username"] for p in sim.state.providers.values()] == ["847706"]
+
+
+async def test_an_empty_plan_stores_nothing(changes, store):
+    proposal = await propose(changes, OLGA, f"/route 847706 → {DEMO_QUEUE_EXTENSION}")
+    assert proposal.plan.empty and proposal.row is None
+    assert store.plans() == []
+
+
+async def test_a_csv_becomes_one_plan_and_the_passwords_stay_apart(changes, store, sim):
+    intent, passwords = parse_csv("login,password,destination\n847900,p1,IVR\n847901,p2,201\n", "zadarma")
+    proposal = await changes.propose(OLGA, "demo", intent, secrets=passwords, command="CSV")
+    assert "p1" not in json.dumps(proposal.row.intent)
+    await changes.approve(ANNA, proposal.row.id)
+    assert (await changes.apply(ANNA, proposal.row.id)).row.status == "applied"
+    for login, destination in (
+        ("847706", DEMO_QUEUE_EXTENSION),
+        ("847900", DEMO_IVR_EXTENSION),
+        ("847901", "201"),
+    ):
+        assert sim.simulate_call(ZADARMA, login)["destination"] == destination
+
+
+async def test_the_local_admin_applies_at_once_and_operators_cannot(changes):
+    proposal = await propose(changes, LOCAL_ADMIN, "/route 847706 → IVR")
+    with pytest.raises(ChangeError):
+        await changes.apply(OLGA, proposal.row.id, at_once=True)
+    outcome = await changes.apply(LOCAL_ADMIN, proposal.row.id, at_once=True)
+    assert outcome.row.status == "applied"

@@ -1,0 +1,113 @@
+"""Storage on SQLite and PostgreSQL: migrations, locks, compare-and-set, the
+append-only audit trail, secrets sealed at rest."""
+
+from __future__ import annotations
+
+import os
+import stat
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import DBAPIError
+
+from bot.vault import Vault, VaultError
+from storage.db import database_url, migrate
+from storage.tables import AuditRow, PlanRow, utcnow
+
+
+def plan_row(pbx: str = "office", **fields) -> PlanRow:
+    now = utcnow()
+    values = dict(
+        id="",
+        pbx=pbx,
+        kind="add",
+        status="proposed",
+        proposer_id=1,
+        expires_at=now + timedelta(hours=24),
+        fingerprint="f",
+        steps=[{"kind": "create_provider", "after": {"username": "847900"}}],
+    )
+    values.update(fields)
+    return PlanRow(**values)
+
+
+def test_migrations_create_every_table_and_run_twice(engine):
+    migrate(engine)  # idempotent
+    tables = set(inspect(engine).get_table_names())
+    assert {"plans", "approvals", "audit_events", "locks", "secrets", "alembic_version"} <= tables
+
+
+def test_a_plan_round_trips_with_its_json_and_aware_times(store):
+    row = plan_row(summary={"logins": ["847900"], "destination": "Главное меню"})
+    assert store.add_plan(row, ["847900"]) is None
+    loaded = store.get_plan(row.id)
+    assert len(row.id) == 6 and loaded.summary["destination"] == "Главное меню"
+    assert loaded.steps[0]["after"]["username"] == "847900"
+    assert loaded.expires_at.tzinfo is not None and loaded.expires_at > utcnow()
+
+
+def test_two_open_plans_cannot_lock_one_login(store):
+    first = plan_row()
+    assert store.add_plan(first, ["847706", "847900"]) is None
+    second = plan_row()
+    assert store.add_plan(second, ["847900", "847901"]) == first.id
+    assert store.get_plan(second.id) is None  # nothing of it stored
+    assert store.add_plan(plan_row(pbx="branch"), ["847900"]) is None  # another PBX: free
+    store.release_locks(first.id)
+    assert store.add_plan(plan_row(), ["847900"]) is None
+
+
+def test_transition_is_compare_and_set(store):
+    row = plan_row()
+    store.add_plan(row)
+    assert store.transition(row.id, ["proposed"], "approved")
+    assert not store.transition(row.id, ["proposed"], "approved")  # someone else won
+    assert store.transition(row.id, ["approved"], "applying")
+    assert store.get_plan(row.id).status == "applying"
+
+
+def test_expiry_finds_open_plans_past_their_time(store):
+    old = plan_row(expires_at=utcnow() - timedelta(minutes=1))
+    new = plan_row()
+    store.add_plan(old)
+    store.add_plan(new)
+    assert [r.id for r in store.due(["proposed"], utcnow())] == [old.id]
+
+
+def test_the_audit_trail_is_append_only_in_the_database(store, engine):
+    store.audit(AuditRow(event="proposed", detail={"steps": 4}), AuditRow(event="approval"))
+    assert [e.event for e in store.audit_trail()] == ["proposed", "approval"]
+    for statement in ("UPDATE audit_events SET event = 'forged'", "DELETE FROM audit_events"):
+        with pytest.raises(DBAPIError), engine.begin() as conn:
+            conn.execute(text(statement))
+    assert store.count_audit() == 2
+
+
+def test_secrets_are_sealed_at_rest_and_erased(store, engine, tmp_path):
+    vault = Vault.from_file(tmp_path / "secret.key")
+    row = plan_row()
+    store.add_plan(row)
+    store.put_secrets(row.id, vault.seal_all({"847900": "pa55-word"}))
+    with engine.connect() as conn:
+        raw = conn.execute(text("SELECT token FROM secrets")).scalar_one()
+    assert "pa55" not in raw
+    assert vault.open_all(store.secrets(row.id)) == {"847900": "pa55-word"}
+    assert store.erase_secrets(row.id) == 1 and store.secrets(row.id) == {}
+
+
+def test_the_generated_key_file_is_private_and_stable(tmp_path):
+    path = tmp_path / "data" / "secret.key"
+    first = Vault.from_file(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    token = first.seal("x")
+    assert Vault.from_file(path).open(token) == "x"
+    with pytest.raises(VaultError):
+        Vault.from_file(tmp_path / "other.key").open(token)
+    assert "key" not in repr(first).replace("key hidden", "")
+
+
+def test_default_database_is_sqlite_under_the_data_dir(tmp_path):
+    url = database_url(None, tmp_path / "data")
+    assert url == f"sqlite:///{(tmp_path / 'data' / 'pbxbot.db').resolve()}"
+    assert database_url("postgresql+psycopg://x@h/db", tmp_path) == "postgresql+psycopg://x@h/db"
