@@ -3,6 +3,9 @@
 pbxbot simulator [--host H] [--port P] [--seed demo|empty|FILE] [--state FILE] [--api-key K]
 pbxbot numbers   [--pbx NAME | --sandbox]      accounts, registration, routes of one PBX
 pbxbot call      (--pbx NAME | --sandbox) --host HOST --to LOGIN [--from NUMBER]   (sandbox only)
+pbxbot plan      (--pbx NAME | --sandbox) "<command>" [--apply] [--password-file F]
+pbxbot plan      (--pbx NAME | --sandbox) --csv FILE --provider P [--apply]
+pbxbot migrate                                 bring the database to the current schema
 pbxbot tour                                    a short look at the demo PBX (no config needed)
 """
 
@@ -11,10 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import json
 import logging
 import secrets
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,8 +27,13 @@ from pbx.errors import PbxError
 from pbx.mikopbx import MikoPbxClient
 from pbx.models import Route
 
+from .changes import LOCAL_ADMIN, ChangeError, Changes, PbxHandle
+from .commands import AddNumber, Intent, UsageError, parse, parse_csv
 from .config import ConfigError, load_settings
 from .i18n import system_language, t
+from .planner import PlanError
+from .render import destination_names, error_text, outcome_text, plan_text
+from .wiring import open_store, open_vault
 
 log = logging.getLogger("pbxbot")
 
@@ -61,6 +71,15 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("--to", required=True, help="Request-URI user: the login or the DID")
     call.add_argument("--from", dest="caller", default="+74951234567")
 
+    plan = sub.add_parser("plan", help="plan a change (and apply it at once with --apply)")
+    _target(plan)
+    plan.add_argument("text", nargs="?", metavar="COMMAND", help='e.g. "/addnumber zadarma 847900 → IVR"')
+    plan.add_argument("--csv", type=Path, help="login,password,destination[,phone] rows: one plan")
+    plan.add_argument("--provider", help="the provider of the --csv rows (zadarma, sip.example.ru, ...)")
+    plan.add_argument("--apply", action="store_true", help="apply at once as the local admin (audited)")
+    plan.add_argument("--password-file", type=Path, help="the SIP password of the account /addnumber creates")
+
+    sub.add_parser("migrate", help="bring the database to the current schema")
     sub.add_parser("tour", help="a short look at the demo PBX in the simulator")
     return parser
 
@@ -125,6 +144,11 @@ async def _run(args: argparse.Namespace) -> int:
         return await _simulator(args)
     if args.command == "tour":
         return await _tour(args.lang)
+    if args.command == "migrate":
+        open_store(load_settings(args.config))
+        return 0
+    if args.command == "plan":
+        return await _plan(args)
     async with _client(args) as (client, sim):
         if args.command == "numbers":
             print("\n".join(await _numbers(client, args.lang)))
@@ -137,6 +161,91 @@ async def _run(args: argparse.Namespace) -> int:
             print(json.dumps(result, ensure_ascii=False, indent=1))
             return 0
     return 2
+
+
+def _plan_intent(args: argparse.Namespace) -> tuple[Intent, dict[str, str]]:
+    """The intent and the SIP passwords (from the CSV, the password file or a prompt)."""
+    if args.csv is not None:
+        if not args.provider:
+            raise _Refusal(t("cli.csv_needs_provider", args.lang))
+        return parse_csv(args.csv.read_text(encoding="utf-8"), args.provider)
+    intent = parse(args.text or "")
+    if not isinstance(intent, AddNumber) or not args.apply:
+        return intent, {}
+    if args.password_file is not None:
+        return intent, {intent.login: args.password_file.read_text(encoding="utf-8").strip()}
+    if sys.stdin.isatty():
+        return intent, {
+            intent.login: getpass.getpass(t("cli.password_prompt", args.lang, login=intent.login))
+        }
+    raise _Refusal(t("cli.password_needed", args.lang, login=intent.login))
+
+
+class _Refusal(Exception):
+    pass
+
+
+async def _plan(args: argparse.Namespace) -> int:
+    lang = args.lang
+    try:
+        intent, passwords = _plan_intent(args)
+    except (UsageError, _Refusal) as exc:
+        print(error_text(exc, lang), file=sys.stderr)
+        return 2
+    with contextlib.ExitStack() as stack:
+        if args.sandbox:
+            data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pbxbot-")))
+            settings = load_settings(None, storage={"data_dir": data_dir})
+        else:
+            settings = load_settings(args.config)
+        async with _client(args) as (client, _sim):
+            reload_wait = 0.5 if args.sandbox else settings.profile(args.pbx)[1].reload_wait
+            handle = PbxHandle.of(client, reload_wait=reload_wait, verify_interval=0.5)
+            changes = Changes(
+                open_store(settings), settings.policy, open_vault(settings), {client.name: handle}
+            )
+            try:
+                return await _plan_or_apply(changes, client, intent, passwords, args)
+            except (PlanError, ChangeError) as exc:
+                print(error_text(exc, lang), file=sys.stderr)
+                return 2
+    return 2
+
+
+async def _plan_or_apply(
+    changes: Changes,
+    client: MikoPbxClient,
+    intent: Intent,
+    passwords: dict[str, str],
+    args: argparse.Namespace,
+) -> int:
+    lang = args.lang
+    names = destination_names(await client.destinations())
+    providers = {p.id: f"{p.username or p.description} @ {p.host}" for p in await client.list_providers()}
+    if not args.apply:
+        plan, _ = await changes.plan(client.name, intent)
+        print(plan_text(plan, lang, destinations=names, providers=providers))
+        if not plan.empty:
+            print("\n" + t("cli.plan_only", lang))
+        return 0
+    command = args.text or f"CSV {args.csv.name}"
+    proposal = await changes.propose(LOCAL_ADMIN, client.name, intent, secrets=passwords, command=command)
+    if proposal.row is None:
+        print(plan_text(proposal.plan, lang, destinations=names, providers=providers))
+        return 0
+    outcome = await changes.apply(LOCAL_ADMIN, proposal.row.id, at_once=True)
+    row = outcome.row
+    print(
+        plan_text(
+            proposal.plan, lang, plan_id=row.id, destinations=names, providers=providers, status=row.status
+        )
+    )
+    details = outcome_text(outcome.result, row.outcome, lang)
+    if details:
+        print(details)
+    if outcome.replacement is not None and outcome.replacement.row is not None:
+        print(t("outcome.replaced", lang, id=outcome.replacement.row.id))
+    return 0 if row.status == "applied" else 1
 
 
 async def _tour(lang: str) -> int:

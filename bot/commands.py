@@ -271,7 +271,12 @@ def parse_csv(text: str, provider: str, *, region: str = DEFAULT_REGION) -> tupl
     delimiter = ";" if sample.count(";") > sample.count(",") else ","
     rows: list[AddNumber] = []
     passwords: dict[str, str] = {}
-    for lineno, fields in enumerate(csv.reader(io.StringIO(text), delimiter=delimiter), start=1):
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        lines = [(reader.line_num, fields) for fields in reader]
+    except csv.Error:
+        raise UsageError("csv_row", "addnumber", line=str(reader.line_num + 1)) from None
+    for lineno, fields in lines:
         fields = [f.strip() for f in fields]
         if not any(fields) or fields[0].startswith("#"):
             continue

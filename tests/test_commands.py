@@ -17,6 +17,7 @@ from bot.commands import (
     normalise_phone,
     number_key,
     parse,
+    parse_csv,
 )
 from bot.destinations import DestinationError, DestinationIndex
 from pbx.models import Destination
@@ -139,3 +140,28 @@ def test_several_candidates_are_a_choice_and_none_lists_what_exists():
     assert err.value.code == "no_destination"
     assert "busy" not in [d.value for d in err.value.candidates]
     assert {"2000", "2200", "201"} <= {d.value for d in err.value.candidates}
+
+
+@given(st.text(max_size=300), st.sampled_from(["zadarma", "sip.example.ru", "megafon", "??"]))
+def test_no_csv_makes_the_parser_raise_anything_but_a_usage_error(text, provider):
+    try:
+        intent, passwords = parse_csv(text, provider)
+    except UsageError:
+        return
+    assert {row.login for row in intent.rows} == set(passwords)
+
+
+def test_csv_rows_with_a_header_semicolons_and_phones():
+    intent, passwords = parse_csv(
+        "login;password;destination;phone\n847900;p1;IVR;+7 (495) 229-30-42\n# a comment\n847901;p2;Sales;\n",
+        "zadarma",
+    )
+    assert [(r.login, r.phone, r.destination) for r in intent.rows] == [
+        ("847900", "+74952293042", "IVR"),
+        ("847901", None, "Sales"),
+    ]
+    assert passwords == {"847900": "p1", "847901": "p2"}
+    assert intent.provider.host == "sip.zadarma.com"
+    with pytest.raises(UsageError) as err:
+        parse_csv("847900,p1,IVR\n847900,p2,IVR\n", "zadarma")
+    assert err.value.code == "csv_duplicate"

@@ -1,0 +1,80 @@
+"""`pbxbot plan` as an admin runs it: against the in-process sandbox, and against
+a simulator over HTTP named in a config file, with a SQLite database."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from bot.cli import main
+from sandbox.demo import demo_state
+from sandbox.mikopbx import MikoPbxSimulator
+from tests.conftest import API_KEY
+
+
+def test_plan_prints_the_steps_and_writes_nothing(capsys):
+    assert main(["--lang", "en", "plan", "--sandbox", "/addnumber zadarma 847900 → IVR"]) == 0
+    out = capsys.readouterr().out
+    assert "4 step(s)" in out and "create account 847900 @ sip.zadarma.com:5060" in out
+    assert "Not applied" in out
+
+
+def test_usage_and_conflicts_exit_2_in_russian(capsys):
+    assert main(["--lang", "ru", "plan", "--sandbox", "/addnumber zadarma 847900"]) == 2
+    assert "Поставьте →" in capsys.readouterr().err
+    assert main(["--lang", "ru", "plan", "--sandbox", "/addnumber zadarma 847706 → IVR"]) == 2
+    assert "уже есть аккаунт" in capsys.readouterr().err
+
+
+@pytest.fixture
+def served_pbx():
+    """The demo PBX served over HTTP from a thread of its own, as `pbxbot simulator` would."""
+    state = demo_state()
+    state.registrar.delay = 0.05
+    sim = MikoPbxSimulator(state, api_keys=[API_KEY])
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    def serve():
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(sim.start())
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert started.wait(30)
+    yield sim
+    asyncio.run_coroutine_threadsafe(sim.stop(), loop).result(30)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(30)
+
+
+def test_apply_against_a_configured_pbx_is_audited_and_keeps_the_password_out(served_pbx, tmp_path, capsys):
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[storage]\ndata_dir = "{tmp_path / "data"}"\n'
+        f'[pbx.office]\nurl = "{served_pbx.url}"\napi_key = "{API_KEY}"\nreload_wait = 0\n',
+        encoding="utf-8",
+    )
+    password = tmp_path / "pw"
+    password.write_text("Very-Secret-1\n", encoding="utf-8")
+    argv = ["--config", str(config), "--lang", "en", "plan", "--pbx", "office"]
+    code = main([*argv, "/addnumber zadarma 847900 → IVR", "--apply", "--password-file", str(password)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "Status: applied" in out and "847900: registered" in out
+    assert "Very-Secret-1" not in out
+    new = [p for p in served_pbx.state.providers.values() if p["username"] == "847900"]
+    assert new and new[0]["secret"] == "Very-Secret-1"
+    db = b"".join(f.read_bytes() for f in (tmp_path / "data").glob("pbxbot.db*"))  # with the WAL
+    assert b"Very-Secret-1" not in db and b"local admin" in db
+
+    csv = tmp_path / "numbers.csv"
+    csv.write_text("login;password;destination\n847901;p-1;201\n847902;p-2;Sales\n", encoding="utf-8")
+    code = main([*argv, "--csv", str(csv), "--provider", "zadarma", "--apply"])
+    assert code == 0, capsys.readouterr()
+    for login, destination in (("847901", "201"), ("847902", "2200"), ("847900", "2000")):
+        assert served_pbx.simulate_call("sip.zadarma.com", login)["destination"] == destination
