@@ -61,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
         "--reject", action="append", default=[], metavar="LOGIN@HOST", help="credentials the provider refuses"
     )
     sim.add_argument("--no-rate-limit", action="store_true", help="as PBXRateLimitEnabled=0")
+    sim.add_argument(
+        "--rate-window",
+        type=float,
+        default=60.0,
+        help="seconds of nginx's 180-request window (benches scale it)",
+    )
 
     numbers = sub.add_parser("numbers", help="accounts, registration states and routes of a PBX")
     _target(numbers)
@@ -280,7 +286,13 @@ async def _simulator(args: argparse.Namespace) -> int:
     if args.no_rate_limit:
         state.settings["PBXRateLimitEnabled"] = "0"
     keys = args.api_key or [secrets.token_hex(32)]
-    sim = MikoPbxSimulator(state, api_keys=keys, admin_password=args.admin_password, state_file=args.state)
+    sim = MikoPbxSimulator(
+        state,
+        api_keys=keys,
+        admin_password=args.admin_password,
+        state_file=args.state,
+        rate_window=args.rate_window,
+    )
     url = await sim.start(args.host, args.port)
     print(t("simulator.started", args.lang, url=url, keys=len(keys)), flush=True)
     if not args.api_key:

@@ -128,3 +128,14 @@ def test_the_example_config_documents_only_real_keys(tmp_path):
     settings = load_settings(write(tmp_path, example))
     assert settings.pbx["office"].api_key.get_secret_value() == "value"
     assert settings.telegram.token.get_secret_value() == "value"
+
+
+def test_policy_section_defaults_and_partial_approvals(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[policy]\nadmins = [1]\napprovals = { remove = 3 }\nself_approve = true\n")
+    policy = load_settings(path).policy
+    assert policy.approvals == {"add": 1, "route": 1, "remove": 3, "undo": 1}
+    assert policy.admins == [1] and policy.self_approve and policy.expiry_hours == 24
+    path.write_text("[policy]\napprovals = { delete = 1 }\n")
+    with pytest.raises(ConfigError):
+        load_settings(path)

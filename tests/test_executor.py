@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 
+import httpx
 import pytest
 
 from bot.commands import parse
@@ -47,10 +48,12 @@ async def test_the_manual_case_lands_both_calls_right(sim, client):
     assert result.status is ApplyStatus.APPLIED, result.error
     assert result.registration == {"847900": "registered", "847706": "registered"}
 
-    for login, destination in (("847706", DEMO_QUEUE_EXTENSION), ("847900", DEMO_IVR_EXTENSION)):
-        call = sim.simulate_call(ZADARMA, login)
-        assert (call["outcome"], call["destination"]) == ("dial", destination), call
-        assert call["context"] == "public-direct-dial"
+    async with httpx.AsyncClient(base_url=sim.url) as http:  # as a test call would: over HTTP
+        for login, destination in (("847706", DEMO_QUEUE_EXTENSION), ("847900", DEMO_IVR_EXTENSION)):
+            response = await http.post("/sandbox/calls:simulate", json={"host": ZADARMA, "to": login})
+            call = response.json()["data"]
+            assert (call["outcome"], call["destination"]) == ("dial", destination), call
+            assert call["context"] == "public-direct-dial"
     new_id = result.results[0]["id"]
     assert sim.state.providers[new_id]["secret"] == PASSWORD
 
