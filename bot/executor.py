@@ -92,6 +92,8 @@ class Executor:
         self.verify_timeout = verify_timeout
         self.verify_interval = verify_interval
         self._on_event = on_event
+        self._existing: dict[tuple[str, str], str] = {}  # (host, login) -> account id, as last read
+        self._route_ids: set[int | None] = set()  # routes that existed or that this apply created
 
     async def _event(self, name: str, **detail: Any) -> None:
         if self._on_event is not None:

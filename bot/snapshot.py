@@ -36,6 +36,7 @@ class Snapshot:
     destinations: list[Destination]
     details: dict[str, Provider] = field(default_factory=dict)  # full records, by id
     host: str | None = None  # the host whose accounts were read in full
+    _by_provider: dict[str | None, list[Route]] | None = field(default=None, init=False, repr=False)
 
     def accounts_on(self, host: str, *, enabled_only: bool = False) -> list[Provider]:
         """Full records of the SIP accounts registering to `host` (any port), by id."""
@@ -43,7 +44,11 @@ class Snapshot:
         return [p for p in accounts if not p.disabled] if enabled_only else accounts
 
     def routes_of(self, provider_id: str) -> list[Route]:
-        return [r for r in self.routes if r.providerid == provider_id]
+        if self._by_provider is None:  # built once: a host of N accounts asks N times
+            self._by_provider = {}
+            for r in self.routes:
+                self._by_provider.setdefault(r.providerid, []).append(r)
+        return list(self._by_provider.get(provider_id, ()))
 
     def any_routes(self) -> list[Route]:
         return [r for r in self.routes if r.any_provider]
