@@ -212,7 +212,7 @@ class Changes:
             return plan_remove(intent, snapshot), snapshot
         if isinstance(intent, Undo):
             original = self._get(intent.plan_id)
-            if original.status != APPLIED:
+            if original.status not in (APPLIED, FAILED) or not original.results:
                 raise ChangeError("undo_not_applied", plan=original.id, status=original.status)
             if original.pbx != pbx:
                 raise ChangeError("undo_other_pbx", plan=original.id, pbx=original.pbx)
@@ -446,6 +446,8 @@ class Changes:
             "registration": result.registration,
         }
         results = {str(k): v for k, v in result.results.items()}
+        if result.status is not ApplyStatus.APPLIED:  # keep what is still on the PBX, for /undo
+            results = {str(left.step): left.state or {} for left in result.leftovers}
         if result.status is ApplyStatus.STALE:
             return await self._replan(row, actor, result)
         status = {ApplyStatus.APPLIED: APPLIED, ApplyStatus.ROLLED_BACK: ROLLED_BACK}.get(
@@ -482,6 +484,41 @@ class Changes:
             self.store.update_plan(row.id, replaced_by=replacement.row.id)
         self.store.erase_secrets(row.id)
         return Outcome(self._get(row.id), result, replacement)
+
+    async def recover(self, *, older_than: timedelta = timedelta(minutes=30)) -> list[PlanRow]:
+        """Plans left `applying` by a process that died mid-apply: marked `failed`,
+        with the steps the audit trail shows applied as leftovers (and as the
+        results an /undo reverts). Run at start and by the scheduler."""
+        ended = []
+        for row in self.store.plans(status=[APPLYING], limit=1000):
+            if row.updated_at > self.clock() - older_than:
+                continue  # may still be running
+            applied: dict[int, dict[str, Any]] = {}
+            for event in self.store.audit_trail(plan_id=row.id, limit=100_000):
+                if event.event == "step_applied":
+                    applied[event.detail["step"]] = event.detail.get("result") or {}
+                elif event.event == "step_rolled_back":
+                    applied.pop(event.detail["step"], None)
+            steps = row.steps
+            leftovers = [
+                {
+                    "step": i,
+                    "kind": steps[i]["kind"],
+                    "record": str(record.get("id") or steps[i].get("target") or steps[i].get("login")),
+                    "state": record or None,
+                    "before": steps[i].get("before"),
+                    "error": "interrupted",
+                }
+                for i, record in sorted(applied.items())
+            ]
+            self.store.update_plan(row.id, results={str(i): r for i, r in applied.items()})
+            try:
+                ended.append(
+                    self._end(row, FAILED, None, error="interrupted", failed_step=None, leftovers=leftovers)
+                )
+            except ChangeError:
+                continue
+        return ended
 
     # ------------------------------------------------------------------ undo
 

@@ -141,7 +141,10 @@ class Executor:
             result.results[index] = record or {}
             if step.kind is StepKind.CREATE_PROVIDER and record:
                 created[NEW_PREFIX + step.login] = record["id"]
-            await self._event("step_applied", step=index, kind=step.kind.value, record=_rid(step, record))
+            # the record as written: what recovery and undo need if this process dies mid-plan
+            await self._event(
+                "step_applied", step=index, kind=step.kind.value, record=_rid(step, record), result=record
+            )
         result.registration = await self.verify(plan, result)
         return result
 

@@ -441,7 +441,8 @@ def plan_undo(
     """The inverse of an applied plan, from its stored steps, in reverse order.
 
     `results[i]` is the record as the PBX returned it after step i (with the id
-    it gave a created record). Each record must still be as the plan left it; a
+    it gave a created record; empty after a delete); steps without a result
+    were not applied, or were rolled back, and are skipped. Each record must still be as the plan left it; a
     record changed since is a conflict (`undo_drifted`), never overwritten.
     Re-creating a removed account needs its SIP password again (`needs_secret`)."""
     providers = {p.id: provider_record(p) for p in snapshot.details.values()}
@@ -451,6 +452,8 @@ def plan_undo(
     needs_secret: list[str] = []
     for index in range(len(original) - 1, -1, -1):
         step = original[index]
+        if index not in results:
+            continue  # never applied (a failed or interrupted plan): nothing to undo
         if step.kind is StepKind.DELETE_PROVIDER:
             before = step.before or {}
             if any(

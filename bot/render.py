@@ -145,7 +145,9 @@ def outcome_text(
 ) -> str:
     esc = _escape(html)
     lines: list[str] = []
-    if outcome.get("error"):
+    if outcome.get("error") == "interrupted":
+        lines.append(t("outcome.interrupted", lang))
+    elif outcome.get("error"):
         step = (outcome.get("failed_step") or 0) + 1
         lines.append(t("outcome.error", lang, step=step, error=esc(outcome["error"])))
         if not outcome.get("leftovers"):

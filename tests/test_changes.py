@@ -3,6 +3,7 @@ executor + the simulator over HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from datetime import timedelta
@@ -239,3 +240,33 @@ async def test_the_local_admin_applies_at_once_and_operators_cannot(changes):
         await changes.apply(OLGA, proposal.row.id, at_once=True)
     outcome = await changes.apply(LOCAL_ADMIN, proposal.row.id, at_once=True)
     assert outcome.row.status == "applied"
+
+
+async def test_a_plan_interrupted_mid_apply_is_recovered_as_failed_and_undone(changes, store, sim, clock):
+    before = json.dumps({k: sim.state.dump()[k] for k in ("providers", "routes")}, sort_keys=True)
+    proposal = await propose(changes, OLGA, "/addnumber zadarma 847900 → IVR", {"847900": PASSWORD})
+    await changes.approve(ANNA, proposal.row.id)
+    sim.inject("/incoming-routes/*", method="PUT", delay=30)  # step 3 hangs: the process "dies" there
+    task = asyncio.create_task(changes.apply(ANNA, proposal.row.id))
+    deadline = asyncio.get_running_loop().time() + 30
+    while events(store, proposal.row.id).count("step_applied") < 2:
+        assert asyncio.get_running_loop().time() < deadline, "the first two steps never landed"
+        await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert store.get_plan(proposal.row.id).status == "applying"
+    assert await changes.recover() == []  # too recent: it may still be running elsewhere
+
+    clock.now += timedelta(hours=1)
+    (failed,) = await changes.recover()
+    assert failed.status == "failed" and failed.outcome["error"] == "interrupted"
+    assert [left["step"] for left in failed.outcome["leftovers"]] == [0, 1]
+    assert store.lock_holder("demo", ["847900"]) is None and store.secrets(failed.id) == {}
+
+    undo = await changes.undo(OLGA, failed.id)
+    assert [s.kind.value for s in undo.plan.steps] == ["update_provider", "delete_provider"]
+    await changes.approve(BORIS, undo.row.id)
+    assert (await changes.apply(BORIS, undo.row.id)).row.status == "applied"
+    after = json.dumps({k: sim.state.dump()[k] for k in ("providers", "routes")}, sort_keys=True)
+    assert after == before

@@ -134,4 +134,5 @@ MESSAGES: dict[str, str] = {
     "field.disabled": "disabled",
     "field.priority": "priority",
     "field.timeout": "timeout",
+    "outcome.interrupted": "The bot stopped while applying this plan. The steps it had written are listed below; /undo reverts them.",
 }

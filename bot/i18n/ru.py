@@ -134,4 +134,5 @@ MESSAGES: dict[str, str] = {
     "field.disabled": "отключён",
     "field.priority": "приоритет",
     "field.timeout": "таймаут",
+    "outcome.interrupted": "Бот остановился во время применения плана. Записанные шаги перечислены ниже; /undo их откатит.",
 }
