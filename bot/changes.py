@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -304,6 +304,25 @@ class Changes:
         have = self.store.secrets(row.id)
         return [login for login in row.needs_secret if login not in have]
 
+    def awaiting_secret(self, user_id: int) -> list[tuple[PlanRow, list[str]]]:
+        """Open plans of this proposer still waiting for SIP passwords, oldest first."""
+        rows = [
+            r for r in self.store.plans(status=OPEN, limit=500) if r.proposer_id == user_id and r.needs_secret
+        ]
+        waiting = [(r, self.missing_secrets(r)) for r in reversed(rows)]
+        return [(r, missing) for r, missing in waiting if missing]
+
+    def ready(self, row: PlanRow) -> bool:
+        """Approved, with every password it needs: the next step is to apply it."""
+        return row.status == APPROVED and not self.missing_secrets(row)
+
+    def approvers_of(self, row: PlanRow) -> list[str]:
+        return [
+            a.user_name or str(a.user_id)
+            for a in self.store.approvals(row.id, row.version)
+            if a.decision == "approve"
+        ]
+
     # ------------------------------------------------------------------ approve
 
     def _promote(self, row: PlanRow, actor: Actor) -> None:
@@ -389,7 +408,14 @@ class Changes:
 
     # ------------------------------------------------------------------ apply
 
-    async def apply(self, actor: Actor, plan_id: str, *, at_once: bool = False) -> Outcome:
+    async def apply(
+        self,
+        actor: Actor,
+        plan_id: str,
+        *,
+        at_once: bool = False,
+        progress: Callable[[PlanRow, int, int], Awaitable[None]] | None = None,
+    ) -> Outcome:
         """Apply an approved plan. `at_once`: the local admin applies a proposed
         plan without approvals (`pbxbot plan --apply`), audited as such."""
         row = self._get(plan_id)
@@ -411,6 +437,8 @@ class Changes:
         async def on_event(name: str, detail: dict[str, Any]) -> None:
             self._flush_calls(calls, actor, row)
             self.store.audit(self._event(name, actor, row, **detail))
+            if progress is not None and name == "step_applied":
+                await progress(row, detail["step"] + 1, len(plan.steps))
 
         executor = Executor(
             handle.client,

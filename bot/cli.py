@@ -25,7 +25,6 @@ from pathlib import Path
 
 from pbx.errors import PbxError
 from pbx.mikopbx import MikoPbxClient
-from pbx.models import Route
 
 from .changes import LOCAL_ADMIN, ChangeError, Changes, PbxHandle
 from .commands import AddNumber, Intent, UsageError, parse, parse_csv
@@ -33,6 +32,7 @@ from .config import ConfigError, load_settings
 from .i18n import system_language, t
 from .planner import PlanError
 from .render import destination_names, error_text, outcome_text, plan_text
+from .views import numbers_lines
 from .wiring import open_store, open_vault
 
 log = logging.getLogger("pbxbot")
@@ -113,38 +113,6 @@ async def _client(args: argparse.Namespace) -> AsyncIterator[tuple[MikoPbxClient
         yield client, None
 
 
-async def _numbers(client: MikoPbxClient, lang: str) -> list[str]:
-    providers, routes, default, states, destinations = await asyncio.gather(
-        client.list_providers(),
-        client.list_routes(),
-        client.default_route(),
-        client.registration_statuses(),
-        client.destinations(),
-    )
-    names = {d.value: d.name for d in destinations}
-    any_number = t("numbers.any_number", lang)
-
-    def route_line(r: Route) -> str:
-        destination = names.get(r.extension, r.extension)
-        return t("numbers.route", lang, id=r.id, did=r.number or any_number, destination=destination)
-
-    lines = [t("numbers.header", lang, pbx=client.name, accounts=len(providers), routes=len(routes))]
-    for p in sorted(providers, key=lambda p: (p.host, p.username)):
-        status = states.get(p.id)
-        state = "disabled" if p.disabled else (status.state.value if status else "unknown")
-        account = {"login": p.username or "-", "host": p.host, "port": p.port, "id": p.id}
-        lines.append(
-            t("numbers.account", lang, state=t(f"state.{state}", lang), description=p.description, **account)
-        )
-        lines += [route_line(r) for r in routes if r.providerid == p.id]
-    any_routes = [r for r in routes if r.any_provider]
-    if any_routes:
-        lines.append(t("numbers.any_header", lang))
-        lines += [route_line(r) for r in any_routes]
-    lines.append(t("numbers.default", lang, destination=names.get(default.extension, default.extension)))
-    return lines
-
-
 async def _run(args: argparse.Namespace) -> int:
     if args.command == "simulator":
         return await _simulator(args)
@@ -157,7 +125,7 @@ async def _run(args: argparse.Namespace) -> int:
         return await _plan(args)
     async with _client(args) as (client, sim):
         if args.command == "numbers":
-            print("\n".join(await _numbers(client, args.lang)))
+            print("\n".join(await numbers_lines(client, args.lang)))
             return 0
         if args.command == "call":
             if sim is None:
@@ -263,7 +231,7 @@ async def _tour(lang: str) -> int:
         print(t("tour.started", lang, url=sim.url) + "\n")
         async with MikoPbxClient(sim.url, api_key=key, name="demo") as client:
             await client.check_auth()
-            print("\n".join(await _numbers(client, lang)))
+            print("\n".join(await numbers_lines(client, lang)))
             print("\n" + t("tour.call", lang, host="sip.zadarma.com", login="847706"))
             result = sim.simulate_call("sip.zadarma.com", "847706", "+74951234567")
             print(t("tour.result", lang, **result))

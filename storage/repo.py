@@ -16,7 +16,7 @@ from sqlalchemy import Engine, delete, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from .tables import ApprovalRow, AuditRow, LockRow, PlanRow, SecretRow, utcnow
+from .tables import ApprovalRow, AuditRow, ChatRow, LockRow, PlanRow, SecretRow, utcnow
 
 PLAN_ID_BYTES = 3  # six hex digits: short enough to type in `/undo 7f3a2c`
 
@@ -167,3 +167,24 @@ class Store:
             result = s.exec(delete(SecretRow).where(SecretRow.plan_id == plan_id))
             s.commit()
             return result.rowcount
+
+    # ------------------------------------------------------------------ chats
+
+    def bind_chat(self, chat_id: int, pbx: str, *, title: str = "", by: int | None = None) -> None:
+        with self.session() as s:
+            row = s.get(ChatRow, chat_id)
+            if row is None:
+                s.add(ChatRow(chat_id=chat_id, pbx=pbx, title=title, bound_by=by))
+            else:
+                row.pbx, row.title, row.bound_by, row.at = pbx, title or row.title, by, utcnow()
+                s.add(row)
+            s.commit()
+
+    def chat_pbx(self, chat_id: int) -> str | None:
+        with self.session() as s:
+            row = s.get(ChatRow, chat_id)
+            return row.pbx if row else None
+
+    def chats_of(self, pbx: str) -> list[int]:
+        with self.session() as s:
+            return list(s.exec(select(ChatRow.chat_id).where(ChatRow.pbx == pbx, ChatRow.chat_id < 0)))

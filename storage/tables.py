@@ -93,3 +93,15 @@ class SecretRow(SQLModel, table=True):
     login: str = Field(primary_key=True, max_length=128)
     token: str = Field(sa_column=Column(Text, nullable=False))  # Fernet ciphertext
     at: datetime = Field(default_factory=utcnow)
+
+
+class ChatRow(SQLModel, table=True):
+    """A Telegram chat bound to a PBX (`/pbx NAME` by an admin, or a group's migration)."""
+
+    __tablename__ = "chats"
+
+    chat_id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    pbx: str = Field(max_length=64)
+    title: str = Field(default="", max_length=255)
+    bound_by: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    at: datetime = Field(default_factory=utcnow)

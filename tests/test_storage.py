@@ -35,7 +35,7 @@ def plan_row(pbx: str = "office", **fields) -> PlanRow:
 def test_migrations_create_every_table_and_run_twice(engine):
     migrate(engine)  # idempotent
     tables = set(inspect(engine).get_table_names())
-    assert {"plans", "approvals", "audit_events", "locks", "secrets", "alembic_version"} <= tables
+    assert {"plans", "approvals", "audit_events", "locks", "secrets", "chats", "alembic_version"} <= tables
 
 
 def test_a_plan_round_trips_with_its_json_and_aware_times(store):
