@@ -35,6 +35,7 @@ from .commands import (
     intent_to_dict,
 )
 from .config import PolicySettings
+from .destinations import label
 from .executor import ApplyError, ApplyResult, ApplyStatus, Executor
 from .planner import (
     Plan,
@@ -117,6 +118,19 @@ class Outcome:
     result: ApplyResult | None = None
     replacement: Proposal | None = None  # the new version of a stale plan
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def display_names(plan: Plan, snapshot: Snapshot) -> dict[str, dict[str, str]]:
+    """Names the plan card shows for the destinations and accounts its steps refer to."""
+    records = [r for s in plan.steps for r in (s.before, s.after) if r]
+    used_ext = {r.get("extension") for r in records if r.get("extension")}
+    used_pid = {r.get("providerid") for r in records if r.get("providerid")}
+    return {
+        "destinations": {d.value: label(d) for d in snapshot.destinations if d.value in used_ext},
+        "providers": {
+            p.id: f"{p.username or p.description} @ {p.host}" for p in snapshot.providers if p.id in used_pid
+        },
+    }
 
 
 class Changes:
@@ -237,7 +251,8 @@ class Changes:
         calls: list[dict[str, Any]] = []
         token = _calls.set(calls)
         try:
-            plan, _ = await self.plan(pbx, intent)
+            plan, snapshot = await self.plan(pbx, intent)
+            plan.summary["names"] = display_names(plan, snapshot)
         except PlanError as exc:
             self._audit("plan_refused", actor, None, pbx=pbx, code=exc.code, command=command)
             raise

@@ -117,6 +117,8 @@ class TelegramSettings(_Section):
     # aiogram's custom API server: a self-hosted Bot API server, or sandbox/telegram.py.
     api_base: str | None = None
     mode: Literal["polling", "webhook"] = "polling"
+    # Groups where plans are proposed and approved: chat id -> PBX profile name.
+    groups: dict[int, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _token_file(self) -> TelegramSettings:
@@ -186,6 +188,13 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The file's values come in through init; the environment overrides them.
         return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _groups_name_profiles(self) -> Settings:
+        unknown = sorted({name for name in self.telegram.groups.values() if name not in self.pbx})
+        if unknown:
+            raise ValueError(f"telegram.groups names PBX profiles that do not exist: {', '.join(unknown)}")
+        return self
 
     def profile(self, name: str | None = None) -> tuple[str, PbxProfile]:
         """The named PBX profile, or the only one when no name is given."""

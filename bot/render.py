@@ -200,3 +200,36 @@ def error_text(exc: Exception, lang: str, *, html: bool = False) -> str:
 
 def destination_names(destinations: Any) -> dict[str, str]:
     return {d.value: label(d) for d in destinations}
+
+
+TELEGRAM_LIMIT = 4096
+
+
+def utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def split_text(text: str, limit: int = TELEGRAM_LIMIT) -> list[str]:
+    """Parts of at most `limit` UTF-16 units (Telegram's count), cut at line ends
+    where possible. Cards carry no HTML tags across lines, so any cut is safe."""
+    parts: list[str] = []
+    current = ""
+    for line in text.split("\n"):
+        while utf16_len(line) > limit:  # one very long line: cut it hard
+            cut = limit
+            while utf16_len(line[:cut]) > limit:
+                cut -= 1
+            if current:
+                parts.append(current)
+                current = ""
+            parts.append(line[:cut])
+            line = line[cut:]
+        candidate = f"{current}\n{line}" if current else line
+        if utf16_len(candidate) > limit:
+            parts.append(current)
+            current = line
+        else:
+            current = candidate
+    if current or not parts:
+        parts.append(current)
+    return [p for p in parts if p.strip()] or [text[:limit]]

@@ -158,7 +158,7 @@ class Fault:
 
 
 def _public(message: dict[str, Any]) -> dict[str, Any]:
-    return _public(message)
+    return {k: v for k, v in message.items() if not k.startswith("_")}
 
 
 class TelegramSandbox:
@@ -597,9 +597,7 @@ class TelegramSandbox:
         if not own and chat.type != "private" and not chat.bot_is_admin:
             raise ApiError(400, "Bad Request: message can't be deleted")
         del self.messages[chat.id][message["message_id"]]
-        await self._record(
-            "delete", chat_id=chat.id, message_id=message["message_id"], text=message.get("text")
-        )
+        await self._record("delete", chat_id=chat.id, message_id=message["message_id"])
         return True
 
     async def _m_answerCallbackQuery(self, params: dict[str, Any]) -> bool:
