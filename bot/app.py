@@ -122,7 +122,7 @@ class BotApp:
             )
         )
 
-    async def stop(self) -> None:
+    async def stop(self, *, drain_timeout: float = 120.0) -> None:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         if self.task is not None:
@@ -131,6 +131,10 @@ class BotApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(self.task, 30)
             self.task = None
+        # let updates in flight finish (an apply should not be cut between two writes)
+        pending = set(getattr(self.dispatcher, "_handle_update_tasks", set()))
+        if pending:
+            await asyncio.wait(pending, timeout=drain_timeout)
         await self.bot.session.close()
 
     async def wait(self) -> None:

@@ -6,6 +6,8 @@ pbxbot call      (--pbx NAME | --sandbox) --host HOST --to LOGIN [--from NUMBER]
 pbxbot plan      (--pbx NAME | --sandbox) "<command>" [--apply] [--password-file F]
 pbxbot plan      (--pbx NAME | --sandbox) --csv FILE --provider P [--apply]
 pbxbot migrate                                 bring the database to the current schema
+pbxbot run                                     the Telegram bot (config: [telegram], [pbx.*], [policy])
+pbxbot shell                                   a terminal chat with the bot (no Telegram account needed)
 pbxbot tour                                    a short look at the demo PBX (no config needed)
 """
 
@@ -18,6 +20,7 @@ import getpass
 import json
 import logging
 import secrets
+import signal
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -86,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--password-file", type=Path, help="the SIP password of the account /addnumber creates")
 
     sub.add_parser("migrate", help="bring the database to the current schema")
+    sub.add_parser("run", help="run the Telegram bot (long polling)")
+    sub.add_parser("shell", help="a terminal chat with the bot: local Telegram server, demo PBX, SQLite")
     sub.add_parser("tour", help="a short look at the demo PBX in the simulator")
     return parser
 
@@ -118,6 +123,12 @@ async def _run(args: argparse.Namespace) -> int:
         return await _simulator(args)
     if args.command == "tour":
         return await _tour(args.lang)
+    if args.command == "shell":
+        from sandbox.shell import run_shell
+
+        return await run_shell(args.lang)
+    if args.command == "run":
+        return await _run_bot(args)
     if args.command == "migrate":
         open_store(load_settings(args.config))
         return 0
@@ -220,6 +231,23 @@ async def _plan_or_apply(
     if outcome.replacement is not None and outcome.replacement.row is not None:
         print(t("outcome.replaced", lang, id=outcome.replacement.row.id))
     return 0 if row.status == "applied" else 1
+
+
+async def _run_bot(args: argparse.Namespace) -> int:
+    from .app import running
+
+    settings = load_settings(args.config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+    async with running(settings) as app:
+        log.warning("pbxbot running as @%s", app.services.bot_username)
+        waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait({waiter, app.task}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+    return 0
 
 
 async def _tour(lang: str) -> int:

@@ -85,6 +85,7 @@ def _esc(value: Any) -> str:
 def card_text(services: Services, row: PlanRow, lang: str, *, extra: str = "", summary: bool = False) -> str:
     changes = services.changes
     plan = changes.plan_of(row)
+    plan.needs_secret = changes.missing_secrets(row) if row.status in OPEN else []
     names = row.summary.get("names") or {}
     tally = changes.tally_of(row) if row.status in OPEN else None
     if summary:
@@ -199,12 +200,11 @@ async def apply_and_report(bot: Bot, services: Services, row: PlanRow, actor: Ac
     try:
         outcome = await services.changes.apply(actor, row.id, progress=progress)
     except ChangeError as exc:
+        await refresh_card(bot, services, row)
         if exc.code in ("not_approved", "plan_closed"):
             return None  # another press, or another process, is applying it
         raise
-    finally:
-        applying = services.store.get_plan(row.id) or row
-        await refresh_card(bot, services, applying)
+    await refresh_card(bot, services, outcome.row)
     if outcome.replacement is not None and outcome.replacement.row is not None and row.chat_id is not None:
         new = outcome.replacement.row
         lang = card_language(services, new)
