@@ -389,6 +389,9 @@ class TelegramSandbox:
                         params[part.name] = await part.text()
             else:
                 params.update(await request.post())
+        for key, value in list(params.items()):  # aiogram sends files as "attach://<part name>"
+            if isinstance(value, str) and value.startswith("attach://") and value[9:] in params:
+                params[key] = params.pop(value[9:])
         for key in _JSON_FIELDS & params.keys():
             if isinstance(params[key], str):
                 params[key] = json.loads(params[key])

@@ -318,3 +318,42 @@ async def test_group_migration_keeps_the_binding(world: World):
     await asyncio.sleep(0)  # let the migration updates be queued before the next message
     w.tg.send(ANNA, new_id, "/pbx")
     await w.said(new_id, "office", after=start)
+
+
+async def test_a_csv_in_private_becomes_one_plan_with_a_summary_card_and_the_full_plan_attached(world: World):
+    w = world
+    rows = "".join(f"{900100 + i};pw-{i};IVR\n" for i in range(40))
+    start = w.mark()
+    sent = w.tg.send_document(
+        OLGA, OLGA, "numbers.csv", ("login;password;destination\n" + rows).encode(), "zadarma"
+    )
+    await w.tg.wait_for(
+        lambda e: e["kind"] == "delete" and e["message_id"] == sent["message_id"], after=start
+    )
+    document = await w.tg.wait_for(lambda e: e["kind"] == "document" and e["chat_id"] == GROUP, after=start)
+    assert document["filename"].startswith("plan-") and b"900139" in document["content"]
+    card = await w.said(GROUP, "создать аккаунтов: 40", after=start)
+    assert len(card["text"]) <= 4096 and "pw-" not in card["text"] and b"pw-" not in document["content"]
+    await w.said(OLGA, "опубликован в группе", after=start)
+    w.press(BORIS, "Одобрить")
+    await w.said(GROUP, "Состояние: применён", kinds=("edit",), after=start, timeout=120)
+    assert w.sim.simulate_call(ZADARMA, "900139")["destination"] == DEMO_IVR_EXTENSION
+    progress = [e for e in w.tg.events[start:] if e["kind"] == "edit" and "Применяется" in (e["text"] or "")]
+    assert progress  # a long plan shows its progress
+
+
+async def test_telegram_429s_are_waited_out_and_nothing_is_lost(world: World):
+    w = world
+    w.tg.inject("sendMessage", count=2, retry_after=1)
+    start = w.mark()
+    w.tg.send(ANNA, GROUP, "/whoami")
+    await w.said(GROUP, "роль администратор", after=start)
+    assert w.app.bot.session.middleware._middlewares[0].waited >= 2  # honoured retry_after twice
+
+
+async def test_an_anonymous_admin_is_asked_to_write_as_themselves(world: World):
+    w = world
+    start = w.mark()
+    w.tg.send(ANNA, GROUP, "/addnumber zadarma 847900 → IVR", anonymous=True)
+    await w.said(GROUP, "от своего имени", after=start)
+    assert w.store.plans() == [] and w.sim.reads() == 0
