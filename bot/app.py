@@ -7,6 +7,11 @@ The only module in bot/ that imports aiogram.
 
 from __future__ import annotations
 
+# isort: off
+from . import lazy_models  # noqa: F401  (before aiogram: its models are built when used)
+
+# isort: on
+
 import asyncio
 import contextlib
 import logging

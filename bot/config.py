@@ -77,7 +77,8 @@ class PbxProfile(_Section):
     # True, False, or the path of a CA bundle: PBXes often carry self-signed certificates.
     verify_tls: bool | Path = True
     timeout: float = Field(default=10.0, gt=0, le=300)
-    rate_limit_per_min: int = Field(default=DEFAULT_RATE_LIMIT_PER_MIN, ge=1, le=600)
+    # Above 180 only for a PBX with PBXRateLimitEnabled=0 (nginx limit off).
+    rate_limit_per_min: int = Field(default=DEFAULT_RATE_LIMIT_PER_MIN, ge=1, le=100_000)
     # MikoPBX regenerates pjsip.conf/dialplan ~5 s after the last change; verify after this.
     reload_wait: float = Field(default=15.0, ge=0, le=600)
 

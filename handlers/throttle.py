@@ -17,10 +17,18 @@ from typing import Any
 from aiogram import Bot
 from aiogram.client.session.middlewares.base import BaseRequestMiddleware, NextRequestMiddlewareType
 from aiogram.exceptions import TelegramRetryAfter
-from aiogram.methods import SendDocument, SendMessage, TelegramMethod
+from aiogram.methods import (
+    DeleteMessage,
+    EditMessageReplyMarkup,
+    EditMessageText,
+    SendDocument,
+    SendMessage,
+    TelegramMethod,
+)
 from aiogram.methods.base import Response, TelegramType
 
 log = logging.getLogger("pbxbot.telegram")
+_OUTGOING = (SendMessage, SendDocument, EditMessageText, EditMessageReplyMarkup, DeleteMessage)
 
 
 class Throttle(BaseRequestMiddleware):
@@ -67,7 +75,8 @@ class Throttle(BaseRequestMiddleware):
         if isinstance(method, SendMessage | SendDocument) and isinstance(chat_id, int) and chat_id < 0:
             await self._group(chat_id)
         for attempt in range(self.retries + 1):
-            await self._global()
+            if isinstance(method, _OUTGOING):  # messages count; polling and answers do not
+                await self._global()
             try:
                 return await make_request(bot, method)
             except TelegramRetryAfter as exc:

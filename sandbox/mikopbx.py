@@ -115,6 +115,8 @@ class MikoPbxSimulator:
         self.rate_burst = rate_burst
         self.rate_window = rate_window
         self.block_seconds = block_seconds
+        self.latency = 0.0  # seconds every API call takes before it is handled: a slow PBX
+        self.timeline: list[tuple[float, float]] | None = None  # (start, end) per API call, when recording
         self.jwt_ttl = jwt_ttl
         self.state_file = state_file
         # Real MikoPBX lets 127.0.0.1 in without auth; off by default, so the
@@ -272,6 +274,16 @@ class MikoPbxSimulator:
         return self.trust_localhost and request.remote in ("127.0.0.1", "::1")
 
     async def _api(self, request: web.Request) -> web.StreamResponse:
+        started = time.monotonic()
+        try:
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            return await self._api_call(request)
+        finally:
+            if self.timeline is not None:
+                self.timeline.append((started, time.monotonic()))
+
+    async def _api_call(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         if not path.startswith(API_PREFIX):
             return _not_found(request)
