@@ -77,8 +77,10 @@ def step_lines(
             destination=esc(destinations.get(extension, extension)),
         )
     lines = [t(f"plan.step.{step.kind.value}", lang, **params)]
-    if step.kind is StepKind.CREATE_PROVIDER and record.get("manualattributes"):
-        lines.append(t("plan.attrs", lang, value=esc(_attrs(record["manualattributes"]))))
+    if step.kind is StepKind.CREATE_PROVIDER:
+        lines.append(t("plan.secret", lang))  # the password itself never reaches a text
+        if record.get("manualattributes"):
+            lines.append(t("plan.attrs", lang, value=esc(_attrs(record["manualattributes"]))))
     if step.kind in (StepKind.UPDATE_PROVIDER, StepKind.UPDATE_ROUTE):
         before, after = step.before or {}, step.after or {}
         for key in sorted(set(before) | set(after)):

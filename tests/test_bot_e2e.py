@@ -357,3 +357,55 @@ async def test_an_anonymous_admin_is_asked_to_write_as_themselves(world: World):
     w.tg.send(ANNA, GROUP, "/addnumber zadarma 847900 → IVR", anonymous=True)
     await w.said(GROUP, "от своего имени", after=start)
     assert w.store.plans() == [] and w.sim.reads() == 0
+
+
+async def test_a_mention_of_the_bot_works_and_a_failed_apply_says_what_happened(world: World):
+    w = world
+    w.tg.started.add(OLGA)
+    start = w.mark()
+    w.tg.send(OLGA, GROUP, f"/addnumber@{w.tg.bot.username} zadarma 847900 → IVR")
+    card = await w.said(GROUP, r"План \w{6}", after=start)
+    assert "SIP-пароль: ••••" in card["text"]
+    await w.said(OLGA, "SIP-пароль", after=start)
+    w.tg.send(OLGA, OLGA, PASSWORD)
+    await w.said(OLGA, "получен", after=start)
+    w.sim.inject("/incoming-routes", method="POST", status=422, message="Simulated refusal")
+    w.press(BORIS, "Одобрить")
+    done = await w.said(GROUP, "Состояние: откачен", kinds=("edit",), after=start)
+    assert "Шаг 4 не выполнен" in done["text"] and "Simulated refusal" in done["text"]
+    assert "АТС в прежнем состоянии" in done["text"]
+    assert [p["username"] for p in w.sim.state.providers.values()] == ["847706"]
+
+
+async def test_undo_from_the_chat_goes_through_approval(world: World):
+    w = world
+    plan_id = await propose_with_password(w)
+    start = w.mark()
+    w.press(BORIS, "Одобрить")
+    await w.said(GROUP, "Состояние: применён", kinds=("edit",), after=start)
+    w.tg.send(OLGA, GROUP, f"/undo {plan_id}")
+    card = await w.said(GROUP, r"План \w{6} · АТС office · отмена", after=start)
+    undo_start = w.mark()
+    w.press(BORIS, "Одобрить", message=w.tg.messages[GROUP][card["message_id"]])
+    await w.said(GROUP, "Состояние: применён", kinds=("edit",), after=undo_start)
+    assert [p["username"] for p in w.sim.state.providers.values()] == ["847706"]
+    assert w.sim.simulate_call(ZADARMA, "847706")["destination"] == DEMO_QUEUE_EXTENSION
+
+
+async def test_a_single_admin_applies_alone_with_one_button(sim, tmp_path):
+    async with TelegramSandbox(TOKEN) as tg:
+        tg.add_user(ANNA, "Anna", language_code="en")
+        tg.add_group(GROUP, "PBX admins", [ANNA], admins=[ANNA])
+        tg.started.add(ANNA)
+        async with fast_client(sim.url, name="office") as client:
+            settings = settings_for(tmp_path, sim.url, tg.url, self_approve=True)
+            async with running(settings, clients={"office": client}, polling_timeout=1, verify_timeout=5,
+                               verify_interval=0.05) as app:  # fmt: skip
+                w = World(tg, app, sim, client)
+                tg.send(ANNA, GROUP, "/route 847706 → IVR")
+                card = await w.said(GROUP, r"План \w{6}")
+                labels = [b["text"] for b in tg.buttons(GROUP, card["message_id"])]
+                assert labels == ["✅ Применить", "✖ Отменить"]
+                w.press(ANNA, "Применить")
+                await w.said(GROUP, "Состояние: применён", kinds=("edit",))
+    assert sim.simulate_call(ZADARMA, "847706")["destination"] == DEMO_IVR_EXTENSION

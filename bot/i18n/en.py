@@ -220,4 +220,5 @@ MESSAGES: dict[str, str] = {
     "shell.welcome": 'pbxbot shell: the real bot, a local Telegram server and the demo MikoPBX. You are Anna (admin) in the group "PBX admins". Try:\n  /addnumber zadarma 847900 → IVR\nthen :chat private and the SIP password, then :as boris, :chat group, :press 1. :help lists the shell commands.',
     "shell.help": ":as anna|boris|olga   speak as the admin, the approver or the operator\n:chat group|private   where you speak\n:press N             press button N under the newest card here\n:csv FILE PROVIDER   send a CSV privately (login,password,destination[,phone])\n:call LOGIN          an inbound call from sip.zadarma.com to LOGIN\n:quit                leave",
     "shell.bot": "bot",
+    "plan.secret": "     SIP password: ••••",
 }

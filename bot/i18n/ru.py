@@ -220,4 +220,5 @@ MESSAGES: dict[str, str] = {
     "shell.welcome": "pbxbot shell: настоящий бот, локальный сервер Telegram и демо-АТС MikoPBX. Вы — Anna (администратор) в группе «PBX admins». Попробуйте:\n  /addnumber zadarma 847900 → IVR\nзатем :chat private и SIP-пароль, затем :as boris, :chat group, :press 1. :help — команды оболочки.",
     "shell.help": ":as anna|boris|olga   говорить как администратор, утверждающий или оператор\n:chat group|private   где вы пишете\n:press N             нажать кнопку N под последней карточкой здесь\n:csv ФАЙЛ ПРОВАЙДЕР  прислать CSV лично (логин,пароль,назначение[,телефон])\n:call ЛОГИН          входящий звонок с sip.zadarma.com на ЛОГИН\n:quit                выйти",
     "shell.bot": "бот",
+    "plan.secret": "     SIP-пароль: ••••",
 }
