@@ -27,6 +27,7 @@ from storage.tables import ApprovalRow, AuditRow, PlanRow, utcnow
 from .commands import (
     AddNumber,
     AddNumbers,
+    FixHost,
     Intent,
     RemoveNumber,
     RouteNumber,
@@ -43,6 +44,7 @@ from .planner import (
     PlanKind,
     Step,
     plan_add_numbers,
+    plan_fix_host,
     plan_remove,
     plan_route,
     plan_undo,
@@ -224,6 +226,9 @@ class Changes:
         if isinstance(intent, RemoveNumber):
             snapshot = await handle.reader.read(number=intent.number)
             return plan_remove(intent, snapshot), snapshot
+        if isinstance(intent, FixHost):
+            snapshot = await handle.reader.read(host=intent.host)
+            return plan_fix_host(intent, snapshot, default_extension=self.default_extension), snapshot
         if isinstance(intent, Undo):
             original = self._get(intent.plan_id)
             if original.status not in (APPLIED, FAILED) or not original.results:

@@ -150,7 +150,14 @@ class AddNumbers:
     rows: tuple[AddNumber, ...]
 
 
-Intent = AddNumber | AddNumbers | RouteNumber | RemoveNumber | ListNumbers | Undo
+@dataclass(frozen=True)
+class FixHost:
+    """The doctor's fix for a host with several logins: the recipe on every enabled account."""
+
+    host: str
+
+
+Intent = AddNumber | AddNumbers | RouteNumber | RemoveNumber | ListNumbers | Undo | FixHost
 
 CSV_COLUMNS = ("login", "password", "destination", "phone")
 MAX_CSV_ROWS = 5000
@@ -315,5 +322,5 @@ def intent_from_dict(data: dict) -> Intent:
     if kind == "AddNumbers":
         rows = tuple(intent_from_dict({"type": "AddNumber", **row}) for row in data["rows"])
         return AddNumbers(ProviderTarget(**data["provider"]), rows)  # type: ignore[arg-type]
-    simple = {cls.__name__: cls for cls in (RouteNumber, RemoveNumber, ListNumbers, Undo)}
+    simple = {cls.__name__: cls for cls in (RouteNumber, RemoveNumber, ListNumbers, Undo, FixHost)}
     return simple[kind](**data)

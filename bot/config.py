@@ -149,8 +149,8 @@ class PolicySettings(_Section):
     operators: list[int] = Field(default_factory=list)
     viewers: list[int] = Field(default_factory=list)
     # approvals from approvers other than the proposer, per kind of change
-    approvals: dict[Literal["add", "route", "remove", "undo"], int] = Field(
-        default_factory=lambda: {"add": 1, "route": 1, "remove": 2, "undo": 1}
+    approvals: dict[Literal["add", "route", "remove", "undo", "fix"], int] = Field(
+        default_factory=lambda: {"add": 1, "route": 1, "remove": 2, "undo": 1, "fix": 1}
     )
     self_approve: bool = False  # a one-admin PBX: the proposer's own approval counts
     expiry_hours: float = Field(default=24.0, gt=0, le=24 * 30)
@@ -160,7 +160,7 @@ class PolicySettings(_Section):
     def _approvals(cls, value: dict[str, int]) -> dict[str, int]:
         if any(n < 0 or n > 10 for n in value.values()):
             raise ValueError("approvals must be between 0 and 10")
-        return {"add": 1, "route": 1, "remove": 2, "undo": 1, **value}
+        return {"add": 1, "route": 1, "remove": 2, "undo": 1, "fix": 1, **value}
 
 
 class Settings(BaseSettings):

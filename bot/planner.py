@@ -22,7 +22,7 @@ from typing import Any
 
 from pbx.models import Destination, Provider, Route
 
-from .commands import AddNumber, AddNumbers, RemoveNumber, RouteNumber, number_key
+from .commands import AddNumber, AddNumbers, FixHost, RemoveNumber, RouteNumber, number_key
 from .destinations import DestinationError, DestinationIndex, label
 from .snapshot import Snapshot, same_host
 
@@ -61,6 +61,7 @@ class PlanKind(enum.StrEnum):
     ROUTE = "route"
     REMOVE = "remove"
     UNDO = "undo"
+    FIX = "fix"
 
 
 @dataclass(frozen=True)
@@ -337,6 +338,22 @@ def _recipe_steps(
         steps.append(Step(StepKind.CREATE_ROUTE, None, route_record(keep), "route_keeps_default", "", login))
         notes.append("login_without_route")
     return steps
+
+
+def plan_fix_host(intent: FixHost, snapshot: Snapshot, *, default_extension: str = "busy") -> Plan:
+    """The doctor's fix: a host with two or more enabled accounts (or one already
+    under the recipe) gets the recipe on every enabled account, their bound
+    routes moved to "any", and a route for every login that has none."""
+    accounts = [a for a in snapshot.accounts_on(intent.host) if not a.disabled]
+    plan = Plan(snapshot.pbx, PlanKind.FIX, [], "", intent.host, [], _summary(host=intent.host))
+    if len(accounts) >= 2 or any(has_recipe(a.manualattributes) for a in accounts):
+        any_by_did = {r.number: r for r in snapshot.any_routes()}
+        plan.notes.append("recipe_applied")
+        for account in accounts:
+            plan.steps += _recipe_steps(account, snapshot, any_by_did, plan.notes, default_extension)
+    plan.summary["logins"] = plan.logins
+    plan.fingerprint = snapshot.fingerprint(plan.touched_accounts)
+    return plan
 
 
 # ---------------------------------------------------------------------- one number

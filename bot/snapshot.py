@@ -110,7 +110,12 @@ class SnapshotReader:
             self._details.pop(pid, None)
 
     async def read(
-        self, *, host: str | None = None, number: str | None = None, fresh: Iterable[str] | bool = False
+        self,
+        *,
+        host: str | None = None,
+        number: str | None = None,
+        fresh: Iterable[str] | bool = False,
+        every_host: bool = False,
     ) -> Snapshot:
         """The lists, plus the accounts of `host` in full (or of the host that has
         the login/phone `number`). `fresh`: ids (or True for all) never taken from kept details."""
@@ -122,6 +127,8 @@ class SnapshotReader:
             host = matching[0].host
         # several hosts have this login: read those accounts, and let the planner say so
         on_host = [p for p in providers if same_host(p.host, host)] if host is not None else matching
+        if every_host:  # the doctor and the digest: every account in full
+            on_host = list(providers)
         now = self._clock()
         forced = set() if fresh is False else (set(fresh) if fresh is not True else {p.id for p in on_host})
         kept: dict[str, Provider] = {}

@@ -1,0 +1,163 @@
+"""The doctor on seeded broken setups, read over HTTP from the simulator: one
+test per check, a clean setup giving none, and a fix that clears its finding."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bot.commands import FixHost
+from bot.doctor import Attributes, Severity, _did_matches, examine
+from bot.executor import ApplyStatus, Executor
+from bot.planner import plan_fix_host
+from bot.snapshot import SnapshotReader
+from pbx.models import Provider, Route
+from sandbox.demo import DEMO_IVR_EXTENSION, DEMO_PROVIDER_ID, DEMO_QUEUE_EXTENSION
+
+RECIPE = "[endpoint]\ncontext=public-direct-dial"
+ZADARMA = "sip.zadarma.com"
+
+
+async def findings(client):
+    _, found = await examine(client, SnapshotReader(client))
+    return found
+
+
+def codes(found) -> list[str]:
+    return [f.code for f in found]
+
+
+async def add_account(client, login: str, attrs: str = "", host: str = ZADARMA, **extra) -> Provider:
+    account = Provider(description=f"Z {login}", username=login, host=host, manualattributes=attrs, **extra)
+    return await client.create_provider(account, secret="pw")
+
+
+async def test_the_demo_pbx_is_clean(client):
+    assert await findings(client) == []
+
+
+async def test_two_logins_on_one_host_without_the_recipe(client):
+    await add_account(client, "847900")
+    (finding,) = await findings(client)
+    assert (finding.code, finding.severity, finding.subject) == (
+        "shared_host_no_fix",
+        Severity.WARNING,
+        ZADARMA,
+    )
+    assert finding.fix == FixHost(ZADARMA) and len(finding.fix_key) == 10
+
+
+async def test_a_mixed_group_and_a_recipe_login_without_a_route(client):
+    await add_account(client, "847900", RECIPE)
+    found = await findings(client)
+    assert codes(found) == ["mixed_group", "recipe_without_route"]
+    assert found[0].params["logins"] == "847706" and found[1].subject == "847900"
+    assert all(f.severity is Severity.ERROR for f in found)
+
+
+async def test_a_route_bound_to_an_account_under_the_recipe_is_dead(client):
+    await client.patch_provider(DEMO_PROVIDER_ID, {"manualattributes": RECIPE})
+    found = await findings(client)
+    assert "dead_bound_route" in codes(found) and "recipe_without_route" in codes(found)
+
+
+async def test_routes_bound_to_a_disabled_or_missing_provider(client, sim):
+    await client.set_provider_disabled(DEMO_PROVIDER_ID, True)
+    assert codes(await findings(client)) == ["route_provider_disabled"]
+    sim.state.routes[2]["provider"] = "SIP-TRUNK-DEADBEEF"
+    assert codes(await findings(client)) == ["route_provider_missing"]
+
+
+async def test_an_any_route_that_matches_nothing_and_duplicate_dids(client):
+    await client.create_route(Route(rulename="typo", number="84770", extension=DEMO_IVR_EXTENSION))
+    await client.create_route(Route(rulename="a", number="74951112233", extension="201"))
+    await client.create_route(Route(rulename="b", number="+7 495 111-22-33", extension="202"))
+    found = await findings(client)
+    assert codes(found) == ["duplicate_did", "orphan_any_route"]
+    assert found[0].params["did"] == "+74951112233"
+
+
+async def test_a_route_to_a_destination_that_does_not_exist(client, sim):
+    sim.state.routes[2]["extension"] = "2999"
+    (finding,) = await findings(client)
+    assert finding.code == "missing_destination" and finding.params["destination"] == "2999"
+
+
+async def test_a_did_stored_in_another_form_than_calls_arrive_with(client, sim):
+    await client.patch_provider(DEMO_PROVIDER_ID, {"manualattributes": RECIPE})
+    await client.patch_route(2, {"number": "847706"}, providerid=None)
+    await client.create_route(Route(rulename="city", number="+74952293042", extension=DEMO_QUEUE_EXTENSION))
+    sim.simulate_call(ZADARMA, "74952293042")  # the provider sends the DID without the plus
+    (finding,) = await findings(client)
+    assert finding.code == "did_format" and finding.params == {
+        "route": 3,
+        "stored": "+74952293042",
+        "seen": "74952293042",
+    }
+
+
+async def test_an_account_that_does_not_register(client, sim):
+    sim.reject_credentials(ZADARMA, "847706")
+    await client.patch_provider(DEMO_PROVIDER_ID, {"note": "touched"})  # re-registers, and is refused
+    deadline = asyncio.get_running_loop().time() + 30
+    while (await client.provider_status(DEMO_PROVIDER_ID)).state.value != "rejected":
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+    (finding,) = await findings(client)
+    assert finding.code == "not_registered" and finding.params["state"] == "rejected"
+
+
+async def test_an_inbound_account_sharing_a_host(client):
+    await add_account(client, "trunk1", registration_type="inbound")
+    assert "inbound_shares_host" in codes(await findings(client))
+
+
+async def test_extra_parameters_that_mikopbx_drops_or_cannot_load(client):
+    attrs = "[endpiont]\nx=1\njunk line\n[registration]\nline=yes\n[endpoint]\ncontext=public-direct"
+    await client.patch_provider(DEMO_PROVIDER_ID, {"manualattributes": attrs})
+    found = await findings(client)
+    assert codes(found) == [
+        "attrs_context_typo",
+        "attrs_line_without_endpoint",
+        "attrs_line_dropped",
+        "attrs_unknown_section",
+    ]
+
+
+async def test_the_fix_plan_clears_the_finding_and_calls_land_right(client, sim):
+    await add_account(client, "847900")
+    await client.create_route(Route(rulename="847900", number="", providerid=None, extension="202"))
+    snapshot = await SnapshotReader(client).read(host=ZADARMA)
+    plan = plan_fix_host(FixHost(ZADARMA), snapshot)
+    assert plan.kind.value == "fix" and plan.steps
+    result = await Executor(client, reload_wait=0, verify_timeout=5, verify_interval=0.05).apply(plan)
+    assert result.status is ApplyStatus.APPLIED
+    assert await findings(client) == []
+    assert sim.simulate_call(ZADARMA, "847706")["destination"] == DEMO_QUEUE_EXTENSION
+
+
+def test_attribute_parsing_and_did_patterns():
+    a = Attributes.parse("[endpoint]\ncontext = public-direct-dial\n; comment\nset_var=\n")
+    assert a.recipe and a.lines_without_value == ["set_var="]
+    assert _did_matches("_8477XX", "847706") and not _did_matches("_8477XX", "84770")
+    assert (
+        _did_matches("_X.", "12")
+        and not _did_matches("_X.", "1")
+        and _did_matches("_[1-3]00", "200")
+        and not _did_matches("_[1-3]00", "400")
+    )
+
+
+@pytest.mark.parametrize("lang", ["ru", "en"])
+def test_every_finding_has_texts(lang):
+    from bot.i18n import CATALOGUES
+
+    codes_in_doctor = set(
+        "shared_host_no_fix mixed_group recipe_without_route dead_bound_route route_provider_missing "
+        "route_provider_disabled orphan_any_route duplicate_did did_bound_and_any missing_destination "
+        "did_format not_registered inbound_shares_host attrs_unknown_section attrs_line_dropped "
+        "attrs_line_without_endpoint attrs_context_typo".split()
+    )
+    for code in codes_in_doctor:
+        assert f"doctor.{code}.title" in CATALOGUES[lang] and f"doctor.{code}.why" in CATALOGUES[lang]
