@@ -129,13 +129,10 @@ class Tracer:
         self._identified: dict[str, list[Provider]] = {}
 
     def _account(self, number: str) -> Provider | None:
-        account = self.by_login.get(number)
-        if (
-            account is not None
-            and sum(1 for p in self.snapshot.details.values() if p.username == number) == 1
-        ):
-            return account
-        return find_number(self.snapshot, number)
+        accounts = self.by_login.get(number, [])
+        if len(accounts) == 1:
+            return accounts[0]
+        return find_number(self.snapshot, number)  # a phone in a note, or an ambiguous login
 
     def _matching(self, host: str) -> list[Provider]:
         if host not in self._identified:
