@@ -24,17 +24,18 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
 from aiogram.types import BotCommand, BotCommandScopeAllGroupChats, BotCommandScopeAllPrivateChats
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from handlers import routers
 from handlers.access import Access
 from handlers.cards import refresh_card
+from handlers.routing import TelegramPoster
 from handlers.throttle import Throttle
 from pbx.mikopbx import MikoPbxClient
 
 from .changes import Changes, PbxHandle
 from .config import ConfigError, Settings
 from .i18n import CATALOGUES, t
+from .scheduler import Scheduler
 from .services import Services
 from .wiring import open_store, open_vault
 
@@ -102,7 +103,7 @@ class BotApp:
     bot: Bot
     dispatcher: Dispatcher
     services: Services
-    scheduler: AsyncIOScheduler
+    scheduler: Scheduler
     task: asyncio.Task | None = None
 
     async def start(self, *, polling_timeout: int = 10) -> None:
@@ -111,16 +112,8 @@ class BotApp:
         await self.bot.delete_webhook(drop_pending_updates=False)
         await set_commands(self.bot)
         await housekeeping(self.bot, self.services)
-        self.scheduler.add_job(
-            housekeeping,
-            "interval",
-            minutes=1,
-            args=(self.bot, self.services),
-            id="housekeeping",
-            max_instances=1,
-            coalesce=True,
-        )
-        self.scheduler.start()
+        self.services.scheduler = self.scheduler
+        self.scheduler.start(lambda: housekeeping(self.bot, self.services))
         self.task = asyncio.create_task(
             self.dispatcher.start_polling(
                 self.bot, handle_signals=False, close_bot_session=False, polling_timeout=polling_timeout
@@ -128,8 +121,7 @@ class BotApp:
         )
 
     async def stop(self, *, drain_timeout: float = 120.0) -> None:
-        if self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+        self.scheduler.shutdown()
         if self.task is not None:
             with contextlib.suppress(RuntimeError):
                 await self.dispatcher.stop_polling()
@@ -169,7 +161,8 @@ async def running(
     }
     changes = Changes(store, settings.policy, open_vault(settings), handles)
     services = Services(settings, changes, store)
-    app = BotApp(make_bot(settings), make_dispatcher(services), services, AsyncIOScheduler())
+    bot = make_bot(settings)
+    app = BotApp(bot, make_dispatcher(services), services, Scheduler(services, TelegramPoster(bot)))
     try:
         await app.start(polling_timeout=polling_timeout)
         yield app

@@ -5,6 +5,9 @@ pbxbot numbers   [--pbx NAME | --sandbox]      accounts, registration, routes of
 pbxbot call      (--pbx NAME | --sandbox) --host HOST --to LOGIN [--from NUMBER]   (sandbox only)
 pbxbot plan      (--pbx NAME | --sandbox) "<command>" [--apply] [--password-file F]
 pbxbot plan      (--pbx NAME | --sandbox) --csv FILE --provider P [--apply]
+pbxbot doctor    (--pbx NAME | --sandbox)      check the routing; exit 1 on an error (cron, monitoring)
+pbxbot trace     (--pbx NAME | --sandbox) LOGIN  where a call to LOGIN ends up, and why
+pbxbot digest    (--pbx NAME | --sandbox) --print [--weekly]
 pbxbot migrate                                 bring the database to the current schema
 pbxbot run                                     the Telegram bot (config: [telegram], [pbx.*], [policy])
 pbxbot shell                                   a terminal chat with the bot (no Telegram account needed)
@@ -17,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import getpass
+import html
 import json
 import logging
 import secrets
@@ -88,6 +92,16 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--apply", action="store_true", help="apply at once as the local admin (audited)")
     plan.add_argument("--password-file", type=Path, help="the SIP password of the account /addnumber creates")
 
+    doctor = sub.add_parser("doctor", help="check the routing; exit 1 when an error is found")
+    _target(doctor)
+    trace = sub.add_parser("trace", help="where a call to a login ends up, and why")
+    _target(trace)
+    trace.add_argument("number", help="a login, or a phone number in an account's note")
+    digest = sub.add_parser("digest", help="the routing digest")
+    _target(digest)
+    digest.add_argument("--print", action="store_true", required=True, help="print it (posting is the bot's)")
+    digest.add_argument("--weekly", action="store_true", help="cover 7 days instead of 1")
+
     sub.add_parser("migrate", help="bring the database to the current schema")
     sub.add_parser("run", help="run the Telegram bot (long polling)")
     sub.add_parser("shell", help="a terminal chat with the bot: local Telegram server, demo PBX, SQLite")
@@ -135,6 +149,8 @@ async def _run(args: argparse.Namespace) -> int:
     if args.command == "plan":
         return await _plan(args)
     async with _client(args) as (client, sim):
+        if args.command in ("doctor", "trace", "digest"):
+            return await _routing(args, client)
         if args.command == "numbers":
             print("\n".join(await numbers_lines(client, args.lang)))
             return 0
@@ -231,6 +247,54 @@ async def _plan_or_apply(
     if outcome.replacement is not None and outcome.replacement.row is not None:
         print(t("outcome.replaced", lang, id=outcome.replacement.row.id))
     return 0 if row.status == "applied" else 1
+
+
+async def _routing(args: argparse.Namespace, client: MikoPbxClient) -> int:
+    from zoneinfo import ZoneInfo
+
+    from . import digest as digests
+    from .doctor import Severity, examine, worst
+    from .snapshot import SnapshotReader
+    from .trace import Tracer
+
+    lang = args.lang
+    reader = SnapshotReader(client)
+    if args.command == "doctor":
+        _, findings = await examine(client, reader)
+        if not findings:
+            print(t("doctor.clean", lang, pbx=client.name))
+        for f in findings:
+            print(f"[{f.severity.value}] {t(f'doctor.{f.code}.title', lang, **f.params)}")
+            print(
+                "\n".join(f"    {line}" for line in t(f"doctor.{f.code}.why", lang, **f.params).split("\n"))
+            )
+        return 1 if worst(findings) is Severity.ERROR else 0
+    if args.command == "trace":
+        snapshot = await reader.read(number=args.number)
+        result = Tracer(snapshot, await client.default_route()).trace(args.number)
+        print(t("trace.header", lang, pbx=client.name, number=args.number))
+        for line in result.lines:
+            print(t(f"trace.{line.key}", lang, **line.params))
+        return 0 if result.outcome == "dial" else 1
+    settings = load_settings(args.config) if not args.sandbox else load_settings(None)
+    tz = ZoneInfo(settings.timezone)
+    since, until, _ = digests.period_bounds("weekly" if args.weekly else "daily", _utcnow(), tz)
+    with tempfile.TemporaryDirectory(prefix="pbxbot-") as tmp:
+        store = (
+            open_store(settings)
+            if not args.sandbox
+            else open_store(load_settings(None, storage={"data_dir": tmp}))
+        )
+        built = await digests.build(client, reader, store, client.name, since=since, until=until, tz=tz)
+        store.engine.dispose()
+    print(html.unescape(digests.render(built, lang, tz)))
+    return 0
+
+
+def _utcnow():
+    from storage.tables import utcnow
+
+    return utcnow()
 
 
 async def _run_bot(args: argparse.Namespace) -> int:

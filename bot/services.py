@@ -4,6 +4,7 @@ change service, storage, and which PBX a chat works on. Free of aiogram."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from pbx.base import Pbx
@@ -20,6 +21,7 @@ class Services:
     store: Store
     bot_username: str = ""
     refused: set[int] = field(default_factory=set)  # users and chats told "no" once already
+    scheduler: Any = None  # bot.scheduler.Scheduler, once the app has started
 
     @property
     def tz(self) -> ZoneInfo:

@@ -11,6 +11,7 @@ from aiogram import Router
 
 def routers() -> list[Router]:
     """Fresh routers for one dispatcher."""
-    from . import approvals, common, numbers, secrets
+    from . import approvals, common, numbers, routing, secrets
 
-    return [common.router(), numbers.router(), approvals.router(), secrets.router()]
+    # routing before approvals: its Fix buttons must not reach the catch-all for unknown buttons
+    return [common.router(), numbers.router(), routing.router(), approvals.router(), secrets.router()]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 from aiogram import Bot, Router
 from aiogram.filters import Command, CommandObject, CommandStart
 from aiogram.types import Message
@@ -23,6 +25,9 @@ COMMANDS: dict[str, Action] = {
     "plans": Action.VIEW,
     "history": Action.VIEW,
     "cancel": Action.CANCEL_OWN,
+    "doctor": Action.VIEW,
+    "trace": Action.VIEW,
+    "digest": Action.VIEW,
     "pbx": Action.VIEW,
     "whoami": Action.VIEW,
     "help": Action.VIEW,
@@ -32,9 +37,13 @@ COMMANDS: dict[str, Action] = {
 def help_text(services: Services, user_id: int, lang: str) -> str:
     policy = services.settings.policy
     lines = [t("tg.help.header", lang)]
-    lines += [t(f"tg.help.{name}", lang) for name, action in COMMANDS.items() if may(policy, user_id, action)]
+    lines += [
+        html.escape(t(f"tg.help.{name}", lang), quote=False)
+        for name, action in COMMANDS.items()
+        if may(policy, user_id, action)
+    ]
     if may(policy, user_id, Action.PROPOSE):
-        lines.append(t("tg.help.csv", lang))
+        lines.append(html.escape(t("tg.help.csv", lang), quote=False))
     if may(policy, user_id, Action.APPROVE):
         lines.append(t("tg.help.approve", lang))
     return "\n".join(lines)

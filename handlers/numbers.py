@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import html
+
 from aiogram import Bot, Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
@@ -123,7 +125,7 @@ async def cancel(
 ) -> None:
     plan_id = (command.args or "").strip()
     if not plan_id:
-        await message.answer(t("tg.cancel.usage", lang))
+        await message.answer(html.escape(t("tg.cancel.usage", lang), quote=False))
         return
     try:
         row = await services.changes.cancel(actor, plan_id)

@@ -645,6 +645,24 @@ class TelegramSandbox:
         )
         return message
 
+    async def _m_sendPhoto(self, params: dict[str, Any]) -> dict[str, Any]:
+        chat = self._chat(params.get("chat_id"))
+        photo = params.get("photo")
+        if not isinstance(photo, dict):
+            raise ApiError(400, "Bad Request: there is no photo in the request")
+        if not photo["content"].startswith(b"\x89PNG") and not photo["content"].startswith(b"\xff\xd8"):
+            raise ApiError(400, "Bad Request: IMAGE_PROCESS_FAILED")
+        caption = self._text(params, "caption", MAX_CAPTION) if params.get("caption") else None
+        self._rate(chat)
+        file_id = f"photo{len(self.files) + 1}"
+        self.files[file_id] = (f"photos/{file_id}.png", photo["content"])
+        sizes = [{"file_id": file_id, "file_unique_id": file_id + "u", "width": 800, "height": 450}]
+        message = await self._bot_message(chat, photo=sizes, caption=caption)
+        await self._record(
+            "photo", chat_id=chat.id, message_id=message["message_id"], text=caption, content=photo["content"]
+        )
+        return message
+
     async def _m_getFile(self, params: dict[str, Any]) -> dict[str, Any]:
         file_id = str(params.get("file_id"))
         if file_id not in self.files:

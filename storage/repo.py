@@ -16,7 +16,17 @@ from sqlalchemy import Engine, delete, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from .tables import ApprovalRow, AuditRow, ChatRow, LockRow, PlanRow, SecretRow, utcnow
+from .tables import (
+    ApprovalRow,
+    AuditRow,
+    ChatRow,
+    DigestRunRow,
+    DigestScheduleRow,
+    LockRow,
+    PlanRow,
+    SecretRow,
+    utcnow,
+)
 
 PLAN_ID_BYTES = 3  # six hex digits: short enough to type in `/undo 7f3a2c`
 
@@ -188,3 +198,61 @@ class Store:
     def chats_of(self, pbx: str) -> list[int]:
         with self.session() as s:
             return list(s.exec(select(ChatRow.chat_id).where(ChatRow.pbx == pbx, ChatRow.chat_id < 0)))
+
+    # ------------------------------------------------------------------ digests
+
+    def set_schedule(self, row: DigestScheduleRow) -> None:
+        with self.session() as s:
+            s.merge(row)
+            s.commit()
+
+    def schedule(self, chat_id: int) -> DigestScheduleRow | None:
+        with self.session() as s:
+            return s.get(DigestScheduleRow, chat_id)
+
+    def schedules(self) -> list[DigestScheduleRow]:
+        with self.session() as s:
+            return list(s.exec(select(DigestScheduleRow)))
+
+    def drop_schedule(self, chat_id: int) -> bool:
+        with self.session() as s:
+            result = s.exec(delete(DigestScheduleRow).where(DigestScheduleRow.chat_id == chat_id))
+            s.commit()
+            return result.rowcount == 1
+
+    def claim_digest(self, chat_id: int, period_key: str) -> int | None:
+        """Take the (chat, period) row; None when another run (or process) has it already."""
+        row = DigestRunRow(chat_id=chat_id, period_key=period_key)
+        with self.session() as s:
+            s.add(row)
+            try:
+                s.commit()
+            except IntegrityError:
+                s.rollback()
+                return None
+            return row.id
+
+    def finish_digest(self, run_id: int, *, posted: bool, state: str) -> None:
+        with self.session() as s:
+            s.exec(update(DigestRunRow).where(DigestRunRow.id == run_id).values(posted=posted, state=state))
+            s.commit()
+
+    def last_digest(self, chat_id: int, *, before: int | None = None) -> DigestRunRow | None:
+        """The newest earlier run of this chat (the one before `before`)."""
+        query = (
+            select(DigestRunRow).where(DigestRunRow.chat_id == chat_id).order_by(col(DigestRunRow.id).desc())
+        )
+        if before is not None:
+            query = query.where(DigestRunRow.id < before)
+        with self.session() as s:
+            return s.exec(query.limit(1)).first()
+
+    def audit_since(self, pbx: str, since: datetime, events: Iterable[str]) -> list[AuditRow]:
+        with self.session() as s:
+            return list(
+                s.exec(
+                    select(AuditRow)
+                    .where(AuditRow.pbx == pbx, AuditRow.at >= since, col(AuditRow.event).in_(list(events)))
+                    .order_by(col(AuditRow.id))
+                )
+            )

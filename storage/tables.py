@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, Text
+from sqlalchemy import JSON, BigInteger, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -105,3 +105,34 @@ class ChatRow(SQLModel, table=True):
     title: str = Field(default="", max_length=255)
     bound_by: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     at: datetime = Field(default_factory=utcnow)
+
+
+class DigestScheduleRow(SQLModel, table=True):
+    """A chat's routing digest: daily or weekly at a local time, optionally quiet."""
+
+    __tablename__ = "digest_schedules"
+
+    chat_id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    pbx: str = Field(max_length=64)
+    period: str = Field(max_length=8)  # daily | weekly
+    weekday: int | None = None  # 0 = Monday, for weekly
+    hour: int
+    minute: int
+    timezone: str = Field(max_length=64)
+    quiet: bool = False  # post only when something changed or is wrong
+    created_by: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class DigestRunRow(SQLModel, table=True):
+    """One digest per (chat, period): the row is taken before posting, so two processes never both post."""
+
+    __tablename__ = "digest_runs"
+    __table_args__ = (UniqueConstraint("chat_id", "period_key", name="uq_digest_runs_chat_period"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    chat_id: int = Field(sa_column=Column(BigInteger, nullable=False))
+    period_key: str = Field(max_length=32)
+    at: datetime = Field(default_factory=utcnow)
+    posted: bool = False
+    state: str = Field(default="", max_length=64)  # fingerprint of what the digest showed (quiet mode)

@@ -15,6 +15,7 @@ import pytest
 from bot.app import BotApp, running
 from bot.config import load_settings
 from pbx.mikopbx import MikoPbxClient
+from pbx.models import Provider
 from sandbox.demo import DEMO_IVR_EXTENSION, DEMO_PROVIDER_ID, DEMO_QUEUE_EXTENSION
 from sandbox.telegram import TelegramSandbox
 from tests.conftest import API_KEY, fast_client
@@ -409,3 +410,46 @@ async def test_a_single_admin_applies_alone_with_one_button(sim, tmp_path):
                 w.press(ANNA, "Применить")
                 await w.said(GROUP, "Состояние: применён", kinds=("edit",))
     assert sim.simulate_call(ZADARMA, "847706")["destination"] == DEMO_IVR_EXTENSION
+
+
+async def test_doctor_offers_a_fix_that_goes_through_approval(world: World):
+    w = world
+    await w.client.create_provider(
+        Provider(description="Z 847900", username="847900", host=ZADARMA), secret="pw"
+    )
+    start = w.mark()
+    w.tg.send(OLGA, GROUP, "/doctor")
+    report = await w.said(GROUP, "Доктор · АТС office", after=start)
+    assert "несколько логинов (847706, 847900) без рецепта" in report["text"]
+    w.press(OLGA, "Исправить sip.zadarma.com", message=w.tg.messages[GROUP][report["message_id"]])
+    card = await w.said(GROUP, r"План \w{6} · АТС office · исправление доктора", after=start)
+    w.press(BORIS, "Одобрить", message=w.tg.messages[GROUP][card["message_id"]])
+    await w.said(GROUP, "Состояние: применён", kinds=("edit",), after=start)
+    mark = w.mark()
+    w.tg.send(OLGA, GROUP, "/doctor")
+    await w.said(GROUP, "проблем не найдено", after=mark)
+
+
+async def test_trace_explains_where_a_call_goes(world: World):
+    w = world
+    start = w.mark()
+    w.tg.send(VIKTOR, GROUP, "/trace 847706")
+    traced = await w.said(GROUP, "Trace · PBX office", after=start)  # Viktor reads English
+    assert "Sales" in traced["text"] and "SIP-TRUNK-5A1D8E20-incoming" in traced["text"]
+    w.tg.send(VIKTOR, GROUP, "/trace")
+    await w.said(GROUP, "Usage: /trace", after=start)
+
+
+async def test_digest_now_and_a_schedule(world: World):
+    w = world
+    start = w.mark()
+    w.tg.send(ANNA, GROUP, "/digest")
+    await w.said(GROUP, "Сводка маршрутизации · АТС office", after=start)
+    w.tg.send(ANNA, GROUP, "/digest weekly пн 09:30")
+    await w.said(GROUP, "каждую неделю, пн, в 09:30 \\(Europe/Moscow\\)", after=start)
+    assert w.app.services.scheduler.next_run(GROUP).weekday() == 0
+    w.tg.send(ANNA, GROUP, "/digest daily 25:00")
+    await w.said(GROUP, "не время", after=start)
+    w.tg.send(ANNA, GROUP, "/digest off")
+    await w.said(GROUP, "Сводка отключена", after=start)
+    assert w.app.services.scheduler.next_run(GROUP) is None

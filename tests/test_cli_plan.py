@@ -78,3 +78,21 @@ def test_apply_against_a_configured_pbx_is_audited_and_keeps_the_password_out(se
     assert code == 0, capsys.readouterr()
     for login, destination in (("847901", "201"), ("847902", "2200"), ("847900", "2000")):
         assert served_pbx.simulate_call("sip.zadarma.com", login)["destination"] == destination
+
+
+def test_doctor_trace_and_digest_from_the_command_line(capsys):
+    assert main(["--lang", "en", "doctor", "--sandbox"]) == 0
+    assert "nothing wrong found" in capsys.readouterr().out
+    assert main(["--lang", "en", "trace", "--sandbox", "847706"]) == 0
+    assert "Route 2" in capsys.readouterr().out
+    assert main(["--lang", "en", "trace", "--sandbox", "999"]) == 1
+    assert main(["--lang", "ru", "digest", "--sandbox", "--print"]) == 0
+    assert "Сводка маршрутизации" in capsys.readouterr().out
+
+
+def test_doctor_exits_1_on_an_error(served_pbx, tmp_path, capsys):
+    served_pbx.state.routes[2]["extension"] = "2999"  # a destination that does not exist
+    config = tmp_path / "config.toml"
+    config.write_text(f'[pbx.office]\nurl = "{served_pbx.url}"\napi_key = "{API_KEY}"\n', encoding="utf-8")
+    assert main(["--config", str(config), "--lang", "en", "doctor", "--pbx", "office"]) == 1
+    assert "[E] Route 2 goes to 2999" in capsys.readouterr().out
