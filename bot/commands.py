@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import re
 from dataclasses import dataclass
@@ -163,6 +164,7 @@ CSV_COLUMNS = ("login", "password", "destination", "phone")
 MAX_CSV_ROWS = 5000
 
 
+@functools.lru_cache(maxsize=65536)  # pure, and a digest asks for every login and every call's DID
 def normalise_phone(text: str, region: str = DEFAULT_REGION) -> str | None:
     """E.164 for a valid phone number ("+7(495)229-30-42", "84952293042" and
     "74952293042" are one number), None for anything else — logins such as

@@ -16,6 +16,7 @@ import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from html import unescape as html_unescape
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -28,6 +29,8 @@ from .snapshot import SnapshotReader
 from .trace import Tracer
 
 CHANGE_EVENTS = ("applied", "rolled_back", "failed")
+COMPACT_OVER = 40  # more numbers than this: list those in trouble and the busiest, attach the rest
+TOP_BUSIEST = 10
 CDR_LIMIT = 20_000  # records read per digest at most
 
 
@@ -41,6 +44,10 @@ class NumberLine:
     destination: str  # where a call to it ends up (by trace), as a name
     outcome: str  # dial | default | not_found | no_account
     calls: int
+
+    @property
+    def ok(self) -> bool:
+        return self.state in ("registered", "disabled") and self.outcome in ("dial", "no_account")
 
 
 @dataclass(frozen=True)
@@ -82,11 +89,45 @@ class Digest:
         return not self.reachable or any(f.severity is Severity.ERROR for f in self.findings)
 
 
-async def build(
-    pbx: Any, reader: SnapshotReader, store: Any, name: str, *, since: datetime, until: datetime, tz: ZoneInfo
+@dataclass
+class Readings:
+    """What a digest reads from the PBX; None when the PBX did not answer."""
+
+    snapshot: Any = None
+    registration: dict[str, Any] = field(default_factory=dict)
+    default: Any = None
+    records: list[Any] = field(default_factory=list)
+    error: str = ""
+
+
+async def read(
+    pbx: Any, reader: SnapshotReader, *, since: datetime, until: datetime, tz: ZoneInfo | None = None
+) -> Readings:
+    """Every account in full, registrations, the default route, and the CDR of the
+    period (MikoPBX keeps call times in its own local time: `tz`)."""
+    try:
+        snapshot, registration, default = await asyncio.gather(
+            reader.read(every_host=True), pbx.registration_statuses(), pbx.default_route()
+        )
+    except PbxError as exc:
+        return Readings(error=str(exc))
+    records = []
+    try:
+        start, end = (since.astimezone(tz), until.astimezone(tz)) if tz else (since, until)
+        window = {"date_from": f"{start:%Y-%m-%d %H:%M:%S}", "date_to": f"{end:%Y-%m-%d %H:%M:%S}"}
+        async for record in pbx.iter_cdr(page_size=1000, **window):
+            records.append(record)
+            if len(records) >= CDR_LIMIT:
+                break
+    except PbxError:
+        records = []  # calls are evidence; the rest of the digest stands without them
+    return Readings(snapshot, registration, default, records)
+
+
+def compose(
+    readings: Readings, store: Any, name: str, *, since: datetime, until: datetime, tz: ZoneInfo
 ) -> Digest:
-    """Read the PBX (every account, registrations, CDR of the period) and the
-    audit trail, and put the digest together."""
+    """The digest from what was read and the audit trail (no PBX calls here)."""
     digest = Digest(name, since, until)
     plans = {row.id: row for row in store.plans(pbx=name, limit=500)}
     for e in store.audit_since(name, since, CHANGE_EVENTS):
@@ -96,28 +137,22 @@ async def build(
             Change(e.at, e.plan_id or "", e.event, row.kind if row else "", row.command if row else "", who)
         )
     digest.waiting = [r for r in plans.values() if r.status in ("proposed", "approved")]
-    try:
-        snapshot, registration, default = await asyncio.gather(
-            reader.read(every_host=True), pbx.registration_statuses(), pbx.default_route()
-        )
-    except PbxError as exc:
-        digest.reachable, digest.error = False, str(exc)
+    if readings.snapshot is None:
+        digest.reachable, digest.error = False, readings.error
         return digest
-    records = []
-    try:
-        async for record in pbx.iter_cdr(
-            page_size=1000,
-            date_from=since.strftime("%Y-%m-%d %H:%M:%S"),
-            date_to=until.strftime("%Y-%m-%d %H:%M:%S"),
-        ):
-            records.append(record)
-            if len(records) >= CDR_LIMIT:
-                break
-    except PbxError:
-        records = []
-    digest.findings = diagnose(snapshot, Evidence(registration, {r.did for r in records if r.did}))
-    _numbers(digest, snapshot, registration, default, records, tz)
+    records = readings.records
+    evidence = Evidence(readings.registration, {r.did for r in records if r.did})
+    digest.findings = diagnose(readings.snapshot, evidence)
+    _numbers(digest, readings.snapshot, readings.registration, readings.default, records, tz)
     return digest
+
+
+async def build(
+    pbx: Any, reader: SnapshotReader, store: Any, name: str, *, since: datetime, until: datetime, tz: ZoneInfo
+) -> Digest:
+    """Read the PBX and put the digest together."""
+    readings = await read(pbx, reader, since=since, until=until, tz=tz)
+    return compose(readings, store, name, since=since, until=until, tz=tz)
 
 
 def _numbers(
@@ -183,6 +218,32 @@ def _duration(minutes: int | None, lang: str) -> str:
     return t("digest.minutes", lang, n=minutes)
 
 
+def number_line(n: NumberLine, lang: str) -> str:
+    icon = {"registered": "✅", "disabled": "⏸"}.get(n.state, "❌")
+    state = t(f"state.{n.state}", lang) + (f" {_duration(n.state_minutes, lang)}" if n.state_minutes else "")
+    where = (
+        _esc(n.destination)
+        if n.outcome == "dial"
+        else t(f"digest.outcome.{n.outcome}", lang, destination=_esc(n.destination))
+    )
+    who = _esc(n.login) + (f" ({_esc(n.phone)})" if n.phone else "")
+    return t(
+        "digest.number",
+        lang,
+        icon=icon,
+        number=who,
+        host=_esc(n.host),
+        state=state,
+        destination=where,
+        calls=n.calls,
+    )
+
+
+def numbers_table(digest: Digest, lang: str) -> bytes:
+    """Every number, one per line (the file a big PBX's digest attaches)."""
+    return "\n".join(html_unescape(number_line(n, lang)) for n in digest.numbers).encode()
+
+
 def render(digest: Digest, lang: str, tz: ZoneInfo) -> str:
     """The digest as text for a phone (HTML-escaped values); split it with render.split_text."""
     period = f"{digest.since.astimezone(tz):%d.%m %H:%M} – {digest.until.astimezone(tz):%d.%m %H:%M}"
@@ -191,29 +252,14 @@ def render(digest: Digest, lang: str, tz: ZoneInfo) -> str:
         lines.append(t("digest.unreachable", lang, error=_esc(digest.error)))
     else:
         lines.append(t("digest.numbers", lang, n=len(digest.numbers), calls=digest.calls_total))
-        for n in digest.numbers:
-            icon = {"registered": "✅", "disabled": "⏸"}.get(n.state, "❌")
-            state = t(f"state.{n.state}", lang) + (
-                f" {_duration(n.state_minutes, lang)}" if n.state_minutes else ""
-            )
-            where = (
-                _esc(n.destination)
-                if n.outcome == "dial"
-                else t(f"digest.outcome.{n.outcome}", lang, destination=_esc(n.destination))
-            )
-            who = _esc(n.login) + (f" ({_esc(n.phone)})" if n.phone else "")
-            lines.append(
-                t(
-                    "digest.number",
-                    lang,
-                    icon=icon,
-                    number=who,
-                    host=_esc(n.host),
-                    state=state,
-                    destination=where,
-                    calls=n.calls,
-                )
-            )
+        shown = digest.numbers
+        if len(shown) > COMPACT_OVER:
+            # a big PBX: the numbers that need a look, and the busiest; the full list goes as a file
+            trouble = [n for n in shown if not n.ok]
+            busiest = sorted((n for n in shown if n.ok and n.calls), key=lambda n: -n.calls)[:TOP_BUSIEST]
+            lines.append(t("digest.compact", lang, ok=len(shown) - len(trouble), trouble=len(trouble)))
+            shown = trouble[:COMPACT_OVER] + busiest
+        lines += [number_line(n, lang) for n in shown]
     lines.append("")
     if digest.changes:
         lines.append(t("digest.changes", lang, n=len(digest.changes)))

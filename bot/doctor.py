@@ -137,6 +137,9 @@ def diagnose(snapshot: Snapshot, evidence: Evidence | None = None) -> list[Findi
     listed = {p.id: p for p in snapshot.providers}
     any_routes = snapshot.any_routes()
     logins = {p.username for p in accounts if p.username}
+    any_exact = {r.number for r in any_routes if r.number and not r.number.startswith("_")}
+    any_patterns = [r.number for r in any_routes if r.number.startswith("_")]
+    any_catch_all = any(not r.number for r in any_routes)
     findings: list[Finding] = []
 
     # 1-3, 5: hosts with several logins, and how each member is handled
@@ -154,9 +157,8 @@ def diagnose(snapshot: Snapshot, evidence: Evidence | None = None) -> list[Findi
                 Finding("mixed_group", Severity.ERROR, host, {"host": host, "logins": missing}, fix)
             )
         for p in with_recipe:
-            reachable = any(r.number and _did_matches(r.number, p.username) for r in any_routes)
-            catch_all = any(not r.number for r in any_routes)
-            if p.username and not reachable and not catch_all:
+            reachable = p.username in any_exact or any(_did_matches(d, p.username) for d in any_patterns)
+            if p.username and not reachable and not any_catch_all:
                 findings.append(
                     Finding(
                         "recipe_without_route",
@@ -237,11 +239,15 @@ def diagnose(snapshot: Snapshot, evidence: Evidence | None = None) -> list[Findi
 
     # 10: a DID stored in another form than calls arrive with
     exact = {r.number for r in snapshot.routes if r.number}
+    routes_by_key: dict[str, list[Route]] = defaultdict(list)
+    for route in snapshot.routes:
+        if route.number:
+            routes_by_key[number_key(route.number)].append(route)
     for did in sorted(evidence.cdr_dids):
         if not did or did in exact:
             continue
-        for route in snapshot.routes:
-            if route.number and number_key(route.number) == number_key(did) and route.number != did:
+        for route in routes_by_key.get(number_key(did), ()):
+            if route.number != did:
                 findings.append(
                     Finding(
                         "did_format",

@@ -32,6 +32,7 @@ MISFIRE_GRACE = 3600  # a digest up to an hour late still goes out (after a rest
 class Poster(Protocol):
     async def text(self, chat_id: int, text: str) -> None: ...
     async def png(self, chat_id: int, data: bytes, caption: str) -> None: ...
+    async def document(self, chat_id: int, data: bytes, filename: str, caption: str) -> None: ...
 
 
 @dataclass
@@ -139,6 +140,9 @@ class Scheduler:
         lang = lang or services.settings.default_language
         for part in split_text(digests.render(built, lang, tz)):
             await self.poster.text(chat_id, part)
+        if built.reachable and len(built.numbers) > digests.COMPACT_OVER:
+            table = digests.numbers_table(built, lang)
+            await self.poster.document(chat_id, table, f"numbers-{name}.txt", t("digest.all_numbers", lang))
         if period == "weekly":
             chart = digests.chart_png(built)
             if chart is not None:

@@ -44,6 +44,9 @@ class TelegramPoster:
     async def png(self, chat_id: int, data: bytes, caption: str) -> None:
         await self.bot.send_photo(chat_id, BufferedInputFile(data, filename="calls.png"), caption=caption)
 
+    async def document(self, chat_id: int, data: bytes, filename: str, caption: str) -> None:
+        await self.bot.send_document(chat_id, BufferedInputFile(data, filename=filename), caption=caption)
+
 
 def _esc(value: object) -> str:
     return html.escape(str(value), quote=False)

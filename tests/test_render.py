@@ -94,3 +94,12 @@ def test_a_card_shows_every_kind_of_step(lang):
     }
     text = outcome_text(None, outcome, lang)
     assert "SIP-9" in text and "boom" in text
+
+
+def test_split_text_keeps_every_line_and_telegrams_limit():
+    from bot.render import TELEGRAM_LIMIT, split_text, utf16_len
+
+    text = "\n".join(f"строка {i} " + "😀" * (i % 7) for i in range(3000)) + "\n" + "x" * 9000
+    parts = split_text(text)
+    assert all(0 < utf16_len(p) <= TELEGRAM_LIMIT for p in parts)
+    assert "\n".join(parts).replace("\n", "") == text.replace("\n", "")

@@ -314,4 +314,6 @@ MESSAGES: dict[str, str] = {
     "tg.help.trace": "/trace <login|phone> — where a call to it ends up, and why",
     "tg.help.digest": "/digest — the digest now; /digest daily 09:00, weekly mon 09:00, off, quiet on|off",
     "trace.usage": "Usage: /trace <login|phone>",
+    "digest.compact": "All well: {ok}; needing a look: {trouble} (listed), then the busiest:",
+    "digest.all_numbers": "Every number",
 }

@@ -314,4 +314,6 @@ MESSAGES: dict[str, str] = {
     "tg.help.trace": "/trace <логин|телефон> — куда попадёт звонок и почему",
     "tg.help.digest": "/digest — сводка сейчас; /digest daily 09:00, weekly пн 09:00, off, quiet on|off",
     "trace.usage": "Формат: /trace <логин|телефон>",
+    "digest.compact": "В порядке: {ok}; требуют внимания: {trouble} (ниже), затем самые загруженные:",
+    "digest.all_numbers": "Все номера",
 }
