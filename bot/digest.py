@@ -356,11 +356,12 @@ class DigestUsage(ValueError):
 
 @dataclass(frozen=True)
 class DigestCommand:
-    action: str  # now | daily | weekly | off | quiet | show
+    action: str  # now | daily | weekly | off | quiet | show | tz
     hour: int = 0
     minute: int = 0
     weekday: int | None = None
     quiet: bool | None = None
+    timezone: str | None = None
 
 
 def _time(text: str) -> tuple[int, int]:
@@ -373,7 +374,14 @@ def _time(text: str) -> tuple[int, int]:
 
 def parse_digest(args: str) -> DigestCommand:
     """`/digest` arguments: nothing (post now), `daily HH:MM`, `weekly <day> HH:MM`,
-    `off`, `quiet on|off`, `status`."""
+    `off`, `quiet on|off`, `tz Europe/Samara`, `status`."""
+    if args.split()[:1] and args.split()[0].lower() == "tz" and len(args.split()) == 2:
+        name = args.split()[1]
+        try:
+            ZoneInfo(name)
+        except (ValueError, KeyError, OSError):
+            raise DigestUsage("bad_tz", value=name[:40]) from None
+        return DigestCommand("tz", timezone=name)
     words = args.lower().split()
     if not words:
         return DigestCommand("now")

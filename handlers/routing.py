@@ -192,6 +192,14 @@ async def digest(
     elif parsed.action == "off":
         scheduler.off(chat_id)
         await message.answer(t("digest.off", lang))
+    elif parsed.action == "tz":
+        row = services.store.schedule(chat_id)
+        if row is None:
+            await message.answer(t("digest.none", lang))
+            return
+        row.timezone = parsed.timezone
+        scheduler.set(row)
+        await message.answer(_schedule_text(row, lang))
     elif parsed.action == "quiet":
         row = services.store.schedule(chat_id)
         if row is None:

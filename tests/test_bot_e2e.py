@@ -448,6 +448,9 @@ async def test_digest_now_and_a_schedule(world: World):
     w.tg.send(ANNA, GROUP, "/digest weekly пн 09:30")
     await w.said(GROUP, "каждую неделю, пн, в 09:30 \\(Europe/Moscow\\)", after=start)
     assert w.app.services.scheduler.next_run(GROUP).weekday() == 0
+    w.tg.send(ANNA, GROUP, "/digest tz Asia/Yekaterinburg")
+    await w.said(GROUP, "09:30 \\(Asia/Yekaterinburg\\)", after=start)
+    assert w.app.services.scheduler.next_run(GROUP).utcoffset().total_seconds() == 5 * 3600
     w.tg.send(ANNA, GROUP, "/digest daily 25:00")
     await w.said(GROUP, "не время", after=start)
     w.tg.send(ANNA, GROUP, "/digest off")

@@ -67,6 +67,7 @@ def services_for(store, client, tmp_path) -> Services:
         ("off", DigestCommand("off")),
         ("quiet on", DigestCommand("quiet", quiet=True)),
         ("status", DigestCommand("show")),
+        ("tz Asia/Yekaterinburg", DigestCommand("tz", timezone="Asia/Yekaterinburg")),
     ],
 )
 def test_the_schedule_grammar(args, expected):

@@ -296,7 +296,7 @@ MESSAGES: dict[str, str] = {
     "digest.waiting": "Waiting for approval ({n}):",
     "digest.waiting_plan": "  {plan} · {status} · {command} · {who}",
     "digest.chart": "Inbound calls per number per day",
-    "digest.usage": "Usage: /digest · /digest daily 09:00 · /digest weekly mon 09:00 · /digest off · /digest quiet on|off",
+    "digest.usage": "Usage: /digest · /digest daily 09:00 · /digest weekly mon 09:00 · /digest off · /digest quiet on|off · /digest tz Europe/Samara",
     "digest.bad_time": "{value} is not a time (HH:MM).",
     "digest.bad_day": "{value} is not a weekday (mon … sun, пн … вс).",
     "digest.scheduled_daily": "Digest: every day at {at} ({tz}){quiet}.",
@@ -316,4 +316,5 @@ MESSAGES: dict[str, str] = {
     "trace.usage": "Usage: /trace <login|phone>",
     "digest.compact": "All well: {ok}; needing a look: {trouble} (listed), then the busiest:",
     "digest.all_numbers": "Every number",
+    "digest.bad_tz": "{value} is not a time zone (e.g. Europe/Moscow, Asia/Yekaterinburg).",
 }

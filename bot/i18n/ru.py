@@ -296,7 +296,7 @@ MESSAGES: dict[str, str] = {
     "digest.waiting": "Ждут одобрения ({n}):",
     "digest.waiting_plan": "  {plan} · {status} · {command} · {who}",
     "digest.chart": "Входящие звонки по номерам и дням",
-    "digest.usage": "Формат: /digest · /digest daily 09:00 · /digest weekly пн 09:00 · /digest off · /digest quiet on|off",
+    "digest.usage": "Формат: /digest · /digest daily 09:00 · /digest weekly пн 09:00 · /digest off · /digest quiet on|off · /digest tz Europe/Samara",
     "digest.bad_time": "{value} — не время (ЧЧ:ММ).",
     "digest.bad_day": "{value} — не день недели (пн … вс, mon … sun).",
     "digest.scheduled_daily": "Сводка: каждый день в {at} ({tz}){quiet}.",
@@ -316,4 +316,5 @@ MESSAGES: dict[str, str] = {
     "trace.usage": "Формат: /trace <логин|телефон>",
     "digest.compact": "В порядке: {ok}; требуют внимания: {trouble} (ниже), затем самые загруженные:",
     "digest.all_numbers": "Все номера",
+    "digest.bad_tz": "{value} — не часовой пояс (например Europe/Moscow, Asia/Yekaterinburg).",
 }
