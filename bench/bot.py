@@ -81,6 +81,7 @@ class Rig:
         self.tg: TelegramSandbox | None = None
         self.proc: asyncio.subprocess.Process | None = None
         self.login = 847900
+        self.log = data / f"bot-{numbers}.log"
 
     async def __aenter__(self) -> Rig:
         state_file = self.data / f"state-{self.numbers}.json"
@@ -117,14 +118,14 @@ class Rig:
             "run",
             cwd=str(ROOT),
             stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
+            stderr=self.log.open("wb"),
         )
         # started: the command menus are set after getMe, just before polling begins
         deadline = time.monotonic() + 120
         while not self.tg.commands or self.tg.calls.get("getUpdates", 0) == 0:
             if self.proc.returncode is not None or time.monotonic() > deadline:
                 raise RuntimeError(
-                    "the bot did not start: " + (await self.proc.stderr.read()).decode()[-2000:]
+                    "the bot did not start: " + self.log.read_text(errors="replace")[-2000:]
                 )
             await asyncio.sleep(0.05)
         return self

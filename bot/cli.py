@@ -8,6 +8,7 @@ pbxbot plan      (--pbx NAME | --sandbox) --csv FILE --provider P [--apply]
 pbxbot doctor    (--pbx NAME | --sandbox)      check the routing; exit 1 on an error (cron, monitoring)
 pbxbot trace     (--pbx NAME | --sandbox) LOGIN  where a call to LOGIN ends up, and why
 pbxbot digest    (--pbx NAME | --sandbox) --print [--weekly]
+pbxbot check                                   config, database, each PBX, the bot token; exit 1 on a failure
 pbxbot migrate                                 bring the database to the current schema
 pbxbot run                                     the Telegram bot (config: [telegram], [pbx.*], [policy])
 pbxbot shell                                   a terminal chat with the bot (no Telegram account needed)
@@ -33,6 +34,7 @@ from pathlib import Path
 from pbx.errors import PbxError
 from pbx.mikopbx import MikoPbxClient
 
+from . import logs
 from .changes import LOCAL_ADMIN, ChangeError, Changes, PbxHandle
 from .commands import AddNumber, Intent, UsageError, parse, parse_csv
 from .config import ConfigError, load_settings
@@ -52,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="TOML config file (default: $PBXBOT_CONFIG)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (never shows secrets)")
     parser.add_argument("--lang", choices=("ru", "en"), default=None, help="ru or en (default: from $LANG)")
+    parser.add_argument("--log-format", choices=("text", "json"), default=None, help="default: the config's")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sim = sub.add_parser("simulator", help="run the MikoPBX REST v3 simulator")
@@ -102,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     digest.add_argument("--print", action="store_true", required=True, help="print it (posting is the bot's)")
     digest.add_argument("--weekly", action="store_true", help="cover 7 days instead of 1")
 
+    sub.add_parser(
+        "check", help="config, database, migrations, each PBX and the bot token; exit 1 on a failure"
+    )
     sub.add_parser("migrate", help="bring the database to the current schema")
     sub.add_parser("run", help="run the Telegram bot (long polling)")
     sub.add_parser("shell", help="a terminal chat with the bot: local Telegram server, demo PBX, SQLite")
@@ -143,6 +149,8 @@ async def _run(args: argparse.Namespace) -> int:
         return await run_shell(args.lang)
     if args.command == "run":
         return await _run_bot(args)
+    if args.command == "check":
+        return await _check(args)
     if args.command == "migrate":
         open_store(load_settings(args.config))
         return 0
@@ -297,10 +305,22 @@ def _utcnow():
     return utcnow()
 
 
+async def _check(args: argparse.Namespace) -> int:
+    from .check import run_checks
+
+    settings = load_settings(args.config)
+    logs.setup(settings, level=logging.DEBUG if args.verbose else logging.WARNING, fmt=args.log_format)
+    items = await run_checks(settings)
+    for item in items:
+        print(f"{'✓' if item.ok else '✗'} {item.name}: {item.detail}")
+    return 0 if all(item.ok for item in items) else 1
+
+
 async def _run_bot(args: argparse.Namespace) -> int:
     from .app import running
 
     settings = load_settings(args.config)
+    logs.setup(settings, level=logging.DEBUG if args.verbose else logging.INFO, fmt=args.log_format)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -367,10 +387,7 @@ async def _simulator(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.lang = args.lang or system_language()
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.setup(None, level=logging.DEBUG if args.verbose else logging.WARNING, fmt=args.log_format)
     try:
         return asyncio.run(_run(args))
     except ConfigError as exc:

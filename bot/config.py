@@ -11,6 +11,7 @@ misconfiguration.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -120,11 +121,36 @@ class TelegramSettings(_Section):
     mode: Literal["polling", "webhook"] = "polling"
     # Groups where plans are proposed and approved: chat id -> PBX profile name.
     groups: dict[int, str] = Field(default_factory=dict)
+    # Webhook mode: the public HTTPS URL Telegram posts to (it ends with server.webhook_path),
+    # and the secret Telegram sends back in X-Telegram-Bot-Api-Secret-Token.
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    webhook_secret_file: Path | None = None
 
     @model_validator(mode="after")
     def _token_file(self) -> TelegramSettings:
         _value_or_file(self, "token")
+        _value_or_file(self, "webhook_secret")
+        if self.webhook_secret is not None and not re.fullmatch(
+            r"[A-Za-z0-9_-]{1,256}", self.webhook_secret.get_secret_value()
+        ):
+            raise ValueError("webhook_secret: 1-256 characters A-Z a-z 0-9 _ - (Telegram's rule)")
+        if self.mode == "webhook" and not self.webhook_url:
+            raise ValueError("mode = webhook needs webhook_url")
         return self
+
+
+class ServerSettings(_Section):
+    """The HTTP server of webhook mode: the webhook, /healthz and /metrics."""
+
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=0, le=65535)
+    webhook_path: str = "/telegram"
+
+
+class RedisSettings(_Section):
+    # aiogram's FSM storage and event isolation, shared by webhook replicas
+    url: str | None = None
 
 
 class StorageSettings(_Section):
@@ -175,6 +201,9 @@ class Settings(BaseSettings):
     telegram: TelegramSettings = Field(default_factory=TelegramSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    log_format: Literal["text", "json"] = "text"
     default_language: Literal["ru", "en"] = "ru"
     timezone: str = "Europe/Moscow"
 

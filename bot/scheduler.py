@@ -68,6 +68,18 @@ class Scheduler:
     def shutdown(self) -> None:
         if self.aps.running:
             self.aps.shutdown(wait=False)
+            self.aps = AsyncIOScheduler()  # a stopped APScheduler cannot start again
+
+    def sync(self) -> None:
+        """Follow schedules set or dropped by other processes (the owner runs this every minute)."""
+        rows = {f"digest:{row.chat_id}": row for row in self.services.store.schedules()}
+        for job in self.aps.get_jobs():
+            if job.id.startswith("digest:") and job.id not in rows:
+                job.remove()
+        for job_id, row in rows.items():
+            job = self.aps.get_job(job_id)
+            if job is None or job.kwargs.get("stamp") != row.updated_at.isoformat():
+                self._job(row)
 
     def _job(self, row: DigestScheduleRow) -> None:
         trigger = CronTrigger(
@@ -80,7 +92,7 @@ class Scheduler:
             self.run,
             trigger,
             args=(row.chat_id,),
-            kwargs={"period": row.period},
+            kwargs={"period": row.period, "stamp": row.updated_at.isoformat()},
             id=f"digest:{row.chat_id}",
             replace_existing=True,
             coalesce=True,
@@ -89,6 +101,7 @@ class Scheduler:
         )
 
     def set(self, row: DigestScheduleRow) -> None:
+        row.updated_at = utcnow()
         self.services.store.set_schedule(row)
         self._job(row)
 
@@ -112,6 +125,7 @@ class Scheduler:
         pbx: str | None = None,
         lang: str | None = None,
         now: datetime | None = None,
+        stamp: str = "",  # the schedule row's version the job was made from (see sync)
     ) -> Outcome:
         """One digest for a chat: take the (chat, period) row, build, post (or stay quiet)."""
         services = self.services

@@ -9,6 +9,7 @@ that becomes a supergroup keeps its PBX.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -84,3 +85,27 @@ class Access(BaseMiddleware):
         services.refused.add(user_id)
         if isinstance(event, Message):
             await event.answer(t("tg.unknown_user", lang))
+
+
+class Observe(BaseMiddleware):
+    """Counts updates by type and outcome, and times them (for /metrics)."""
+
+    def __init__(self, metrics: Any):
+        self.metrics = metrics
+
+    async def __call__(
+        self,
+        handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
+        event: TelegramObject,
+        data: dict[str, Any],
+    ) -> Any:
+        kind = getattr(event, "event_type", "update")
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            result = await handler(event, data)
+            outcome = "handled"
+            return result
+        finally:
+            self.metrics.updates.labels(kind, outcome).inc()
+            self.metrics.update_seconds.labels(kind).observe(time.perf_counter() - started)

@@ -190,6 +190,12 @@ class TelegramSandbox:
         self._sent_at: dict[int, deque[float]] = {}
         self._runner: web.AppRunner | None = None
         self.url = ""
+        self.webhook: dict[str, Any] | None = None  # {"url", "secret_token"} once setWebhook was called
+        # Stand-in for a load balancer in front of webhook replicas: deliver round-robin to these.
+        self.webhook_targets: list[str] = []
+        self.delivered: list[tuple[int, str, int]] = []  # (update_id, target, HTTP status)
+        self._next_target = 0
+        self._deliveries: set[asyncio.Task] = set()
         app = web.Application(client_max_size=60 * 1024 * 1024)
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
         app.router.add_get("/file/bot{token}/{path:.+}", self._file)
@@ -253,8 +259,36 @@ class TelegramSandbox:
         return next(self._message_ids.setdefault(chat_id, itertools.count(1)))
 
     def _push(self, kind: str, payload: dict[str, Any]) -> None:
-        self._updates.append({"update_id": next(self._update_ids), kind: payload})
+        update = {"update_id": next(self._update_ids), kind: payload}
+        if self.webhook is not None:
+            task = asyncio.get_running_loop().create_task(self._deliver(update))
+            self._deliveries.add(task)
+            task.add_done_callback(self._deliveries.discard)
+            return
+        self._updates.append(update)
         asyncio.get_running_loop().create_task(self._notify())
+
+    async def _deliver(self, update: dict[str, Any]) -> None:
+        """POST the update to the webhook, as Telegram does; retry while it fails."""
+        import aiohttp
+
+        headers = {}
+        if self.webhook.get("secret_token"):
+            headers["X-Telegram-Bot-Api-Secret-Token"] = self.webhook["secret_token"]
+        for attempt in range(20):
+            targets = self.webhook_targets or [self.webhook["url"]]
+            target = targets[self._next_target % len(targets)]
+            self._next_target += 1
+            try:
+                async with aiohttp.ClientSession() as session:
+                    async with session.post(target, json=update, headers=headers) as response:
+                        status = response.status
+            except aiohttp.ClientError:
+                status = 0
+            self.delivered.append((update["update_id"], target, status))
+            if status == 200:
+                return
+            await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -517,9 +551,33 @@ class TelegramSandbox:
         }
 
     async def _m_deleteWebhook(self, params: dict[str, Any]) -> bool:
+        self.webhook = None
         return True
 
+    async def _m_setWebhook(self, params: dict[str, Any]) -> bool:
+        url = str(params.get("url") or "")
+        if not url:
+            self.webhook = None
+            return True
+        if not url.startswith(("https://", "http://")):
+            raise ApiError(400, "Bad Request: bad webhook: An HTTPS URL must be provided for webhook")
+        self.webhook = {"url": url, "secret_token": params.get("secret_token")}
+        return True
+
+    async def _m_getWebhookInfo(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "url": (self.webhook or {}).get("url", ""),
+            "has_custom_certificate": False,
+            "pending_update_count": len(self._deliveries),
+        }
+
     async def _m_getUpdates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        if self.webhook is not None:
+            raise ApiError(
+                409,
+                "Conflict: can't use getUpdates method while webhook is active; "
+                "use deleteWebhook to delete the webhook first",
+            )
         offset = int(params.get("offset") or 0)
         limit = int(params.get("limit") or 100)
         timeout = float(params.get("timeout") or 0)

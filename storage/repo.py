@@ -256,3 +256,14 @@ class Store:
                     .order_by(col(AuditRow.id))
                 )
             )
+
+    # ------------------------------------------------------------------ health
+
+    def ping(self) -> bool:
+        with self.session() as s:
+            return s.exec(select(1)).one() == 1
+
+    def plans_by_status(self) -> dict[str, int]:
+        with self.session() as s:
+            rows = s.exec(select(PlanRow.status, func.count()).group_by(PlanRow.status))
+            return {status: n for status, n in rows}
