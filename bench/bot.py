@@ -124,9 +124,7 @@ class Rig:
         deadline = time.monotonic() + 120
         while not self.tg.commands or self.tg.calls.get("getUpdates", 0) == 0:
             if self.proc.returncode is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    "the bot did not start: " + self.log.read_text(errors="replace")[-2000:]
-                )
+                raise RuntimeError("the bot did not start: " + self.log.read_text(errors="replace")[-2000:])
             await asyncio.sleep(0.05)
         return self
 

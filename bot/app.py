@@ -145,7 +145,7 @@ class BotApp:
 
     async def _own(self) -> None:
         await housekeeping(self.bot, self.services)
-        self.scheduler.start(lambda: self._housekeeping())
+        self.scheduler.start(self._housekeeping, every=self.services.settings.server.housekeeping_seconds)
         self.metrics.scheduler_owner.set(1)
 
     async def _housekeeping(self) -> None:
@@ -223,7 +223,7 @@ async def running(
     *,
     clients: dict[str, MikoPbxClient] | None = None,
     polling_timeout: int = 10,
-    leader_interval: float = 5.0,
+    leader_interval: float | None = None,
     **handle,
 ) -> AsyncIterator[BotApp]:
     """The bot with its storage, vault and PBX clients (one per profile unless given), running."""
@@ -245,7 +245,7 @@ async def running(
     services = Services(settings, changes, store)
     bot = make_bot(settings)
     dispatcher = make_dispatcher(services, metrics)
-    leadership = Leadership(store.engine, interval=leader_interval)
+    leadership = Leadership(store.engine, interval=leader_interval or settings.server.leader_interval)
     app = BotApp(bot, dispatcher, services, Scheduler(services, TelegramPoster(bot)), metrics, leadership)
     try:
         await app.start(polling_timeout=polling_timeout)

@@ -329,7 +329,8 @@ async def _run_bot(args: argparse.Namespace) -> int:
     async with running(settings) as app:
         log.warning("pbxbot running as @%s", app.services.bot_username)
         waiter = asyncio.create_task(stop.wait())
-        await asyncio.wait({waiter, app.task}, return_when=asyncio.FIRST_COMPLETED)
+        polling = {app.task} if app.task is not None else set()  # webhook mode: the server runs alone
+        await asyncio.wait({waiter, *polling}, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
     return 0
 

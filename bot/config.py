@@ -146,6 +146,9 @@ class ServerSettings(_Section):
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=0, le=65535)
     webhook_path: str = "/telegram"
+    # how often a replica tries to become the scheduler owner, and the owner's housekeeping period
+    leader_interval: float = Field(default=5.0, gt=0, le=300)
+    housekeeping_seconds: float = Field(default=60.0, gt=0, le=3600)
 
 
 class RedisSettings(_Section):

@@ -80,4 +80,5 @@ def setup(settings: Settings | None, *, level: int = logging.WARNING, fmt: str |
     root.handlers[:] = [handler]
     root.setLevel(level)
     # one line per update is noise at INFO; it stays available with -v
-    logging.getLogger("aiogram.event").setLevel(logging.DEBUG if level <= logging.DEBUG else logging.WARNING)
+    for noisy in ("aiogram.event", "httpx", "apscheduler.executors.default"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if level <= logging.DEBUG else logging.WARNING)

@@ -50,14 +50,16 @@ class Scheduler:
 
     # ------------------------------------------------------------------ jobs
 
-    def start(self, housekeeping: Callable[[], Awaitable[None]] | None = None) -> None:
+    def start(
+        self, housekeeping: Callable[[], Awaitable[None]] | None = None, *, every: float = 60.0
+    ) -> None:
         for row in self.services.store.schedules():
             self._job(row)
         if housekeeping is not None:
             self.aps.add_job(
                 housekeeping,
                 "interval",
-                minutes=1,
+                seconds=every,
                 id="housekeeping",
                 max_instances=1,
                 coalesce=True,

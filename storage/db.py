@@ -42,7 +42,8 @@ def make_engine(url: str, **kwargs) -> Engine:
 def alembic_config(engine: Engine) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    url = engine.url.render_as_string(hide_password=False).replace("%", "%%")  # configparser interpolation
+    config.set_main_option("sqlalchemy.url", url)
     return config
 
 
