@@ -745,6 +745,26 @@ class TelegramSandbox:
     async def _m_getChatMember(self, params: dict[str, Any]) -> dict[str, Any]:
         chat = self._chat(params.get("chat_id"))
         user_id = int(params.get("user_id") or 0)
+        if user_id == self.bot.id:  # the bot itself: an admin where it may delete messages
+            if not chat.bot_is_admin:
+                return {"status": "member", "user": self.bot.wire()}
+            return {
+                "status": "administrator",
+                "user": self.bot.wire(),
+                "can_be_edited": False,
+                "is_anonymous": False,
+                "can_manage_chat": True,
+                "can_delete_messages": True,
+                "can_manage_video_chats": False,
+                "can_restrict_members": False,
+                "can_promote_members": False,
+                "can_change_info": False,
+                "can_invite_users": False,
+                "can_post_stories": False,
+                "can_edit_stories": False,
+                "can_delete_stories": False,
+                "can_send_welcome_messages": False,
+            }
         if user_id not in self.users:
             raise ApiError(400, "Bad Request: user not found")
         status = (
@@ -765,6 +785,7 @@ class TelegramSandbox:
                 can_post_stories=False,
                 can_edit_stories=False,
                 can_delete_stories=False,
+                can_send_welcome_messages=False,
             )
         return member
 

@@ -1,0 +1,90 @@
+"""Operations: `pbxbot check`, JSON logs, secrets masked in logs, /healthz and
+/metrics of a webhook-mode bot."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from bot import logs
+from bot.check import run_checks
+from bot.cli import main
+from bot.config import load_settings
+from sandbox.telegram import TelegramSandbox
+from tests.conftest import API_KEY
+
+TOKEN = "555666777:AAE-check-token-secret-part"
+GROUP = -1003000000001
+
+
+@pytest.fixture
+async def tg():
+    async with TelegramSandbox(TOKEN) as server:
+        server.add_user(1, "Anna")
+        yield server
+
+
+def settings_for(sim_url: str, tg_url: str, tmp_path, **overrides):
+    values = {
+        "pbx": {"office": {"url": sim_url, "api_key": API_KEY}},
+        "telegram": {"token": TOKEN, "api_base": tg_url, "groups": {GROUP: "office"}},
+        "storage": {"data_dir": str(tmp_path)},
+    }
+    values.update(overrides)
+    return load_settings(None, **values)
+
+
+async def test_check_reports_each_item_and_fails_on_any(sim, tg, tmp_path):
+    tg.add_group(GROUP, "PBX admins", [1], admins=[1], bot_is_admin=False)
+    items = {i.name: i for i in await run_checks(settings_for(sim.url, tg.url, tmp_path))}
+    assert items["config"].ok and items["database"].ok
+    assert not items["database.migrations"].ok and "pbxbot migrate" in items["database.migrations"].detail
+    assert items["pbx.office"].ok and items["pbx.office.permissions"].ok
+    assert items["telegram"].ok and items["telegram"].detail == "@pbxbot_sandbox_bot"
+    group = items[f"telegram.group {GROUP}"]
+    assert not group.ok and "may not delete messages" in group.detail  # passwords typed there would stay
+    tg.chats[GROUP].bot_is_admin = True
+    items = {i.name: i for i in await run_checks(settings_for(sim.url, tg.url, tmp_path))}
+    assert items[f"telegram.group {GROUP}"].ok
+
+    # a key the PBX refuses, a PBX that is not there
+    bad = settings_for(sim.url, tg.url, tmp_path, pbx={"office": {"url": sim.url, "api_key": "0" * 64}})
+    items = {i.name: i for i in await run_checks(bad)}
+    assert not items["pbx.office"].ok and "refused" in items["pbx.office"].detail
+    gone = settings_for("http://127.0.0.1:9", tg.url, tmp_path)
+    items = {i.name: i for i in await run_checks(gone)}
+    assert not items["pbx.office"].ok
+
+
+def test_check_from_the_command_line_exits_1_on_a_failure(tmp_path, capsys):
+    config = tmp_path / "c.toml"
+    config.write_text(f'[storage]\ndata_dir = "{tmp_path}"\n', encoding="utf-8")
+    assert main(["--config", str(config), "migrate"]) == 0
+    assert main(["--config", str(config), "check"]) == 1  # no bot token
+    out = capsys.readouterr().out
+    assert "✓ database.migrations: at 0003" in out and "✗ telegram: no token" in out
+
+
+def test_json_logs_mask_every_secret(tmp_path, capsys):
+    settings = load_settings(
+        None,
+        pbx={"office": {"url": "http://127.0.0.1:9", "api_key": API_KEY}},
+        telegram={"token": TOKEN},
+    )
+    logs.setup(settings, level=logging.INFO, fmt="json")
+    try:
+        log = logging.getLogger("pbxbot.test")
+        log.warning("calling https://api.telegram.org/bot%s/getMe with key %s", TOKEN, API_KEY)
+        try:
+            raise RuntimeError(f"boom {TOKEN.split(':')[1]}")
+        except RuntimeError:
+            log.exception("failed")
+    finally:
+        logs.setup(None)
+    lines = [json.loads(line) for line in capsys.readouterr().err.strip().splitlines()]
+    assert [line["level"] for line in lines] == ["warning", "error"]
+    text = json.dumps(lines)
+    assert TOKEN.split(":")[1] not in text and API_KEY not in text and "***" in text
+    assert "boom" in lines[1]["exception"]
