@@ -78,13 +78,13 @@ class Access(BaseMiddleware):
             AuditRow(actor_id=user_id, event="refused_unknown_user", detail={"chat": chat_id, "kind": kind})
         )
         if isinstance(event, CallbackQuery):
-            await event.answer(t("tg.unknown_user", lang), show_alert=True)
+            await event.answer(t("tg.unknown_user", lang, id=user_id), show_alert=True)
             return
         if user_id in services.refused:
             return
         services.refused.add(user_id)
         if isinstance(event, Message):
-            await event.answer(t("tg.unknown_user", lang))
+            await event.answer(t("tg.unknown_user", lang, id=user_id))
 
 
 class Observe(BaseMiddleware):

@@ -196,7 +196,7 @@ MESSAGES: dict[str, str] = {
     "tg.secret.received": "Password for {login} received and sealed (plan {id}).",
     "tg.secret.start_me": "I need the SIP password privately, but you have not started a chat with me yet: open https://t.me/{bot}?start=pw-{id}",
     "tg.start": "pbxbot manages MikoPBX provider accounts and incoming routes: every change is a plan, approved and reversible.",
-    "tg.unknown_user": "Sorry, I work only for the admins of this PBX. Ask an admin to add your id to the config.",
+    "tg.unknown_user": "Sorry, I work only for the admins of this PBX. Ask an admin to add your id {id} to the config.",
     "tg.whoami": "id {id} · role {role} · chat {chat} · PBX {pbx} · language {lang}",
     "tg.menu.addnumber": "add a number",
     "tg.menu.route": "route a number",

@@ -1,0 +1,58 @@
+"""The deployment files say what the code does: every config key documented in
+the example, the example valid, the unit and compose pointing at real commands."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from bot.config import ConfigError, Settings, load_settings
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+
+
+def keys_of(model: type[BaseModel], prefix: str = "") -> set[str]:
+    found = set()
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            found |= keys_of(annotation, f"{prefix}{name}.")
+        else:
+            found.add(f"{prefix}{name}")
+    return found
+
+
+def test_the_example_documents_every_key():
+    text = (DEPLOY / "config.example.toml").read_text(encoding="utf-8")
+    documented = set(re.findall(r"([a-z_]+) =", text))
+    missing = []
+    for key in keys_of(Settings):
+        if key.startswith("pbx"):
+            continue
+        if key.rsplit(".", 1)[-1] not in documented:
+            missing.append(key)
+    from bot.config import PbxProfile
+
+    missing += [f"pbx.<name>.{k}" for k in keys_of(PbxProfile) if k not in documented]
+    assert missing == []
+
+
+def test_the_example_is_valid_but_for_its_secret_files():
+    data = tomllib.loads((DEPLOY / "config.example.toml").read_text(encoding="utf-8"))
+    with pytest.raises(ConfigError) as err:
+        load_settings(DEPLOY / "config.example.toml")
+    assert all("cannot read" in p for p in err.value.problems), err.value.problems
+    assert data["telegram"]["groups"] == {"-1001234567890": "office"}
+
+
+def test_the_unit_and_compose_run_real_commands():
+    unit = (DEPLOY / "pbxbot.service").read_text()
+    assert "ExecStart=/opt/pbxbot/bin/pbxbot run" in unit and "User=pbxbot" in unit
+    compose = (DEPLOY / "compose.yaml").read_text()
+    assert "pbxbot migrate && exec pbxbot run" in compose and "POSTGRES_PASSWORD_FILE" in compose
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert "USER pbxbot" in dockerfile and "/healthz" in dockerfile
