@@ -222,10 +222,11 @@ async def test_concurrent_approvals_apply_exactly_once(sim, tmp_path):
                 for user in (ANNA, BORIS, 5):  # three approvers press at once; one is needed
                     w.press(user, "Одобрить")
                 await w.said(GROUP, "Состояние: применён", kinds=("edit",), after=start)
-                answers = 0
-                while answers < 3:
-                    await tg.wait_for(lambda e: e["kind"] == "answer", after=start)
-                    answers = sum(1 for e in tg.events[start:] if e["kind"] == "answer")
+
+                def answered(n: int):
+                    return lambda e: sum(1 for x in tg.events[start:] if x["kind"] == "answer") >= n
+
+                await tg.wait_for(answered(3), after=start)  # every press got its answer
                 trail = [e.event for e in app.services.store.audit_trail(plan_id=plan_id)]
                 assert trail.count("applying") == 1 and trail.count("applied") == 1
     assert [p["username"] for p in sim.state.providers.values()].count("847900") == 1

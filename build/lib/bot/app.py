@@ -1,0 +1,259 @@
+"""Builds the Telegram side: Bot (with the outbound limiter and, when set, a
+custom Bot API server), Dispatcher with the access middleware and the routers,
+the command menus, and the housekeeping jobs; runs long polling.
+
+The only module in bot/ that imports aiogram.
+"""
+
+from __future__ import annotations
+
+# isort: off
+from . import lazy_models  # noqa: F401  (before aiogram: its models are built when used)
+
+# isort: on
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiogram import Bot, Dispatcher
+from aiogram.client.default import DefaultBotProperties
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.enums import ParseMode
+from aiogram.fsm.storage.redis import RedisStorage
+from aiogram.types import BotCommand, BotCommandScopeAllGroupChats, BotCommandScopeAllPrivateChats
+from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from handlers import routers
+from handlers.access import Access, Observe
+from handlers.cards import refresh_card
+from handlers.routing import TelegramPoster
+from handlers.throttle import Throttle
+from pbx.mikopbx import MikoPbxClient
+
+from .changes import Changes, PbxHandle
+from .config import ConfigError, Settings
+from .i18n import CATALOGUES, t
+from .leader import Leadership
+from .metrics import Metrics
+from .scheduler import Scheduler
+from .services import Services
+from .wiring import open_store, open_vault
+
+log = logging.getLogger("pbxbot.app")
+
+GROUP_COMMANDS = (
+    "addnumber",
+    "route",
+    "removenumber",
+    "numbers",
+    "plans",
+    "history",
+    "cancel",
+    "undo",
+    "help",
+)
+PRIVATE_COMMANDS = (*GROUP_COMMANDS, "pbx", "whoami")
+
+
+def make_bot(settings: Settings) -> Bot:
+    token = settings.telegram.token
+    if token is None:
+        raise ConfigError(["telegram.token: required to run the bot (or telegram.token_file)"])
+    api_base = settings.telegram.api_base
+    session = AiohttpSession(api=TelegramAPIServer.from_base(api_base)) if api_base else AiohttpSession()
+    session.middleware(Throttle())
+    defaults = DefaultBotProperties(parse_mode=ParseMode.HTML, link_preview_is_disabled=True)
+    return Bot(token.get_secret_value(), session=session, default=defaults)
+
+
+def make_dispatcher(services: Services, metrics: Metrics | None = None) -> Dispatcher:
+    """Routers behind the access check; with `[redis] url`, FSM storage and event
+    isolation in Redis, so webhook replicas handle one chat's updates in turn."""
+    redis_url = services.settings.redis.url
+    if redis_url:
+        storage = RedisStorage.from_url(redis_url)
+        dispatcher = Dispatcher(storage=storage, events_isolation=storage.create_isolation())
+    else:
+        dispatcher = Dispatcher()
+    if metrics is not None:
+        dispatcher.update.outer_middleware(Observe(metrics))
+    access = Access(services)
+    dispatcher.message.outer_middleware(access)
+    dispatcher.callback_query.outer_middleware(access)
+    dispatcher.include_routers(*routers())
+    return dispatcher
+
+
+async def set_commands(bot: Bot) -> None:
+    """The command menu per scope (private, groups) and language."""
+    for scope, names in (
+        (BotCommandScopeAllPrivateChats(), PRIVATE_COMMANDS),
+        (BotCommandScopeAllGroupChats(), GROUP_COMMANDS),
+    ):
+        for lang in CATALOGUES:
+            commands = [BotCommand(command=name, description=t(f"tg.menu.{name}", lang)) for name in names]
+            await bot.set_my_commands(commands, scope=scope, language_code=lang)
+        default = [BotCommand(command=n, description=t(f"tg.menu.{n}", "en")) for n in names]
+        await bot.set_my_commands(default, scope=scope)
+
+
+async def housekeeping(bot: Bot, services: Services) -> None:
+    """Expire open plans past their time (their cards say so); recover plans a dead process left applying."""
+    for row in await services.changes.expire():
+        await refresh_card(bot, services, row)
+    for row in await services.changes.recover():
+        await refresh_card(bot, services, row)
+
+
+@dataclass
+class BotApp:
+    """A running bot, stoppable: long polling in a task, or a webhook server with
+    /healthz and /metrics; the schedules run only while this process owns them."""
+
+    bot: Bot
+    dispatcher: Dispatcher
+    services: Services
+    scheduler: Scheduler
+    metrics: Metrics
+    leadership: Leadership
+    task: asyncio.Task | None = None
+    runner: web.AppRunner | None = None
+    webhook_handler: SimpleRequestHandler | None = None
+
+    async def start(self, *, polling_timeout: int = 10) -> None:
+        settings = self.services.settings
+        me = await self.bot.get_me()
+        self.services.bot_username = me.username or ""
+        await set_commands(self.bot)
+        self.services.scheduler = self.scheduler
+        self.leadership.start(self._own, self._disown)
+        if settings.telegram.mode == "webhook":
+            await self._serve_webhook()
+            return
+        await self.bot.delete_webhook(drop_pending_updates=False)
+        self.task = asyncio.create_task(
+            self.dispatcher.start_polling(
+                self.bot, handle_signals=False, close_bot_session=False, polling_timeout=polling_timeout
+            )
+        )
+
+    async def _own(self) -> None:
+        await housekeeping(self.bot, self.services)
+        self.scheduler.start(self._housekeeping, every=self.services.settings.server.housekeeping_seconds)
+        self.metrics.scheduler_owner.set(1)
+
+    async def _housekeeping(self) -> None:
+        self.scheduler.sync()
+        await housekeeping(self.bot, self.services)
+
+    def _disown(self) -> None:
+        self.scheduler.shutdown()
+        self.metrics.scheduler_owner.set(0)
+
+    async def _serve_webhook(self) -> None:
+        settings = self.services.settings
+        secret = settings.telegram.webhook_secret
+        token = secret.get_secret_value() if secret else None
+        app = web.Application()
+        self.webhook_handler = SimpleRequestHandler(
+            dispatcher=self.dispatcher, bot=self.bot, secret_token=token
+        )
+        self.webhook_handler.register(app, path=settings.server.webhook_path)
+        setup_application(app, self.dispatcher, bot=self.bot)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, settings.server.host, settings.server.port).start()
+        await self.bot.set_webhook(
+            settings.telegram.webhook_url,
+            secret_token=token,
+            allowed_updates=self.dispatcher.resolve_used_update_types(),
+            drop_pending_updates=False,
+        )
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        try:
+            ok = await asyncio.to_thread(self.services.store.ping)
+        except Exception:
+            ok = False
+        body = {"status": "ok" if ok else "database unreachable", "scheduler_owner": self.leadership.owner}
+        return web.json_response(body, status=200 if ok else 503)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        data = await asyncio.to_thread(self.metrics.render)
+        return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def stop(self, *, drain_timeout: float = 120.0) -> None:
+        await self.leadership.stop()
+        self.scheduler.shutdown()
+        if self.task is not None:
+            with contextlib.suppress(RuntimeError):
+                await self.dispatcher.stop_polling()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(self.task, 30)
+            self.task = None
+        # let updates in flight finish (an apply should not be cut between two writes)
+        pending = set(getattr(self.dispatcher, "_handle_update_tasks", set()))
+        if self.webhook_handler is not None:
+            pending |= set(getattr(self.webhook_handler, "_background_feed_update_tasks", set()))
+        if pending:
+            await asyncio.wait(pending, timeout=drain_timeout)
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+        await self.bot.session.close()
+
+    async def wait(self) -> None:
+        if self.task is not None:
+            await self.task
+        else:
+            await asyncio.Event().wait()
+
+
+@contextlib.asynccontextmanager
+async def running(
+    settings: Settings,
+    *,
+    clients: dict[str, MikoPbxClient] | None = None,
+    polling_timeout: int = 10,
+    leader_interval: float | None = None,
+    **handle,
+) -> AsyncIterator[BotApp]:
+    """The bot with its storage, vault and PBX clients (one per profile unless given), running."""
+    store = open_store(settings)
+    metrics = Metrics(store.plans_by_status)
+    own: list[MikoPbxClient] = []
+    if clients is None:
+        clients = {}
+        for name, profile in settings.pbx.items():
+            clients[name] = MikoPbxClient.from_profile(name, profile)
+            own.append(clients[name])
+    for name, client in clients.items():
+        client.listeners.append(metrics.pbx_listener(name))
+    handles = {
+        name: PbxHandle.of(client, reload_wait=settings.pbx[name].reload_wait, **handle)
+        for name, client in clients.items()
+    }
+    changes = Changes(store, settings.policy, open_vault(settings), handles)
+    services = Services(settings, changes, store)
+    bot = make_bot(settings)
+    dispatcher = make_dispatcher(services, metrics)
+    leadership = Leadership(store.engine, interval=leader_interval or settings.server.leader_interval)
+    app = BotApp(bot, dispatcher, services, Scheduler(services, TelegramPoster(bot)), metrics, leadership)
+    try:
+        await app.start(polling_timeout=polling_timeout)
+        yield app
+    finally:
+        await app.stop()
+        for client in own:
+            await client.aclose()
+        if dispatcher.storage is not None:
+            await dispatcher.storage.close()
+        store.engine.dispose()

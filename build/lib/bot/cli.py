@@ -1,0 +1,406 @@
+"""`pbxbot` command line.
+
+pbxbot simulator [--host H] [--port P] [--seed demo|empty|FILE] [--state FILE] [--api-key K]
+pbxbot numbers   [--pbx NAME | --sandbox]      accounts, registration, routes of one PBX
+pbxbot call      (--pbx NAME | --sandbox) --host HOST --to LOGIN [--from NUMBER]   (sandbox only)
+pbxbot plan      (--pbx NAME | --sandbox) "<command>" [--apply] [--password-file F]
+pbxbot plan      (--pbx NAME | --sandbox) --csv FILE --provider P [--apply]
+pbxbot doctor    (--pbx NAME | --sandbox)      check the routing; exit 1 on an error (cron, monitoring)
+pbxbot trace     (--pbx NAME | --sandbox) LOGIN  where a call to LOGIN ends up, and why
+pbxbot digest    (--pbx NAME | --sandbox) --print [--weekly]
+pbxbot check                                   config, database, each PBX, the bot token; exit 1 on a failure
+pbxbot migrate                                 bring the database to the current schema
+pbxbot run                                     the Telegram bot (config: [telegram], [pbx.*], [policy])
+pbxbot shell                                   a terminal chat with the bot (no Telegram account needed)
+pbxbot tour                                    a short look at the demo PBX (no config needed)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import html
+import json
+import logging
+import secrets
+import signal
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from pbx.errors import PbxError
+from pbx.mikopbx import MikoPbxClient
+
+from . import logs
+from .changes import LOCAL_ADMIN, ChangeError, Changes, PbxHandle
+from .commands import AddNumber, Intent, UsageError, parse, parse_csv
+from .config import ConfigError, load_settings
+from .i18n import system_language, t
+from .planner import PlanError
+from .render import destination_names, error_text, outcome_text, plan_text
+from .views import numbers_lines
+from .wiring import open_store, open_vault
+
+log = logging.getLogger("pbxbot")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pbxbot", description="Chat-ops for MikoPBX provider accounts and routes"
+    )
+    parser.add_argument("--config", help="TOML config file (default: $PBXBOT_CONFIG)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (never shows secrets)")
+    parser.add_argument("--lang", choices=("ru", "en"), default=None, help="ru or en (default: from $LANG)")
+    parser.add_argument("--log-format", choices=("text", "json"), default=None, help="default: the config's")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sim = sub.add_parser("simulator", help="run the MikoPBX REST v3 simulator")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8088)
+    sim.add_argument("--seed", default="demo", help="demo, empty, or a state file")
+    sim.add_argument("--state", type=Path, help="keep the state in this JSON file")
+    sim.add_argument("--api-key", action="append", default=[], help="accept this Bearer API key (repeatable)")
+    sim.add_argument("--admin-password", default="admin", help="password of login 'admin' for auth:login")
+    sim.add_argument(
+        "--registration-delay", type=float, default=0.5, help="seconds until a new account registers"
+    )
+    sim.add_argument(
+        "--reject", action="append", default=[], metavar="LOGIN@HOST", help="credentials the provider refuses"
+    )
+    sim.add_argument("--no-rate-limit", action="store_true", help="as PBXRateLimitEnabled=0")
+    sim.add_argument(
+        "--rate-window",
+        type=float,
+        default=60.0,
+        help="seconds of nginx's 180-request window (benches scale it)",
+    )
+
+    numbers = sub.add_parser("numbers", help="accounts, registration states and routes of a PBX")
+    _target(numbers)
+
+    call = sub.add_parser("call", help="simulate an inbound call (simulator only)")
+    _target(call)
+    call.add_argument("--host", dest="source", required=True, help="host the INVITE comes from")
+    call.add_argument("--to", required=True, help="Request-URI user: the login or the DID")
+    call.add_argument("--from", dest="caller", default="+74951234567")
+
+    plan = sub.add_parser("plan", help="plan a change (and apply it at once with --apply)")
+    _target(plan)
+    plan.add_argument("text", nargs="?", metavar="COMMAND", help='e.g. "/addnumber zadarma 847900 → IVR"')
+    plan.add_argument("--csv", type=Path, help="login,password,destination[,phone] rows: one plan")
+    plan.add_argument("--provider", help="the provider of the --csv rows (zadarma, sip.example.ru, ...)")
+    plan.add_argument("--apply", action="store_true", help="apply at once as the local admin (audited)")
+    plan.add_argument("--password-file", type=Path, help="the SIP password of the account /addnumber creates")
+
+    doctor = sub.add_parser("doctor", help="check the routing; exit 1 when an error is found")
+    _target(doctor)
+    trace = sub.add_parser("trace", help="where a call to a login ends up, and why")
+    _target(trace)
+    trace.add_argument("number", help="a login, or a phone number in an account's note")
+    digest = sub.add_parser("digest", help="the routing digest")
+    _target(digest)
+    digest.add_argument("--print", action="store_true", required=True, help="print it (posting is the bot's)")
+    digest.add_argument("--weekly", action="store_true", help="cover 7 days instead of 1")
+
+    sub.add_parser(
+        "check", help="config, database, migrations, each PBX and the bot token; exit 1 on a failure"
+    )
+    sub.add_parser("migrate", help="bring the database to the current schema")
+    sub.add_parser("run", help="run the Telegram bot (long polling)")
+    sub.add_parser("shell", help="a terminal chat with the bot: local Telegram server, demo PBX, SQLite")
+    sub.add_parser("tour", help="a short look at the demo PBX in the simulator")
+    return parser
+
+
+def _target(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--pbx", help="PBX profile name from the config")
+    group.add_argument("--sandbox", action="store_true", help="an in-process simulator with the demo PBX")
+
+
+@contextlib.asynccontextmanager
+async def _client(args: argparse.Namespace) -> AsyncIterator[tuple[MikoPbxClient, object | None]]:
+    if args.sandbox:
+        from sandbox.demo import demo_state
+        from sandbox.mikopbx import MikoPbxSimulator
+
+        key = secrets.token_hex(32)
+        async with MikoPbxSimulator(demo_state(), api_keys=[key]) as sim:
+            async with MikoPbxClient(sim.url, api_key=key, name="sandbox") as client:
+                yield client, sim
+        return
+    settings = load_settings(args.config)
+    name, profile = settings.profile(args.pbx)
+    async with MikoPbxClient.from_profile(name, profile) as client:
+        yield client, None
+
+
+async def _run(args: argparse.Namespace) -> int:
+    if args.command == "simulator":
+        return await _simulator(args)
+    if args.command == "tour":
+        return await _tour(args.lang)
+    if args.command == "shell":
+        from sandbox.shell import run_shell
+
+        return await run_shell(args.lang)
+    if args.command == "run":
+        return await _run_bot(args)
+    if args.command == "check":
+        return await _check(args)
+    if args.command == "migrate":
+        open_store(load_settings(args.config))
+        return 0
+    if args.command == "plan":
+        return await _plan(args)
+    async with _client(args) as (client, sim):
+        if args.command in ("doctor", "trace", "digest"):
+            return await _routing(args, client)
+        if args.command == "numbers":
+            print("\n".join(await numbers_lines(client, args.lang)))
+            return 0
+        if args.command == "call":
+            if sim is None:
+                print(t("cli.call_sandbox_only", args.lang), file=sys.stderr)
+                return 2
+            result = sim.simulate_call(args.source, args.to, args.caller)
+            print(json.dumps(result, ensure_ascii=False, indent=1))
+            return 0
+    return 2
+
+
+def _plan_intent(args: argparse.Namespace) -> tuple[Intent, dict[str, str]]:
+    """The intent and the SIP passwords (from the CSV, the password file or a prompt)."""
+    if args.csv is not None:
+        if not args.provider:
+            raise _Refusal(t("cli.csv_needs_provider", args.lang))
+        return parse_csv(args.csv.read_text(encoding="utf-8"), args.provider)
+    intent = parse(args.text or "")
+    if not isinstance(intent, AddNumber) or not args.apply:
+        return intent, {}
+    if args.password_file is not None:
+        return intent, {intent.login: args.password_file.read_text(encoding="utf-8").strip()}
+    if sys.stdin.isatty():
+        return intent, {
+            intent.login: getpass.getpass(t("cli.password_prompt", args.lang, login=intent.login))
+        }
+    raise _Refusal(t("cli.password_needed", args.lang, login=intent.login))
+
+
+class _Refusal(Exception):
+    pass
+
+
+async def _plan(args: argparse.Namespace) -> int:
+    lang = args.lang
+    try:
+        intent, passwords = _plan_intent(args)
+    except (UsageError, _Refusal) as exc:
+        print(error_text(exc, lang), file=sys.stderr)
+        return 2
+    with contextlib.ExitStack() as stack:
+        if args.sandbox:
+            data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pbxbot-")))
+            settings = load_settings(None, storage={"data_dir": data_dir})
+        else:
+            settings = load_settings(args.config)
+        async with _client(args) as (client, _sim):
+            reload_wait = 0.5 if args.sandbox else settings.profile(args.pbx)[1].reload_wait
+            handle = PbxHandle.of(client, reload_wait=reload_wait, verify_interval=0.5)
+            changes = Changes(
+                open_store(settings), settings.policy, open_vault(settings), {client.name: handle}
+            )
+            try:
+                return await _plan_or_apply(changes, client, intent, passwords, args)
+            except (PlanError, ChangeError) as exc:
+                print(error_text(exc, lang), file=sys.stderr)
+                return 2
+    return 2
+
+
+async def _plan_or_apply(
+    changes: Changes,
+    client: MikoPbxClient,
+    intent: Intent,
+    passwords: dict[str, str],
+    args: argparse.Namespace,
+) -> int:
+    lang = args.lang
+    names = destination_names(await client.destinations())
+    providers = {p.id: f"{p.username or p.description} @ {p.host}" for p in await client.list_providers()}
+    if not args.apply:
+        plan, _ = await changes.plan(client.name, intent)
+        print(plan_text(plan, lang, destinations=names, providers=providers))
+        if not plan.empty:
+            print("\n" + t("cli.plan_only", lang))
+        return 0
+    command = args.text or f"CSV {args.csv.name}"
+    proposal = await changes.propose(LOCAL_ADMIN, client.name, intent, secrets=passwords, command=command)
+    if proposal.row is None:
+        print(plan_text(proposal.plan, lang, destinations=names, providers=providers))
+        return 0
+    outcome = await changes.apply(LOCAL_ADMIN, proposal.row.id, at_once=True)
+    row = outcome.row
+    print(
+        plan_text(
+            proposal.plan, lang, plan_id=row.id, destinations=names, providers=providers, status=row.status
+        )
+    )
+    details = outcome_text(outcome.result, row.outcome, lang)
+    if details:
+        print(details)
+    if outcome.replacement is not None and outcome.replacement.row is not None:
+        print(t("outcome.replaced", lang, id=outcome.replacement.row.id))
+    return 0 if row.status == "applied" else 1
+
+
+async def _routing(args: argparse.Namespace, client: MikoPbxClient) -> int:
+    from zoneinfo import ZoneInfo
+
+    from . import digest as digests
+    from .doctor import Severity, examine, worst
+    from .snapshot import SnapshotReader
+    from .trace import Tracer
+
+    lang = args.lang
+    reader = SnapshotReader(client)
+    if args.command == "doctor":
+        _, findings = await examine(client, reader)
+        if not findings:
+            print(t("doctor.clean", lang, pbx=client.name))
+        for f in findings:
+            print(f"[{f.severity.value}] {t(f'doctor.{f.code}.title', lang, **f.params)}")
+            print(
+                "\n".join(f"    {line}" for line in t(f"doctor.{f.code}.why", lang, **f.params).split("\n"))
+            )
+        return 1 if worst(findings) is Severity.ERROR else 0
+    if args.command == "trace":
+        snapshot = await reader.read(number=args.number)
+        result = Tracer(snapshot, await client.default_route()).trace(args.number)
+        print(t("trace.header", lang, pbx=client.name, number=args.number))
+        for line in result.lines:
+            print(t(f"trace.{line.key}", lang, **line.params))
+        return 0 if result.outcome == "dial" else 1
+    settings = load_settings(args.config) if not args.sandbox else load_settings(None)
+    tz = ZoneInfo(settings.timezone)
+    since, until, _ = digests.period_bounds("weekly" if args.weekly else "daily", _utcnow(), tz)
+    with tempfile.TemporaryDirectory(prefix="pbxbot-") as tmp:
+        store = (
+            open_store(settings)
+            if not args.sandbox
+            else open_store(load_settings(None, storage={"data_dir": tmp}))
+        )
+        built = await digests.build(client, reader, store, client.name, since=since, until=until, tz=tz)
+        store.engine.dispose()
+    print(html.unescape(digests.render(built, lang, tz)))
+    return 0
+
+
+def _utcnow():
+    from storage.tables import utcnow
+
+    return utcnow()
+
+
+async def _check(args: argparse.Namespace) -> int:
+    from .check import run_checks
+
+    settings = load_settings(args.config)
+    logs.setup(settings, level=logging.DEBUG if args.verbose else logging.WARNING, fmt=args.log_format)
+    items = await run_checks(settings)
+    for item in items:
+        print(f"{'✓' if item.ok else '✗'} {item.name}: {item.detail}")
+    return 0 if all(item.ok for item in items) else 1
+
+
+async def _run_bot(args: argparse.Namespace) -> int:
+    from .app import running
+
+    settings = load_settings(args.config)
+    logs.setup(settings, level=logging.DEBUG if args.verbose else logging.INFO, fmt=args.log_format)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+    async with running(settings) as app:
+        log.warning("pbxbot running as @%s", app.services.bot_username)
+        waiter = asyncio.create_task(stop.wait())
+        polling = {app.task} if app.task is not None else set()  # webhook mode: the server runs alone
+        await asyncio.wait({waiter, *polling}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+    return 0
+
+
+async def _tour(lang: str) -> int:
+    from sandbox.demo import demo_state
+    from sandbox.mikopbx import MikoPbxSimulator
+
+    key = secrets.token_hex(32)
+    async with MikoPbxSimulator(demo_state(), api_keys=[key]) as sim:
+        print(t("tour.started", lang, url=sim.url) + "\n")
+        async with MikoPbxClient(sim.url, api_key=key, name="demo") as client:
+            await client.check_auth()
+            print("\n".join(await numbers_lines(client, lang)))
+            print("\n" + t("tour.call", lang, host="sip.zadarma.com", login="847706"))
+            result = sim.simulate_call("sip.zadarma.com", "847706", "+74951234567")
+            print(t("tour.result", lang, **result))
+    print("\n" + t("tour.next", lang))
+    return 0
+
+
+async def _simulator(args: argparse.Namespace) -> int:
+    from sandbox.demo import load_seed
+    from sandbox.mikopbx import MikoPbxSimulator
+
+    if args.state is not None and args.state.is_file():
+        state = load_seed(str(args.state))
+    else:
+        state = load_seed(args.seed)
+    state.registrar.delay = args.registration_delay
+    for item in args.reject:
+        login, _, host = item.partition("@")
+        state.registrar.rejected.add((host.lower(), login))
+    if args.no_rate_limit:
+        state.settings["PBXRateLimitEnabled"] = "0"
+    keys = args.api_key or [secrets.token_hex(32)]
+    sim = MikoPbxSimulator(
+        state,
+        api_keys=keys,
+        admin_password=args.admin_password,
+        state_file=args.state,
+        rate_window=args.rate_window,
+    )
+    url = await sim.start(args.host, args.port)
+    print(t("simulator.started", args.lang, url=url, keys=len(keys)), flush=True)
+    if not args.api_key:
+        print(t("simulator.key", args.lang, key=keys[0]), flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await sim.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    args.lang = args.lang or system_language()
+    logs.setup(None, level=logging.DEBUG if args.verbose else logging.WARNING, fmt=args.log_format)
+    try:
+        return asyncio.run(_run(args))
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(t("cli.config_problem", args.lang, problem=line), file=sys.stderr)
+        return 2
+    except PbxError as exc:
+        print(t("cli.pbx_problem", args.lang, problem=exc), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,328 @@
+"""Grammar: the text of a command in, a typed Intent out — or a UsageError that
+shows the right form.
+
+    /addnumber <provider> <login> [<phone>] → <destination>
+    /route <login|phone> → <destination>
+    /removenumber <login|phone>
+    /numbers
+    /undo <plan>
+
+Arrows `→`, `->`, `=>` and the words `to` / `на` all work: phone keyboards
+make `→` awkward and autocorrect turns `->` into other things.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import io
+import re
+from dataclasses import dataclass
+
+import phonenumbers
+
+DEFAULT_REGION = "RU"
+ARROWS = ("→", "->", "=>", "⇒", "to", "на")
+_LOGIN = re.compile(r"[A-Za-z0-9._@+-]{1,100}")
+_HOST = re.compile(r"(?=.{1,255}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+_PLAN_ID = re.compile(r"[A-Za-z0-9]{4,32}")
+_ARROW = re.compile(
+    r"\s*(?:" + "|".join(re.escape(a) for a in ARROWS if not a.isalpha()) + r")\s*"
+    r"|\s+(?:" + "|".join(a for a in ARROWS if a.isalpha()) + r")(?:\s+|$)",
+    re.IGNORECASE,
+)
+_COMMAND = re.compile(r"^/([A-Za-z_]+)(?:@[A-Za-z0-9_]+)?(?:\s+|$)")
+
+
+@dataclass(frozen=True)
+class ProviderFamily:
+    """An operator whose numbers come as one SIP login each on one shared host."""
+
+    name: str
+    title: str
+    host: str | None  # None: the host differs per customer; ask for it
+    port: int = 5060
+    transport: str = "udp"
+    aliases: tuple[str, ...] = ()
+
+
+# Hosts confirmed in the MikoPBX docs or public configs (reference/sip-domain.md §3).
+CATALOGUE: tuple[ProviderFamily, ...] = (
+    ProviderFamily("zadarma", "Zadarma", "sip.zadarma.com", aliases=("задарма",)),
+    ProviderFamily("novofon", "Novofon", "sip.novofon.ru", aliases=("новофон",)),
+    ProviderFamily("sipnet", "Sipnet", "sipnet.ru", aliases=("сипнет",)),
+    ProviderFamily("megafon", "MegaFon", None, aliases=("мегафон",)),
+    ProviderFamily("beeline", "Beeline", None, aliases=("билайн",)),
+    ProviderFamily("mango", "Mango Office", None, aliases=("манго",)),
+    ProviderFamily("telphin", "Telphin", None, aliases=("телфин",)),
+    ProviderFamily("mts", "MTS", None, aliases=("мтс",)),
+    ProviderFamily("rostelecom", "Rostelecom", None, aliases=("ростелеком", "rt")),
+    ProviderFamily("uis", "UIS", None, aliases=("uiscom",)),
+)
+_FAMILIES = {alias: f for f in CATALOGUE for alias in (f.name, *f.aliases)}
+
+USAGE = {
+    "addnumber": "/addnumber <provider> <login> [<phone>] → <destination>",
+    "route": "/route <login|phone> → <destination>",
+    "removenumber": "/removenumber <login|phone>",
+    "numbers": "/numbers",
+    "undo": "/undo <plan>",
+}
+EXAMPLES = {
+    "addnumber": "/addnumber zadarma 847900 +7 495 229-30-42 → IVR",
+    "route": "/route 847900 → Sales",
+    "removenumber": "/removenumber 847900",
+    "numbers": "/numbers",
+    "undo": "/undo 7f3a2c",
+}
+
+
+class UsageError(ValueError):
+    """The text is not a valid command. `code` names the problem for the message
+    catalogues; `params` fill it in; `command` picks the usage line shown."""
+
+    def __init__(self, code: str, command: str | None = None, **params: str):
+        self.code = code
+        self.command = command
+        self.params = params
+        usage = f" Usage: {USAGE[command]}" if command in USAGE else ""
+        detail = ", ".join(f"{k}={v!r}" for k, v in params.items())
+        super().__init__(f"{code}{' (' + detail + ')' if detail else ''}.{usage}")
+
+    @property
+    def usage(self) -> str | None:
+        return USAGE.get(self.command or "")
+
+    @property
+    def example(self) -> str | None:
+        return EXAMPLES.get(self.command or "")
+
+
+@dataclass(frozen=True)
+class ProviderTarget:
+    """Where the new account registers: a catalogue family or an explicit host."""
+
+    host: str
+    port: int = 5060
+    transport: str = "udp"
+    family: str | None = None
+
+    @property
+    def title(self) -> str:
+        family = _FAMILIES.get(self.family or "")
+        return family.title if family else self.host
+
+
+@dataclass(frozen=True)
+class AddNumber:
+    provider: ProviderTarget
+    login: str
+    phone: str | None  # E.164, when given
+    destination: str  # as typed; resolved against the PBX's destinations by the planner
+
+
+@dataclass(frozen=True)
+class RouteNumber:
+    number: str  # a login verbatim, or a phone in E.164
+    destination: str
+
+
+@dataclass(frozen=True)
+class RemoveNumber:
+    number: str
+
+
+@dataclass(frozen=True)
+class ListNumbers:
+    pass
+
+
+@dataclass(frozen=True)
+class Undo:
+    plan_id: str
+
+
+@dataclass(frozen=True)
+class AddNumbers:
+    """Several `/addnumber`s on one provider host: a CSV upload, planned as one change."""
+
+    provider: ProviderTarget
+    rows: tuple[AddNumber, ...]
+
+
+@dataclass(frozen=True)
+class FixHost:
+    """The doctor's fix for a host with several logins: the recipe on every enabled account."""
+
+    host: str
+
+
+Intent = AddNumber | AddNumbers | RouteNumber | RemoveNumber | ListNumbers | Undo | FixHost
+
+CSV_COLUMNS = ("login", "password", "destination", "phone")
+MAX_CSV_ROWS = 5000
+
+
+@functools.lru_cache(maxsize=65536)  # pure, and a digest asks for every login and every call's DID
+def normalise_phone(text: str, region: str = DEFAULT_REGION) -> str | None:
+    """E.164 for a valid phone number ("+7(495)229-30-42", "84952293042" and
+    "74952293042" are one number), None for anything else — logins such as
+    847706 are never turned into fake numbers."""
+    cleaned = re.sub(r"[\s()\-.]", "", text)
+    if not re.fullmatch(r"\+?\d{5,17}", cleaned):
+        return None
+    try:
+        number = phonenumbers.parse(cleaned, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def number_key(text: str, region: str = DEFAULT_REGION) -> str:
+    """The key two spellings of one number share: E.164 for a phone, the text itself for a login."""
+    return normalise_phone(text, region) or text.strip()
+
+
+def _split_arrow(rest: str, command: str) -> tuple[str, str]:
+    """`left → right` at the first arrow of any kind; the destination may hold spaces."""
+    parts = _ARROW.split(rest, maxsplit=1)
+    if len(parts) != 2:
+        raise UsageError("missing_arrow", command)
+    left, right = parts[0].strip(), parts[1].strip()
+    if not right:
+        raise UsageError("missing_destination", command)
+    return left, right
+
+
+def parse_provider(text: str) -> ProviderTarget:
+    family = _FAMILIES.get(text.lower())
+    if family is not None:
+        if family.host is None:
+            raise UsageError("provider_needs_host", "addnumber", provider=family.title)
+        return ProviderTarget(family.host, family.port, family.transport, family.name)
+    host, _, port_text = text.partition(":")
+    if "." not in host or not _HOST.fullmatch(host):
+        raise UsageError(
+            "unknown_provider", "addnumber", provider=text, known=", ".join(f.name for f in CATALOGUE)
+        )
+    port = 5060
+    if port_text:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise UsageError("bad_port", "addnumber", port=port_text)
+        port = int(port_text)
+    return ProviderTarget(host.lower(), port)
+
+
+def _login(text: str, command: str) -> str:
+    if not _LOGIN.fullmatch(text):
+        raise UsageError("bad_login", command, login=text[:40])
+    return text
+
+
+def _number(text: str, command: str, region: str) -> str:
+    """A login verbatim, or a phone number normalised; spaces allowed in phones."""
+    phone = normalise_phone(text, region)
+    if phone is not None:
+        return phone
+    return _login(text, command)
+
+
+def parse(text: str, *, region: str = DEFAULT_REGION) -> Intent:
+    """Parse one command. Raises UsageError, and nothing else, for any text."""
+    text = (text or "").strip()
+    match = _COMMAND.match(text)
+    if match is None:
+        raise UsageError("not_a_command")
+    command = match.group(1).lower()
+    rest = text[match.end() :].strip()
+
+    if command == "addnumber":
+        left, destination = _split_arrow(rest, command)
+        words = left.split()
+        if len(words) < 2:
+            raise UsageError("missing_login", command)
+        provider = parse_provider(words[0])
+        login = _login(words[1], command)
+        phone = None
+        if len(words) > 2:
+            phone_text = " ".join(words[2:])
+            phone = normalise_phone(phone_text, region)
+            if phone is None:
+                raise UsageError("bad_phone", command, phone=phone_text[:40])
+        return AddNumber(provider, login, phone, destination)
+    if command == "route":
+        left, destination = _split_arrow(rest, command)
+        if not left:
+            raise UsageError("missing_number", command)
+        return RouteNumber(_number(left, command, region), destination)
+    if command == "removenumber":
+        if not rest:
+            raise UsageError("missing_number", command)
+        return RemoveNumber(_number(rest, command, region))
+    if command == "numbers":
+        return ListNumbers()
+    if command == "undo":
+        if not _PLAN_ID.fullmatch(rest):
+            raise UsageError("missing_plan", command)
+        return Undo(rest)
+    raise UsageError("unknown_command", None, name=command[:32])
+
+
+def parse_csv(text: str, provider: str, *, region: str = DEFAULT_REGION) -> tuple[AddNumbers, dict[str, str]]:
+    """A CSV of `login,password,destination[,phone]` (a header row is optional;
+    `,` or `;` separated) for one provider: the intent, and the SIP passwords by
+    login apart from it, so that the intent never carries a secret."""
+    target = parse_provider(provider)
+    sample = text[:4096]
+    delimiter = ";" if sample.count(";") > sample.count(",") else ","
+    rows: list[AddNumber] = []
+    passwords: dict[str, str] = {}
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        lines = [(reader.line_num, fields) for fields in reader]
+    except csv.Error:
+        raise UsageError("csv_row", "addnumber", line=str(reader.line_num + 1)) from None
+    for lineno, fields in lines:
+        fields = [f.strip() for f in fields]
+        if not any(fields) or fields[0].startswith("#"):
+            continue
+        if lineno == 1 and fields[0].lower() in ("login", "логин"):
+            continue
+        if len(fields) < 3 or not all(fields[:3]):
+            raise UsageError("csv_row", "addnumber", line=str(lineno))
+        login = _login(fields[0], "addnumber")
+        if login in passwords:
+            raise UsageError("csv_duplicate", "addnumber", line=str(lineno), login=login)
+        phone = None
+        if len(fields) > 3 and fields[3]:
+            phone = normalise_phone(fields[3], region)
+            if phone is None:
+                raise UsageError("bad_phone", "addnumber", phone=fields[3][:40])
+        rows.append(AddNumber(target, login, phone, fields[2]))
+        passwords[login] = fields[1]
+        if len(rows) > MAX_CSV_ROWS:
+            raise UsageError("csv_too_long", "addnumber", limit=str(MAX_CSV_ROWS))
+    if not rows:
+        raise UsageError("csv_empty", "addnumber")
+    return AddNumbers(target, tuple(rows)), passwords
+
+
+def intent_to_dict(intent: Intent) -> dict:
+    """A stored form of an intent (plans are re-planned from it when stale)."""
+    return {"type": type(intent).__name__, **dataclasses.asdict(intent)}
+
+
+def intent_from_dict(data: dict) -> Intent:
+    data = dict(data)
+    kind = data.pop("type")
+    if kind == "AddNumber":
+        provider = ProviderTarget(**data["provider"])
+        return AddNumber(provider, data["login"], data["phone"], data["destination"])
+    if kind == "AddNumbers":
+        rows = tuple(intent_from_dict({"type": "AddNumber", **row}) for row in data["rows"])
+        return AddNumbers(ProviderTarget(**data["provider"]), rows)  # type: ignore[arg-type]
+    simple = {cls.__name__: cls for cls in (RouteNumber, RemoveNumber, ListNumbers, Undo, FixHost)}
+    return simple[kind](**data)

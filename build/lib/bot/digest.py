@@ -1,0 +1,403 @@
+"""The routing digest: per PBX, each number -> account -> registration -> where
+its calls go; what changed since the last digest and who changed it; the
+doctor's findings; inbound calls per number over the period; plans waiting
+for approval. Data first (build), text second (render), a PNG for weeks.
+
+A PBX that cannot be reached gets a line saying so; the rest still goes out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import html
+import io
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from html import unescape as html_unescape
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from pbx.errors import PbxError
+
+from .commands import number_key
+from .doctor import Evidence, Finding, Severity, diagnose
+from .i18n import t
+from .snapshot import SnapshotReader
+from .trace import Tracer
+
+CHANGE_EVENTS = ("applied", "rolled_back", "failed")
+COMPACT_OVER = 40  # more numbers than this: list those in trouble and the busiest, attach the rest
+TOP_BUSIEST = 10
+CDR_LIMIT = 20_000  # records read per digest at most
+
+
+@dataclass(frozen=True)
+class NumberLine:
+    login: str
+    phone: str
+    host: str
+    state: str  # registration state, or "disabled"
+    state_minutes: int | None
+    destination: str  # where a call to it ends up (by trace), as a name
+    outcome: str  # dial | default | not_found | no_account
+    calls: int
+
+    @property
+    def ok(self) -> bool:
+        return self.state in ("registered", "disabled") and self.outcome in ("dial", "no_account")
+
+
+@dataclass(frozen=True)
+class Change:
+    at: datetime
+    plan_id: str
+    event: str
+    kind: str
+    command: str
+    who: str
+
+
+@dataclass
+class Digest:
+    pbx: str
+    since: datetime
+    until: datetime
+    reachable: bool = True
+    error: str = ""
+    numbers: list[NumberLine] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    waiting: list[Any] = field(default_factory=list)  # open PlanRows
+    calls_by_day: dict[str, dict[date, int]] = field(default_factory=dict)  # login -> day -> calls
+    calls_total: int = 0
+
+    @property
+    def state(self) -> str:
+        """What quiet mode compares: the numbers' routing and the findings."""
+        blob = json.dumps(
+            [[n.login, n.state, n.destination, n.outcome] for n in self.numbers]
+            + [[f.code, f.subject] for f in self.findings],
+            sort_keys=True,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def wrong(self) -> bool:
+        return not self.reachable or any(f.severity is Severity.ERROR for f in self.findings)
+
+
+@dataclass
+class Readings:
+    """What a digest reads from the PBX; None when the PBX did not answer."""
+
+    snapshot: Any = None
+    registration: dict[str, Any] = field(default_factory=dict)
+    default: Any = None
+    records: list[Any] = field(default_factory=list)
+    error: str = ""
+
+
+async def read(
+    pbx: Any, reader: SnapshotReader, *, since: datetime, until: datetime, tz: ZoneInfo | None = None
+) -> Readings:
+    """Every account in full, registrations, the default route, and the CDR of the
+    period (MikoPBX keeps call times in its own local time: `tz`)."""
+    try:
+        snapshot, registration, default = await asyncio.gather(
+            reader.read(every_host=True), pbx.registration_statuses(), pbx.default_route()
+        )
+    except PbxError as exc:
+        return Readings(error=str(exc))
+    records = []
+    try:
+        start, end = (since.astimezone(tz), until.astimezone(tz)) if tz else (since, until)
+        window = {"date_from": f"{start:%Y-%m-%d %H:%M:%S}", "date_to": f"{end:%Y-%m-%d %H:%M:%S}"}
+        async for record in pbx.iter_cdr(page_size=1000, **window):
+            records.append(record)
+            if len(records) >= CDR_LIMIT:
+                break
+    except PbxError:
+        records = []  # calls are evidence; the rest of the digest stands without them
+    return Readings(snapshot, registration, default, records)
+
+
+def compose(
+    readings: Readings, store: Any, name: str, *, since: datetime, until: datetime, tz: ZoneInfo
+) -> Digest:
+    """The digest from what was read and the audit trail (no PBX calls here)."""
+    digest = Digest(name, since, until)
+    plans = {row.id: row for row in store.plans(pbx=name, limit=500)}
+    for e in store.audit_since(name, since, CHANGE_EVENTS):
+        row = plans.get(e.plan_id or "")
+        who = e.actor_name or str(e.actor_id or "")
+        digest.changes.append(
+            Change(e.at, e.plan_id or "", e.event, row.kind if row else "", row.command if row else "", who)
+        )
+    digest.waiting = [r for r in plans.values() if r.status in ("proposed", "approved")]
+    if readings.snapshot is None:
+        digest.reachable, digest.error = False, readings.error
+        return digest
+    records = readings.records
+    evidence = Evidence(readings.registration, {r.did for r in records if r.did})
+    digest.findings = diagnose(readings.snapshot, evidence)
+    _numbers(digest, readings.snapshot, readings.registration, readings.default, records, tz)
+    return digest
+
+
+async def build(
+    pbx: Any, reader: SnapshotReader, store: Any, name: str, *, since: datetime, until: datetime, tz: ZoneInfo
+) -> Digest:
+    """Read the PBX and put the digest together."""
+    readings = await read(pbx, reader, since=since, until=until, tz=tz)
+    return compose(readings, store, name, since=since, until=until, tz=tz)
+
+
+def _numbers(
+    digest: Digest, snapshot: Any, registration: dict, default: Any, records: list, tz: ZoneInfo
+) -> None:
+    tracer = Tracer(snapshot, default)
+    key_to_login: dict[str, str] = {}
+    for p in snapshot.details.values():
+        if p.username:
+            key_to_login[number_key(p.username)] = p.username
+            if p.note and number_key(p.note).startswith("+"):
+                key_to_login[number_key(p.note)] = p.username
+    per_login: Counter[str] = Counter()
+    by_day: dict[str, Counter[date]] = defaultdict(Counter)
+    for record in records:
+        login = key_to_login.get(number_key(record.did or record.dst_num or ""))
+        if login is None:
+            continue
+        per_login[login] += 1
+        try:
+            day = datetime.fromisoformat(record.start).date()
+        except ValueError:
+            continue
+        by_day[login][day] += 1
+    digest.calls_total = sum(per_login.values())
+    digest.calls_by_day = {login: dict(days) for login, days in by_day.items()}
+    for p in sorted(snapshot.details.values(), key=lambda p: (p.host, p.username)):
+        status = registration.get(p.id)
+        state = "disabled" if p.disabled else (status.state.value if status else "unknown")
+        minutes = (status.state_duration // 60) if status and status.state_duration is not None else None
+        traced = tracer.trace(p.username) if p.username else None
+        destination = ""
+        outcome = "no_account"
+        if traced is not None:
+            outcome = traced.outcome
+            if traced.destination:
+                destination = tracer.names.get(traced.destination, traced.destination)
+        digest.numbers.append(
+            NumberLine(
+                p.username,
+                p.note if number_key(p.note).startswith("+") else "",
+                p.host,
+                state,
+                minutes,
+                destination,
+                outcome,
+                per_login.get(p.username, 0),
+            )
+        )
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=False)
+
+
+def _duration(minutes: int | None, lang: str) -> str:
+    if minutes is None:
+        return ""
+    if minutes >= 2 * 24 * 60:
+        return t("digest.days", lang, n=minutes // (24 * 60))
+    if minutes >= 120:
+        return t("digest.hours", lang, n=minutes // 60)
+    return t("digest.minutes", lang, n=minutes)
+
+
+def number_line(n: NumberLine, lang: str) -> str:
+    icon = {"registered": "✅", "disabled": "⏸"}.get(n.state, "❌")
+    state = t(f"state.{n.state}", lang) + (f" {_duration(n.state_minutes, lang)}" if n.state_minutes else "")
+    where = (
+        _esc(n.destination)
+        if n.outcome == "dial"
+        else t(f"digest.outcome.{n.outcome}", lang, destination=_esc(n.destination))
+    )
+    who = _esc(n.login) + (f" ({_esc(n.phone)})" if n.phone else "")
+    return t(
+        "digest.number",
+        lang,
+        icon=icon,
+        number=who,
+        host=_esc(n.host),
+        state=state,
+        destination=where,
+        calls=n.calls,
+    )
+
+
+def numbers_table(digest: Digest, lang: str) -> bytes:
+    """Every number, one per line (the file a big PBX's digest attaches)."""
+    return "\n".join(html_unescape(number_line(n, lang)) for n in digest.numbers).encode()
+
+
+def render(digest: Digest, lang: str, tz: ZoneInfo) -> str:
+    """The digest as text for a phone (HTML-escaped values); split it with render.split_text."""
+    period = f"{digest.since.astimezone(tz):%d.%m %H:%M} – {digest.until.astimezone(tz):%d.%m %H:%M}"
+    lines = [t("digest.header", lang, pbx=_esc(digest.pbx), period=period)]
+    if not digest.reachable:
+        lines.append(t("digest.unreachable", lang, error=_esc(digest.error)))
+    else:
+        lines.append(t("digest.numbers", lang, n=len(digest.numbers), calls=digest.calls_total))
+        shown = digest.numbers
+        if len(shown) > COMPACT_OVER:
+            # a big PBX: the numbers that need a look, and the busiest; the full list goes as a file
+            trouble = [n for n in shown if not n.ok]
+            busiest = sorted((n for n in shown if n.ok and n.calls), key=lambda n: -n.calls)[:TOP_BUSIEST]
+            lines.append(t("digest.compact", lang, ok=len(shown) - len(trouble), trouble=len(trouble)))
+            shown = trouble[:COMPACT_OVER] + busiest
+        lines += [number_line(n, lang) for n in shown]
+    lines.append("")
+    if digest.changes:
+        lines.append(t("digest.changes", lang, n=len(digest.changes)))
+        for c in digest.changes:
+            lines.append(
+                t(
+                    "digest.change",
+                    lang,
+                    at=f"{c.at.astimezone(tz):%d.%m %H:%M}",
+                    plan=c.plan_id,
+                    status=t(f"status.{c.event}", lang),
+                    command=_esc(c.command[:80]),
+                    who=_esc(c.who),
+                )
+            )
+    else:
+        lines.append(t("digest.no_changes", lang))
+    if digest.reachable:
+        if digest.findings:
+            lines.append(t("digest.findings", lang, n=len(digest.findings)))
+            for f in digest.findings:
+                title = _esc(t(f"doctor.{f.code}.title", lang, **f.params))
+                lines.append(f"  {t(f'doctor.severity.{f.severity.value}', lang)} {title}")
+        else:
+            lines.append(t("digest.no_findings", lang))
+    if digest.waiting:
+        lines.append(t("digest.waiting", lang, n=len(digest.waiting)))
+        for row in digest.waiting:
+            lines.append(
+                t(
+                    "digest.waiting_plan",
+                    lang,
+                    plan=row.id,
+                    status=t(f"status.{row.status}", lang),
+                    command=_esc((row.command or "")[:80]),
+                    who=_esc(row.proposer_name),
+                )
+            )
+    return "\n".join(lines)
+
+
+def chart_png(digest: Digest, *, top: int = 12) -> bytes | None:
+    """Inbound calls per number per day, as a PNG (matplotlib's Agg: no display needed)."""
+    if not digest.calls_by_day:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    days = sorted({d for counts in digest.calls_by_day.values() for d in counts})
+    busiest = sorted(digest.calls_by_day, key=lambda login: -sum(digest.calls_by_day[login].values()))[:top]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    try:
+        for login in busiest:
+            counts = digest.calls_by_day[login]
+            ax.plot(days, [counts.get(d, 0) for d in days], marker="o", label=login)
+        ax.set_title(f"{digest.pbx}: inbound calls per number per day")
+        ax.set_ylabel("calls")
+        ax.legend(fontsize="small", ncol=2)
+        fig.autofmt_xdate()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        return buffer.getvalue()
+    finally:
+        plt.close(fig)
+
+
+def period_bounds(period: str, now: datetime, tz: ZoneInfo) -> tuple[datetime, datetime, str]:
+    """The period a digest run covers, ending now, and its key (one digest per chat and key)."""
+    local = now.astimezone(tz)
+    if period == "weekly":
+        year, week, _ = local.isocalendar()
+        return now - timedelta(days=7), now, f"weekly:{year}-W{week:02d}"
+    if period == "daily":
+        return now - timedelta(days=1), now, f"daily:{local:%Y-%m-%d}"
+    return now - timedelta(days=1), now, f"now:{local:%Y-%m-%dT%H:%M:%S.%f}"
+
+
+# ---------------------------------------------------------------------- the /digest grammar
+
+WEEKDAYS = {
+    "mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6,
+    "пн": 0, "вт": 1, "ср": 2, "чт": 3, "пт": 4, "сб": 5, "вс": 6,
+}  # fmt: skip
+
+
+class DigestUsage(ValueError):
+    def __init__(self, code: str, **params: str):
+        self.code = code
+        self.params = params
+        super().__init__(f"{code}: {params}")
+
+
+@dataclass(frozen=True)
+class DigestCommand:
+    action: str  # now | daily | weekly | off | quiet | show | tz
+    hour: int = 0
+    minute: int = 0
+    weekday: int | None = None
+    quiet: bool | None = None
+    timezone: str | None = None
+
+
+def _time(text: str) -> tuple[int, int]:
+    hour, sep, minute = text.partition(":")
+    if sep and hour.isdigit() and minute.isdigit() and 0 <= int(hour) <= 23 and 0 <= int(minute) <= 59:
+        if len(minute) == 2:
+            return int(hour), int(minute)
+    raise DigestUsage("bad_time", value=text[:20])
+
+
+def parse_digest(args: str) -> DigestCommand:
+    """`/digest` arguments: nothing (post now), `daily HH:MM`, `weekly <day> HH:MM`,
+    `off`, `quiet on|off`, `tz Europe/Samara`, `status`."""
+    if args.split()[:1] and args.split()[0].lower() == "tz" and len(args.split()) == 2:
+        name = args.split()[1]
+        try:
+            ZoneInfo(name)
+        except (ValueError, KeyError, OSError):
+            raise DigestUsage("bad_tz", value=name[:40]) from None
+        return DigestCommand("tz", timezone=name)
+    words = args.lower().split()
+    if not words:
+        return DigestCommand("now")
+    head, rest = words[0], words[1:]
+    if head == "daily" and len(rest) == 1:
+        hour, minute = _time(rest[0])
+        return DigestCommand("daily", hour, minute)
+    if head == "weekly" and len(rest) == 2:
+        if rest[0] not in WEEKDAYS:
+            raise DigestUsage("bad_day", value=rest[0][:20])
+        hour, minute = _time(rest[1])
+        return DigestCommand("weekly", hour, minute, WEEKDAYS[rest[0]])
+    if head == "off" and not rest:
+        return DigestCommand("off")
+    if head == "quiet" and rest in (["on"], ["off"]):
+        return DigestCommand("quiet", quiet=rest[0] == "on")
+    if head == "status" and not rest:
+        return DigestCommand("show")
+    raise DigestUsage("usage")

@@ -1,0 +1,29 @@
+"""Message catalogues: every user-facing text exists in Russian and English.
+
+`t("key", "ru", name=...)` formats the text; an unknown language falls back to
+the default, an unknown key is a bug (KeyError), caught by the catalogue test.
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import en, ru
+
+CATALOGUES: dict[str, dict[str, str]] = {"en": en.MESSAGES, "ru": ru.MESSAGES}
+DEFAULT_LANGUAGE = "ru"
+
+
+def pick_language(code: str | None, default: str = DEFAULT_LANGUAGE) -> str:
+    """A Telegram `language_code` or a POSIX locale ("ru_RU.UTF-8") -> "ru" / "en"."""
+    short = (code or "").split("_")[0].split("-")[0].lower()
+    return short if short in CATALOGUES else default
+
+
+def system_language(default: str = DEFAULT_LANGUAGE) -> str:
+    return pick_language(os.environ.get("PBXBOT_LANG") or os.environ.get("LANG"), default)
+
+
+def t(key: str, lang: str, /, **params: object) -> str:
+    catalogue = CATALOGUES.get(lang, CATALOGUES[DEFAULT_LANGUAGE])
+    return catalogue[key].format(**params)

@@ -1,0 +1,507 @@
+"""Intent + Snapshot -> Plan: the MikoPBX recipe for several logins on one host.
+
+1. one SIP provider account per login, same host;
+2. on every enabled account of that host, `[endpoint]` / `context=public-direct-dial`
+   merged into its `manualattributes` (other sections and lines kept);
+3. one "any provider" route per login: DID = the login, to the wanted destination.
+
+Routes bound to an account stop running once its endpoint context is
+overridden, so the plan moves them to "any provider" routes and says so.
+
+The planner is pure: it reads the snapshot, never the PBX, and raises PlanError
+for a conflict before anything is written. Steps carry the record before and
+after; the executor writes them in order and undoes them in reverse.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pbx.models import Destination, Provider, Route
+
+from .commands import AddNumber, AddNumbers, FixHost, RemoveNumber, RouteNumber, number_key
+from .destinations import DestinationError, DestinationIndex, label
+from .snapshot import Snapshot, same_host
+
+RECIPE_CONTEXT = "public-direct-dial"
+NEW_PREFIX = "@new:"  # providerid "@new:<login>": the account this plan creates for <login>
+# Settings a new account copies from a sibling on the same host.
+_SIBLING_SETTINGS = (
+    "port", "transport", "dtmfmode", "qualify", "qualifyfreq", "fromdomain",
+    "outbound_proxy", "additional_hosts", "networkfilterid", "disablefromuser",
+)  # fmt: skip
+# What an update step compares and writes: everything but the id and the secret.
+_VOLATILE = {"id", "secret"}
+
+
+def new_ref(login: str) -> str:
+    return NEW_PREFIX + login
+
+
+class StepKind(enum.StrEnum):
+    CREATE_PROVIDER = "create_provider"
+    UPDATE_PROVIDER = "update_provider"
+    DELETE_PROVIDER = "delete_provider"
+    CREATE_ROUTE = "create_route"
+    UPDATE_ROUTE = "update_route"
+    DELETE_ROUTE = "delete_route"
+
+    @property
+    def on_provider(self) -> bool:
+        return self.value.endswith("_provider")
+
+
+class PlanKind(enum.StrEnum):
+    """What the policy counts approvals for."""
+
+    ADD = "add"
+    ROUTE = "route"
+    REMOVE = "remove"
+    UNDO = "undo"
+    FIX = "fix"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One write, with the record before and after (None: does not exist).
+
+    `target` is the record id when it exists; `login` is the SIP login the
+    record belongs to (the lock key, and the `@new:` name of a created account).
+    """
+
+    kind: StepKind
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    reason: str  # a message-catalogue key: why this step is in the plan
+    target: str = ""
+    login: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind.value,
+            "before": self.before,
+            "after": self.after,
+            "reason": self.reason,
+            "target": self.target,
+            "login": self.login,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Step:
+        return cls(
+            StepKind(data["kind"]),
+            data.get("before"),
+            data.get("after"),
+            data.get("reason", ""),
+            data.get("target", ""),
+            data.get("login", ""),
+        )
+
+
+@dataclass
+class Plan:
+    pbx: str
+    kind: PlanKind
+    steps: list[Step]
+    fingerprint: str
+    host: str | None = None  # the provider host whose accounts the plan read in full
+    notes: list[str] = field(default_factory=list)  # message-catalogue keys
+    summary: dict[str, Any] = field(default_factory=dict)  # what the cards show: logins, destination
+    needs_secret: list[str] = field(default_factory=list)  # logins whose SIP password the apply needs
+
+    @property
+    def empty(self) -> bool:
+        return not self.steps
+
+    @property
+    def logins(self) -> list[str]:
+        """Every login whose records the plan writes: the lock keys."""
+        return sorted({s.login for s in self.steps if s.login})
+
+    @property
+    def touched_accounts(self) -> list[str]:
+        """Ids of the existing accounts the plan writes: what the stale check re-reads."""
+        return sorted({s.target for s in self.steps if s.kind.on_provider and s.target})
+
+
+class PlanError(Exception):
+    """A conflict found before anything is written. `code` names it for the catalogues."""
+
+    def __init__(self, code: str, **params: Any):
+        self.code = code
+        self.params = params
+        super().__init__(f"{code}: {params}")
+
+
+def merge_recipe(manualattributes: str) -> str:
+    """Put `context=public-direct-dial` into `[endpoint]`, keeping every other
+    section and line; an older `context=` in `[endpoint]` is replaced."""
+    lines = manualattributes.replace("\r\n", "\n").split("\n") if manualattributes.strip() else []
+    out: list[str] = []
+    section = ""
+    placed = False
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            if section == "endpoint" and not placed:
+                out.append(f"context={RECIPE_CONTEXT}")
+                placed = True
+            section = stripped[1:-1].strip()
+        elif section == "endpoint" and stripped.partition("=")[0].strip() == "context":
+            if not placed:
+                out.append(f"context={RECIPE_CONTEXT}")
+                placed = True
+            continue
+        out.append(line)
+    while out and not out[-1].strip():
+        out.pop()
+    if section == "endpoint" and not placed:
+        out.append(f"context={RECIPE_CONTEXT}")
+        placed = True
+    if not placed:
+        if out:
+            out.append("")
+        out += ["[endpoint]", f"context={RECIPE_CONTEXT}"]
+    return "\n".join(out)
+
+
+def has_recipe(manualattributes: str) -> bool:
+    return merge_recipe(manualattributes) == manualattributes.replace("\r\n", "\n").rstrip("\n")
+
+
+def provider_record(p: Provider) -> dict[str, Any]:
+    return p.model_dump(mode="json", exclude={"secret"})
+
+
+def route_record(r: Route) -> dict[str, Any]:
+    return r.model_dump(mode="json")
+
+
+def _resolve(index: DestinationIndex, query: str) -> Destination:
+    try:
+        return index.resolve(query)
+    except DestinationError as exc:
+        raise PlanError(
+            exc.code, query=exc.query, candidates=[(label(d), d.value) for d in exc.candidates]
+        ) from exc
+
+
+def _new_account(row: AddNumber, siblings: list[Provider], recipe: bool) -> Provider:
+    target = row.provider
+    description = f"{target.title} {row.login}" + (f" ({row.phone})" if row.phone else "")
+    account = Provider(
+        description=description,
+        username=row.login,
+        host=target.host,
+        port=target.port,
+        transport=target.transport,
+        note=row.phone or "",
+    )
+    if siblings:
+        sibling = siblings[0]
+        copied = [k for k in _SIBLING_SETTINGS if target.family or k not in ("port", "transport")]
+        account = account.model_copy(update={k: getattr(sibling, k) for k in copied})
+    if recipe:
+        account = account.model_copy(update={"manualattributes": merge_recipe(account.manualattributes)})
+    return account
+
+
+def _summary(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v not in (None, "", [])}
+
+
+def plan_add_number(intent: AddNumber, snapshot: Snapshot, *, default_extension: str = "busy") -> Plan:
+    """The plan for one `/addnumber`."""
+    return plan_add_numbers(
+        AddNumbers(intent.provider, (intent,)), snapshot, default_extension=default_extension
+    )
+
+
+def plan_add_numbers(intent: AddNumbers, snapshot: Snapshot, *, default_extension: str = "busy") -> Plan:
+    """The plan for `/addnumber` (one row) or a CSV (many rows) on one host:
+    create the accounts, and apply the recipe to the whole host when it then
+    has two or more enabled accounts."""
+    host = intent.provider.host
+    index = DestinationIndex(snapshot.destinations)
+    wanted = {row.login: _resolve(index, row.destination) for row in intent.rows}
+    accounts = snapshot.accounts_on(host)
+    existing = {a.username: a for a in accounts}
+    any_by_did = {r.number: r for r in snapshot.any_routes()}
+    for row in intent.rows:
+        if row.login in existing:
+            account = existing[row.login]
+            raise PlanError("login_exists", login=row.login, host=host, provider_id=account.id)
+        taken = any_by_did.get(row.login)
+        if taken is not None and taken.extension != wanted[row.login].value:
+            raise PlanError("did_taken", did=row.login, route_id=taken.id, extension=taken.extension)
+
+    siblings = [a for a in accounts if not a.disabled]
+    recipe = len(siblings) + len(intent.rows) >= 2
+    steps: list[Step] = []
+    notes: list[str] = []
+    new_accounts = []
+    for row in intent.rows:
+        new = _new_account(row, siblings, recipe)
+        new_accounts.append(new)
+        steps.append(Step(StepKind.CREATE_PROVIDER, None, provider_record(new), "new_account", "", row.login))
+    summary = _summary(
+        host=host,
+        logins=[row.login for row in intent.rows],
+        destination=label(wanted[intent.rows[0].login]) if len(intent.rows) == 1 else None,
+        phone=intent.rows[0].phone if len(intent.rows) == 1 else None,
+    )
+    plan = Plan(snapshot.pbx, PlanKind.ADD, steps, "", host, notes, summary, [r.login for r in intent.rows])
+
+    if not recipe:
+        (row,), (new,) = intent.rows, new_accounts
+        destination = wanted[row.login]
+        route = Route(
+            rulename=f"{new.description} → {label(destination)}",
+            providerid=new_ref(row.login),
+            extension=destination.value,
+        )
+        steps.append(
+            Step(StepKind.CREATE_ROUTE, None, route_record(route), "route_new_account", "", row.login)
+        )
+        plan.fingerprint = snapshot.fingerprint(plan.touched_accounts)
+        return plan
+
+    notes.append("recipe_applied")
+    for account in siblings:
+        steps += _recipe_steps(account, snapshot, any_by_did, notes, default_extension)
+
+    for row, new in zip(intent.rows, new_accounts, strict=True):
+        if row.login in any_by_did:
+            continue  # an "any" route to this very destination exists already
+        destination = wanted[row.login]
+        route = Route(
+            rulename=f"{new.description} → {label(destination)}",
+            number=row.login,
+            extension=destination.value,
+        )
+        steps.append(Step(StepKind.CREATE_ROUTE, None, route_record(route), "route_new_login", "", row.login))
+    plan.fingerprint = snapshot.fingerprint(plan.touched_accounts)
+    return plan
+
+
+def _recipe_steps(
+    account: Provider,
+    snapshot: Snapshot,
+    any_by_did: dict[str, Route],
+    notes: list[str],
+    default_extension: str,
+) -> list[Step]:
+    """Bring one existing account under the recipe: its context, and "any"
+    routes in place of the routes bound to it."""
+    steps: list[Step] = []
+    login = account.username
+    if not has_recipe(account.manualattributes):
+        after = account.model_copy(update={"manualattributes": merge_recipe(account.manualattributes)})
+        steps.append(
+            Step(
+                StepKind.UPDATE_PROVIDER,
+                provider_record(account),
+                provider_record(after),
+                "recipe_context",
+                account.id,
+                login,
+            )
+        )
+    for route in snapshot.routes_of(account.id):
+        did = route.number or login
+        target = str(route.id)
+        if did in any_by_did:
+            # an "any" route for this DID exists already: the bound one is dead weight
+            steps.append(
+                Step(StepKind.DELETE_ROUTE, route_record(route), None, "drop_bound_route", target, login)
+            )
+            continue
+        moved = route.model_copy(update={"providerid": None, "number": did})
+        any_by_did[did] = moved
+        steps.append(
+            Step(
+                StepKind.UPDATE_ROUTE,
+                route_record(route),
+                route_record(moved),
+                "migrate_route",
+                target,
+                login,
+            )
+        )
+    if login not in any_by_did:
+        # calls to this login fell to the default route; keep it so, or they get 404
+        keep = Route(rulename=f"{account.description} (default)", number=login, extension=default_extension)
+        any_by_did[login] = keep
+        steps.append(Step(StepKind.CREATE_ROUTE, None, route_record(keep), "route_keeps_default", "", login))
+        notes.append("login_without_route")
+    return steps
+
+
+def plan_fix_host(intent: FixHost, snapshot: Snapshot, *, default_extension: str = "busy") -> Plan:
+    """The doctor's fix: a host with two or more enabled accounts (or one already
+    under the recipe) gets the recipe on every enabled account, their bound
+    routes moved to "any", and a route for every login that has none."""
+    accounts = [a for a in snapshot.accounts_on(intent.host) if not a.disabled]
+    plan = Plan(snapshot.pbx, PlanKind.FIX, [], "", intent.host, [], _summary(host=intent.host))
+    if len(accounts) >= 2 or any(has_recipe(a.manualattributes) for a in accounts):
+        any_by_did = {r.number: r for r in snapshot.any_routes()}
+        plan.notes.append("recipe_applied")
+        for account in accounts:
+            plan.steps += _recipe_steps(account, snapshot, any_by_did, plan.notes, default_extension)
+    plan.summary["logins"] = plan.logins
+    plan.fingerprint = snapshot.fingerprint(plan.touched_accounts)
+    return plan
+
+
+# ---------------------------------------------------------------------- one number
+
+
+def find_number(snapshot: Snapshot, number: str) -> Provider | None:
+    """The account whose login is `number`, or whose note holds that phone. Two
+    accounts with the login on different hosts are ambiguous: an error."""
+    key = number_key(number)
+    found = [
+        p
+        for p in snapshot.details.values()
+        if p.username == number or (p.note and number_key(p.note) == key and key.startswith("+"))
+    ]
+    if len(found) > 1:
+        raise PlanError("ambiguous_number", number=number, hosts=sorted(f"{p.host} ({p.id})" for p in found))
+    return found[0] if found else None
+
+
+def plan_route(intent: RouteNumber, snapshot: Snapshot) -> Plan:
+    """`/route <login|phone> → <destination>`: point the number's route elsewhere."""
+    destination = _resolve(DestinationIndex(snapshot.destinations), intent.destination)
+    account = find_number(snapshot, intent.number)
+    login = account.username if account else intent.number
+    dids = {login, intent.number} | ({account.note} if account and account.note else set())
+    routes = [r for r in snapshot.any_routes() if r.number in dids]
+    if not routes and account is not None:
+        bound = snapshot.routes_of(account.id)
+        routes = [r for r in bound if not r.number or r.number in dids] or bound[:1]
+    summary = _summary(host=account.host if account else None, logins=[login], destination=label(destination))
+    plan = Plan(snapshot.pbx, PlanKind.ROUTE, [], "", snapshot.host, [], summary)
+    if not routes and account is None:
+        raise PlanError("number_unknown", number=intent.number)
+    for route in routes:
+        if route.extension == destination.value:
+            continue
+        after = route.model_copy(update={"extension": destination.value})
+        plan.steps.append(
+            Step(
+                StepKind.UPDATE_ROUTE,
+                route_record(route),
+                route_record(after),
+                "reroute",
+                str(route.id),
+                login,
+            )
+        )
+    if not routes and account is not None:
+        route = Route(rulename=f"{account.description} → {label(destination)}", extension=destination.value)
+        if has_recipe(account.manualattributes):
+            route = route.model_copy(update={"number": login})
+        else:
+            route = route.model_copy(update={"providerid": account.id})
+        plan.steps.append(Step(StepKind.CREATE_ROUTE, None, route_record(route), "route_missing", "", login))
+    plan.fingerprint = snapshot.fingerprint(plan.touched_accounts)
+    return plan
+
+
+def plan_remove(intent: RemoveNumber, snapshot: Snapshot) -> Plan:
+    """`/removenumber <login|phone>`: its routes, then its account."""
+    account = find_number(snapshot, intent.number)
+    if account is None:
+        raise PlanError("number_unknown", number=intent.number)
+    login = account.username
+    dids = {login} | ({account.note} if account.note else set())
+    steps: list[Step] = []
+    routes = [r for r in snapshot.any_routes() if r.number in dids] + snapshot.routes_of(account.id)
+    for route in routes:
+        steps.append(
+            Step(StepKind.DELETE_ROUTE, route_record(route), None, "route_of_number", str(route.id), login)
+        )
+    steps.append(
+        Step(StepKind.DELETE_PROVIDER, provider_record(account), None, "remove_account", account.id, login)
+    )
+    notes = []
+    rest = [a for a in snapshot.accounts_on(account.host, enabled_only=True) if a.id != account.id]
+    if len(rest) == 1 and has_recipe(rest[0].manualattributes):
+        notes.append("recipe_kept")
+    summary = _summary(host=account.host, logins=[login], phone=account.note or None)
+    plan = Plan(snapshot.pbx, PlanKind.REMOVE, steps, "", account.host, notes, summary)
+    plan.fingerprint = snapshot.fingerprint(plan.touched_accounts)
+    return plan
+
+
+# ---------------------------------------------------------------------- undo
+
+
+def _same(record: dict[str, Any] | None, expected: dict[str, Any] | None) -> bool:
+    if record is None or expected is None:
+        return record is expected
+    keys = (set(record) | set(expected)) - _VOLATILE
+    return all(record.get(k) == expected.get(k) for k in keys)
+
+
+def _without_id(record: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (record or {}).items() if k != "id"}
+
+
+def plan_undo(
+    original: Sequence[Step], results: dict[int, dict[str, Any]], snapshot: Snapshot, *, pbx: str
+) -> Plan:
+    """The inverse of an applied plan, from its stored steps, in reverse order.
+
+    `results[i]` is the record as the PBX returned it after step i (with the id
+    it gave a created record; empty after a delete); steps without a result
+    were not applied, or were rolled back, and are skipped. Each record must still be as the plan left it; a
+    record changed since is a conflict (`undo_drifted`), never overwritten.
+    Re-creating a removed account needs its SIP password again (`needs_secret`)."""
+    providers = {p.id: provider_record(p) for p in snapshot.details.values()}
+    routes = {str(r.id): route_record(r) for r in snapshot.routes}
+    recreated: dict[str, str] = {}  # id of a removed account -> the @new ref of its re-creation
+    steps: list[Step] = []
+    needs_secret: list[str] = []
+    for index in range(len(original) - 1, -1, -1):
+        step = original[index]
+        if index not in results:
+            continue  # never applied (a failed or interrupted plan): nothing to undo
+        if step.kind is StepKind.DELETE_PROVIDER:
+            before = step.before or {}
+            if any(
+                p.get("username") == step.login and same_host(p.get("host", ""), before.get("host", ""))
+                for p in providers.values()
+            ):
+                raise PlanError("undo_drifted", record=step.login)
+            recreated[step.target] = new_ref(step.login)
+            needs_secret.append(step.login)
+            steps.append(Step(StepKind.CREATE_PROVIDER, None, _without_id(before), "undo", "", step.login))
+            continue
+        if step.kind is StepKind.DELETE_ROUTE:
+            after = _without_id(step.before)
+            pid = after.get("providerid")
+            after["providerid"] = recreated.get(pid, pid) if pid else None
+            steps.append(Step(StepKind.CREATE_ROUTE, None, after, "undo", "", step.login))
+            continue
+        left = results.get(index) or {}
+        rid = str(left.get("id") or step.target)
+        current = (providers if step.kind.on_provider else routes).get(rid)
+        if current is None or not _same(current, left):
+            raise PlanError("undo_drifted", record=rid or step.login)
+        if step.kind is StepKind.CREATE_PROVIDER:
+            steps.append(Step(StepKind.DELETE_PROVIDER, current, None, "undo", rid, step.login))
+        elif step.kind is StepKind.CREATE_ROUTE:
+            steps.append(Step(StepKind.DELETE_ROUTE, current, None, "undo", rid, step.login))
+        else:
+            restored = {**(step.before or {}), "id": current.get("id")}
+            steps.append(Step(step.kind, current, restored, "undo", rid, step.login))
+    logins = sorted({s.login for s in original if s.login})
+    plan = Plan(pbx, PlanKind.UNDO, steps, "", snapshot.host, [], _summary(host=snapshot.host, logins=logins))
+    plan.needs_secret = needs_secret
+    plan.fingerprint = snapshot.fingerprint(plan.touched_accounts)
+    return plan

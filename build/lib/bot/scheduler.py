@@ -1,0 +1,183 @@
+"""APScheduler 3.11 wiring: digest schedules (kept in the database) and housekeeping.
+
+Schedules are loaded from the database at start into a memory job store with
+stable job ids (`digest:<chat>`), coalesced, with a misfire grace. Each run
+first takes the (chat, period) row; only the run that took it posts, so two
+processes (or a restart in the same minute) never post one digest twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from storage.tables import DigestScheduleRow, utcnow
+
+from . import digest as digests
+from .i18n import t
+from .render import split_text
+from .services import Services
+
+log = logging.getLogger("pbxbot.scheduler")
+MISFIRE_GRACE = 3600  # a digest up to an hour late still goes out (after a restart, say)
+
+
+class Poster(Protocol):
+    async def text(self, chat_id: int, text: str) -> None: ...
+    async def png(self, chat_id: int, data: bytes, caption: str) -> None: ...
+    async def document(self, chat_id: int, data: bytes, filename: str, caption: str) -> None: ...
+
+
+@dataclass
+class Outcome:
+    posted: bool
+    reason: str  # posted | taken (another run has this period) | quiet (nothing new)
+    digest: digests.Digest | None = None
+
+
+class Scheduler:
+    def __init__(self, services: Services, poster: Poster, *, aps: AsyncIOScheduler | None = None):
+        self.services = services
+        self.poster = poster
+        self.aps = aps or AsyncIOScheduler()
+
+    # ------------------------------------------------------------------ jobs
+
+    def start(
+        self, housekeeping: Callable[[], Awaitable[None]] | None = None, *, every: float = 60.0
+    ) -> None:
+        for row in self.services.store.schedules():
+            self._job(row)
+        if housekeeping is not None:
+            self.aps.add_job(
+                housekeeping,
+                "interval",
+                seconds=every,
+                id="housekeeping",
+                max_instances=1,
+                coalesce=True,
+                replace_existing=True,
+            )
+        self.aps.start()
+
+    def shutdown(self) -> None:
+        if self.aps.running:
+            self.aps.shutdown(wait=False)
+            self.aps = AsyncIOScheduler()  # a stopped APScheduler cannot start again
+
+    def sync(self) -> None:
+        """Follow schedules set or dropped by other processes (the owner runs this every minute)."""
+        rows = {f"digest:{row.chat_id}": row for row in self.services.store.schedules()}
+        for job in self.aps.get_jobs():
+            if job.id.startswith("digest:") and job.id not in rows:
+                job.remove()
+        for job_id, row in rows.items():
+            job = self.aps.get_job(job_id)
+            if job is None or job.kwargs.get("stamp") != row.updated_at.isoformat():
+                self._job(row)
+
+    def _job(self, row: DigestScheduleRow) -> None:
+        trigger = CronTrigger(
+            hour=row.hour,
+            minute=row.minute,
+            day_of_week=row.weekday if row.period == "weekly" else None,
+            timezone=ZoneInfo(row.timezone),
+        )
+        self.aps.add_job(
+            self.run,
+            trigger,
+            args=(row.chat_id,),
+            kwargs={"period": row.period, "stamp": row.updated_at.isoformat()},
+            id=f"digest:{row.chat_id}",
+            replace_existing=True,
+            coalesce=True,
+            misfire_grace_time=MISFIRE_GRACE,
+            max_instances=1,
+        )
+
+    def set(self, row: DigestScheduleRow) -> None:
+        row.updated_at = utcnow()
+        self.services.store.set_schedule(row)
+        self._job(row)
+
+    def off(self, chat_id: int) -> bool:
+        job = self.aps.get_job(f"digest:{chat_id}")
+        if job is not None:
+            job.remove()
+        return self.services.store.drop_schedule(chat_id)
+
+    def next_run(self, chat_id: int) -> datetime | None:
+        job = self.aps.get_job(f"digest:{chat_id}")
+        return job.next_run_time if job is not None else None
+
+    # ------------------------------------------------------------------ runs
+
+    async def run(
+        self,
+        chat_id: int,
+        *,
+        period: str = "now",
+        pbx: str | None = None,
+        lang: str | None = None,
+        now: datetime | None = None,
+        stamp: str = "",  # the schedule row's version the job was made from (see sync)
+    ) -> Outcome:
+        """One digest for a chat: take the (chat, period) row, build, post (or stay quiet)."""
+        services = self.services
+        store = services.store
+        schedule = store.schedule(chat_id)
+        name = pbx or (schedule.pbx if schedule else services.pbx_of_chat(chat_id, private=chat_id > 0))
+        if name is None or name not in services.changes.pbxs:
+            return Outcome(False, "no_pbx")
+        tz = ZoneInfo(schedule.timezone if schedule else services.settings.timezone)
+        now = now or utcnow()
+        since, until, key = digests.period_bounds(period, now, tz)
+        run_id = store.claim_digest(chat_id, key)
+        if run_id is None:
+            return Outcome(False, "taken")
+        last = store.last_digest(chat_id, before=run_id)
+        if last is not None and last.posted and period != "now" and last.at > since - timedelta(days=7):
+            since = last.at  # "what changed since the last digest"
+        handle = services.changes.pbxs[name]
+        built = await digests.build(
+            handle.client, handle.reader, store, name, since=since, until=until, tz=tz
+        )
+        quiet = schedule is not None and schedule.quiet and period != "now"
+        if quiet and not built.wrong and not built.changes and last is not None and last.state == built.state:
+            store.finish_digest(run_id, posted=False, state=built.state)
+            return Outcome(False, "quiet", built)
+        lang = lang or services.settings.default_language
+        for part in split_text(digests.render(built, lang, tz)):
+            await self.poster.text(chat_id, part)
+        if built.reachable and len(built.numbers) > digests.COMPACT_OVER:
+            table = digests.numbers_table(built, lang)
+            await self.poster.document(chat_id, table, f"numbers-{name}.txt", t("digest.all_numbers", lang))
+        if period == "weekly":
+            chart = digests.chart_png(built)
+            if chart is not None:
+                await self.poster.png(chat_id, chart, t("digest.chart", lang))
+        store.finish_digest(run_id, posted=True, state=built.state)
+        return Outcome(True, "posted", built)
+
+
+def schedule_row(services: Services, chat_id: int, pbx: str, command: Any, by: int) -> DigestScheduleRow:
+    """The row for `/digest daily|weekly ...`, keeping the chat's quiet setting and time zone."""
+    current = services.store.schedule(chat_id)
+    return DigestScheduleRow(
+        chat_id=chat_id,
+        pbx=pbx,
+        period=command.action,
+        weekday=command.weekday,
+        hour=command.hour,
+        minute=command.minute,
+        timezone=current.timezone if current else services.settings.timezone,
+        quiet=current.quiet if current else False,
+        created_by=by,
+    )

@@ -1,0 +1,49 @@
+"""What the Telegram handlers (and the scheduler) are given: the settings, the
+change service, storage, and which PBX a chat works on. Free of aiogram."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from pbx.base import Pbx
+from storage.repo import Store
+
+from .changes import Changes
+from .config import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    changes: Changes
+    store: Store
+    bot_username: str = ""
+    refused: set[int] = field(default_factory=set)  # users and chats told "no" once already
+    scheduler: Any = None  # bot.scheduler.Scheduler, once the app has started
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.settings.timezone)
+
+    def client(self, pbx: str) -> Pbx:
+        return self.changes.pbxs[pbx].client
+
+    def pbx_of_chat(self, chat_id: int, *, private: bool) -> str | None:
+        """A chat's PBX: its binding (`/pbx`), the config's groups, or, for a
+        private chat, the only PBX there is. None: an unknown chat."""
+        bound = self.store.chat_pbx(chat_id)
+        if bound is not None and bound in self.changes.pbxs:
+            return bound
+        configured = self.settings.telegram.groups.get(chat_id)
+        if configured is not None:
+            return configured
+        if private and len(self.changes.pbxs) == 1:
+            return next(iter(self.changes.pbxs))
+        return None
+
+    def approval_chats(self, pbx: str) -> list[int]:
+        """Groups where plans of this PBX are approved."""
+        chats = [cid for cid, name in self.settings.telegram.groups.items() if name == pbx]
+        return chats + [cid for cid in self.store.chats_of(pbx) if cid not in chats]

@@ -1,0 +1,60 @@
+"""SIP passwords at rest: Fernet (AES-128-CBC + HMAC-SHA256, from `cryptography`).
+
+The key comes from the config (`storage.secret_key` / `secret_key_file`, or
+PBXBOT_STORAGE__SECRET_KEY); a local install without one gets a key file
+generated under the data directory on first start, readable by its owner only.
+A password is kept only until its plan ends; then the row is erased.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken
+
+KEY_FILE = "secret.key"
+
+
+class VaultError(Exception):
+    pass
+
+
+class Vault:
+    def __init__(self, key: str | bytes):
+        try:
+            self._fernet = Fernet(key.encode() if isinstance(key, str) else key)
+        except (ValueError, TypeError) as exc:
+            raise VaultError("the secret key is not a Fernet key (32 url-safe base64 bytes)") from exc
+
+    def __repr__(self) -> str:
+        return "Vault(<key hidden>)"
+
+    @classmethod
+    def from_file(cls, path: Path, *, create: bool = True) -> Vault:
+        """The key in `path`; with `create`, a new key written there (mode 0600) when missing."""
+        if not path.exists() and create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as file:
+                file.write(Fernet.generate_key())
+        try:
+            return cls(path.read_bytes().strip())
+        except OSError as exc:
+            raise VaultError(f"cannot read the secret key file {path}: {exc.strerror}") from None
+
+    def seal(self, value: str) -> str:
+        return self._fernet.encrypt(value.encode()).decode()
+
+    def open(self, token: str) -> str:
+        try:
+            return self._fernet.decrypt(token.encode()).decode()
+        except InvalidToken as exc:
+            raise VaultError("a stored secret does not open with this key") from exc
+
+    def seal_all(self, values: Mapping[str, str]) -> dict[str, str]:
+        return {k: self.seal(v) for k, v in values.items()}
+
+    def open_all(self, tokens: Mapping[str, str]) -> dict[str, str]:
+        return {k: self.open(v) for k, v in tokens.items()}

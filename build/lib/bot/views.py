@@ -1,0 +1,54 @@
+"""Read-only views of a PBX, as text lines (shared by the CLI and the bot)."""
+
+from __future__ import annotations
+
+import asyncio
+import html as html_lib
+
+from pbx.base import Pbx
+from pbx.models import Route
+
+from .i18n import t
+
+
+async def numbers_lines(pbx: Pbx, lang: str, *, html: bool = False) -> list[str]:
+    """`/numbers`: accounts by host with their registration state and routes, the
+    "any provider" routes, the default route. Values escaped for HTML on request."""
+    esc = (lambda v: html_lib.escape(str(v), quote=False)) if html else str
+    providers, routes, default, states, destinations = await asyncio.gather(
+        pbx.list_providers(),
+        pbx.list_routes(),
+        pbx.default_route(),
+        pbx.registration_statuses(),
+        pbx.destinations(),
+    )
+    names = {d.value: d.name for d in destinations}
+    any_number = t("numbers.any_number", lang)
+
+    def route_line(r: Route) -> str:
+        destination = names.get(r.extension, r.extension)
+        return t(
+            "numbers.route", lang, id=r.id, did=esc(r.number or any_number), destination=esc(destination)
+        )
+
+    lines = [t("numbers.header", lang, pbx=esc(pbx.name), accounts=len(providers), routes=len(routes))]
+    for p in sorted(providers, key=lambda p: (p.host, p.username)):
+        status = states.get(p.id)
+        state = "disabled" if p.disabled else (status.state.value if status else "unknown")
+        account = {"login": esc(p.username or "-"), "host": esc(p.host), "port": p.port, "id": esc(p.id)}
+        lines.append(
+            t(
+                "numbers.account",
+                lang,
+                state=t(f"state.{state}", lang),
+                description=esc(p.description),
+                **account,
+            )
+        )
+        lines += [route_line(r) for r in routes if r.providerid == p.id]
+    any_routes = [r for r in routes if r.any_provider]
+    if any_routes:
+        lines.append(t("numbers.any_header", lang))
+        lines += [route_line(r) for r in any_routes]
+    lines.append(t("numbers.default", lang, destination=esc(names.get(default.extension, default.extension))))
+    return lines

@@ -1,0 +1,30 @@
+"""Builds the long-lived parts from the settings: storage, vault, PBX handles.
+Shared by the CLI, the bot and the scheduler."""
+
+from __future__ import annotations
+
+from pbx.mikopbx import MikoPbxClient
+from storage.db import database_url, make_engine, migrate
+from storage.repo import Store
+
+from .changes import PbxHandle
+from .config import PbxProfile, Settings
+from .vault import KEY_FILE, Vault
+
+
+def open_store(settings: Settings) -> Store:
+    """The database of the settings, migrated to the head revision."""
+    engine = make_engine(database_url(settings.storage.url, settings.storage.data_dir))
+    migrate(engine)
+    return Store(engine)
+
+
+def open_vault(settings: Settings) -> Vault:
+    key = settings.storage.secret_key
+    if key is not None:
+        return Vault(key.get_secret_value())
+    return Vault.from_file(settings.storage.data_dir / KEY_FILE)
+
+
+def pbx_handle(client: MikoPbxClient, profile: PbxProfile) -> PbxHandle:
+    return PbxHandle.of(client, reload_wait=profile.reload_wait)

@@ -1,0 +1,17 @@
+"""aiogram routers, one file per concern. Thin: parse, call bot/, render, post."""
+
+from __future__ import annotations
+
+# isort: off
+import bot.lazy_models  # noqa: F401  (before aiogram: its models are built when used)
+
+# isort: on
+from aiogram import Router
+
+
+def routers() -> list[Router]:
+    """Fresh routers for one dispatcher."""
+    from . import approvals, common, numbers, routing, secrets
+
+    # routing before approvals: its Fix buttons must not reach the catch-all for unknown buttons
+    return [common.router(), numbers.router(), routing.router(), approvals.router(), secrets.router()]

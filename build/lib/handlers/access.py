@@ -1,0 +1,111 @@
+"""Who is speaking, in which chat, on which PBX, in which language; checked
+before any handler runs and before anything is read from the PBX.
+
+Identity is the numeric user id (of the button presser for callbacks). A user
+the config does not know gets one polite refusal and an audit row, then
+silence. An anonymous group admin is asked to write as themselves. A group
+that becomes a supergroup keeps its PBX.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiogram import BaseMiddleware
+from aiogram.types import CallbackQuery, Message, TelegramObject
+
+from bot.changes import Actor
+from bot.i18n import pick_language, t
+from bot.policy import role_of
+from bot.services import Services
+from storage.tables import AuditRow
+
+ANONYMOUS_ADMIN_ID = 1087968824  # @GroupAnonymousBot
+
+
+class Access(BaseMiddleware):
+    def __init__(self, services: Services):
+        self.services = services
+
+    async def __call__(
+        self,
+        handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
+        event: TelegramObject,
+        data: dict[str, Any],
+    ) -> Any:
+        services = self.services
+        user = data.get("event_from_user")
+        chat = data.get("event_chat")
+        lang = pick_language(user.language_code if user else None, services.settings.default_language)
+        data.update(services=services, lang=lang)
+        if isinstance(event, Message) and (event.migrate_to_chat_id or event.migrate_from_chat_id):
+            self._migrate(event)
+            return None
+        if user is None:
+            return None
+        if isinstance(event, Message) and (
+            user.id == ANONYMOUS_ADMIN_ID
+            or (event.sender_chat is not None and chat and event.sender_chat.id == chat.id)
+        ):
+            if event.text and event.text.startswith("/"):
+                await event.answer(t("tg.anonymous", lang))
+            return None
+        role = role_of(services.settings.policy, user.id)
+        if role is None:
+            await self._refuse(event, user.id, chat.id if chat else None, lang)
+            return None
+        private = chat is None or chat.type == "private"
+        pbx = services.pbx_of_chat(chat.id, private=private) if chat else None
+        data.update(actor=Actor(user.id, user.full_name), role=role, pbx=pbx, private=private)
+        return await handler(event, data)
+
+    def _migrate(self, message: Message) -> None:
+        store = self.services.store
+        old, new = message.chat.id, message.migrate_to_chat_id
+        if new is None:  # the supergroup's side: migrate_from_chat_id
+            old, new = message.migrate_from_chat_id, message.chat.id
+        pbx = self.services.pbx_of_chat(old, private=False)
+        if pbx is not None and self.services.pbx_of_chat(new, private=False) is None:
+            store.bind_chat(new, pbx, title=message.chat.title or "")
+            store.audit(AuditRow(pbx=pbx, event="chat_migrated", detail={"from": old, "to": new}))
+
+    async def _refuse(self, event: TelegramObject, user_id: int, chat_id: int | None, lang: str) -> None:
+        services = self.services
+        kind = "callback" if isinstance(event, CallbackQuery) else "message"
+        services.store.audit(
+            AuditRow(actor_id=user_id, event="refused_unknown_user", detail={"chat": chat_id, "kind": kind})
+        )
+        if isinstance(event, CallbackQuery):
+            await event.answer(t("tg.unknown_user", lang, id=user_id), show_alert=True)
+            return
+        if user_id in services.refused:
+            return
+        services.refused.add(user_id)
+        if isinstance(event, Message):
+            await event.answer(t("tg.unknown_user", lang, id=user_id))
+
+
+class Observe(BaseMiddleware):
+    """Counts updates by type and outcome, and times them (for /metrics)."""
+
+    def __init__(self, metrics: Any):
+        self.metrics = metrics
+
+    async def __call__(
+        self,
+        handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
+        event: TelegramObject,
+        data: dict[str, Any],
+    ) -> Any:
+        kind = getattr(event, "event_type", "update")
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            result = await handler(event, data)
+            outcome = "handled"
+            return result
+        finally:
+            self.metrics.updates.labels(kind, outcome).inc()
+            self.metrics.update_seconds.labels(kind).observe(time.perf_counter() - started)

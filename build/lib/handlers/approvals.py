@@ -1,0 +1,68 @@
+"""Buttons under a plan card: approve (or apply, where the proposer may approve
+alone), reject, cancel. Every press is checked against the plan, its version
+and the policy; a second press counts once; simultaneous presses apply once."""
+
+from __future__ import annotations
+
+from aiogram import Bot, F, Router
+from aiogram.types import CallbackQuery
+
+from bot.changes import Actor, ChangeError
+from bot.i18n import t
+from bot.render import error_text
+from bot.services import Services
+from storage.tables import AuditRow
+
+from .cards import PlanButton, apply_and_report, refresh_card
+
+
+async def pressed(
+    query: CallbackQuery, callback_data: PlanButton, bot: Bot, services: Services, actor: Actor, lang: str
+) -> None:
+    changes = services.changes
+    row = services.store.get_plan(callback_data.plan)
+    message = query.message
+    if (
+        row is None
+        or message is None
+        or row.chat_id != message.chat.id
+        or row.message_id != message.message_id
+    ):
+        services.store.audit(AuditRow(actor_id=actor.id, event="forged_button", detail={"data": query.data}))
+        await query.answer(t("tg.button.unknown", lang), show_alert=True)
+        return
+    try:
+        if callback_data.action == "a":
+            row, tally = await changes.approve(actor, row.id, version=callback_data.version)
+            await query.answer(t("tg.button.counted", lang, have=tally.have, need=tally.need))
+        elif callback_data.action == "r":
+            row = await changes.reject(actor, row.id)
+            await query.answer(t("tg.button.rejected", lang))
+        elif callback_data.action == "c":
+            row = await changes.cancel(actor, row.id)
+            await query.answer(t("tg.button.cancelled", lang))
+        else:
+            await query.answer(t("tg.button.unknown", lang), show_alert=True)
+            return
+    except ChangeError as exc:
+        await query.answer(error_text(exc, lang), show_alert=True)
+        await refresh_card(bot, services, row)
+        return
+    await refresh_card(bot, services, row)
+    if changes.ready(row):
+        await apply_and_report(bot, services, row, actor)
+
+
+async def unknown_button(query: CallbackQuery, services: Services, actor: Actor, lang: str) -> None:
+    services.store.audit(
+        AuditRow(actor_id=actor.id, event="forged_button", detail={"data": (query.data or "")[:64]})
+    )
+    await query.answer(t("tg.button.unknown", lang), show_alert=True)
+
+
+def router() -> Router:
+    """A fresh router (a router belongs to one dispatcher)."""
+    r = Router(name="approvals")
+    r.callback_query.register(pressed, PlanButton.filter())
+    r.callback_query.register(unknown_button, F.data)
+    return r

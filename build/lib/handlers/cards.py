@@ -1,0 +1,224 @@
+"""The plan card: posted where the plan was proposed (or in the PBX's approval
+group), edited in place as the plan moves, with versioned buttons that carry a
+short plan id only. Plans too long for one message get a summary card and the
+full plan as a document."""
+
+from __future__ import annotations
+
+import html
+import logging
+import time
+from typing import Any
+
+from aiogram import Bot
+from aiogram.exceptions import TelegramBadRequest, TelegramForbiddenError
+from aiogram.filters.callback_data import CallbackData
+from aiogram.types import BufferedInputFile, InlineKeyboardButton, InlineKeyboardMarkup
+
+from bot.changes import APPLYING, OPEN, Actor, ChangeError, Outcome
+from bot.i18n import t
+from bot.policy import Action, may
+from bot.render import TELEGRAM_LIMIT, outcome_text, plan_text, utf16_len
+from bot.services import Services
+from storage.tables import PlanRow
+
+log = logging.getLogger("pbxbot.cards")
+PROGRESS_EVERY = 2.0  # seconds between progress edits of a long apply
+
+
+class PlanButton(CallbackData, prefix="pl"):
+    action: str  # a: approve (apply when alone), r: reject, c: cancel
+    plan: str
+    version: int
+
+
+def card_language(services: Services, row: PlanRow, lang: str | None = None) -> str:
+    return lang or services.settings.default_language
+
+
+def alone(services: Services, row: PlanRow) -> bool:
+    """The policy lets the proposer approve alone: the card says Apply, not Approve."""
+    policy = services.settings.policy
+    need = services.changes.tally_of(row).need
+    return policy.self_approve and may(policy, row.proposer_id, Action.APPROVE) and need <= 1
+
+
+def keyboard(services: Services, row: PlanRow, lang: str) -> InlineKeyboardMarkup | None:
+    if row.status not in OPEN:
+        return None
+
+    def button(action: str, key: str) -> InlineKeyboardButton:
+        data = PlanButton(action=action, plan=row.id, version=row.version).pack()
+        return InlineKeyboardButton(text=t(key, lang), callback_data=data)
+
+    if alone(services, row):
+        rows = [[button("a", "tg.button.apply"), button("c", "tg.button.cancel")]]
+    else:
+        rows = [
+            [button("a", "tg.button.approve"), button("r", "tg.button.reject")],
+            [button("c", "tg.button.cancel")],
+        ]
+    if services.changes.missing_secrets(row) and services.bot_username:
+        url = f"https://t.me/{services.bot_username}?start=pw-{row.id}"
+        rows.append([InlineKeyboardButton(text=t("tg.button.password", lang), url=url)])
+    return InlineKeyboardMarkup(inline_keyboard=rows)
+
+
+def _lines_about(services: Services, row: PlanRow, lang: str) -> list[str]:
+    lines = [t("tg.card.proposer", lang, name=_esc(row.proposer_name or str(row.proposer_id)))]
+    approvers = services.changes.approvers_of(row)
+    if approvers:
+        lines.append(t("tg.card.approved_by", lang, names=_esc(", ".join(approvers))))
+    missing = services.changes.missing_secrets(row) if row.status in OPEN else []
+    if missing:
+        lines.append(t("tg.card.waiting_secret", lang, logins=_esc(", ".join(missing))))
+    if row.status in OPEN:
+        expires = row.expires_at.astimezone(services.tz).strftime("%d.%m %H:%M")
+        lines.append(t("tg.card.expires", lang, at=expires))
+    return lines
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=False)
+
+
+def card_text(services: Services, row: PlanRow, lang: str, *, extra: str = "", summary: bool = False) -> str:
+    changes = services.changes
+    plan = changes.plan_of(row)
+    plan.needs_secret = changes.missing_secrets(row) if row.status in OPEN else []
+    names = row.summary.get("names") or {}
+    tally = changes.tally_of(row) if row.status in OPEN else None
+    if summary:
+        body = _summary(plan, row, lang)
+    else:
+        body = plan_text(
+            plan,
+            lang,
+            plan_id=row.id,
+            destinations=names.get("destinations"),
+            providers=names.get("providers"),
+            status=row.status,
+            tally=tally,
+            html=True,
+        )
+    parts = [body, "\n".join(_lines_about(services, row, lang))]
+    outcome = outcome_text(None, row.outcome, lang, html=True) if row.status not in (*OPEN, APPLYING) else ""
+    parts += [p for p in (outcome, extra) if p]
+    return "\n\n".join(p for p in parts if p)
+
+
+def _summary(plan: Any, row: PlanRow, lang: str) -> str:
+    counts: dict[str, int] = {}
+    for step in plan.steps:
+        counts[step.kind.value] = counts.get(step.kind.value, 0) + 1
+    lines = [
+        t(
+            "plan.header",
+            lang,
+            id=row.id,
+            pbx=_esc(row.pbx),
+            kind=t(f"plan.kind.{row.kind}", lang),
+            steps=len(plan.steps),
+        )
+    ]
+    for note in plan.notes:
+        lines.append(t(f"plan.note.{note}", lang, host=_esc(plan.host or "")))
+    lines += [t(f"tg.count.{kind}", lang, n=n) for kind, n in sorted(counts.items())]
+    lines.append(t("tg.card.full_plan_attached", lang))
+    lines.append(t("plan.status", lang, status=t(f"status.{row.status}", lang)))
+    return "\n".join(lines)
+
+
+def fits(text: str) -> bool:
+    return utf16_len(text) <= TELEGRAM_LIMIT
+
+
+async def post_card(
+    bot: Bot, services: Services, row: PlanRow, chat_id: int, lang: str | None = None
+) -> PlanRow:
+    """Send the card (and the full plan as a document when it is too long); remember where it is."""
+    lang = card_language(services, row, lang)
+    text = card_text(services, row, lang)
+    summary = not fits(text)
+    if summary:
+        text = card_text(services, row, lang, summary=True)
+        full = plan_text(
+            services.changes.plan_of(row),
+            lang,
+            plan_id=row.id,
+            destinations=(row.summary.get("names") or {}).get("destinations"),
+        )
+        document = BufferedInputFile(full.encode(), filename=f"plan-{row.id}.txt")
+        await bot.send_document(chat_id, document, caption=t("tg.card.full_plan", lang, id=row.id))
+    message = await bot.send_message(chat_id, text, reply_markup=keyboard(services, row, lang))
+    services.store.update_plan(row.id, chat_id=chat_id, message_id=message.message_id)
+    return services.store.get_plan(row.id)
+
+
+async def refresh_card(
+    bot: Bot, services: Services, row: PlanRow, *, extra: str = "", lang: str | None = None
+) -> None:
+    """Edit the card in place; "not modified" is success, a lost card is posted again."""
+    row = services.store.get_plan(row.id) or row
+    if row.chat_id is None or row.message_id is None:
+        return
+    lang = card_language(services, row, lang)
+    text = card_text(services, row, lang, extra=extra)
+    if not fits(text):
+        text = card_text(services, row, lang, extra=extra, summary=True)
+    try:
+        await bot.edit_message_text(
+            text=text,
+            chat_id=row.chat_id,
+            message_id=row.message_id,
+            reply_markup=keyboard(services, row, lang),
+        )
+    except TelegramBadRequest as exc:
+        if "not modified" in exc.message:
+            return
+        if "not found" in exc.message:
+            await post_card(bot, services, row, row.chat_id, lang)
+            return
+        raise
+
+
+async def apply_and_report(bot: Bot, services: Services, row: PlanRow, actor: Actor) -> Outcome | None:
+    """Apply an approved plan with every password it needs, showing progress on
+    long plans, then the outcome; a stale plan's new version gets its own card."""
+    last = 0.0
+
+    async def progress(current: PlanRow, done: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if total >= 10 and (now - last >= PROGRESS_EVERY or done == total):
+            last = now
+            lang = card_language(services, current)
+            await refresh_card(
+                bot, services, current, extra=t("tg.card.progress", lang, done=done, total=total)
+            )
+
+    try:
+        outcome = await services.changes.apply(actor, row.id, progress=progress)
+    except ChangeError as exc:
+        await refresh_card(bot, services, row)
+        if exc.code in ("not_approved", "plan_closed"):
+            return None  # another press, or another process, is applying it
+        raise
+    await refresh_card(bot, services, outcome.row)
+    if outcome.replacement is not None and outcome.replacement.row is not None and row.chat_id is not None:
+        new = outcome.replacement.row
+        lang = card_language(services, new)
+        await refresh_card(bot, services, outcome.row, extra=t("outcome.replaced", lang, id=new.id))
+        await post_card(bot, services, new, row.chat_id)
+    return outcome
+
+
+async def ask_secret(bot: Bot, services: Services, row: PlanRow, login: str, lang: str) -> bool:
+    """Ask the proposer, in private, for a SIP password; False when the bot may
+    not write first (the card carries a deep link instead)."""
+    try:
+        await bot.send_message(row.proposer_id, t("tg.secret.ask", lang, login=_esc(login), id=row.id))
+    except (TelegramForbiddenError, TelegramBadRequest) as exc:
+        log.info("cannot write to %s first: %s", row.proposer_id, exc.message)
+        return False
+    return True

@@ -1,0 +1,110 @@
+"""/start, /help, /whoami, /pbx."""
+
+from __future__ import annotations
+
+import html
+
+from aiogram import Bot, Router
+from aiogram.filters import Command, CommandObject, CommandStart
+from aiogram.types import Message
+
+from bot.changes import Actor
+from bot.i18n import t
+from bot.policy import Action, Role, may
+from bot.services import Services
+
+from .cards import ask_secret, refresh_card
+
+# command -> the action it needs; /help lists only what the caller may do
+COMMANDS: dict[str, Action] = {
+    "addnumber": Action.PROPOSE,
+    "route": Action.PROPOSE,
+    "removenumber": Action.PROPOSE,
+    "undo": Action.PROPOSE,
+    "numbers": Action.VIEW,
+    "plans": Action.VIEW,
+    "history": Action.VIEW,
+    "cancel": Action.CANCEL_OWN,
+    "doctor": Action.VIEW,
+    "trace": Action.VIEW,
+    "digest": Action.VIEW,
+    "pbx": Action.VIEW,
+    "whoami": Action.VIEW,
+    "help": Action.VIEW,
+}
+
+
+def help_text(services: Services, user_id: int, lang: str) -> str:
+    policy = services.settings.policy
+    lines = [t("tg.help.header", lang)]
+    lines += [
+        html.escape(t(f"tg.help.{name}", lang), quote=False)
+        for name, action in COMMANDS.items()
+        if may(policy, user_id, action)
+    ]
+    if may(policy, user_id, Action.PROPOSE):
+        lines.append(html.escape(t("tg.help.csv", lang), quote=False))
+    if may(policy, user_id, Action.APPROVE):
+        lines.append(t("tg.help.approve", lang))
+    return "\n".join(lines)
+
+
+async def start(
+    message: Message, command: CommandObject, bot: Bot, services: Services, actor: Actor, lang: str
+) -> None:
+    payload = command.args or ""
+    if payload.startswith("pw-"):
+        row = services.store.get_plan(payload[3:])
+        waiting = [(r, m) for r, m in services.changes.awaiting_secret(actor.id) if row and r.id == row.id]
+        if waiting:
+            plan, missing = waiting[0]
+            await ask_secret(bot, services, plan, missing[0], lang)
+            await refresh_card(bot, services, plan)
+            return
+    await message.answer(t("tg.start", lang) + "\n\n" + help_text(services, actor.id, lang))
+
+
+async def help_(message: Message, services: Services, actor: Actor, lang: str) -> None:
+    await message.answer(help_text(services, actor.id, lang))
+
+
+async def whoami(message: Message, actor: Actor, role: Role, pbx: str | None, lang: str) -> None:
+    await message.answer(
+        t(
+            "tg.whoami",
+            lang,
+            id=actor.id,
+            role=t(f"tg.role.{role.name.lower()}", lang),
+            chat=message.chat.id,
+            pbx=pbx or "—",
+            lang=lang,
+        )
+    )
+
+
+async def pbx_(
+    message: Message, command: CommandObject, services: Services, actor: Actor, pbx: str | None, lang: str
+) -> None:
+    name = (command.args or "").strip()
+    known = ", ".join(sorted(services.changes.pbxs))
+    if not name:
+        await message.answer(t("tg.pbx.current", lang, pbx=pbx or "—", known=known))
+        return
+    if not may(services.settings.policy, actor.id, Action.CONFIGURE):
+        await message.answer(t("change.not_allowed", lang, action="pbx"))
+        return
+    if name not in services.changes.pbxs:
+        await message.answer(t("change.unknown_pbx", lang, pbx=name, known=known))
+        return
+    services.store.bind_chat(message.chat.id, name, title=message.chat.title or "", by=actor.id)
+    await message.answer(t("tg.pbx.bound", lang, pbx=name))
+
+
+def router() -> Router:
+    """A fresh router (a router belongs to one dispatcher)."""
+    r = Router(name="common")
+    r.message.register(start, CommandStart())
+    r.message.register(help_, Command("help"))
+    r.message.register(whoami, Command("whoami"))
+    r.message.register(pbx_, Command("pbx"))
+    return r

@@ -1,0 +1,21 @@
+"""Helpers the routers share: replies split at Telegram's limit, the chat's PBX."""
+
+from __future__ import annotations
+
+from aiogram.types import Message
+
+from bot.i18n import t
+from bot.render import split_text
+
+
+async def reply(message: Message, text: str) -> None:
+    """Answer in the message's chat, split at 4,096 characters."""
+    for part in split_text(text):
+        await message.answer(part)
+
+
+async def need_pbx(message: Message, pbx: str | None, lang: str) -> bool:
+    if pbx is None:
+        await message.answer(t("tg.no_pbx", lang))
+        return False
+    return True

@@ -1,0 +1,147 @@
+"""Changes and views: /addnumber, /route, /removenumber, /undo, /numbers,
+/plans, /history, /cancel. Thin: parse, call bot.changes, render, post."""
+
+from __future__ import annotations
+
+import html
+
+from aiogram import Bot, Router
+from aiogram.filters import Command, CommandObject
+from aiogram.types import Message
+
+from bot.changes import ENDED, OPEN, Actor, ChangeError, Proposal
+from bot.commands import Intent, UsageError, parse
+from bot.i18n import t
+from bot.planner import PlanError
+from bot.render import error_text
+from bot.services import Services
+from bot.views import numbers_lines
+from pbx.errors import PbxError
+
+from .cards import apply_and_report, ask_secret, post_card, refresh_card
+from .context import need_pbx, reply
+
+
+async def propose_and_post(
+    bot: Bot,
+    services: Services,
+    message: Message,
+    actor: Actor,
+    pbx: str,
+    intent: Intent,
+    lang: str,
+    *,
+    command: str,
+    secrets: dict[str, str] | None = None,
+) -> Proposal | None:
+    """Propose, then post the card: in this chat, or, for a plan proposed in a
+    private chat, in the PBX's approval group when there is one."""
+    try:
+        proposal = await services.changes.propose(actor, pbx, intent, secrets=secrets, command=command)
+    except (UsageError, PlanError, ChangeError) as exc:
+        await reply(message, error_text(exc, lang, html=True))
+        return None
+    except PbxError as exc:
+        await reply(message, t("tg.pbx_error", lang, error=error_text(exc, lang, html=True)))
+        return None
+    if proposal.row is None:
+        await message.answer(t("plan.empty", lang))
+        return proposal
+    chat_id = message.chat.id
+    if message.chat.type == "private":
+        groups = services.approval_chats(pbx)
+        if groups:
+            chat_id = groups[0]
+            await message.answer(t("tg.card.posted_in_group", lang, id=proposal.row.id))
+    row = await post_card(bot, services, proposal.row, chat_id)
+    missing = services.changes.missing_secrets(row)
+    if missing and not await ask_secret(bot, services, row, missing[0], lang):
+        await message.answer(t("tg.secret.start_me", lang, bot=services.bot_username, id=row.id))
+    if services.changes.ready(row):
+        await apply_and_report(bot, services, row, actor)
+    return proposal
+
+
+async def change(
+    message: Message, bot: Bot, services: Services, actor: Actor, pbx: str | None, lang: str
+) -> None:
+    try:
+        intent = parse(message.text or "")
+    except UsageError as exc:
+        await reply(message, error_text(exc, lang, html=True))
+        return
+    if not await need_pbx(message, pbx, lang):
+        return
+    await propose_and_post(bot, services, message, actor, pbx, intent, lang, command=message.text or "")
+
+
+async def numbers(message: Message, services: Services, pbx: str | None, lang: str) -> None:
+    if not await need_pbx(message, pbx, lang):
+        return
+    try:
+        lines = await numbers_lines(services.client(pbx), lang, html=True)
+    except PbxError as exc:
+        await message.answer(t("tg.pbx_error", lang, error=error_text(exc, lang, html=True)))
+        return
+    await reply(message, "\n".join(lines))
+
+
+def _plan_line(row, lang: str) -> str:
+    when = row.updated_at.strftime("%d.%m %H:%M")
+    return t(
+        "tg.plan_line",
+        lang,
+        id=row.id,
+        status=t(f"status.{row.status}", lang),
+        kind=t(f"plan.kind.{row.kind}", lang),
+        who=row.proposer_name or row.proposer_id,
+        when=when,
+        command=(row.command or "")[:80].replace("<", "&lt;"),
+    )
+
+
+async def plans(message: Message, services: Services, pbx: str | None, lang: str) -> None:
+    if not await need_pbx(message, pbx, lang):
+        return
+    rows = services.store.plans(pbx=pbx, status=[*OPEN, "applying"])
+    text = "\n".join([t("tg.plans.header", lang, n=len(rows))] + [_plan_line(r, lang) for r in rows])
+    await reply(message, text)
+
+
+async def history(
+    message: Message, command: CommandObject, services: Services, pbx: str | None, lang: str
+) -> None:
+    if not await need_pbx(message, pbx, lang):
+        return
+    arg = (command.args or "").strip()
+    n = int(arg) if arg.isdigit() else 10
+    rows = services.store.plans(pbx=pbx, status=ENDED, limit=max(1, min(n, 100)))
+    text = "\n".join([t("tg.history.header", lang, n=len(rows))] + [_plan_line(r, lang) for r in rows])
+    await reply(message, text)
+
+
+async def cancel(
+    message: Message, command: CommandObject, bot: Bot, services: Services, actor: Actor, lang: str
+) -> None:
+    plan_id = (command.args or "").strip()
+    if not plan_id:
+        await message.answer(html.escape(t("tg.cancel.usage", lang), quote=False))
+        return
+    try:
+        row = await services.changes.cancel(actor, plan_id)
+    except ChangeError as exc:
+        await message.answer(error_text(exc, lang, html=True))
+        return
+    await refresh_card(bot, services, row)
+    await message.answer(t("tg.cancel.done", lang, id=row.id))
+
+
+def router() -> Router:
+    """A fresh router (a router belongs to one dispatcher)."""
+    r = Router(name="numbers")
+    r.message.register(change, Command("addnumber", "route", "removenumber", "undo"))
+    r.message.register(numbers, Command("numbers"))
+    r.message.register(plans, Command("plans"))
+    r.message.register(history, Command("history"))
+    r.message.register(cancel, Command("cancel"))
+    return r

@@ -1,0 +1,235 @@
+"""/doctor (with Fix buttons), /trace, /digest."""
+
+from __future__ import annotations
+
+import html
+
+from aiogram import Bot, Router
+from aiogram.filters import Command, CommandObject
+from aiogram.filters.callback_data import CallbackData
+from aiogram.types import (
+    BufferedInputFile,
+    CallbackQuery,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    Message,
+)
+
+from bot.changes import Actor
+from bot.digest import WEEKDAYS, DigestUsage, parse_digest
+from bot.doctor import Finding, Severity, examine
+from bot.i18n import t
+from bot.policy import Action, may
+from bot.render import error_text, split_text
+from bot.scheduler import schedule_row
+from bot.services import Services
+from bot.trace import Tracer
+from pbx.errors import PbxError
+
+from .context import need_pbx, reply
+from .numbers import propose_and_post
+
+
+class FixButton(CallbackData, prefix="fx"):
+    key: str  # sha1 of the host, 10 hex: the finding is found again when pressed
+
+
+class TelegramPoster:
+    def __init__(self, bot: Bot):
+        self.bot = bot
+
+    async def text(self, chat_id: int, text: str) -> None:
+        await self.bot.send_message(chat_id, text)
+
+    async def png(self, chat_id: int, data: bytes, caption: str) -> None:
+        await self.bot.send_photo(chat_id, BufferedInputFile(data, filename="calls.png"), caption=caption)
+
+    async def document(self, chat_id: int, data: bytes, filename: str, caption: str) -> None:
+        await self.bot.send_document(chat_id, BufferedInputFile(data, filename=filename), caption=caption)
+
+
+def _esc(value: object) -> str:
+    return html.escape(str(value), quote=False)
+
+
+def doctor_text(pbx: str, findings: list[Finding], lang: str) -> str:
+    if not findings:
+        return t("doctor.clean", lang, pbx=_esc(pbx))
+    count = {s: sum(1 for f in findings if f.severity is s) for s in Severity}
+    lines = [
+        t(
+            "doctor.header",
+            lang,
+            pbx=_esc(pbx),
+            errors=count[Severity.ERROR],
+            warnings=count[Severity.WARNING],
+            infos=count[Severity.INFO],
+        )
+    ]
+    for f in findings:
+        lines.append("")
+        title = _esc(t(f"doctor.{f.code}.title", lang, **f.params))  # formatted, then escaped as a whole
+        lines.append(f"{t(f'doctor.severity.{f.severity.value}', lang)} {title}")
+        lines += [f"   {line}" for line in _esc(t(f"doctor.{f.code}.why", lang, **f.params)).split("\n")]
+    return "\n".join(lines)
+
+
+def fix_keyboard(findings: list[Finding], lang: str) -> InlineKeyboardMarkup | None:
+    fixes: dict[str, str] = {}
+    for f in findings:
+        if f.fix_key and f.fix_key not in fixes and len(fixes) < 8:
+            fixes[f.fix_key] = getattr(f.fix, "host", "")
+    if not fixes:
+        return None
+    rows = [
+        [
+            InlineKeyboardButton(
+                text=t("doctor.fix_button", lang, host=host)[:60], callback_data=FixButton(key=key).pack()
+            )
+        ]
+        for key, host in fixes.items()
+    ]
+    return InlineKeyboardMarkup(inline_keyboard=rows)
+
+
+async def doctor(message: Message, services: Services, pbx: str | None, lang: str, actor: Actor) -> None:
+    if not await need_pbx(message, pbx, lang):
+        return
+    handle = services.changes.pbxs[pbx]
+    try:
+        _, findings = await examine(handle.client, handle.reader)
+    except PbxError as exc:
+        await message.answer(t("doctor.unreachable", lang, pbx=_esc(pbx), error=_esc(exc)))
+        return
+    parts = split_text(doctor_text(pbx, findings, lang))
+    keyboard = (
+        fix_keyboard(findings, lang) if may(services.settings.policy, actor.id, Action.PROPOSE) else None
+    )
+    for i, part in enumerate(parts):
+        await message.answer(part, reply_markup=keyboard if i == len(parts) - 1 else None)
+
+
+async def fix_pressed(
+    query: CallbackQuery,
+    callback_data: FixButton,
+    bot: Bot,
+    services: Services,
+    actor: Actor,
+    pbx: str | None,
+    lang: str,
+) -> None:
+    await query.answer()
+    if pbx is None or query.message is None:
+        return
+    handle = services.changes.pbxs[pbx]
+    _, findings = await examine(handle.client, handle.reader)
+    finding = next((f for f in findings if f.fix_key == callback_data.key), None)
+    if finding is None:
+        await query.message.answer(t("doctor.fix_gone", lang))
+        return
+    await propose_and_post(
+        bot,
+        services,
+        query.message,
+        actor,
+        pbx,
+        finding.fix,
+        lang,
+        command=f"/doctor fix {getattr(finding.fix, 'host', '')}",
+    )
+
+
+async def trace_(
+    message: Message, command: CommandObject, services: Services, pbx: str | None, lang: str
+) -> None:
+    number = (command.args or "").strip()
+    if not number:
+        await message.answer(_esc(t("trace.usage", lang)))
+        return
+    if not await need_pbx(message, pbx, lang):
+        return
+    handle = services.changes.pbxs[pbx]
+    try:
+        snapshot = await handle.reader.read(number=number)
+        default = await handle.client.default_route()
+        result = Tracer(snapshot, default).trace(number)
+    except PbxError as exc:
+        await message.answer(t("tg.pbx_error", lang, error=_esc(exc)))
+        return
+    except Exception as exc:  # an ambiguous login (PlanError) and the like
+        await message.answer(error_text(exc, lang, html=True))
+        return
+    lines = [t("trace.header", lang, pbx=_esc(pbx), number=_esc(number))]
+    lines += [
+        t(f"trace.{line.key}", lang, **{k: _esc(v) for k, v in line.params.items()}) for line in result.lines
+    ]
+    await reply(message, "\n".join(lines))
+
+
+async def digest(
+    message: Message, command: CommandObject, services: Services, actor: Actor, pbx: str | None, lang: str
+) -> None:
+    try:
+        parsed = parse_digest(command.args or "")
+    except DigestUsage as exc:
+        key = "digest.usage" if exc.code == "usage" else f"digest.{exc.code}"
+        await message.answer(t(key, lang, **exc.params))
+        return
+    if not await need_pbx(message, pbx, lang):
+        return
+    scheduler = services.scheduler
+    chat_id = message.chat.id
+    if parsed.action == "now":
+        await scheduler.run(chat_id, period="now", pbx=pbx, lang=lang)
+        return
+    if parsed.action != "show" and not may(services.settings.policy, actor.id, Action.CANCEL_OWN):
+        await message.answer(t("change.not_allowed", lang, action="digest"))
+        return
+    if parsed.action in ("daily", "weekly"):
+        row = schedule_row(services, chat_id, pbx, parsed, actor.id)
+        scheduler.set(row)
+        await message.answer(_schedule_text(row, lang))
+    elif parsed.action == "off":
+        scheduler.off(chat_id)
+        await message.answer(t("digest.off", lang))
+    elif parsed.action == "tz":
+        row = services.store.schedule(chat_id)
+        if row is None:
+            await message.answer(t("digest.none", lang))
+            return
+        row.timezone = parsed.timezone
+        scheduler.set(row)
+        await message.answer(_schedule_text(row, lang))
+    elif parsed.action == "quiet":
+        row = services.store.schedule(chat_id)
+        if row is None:
+            await message.answer(t("digest.none", lang))
+            return
+        row.quiet = bool(parsed.quiet)
+        scheduler.set(row)
+        await message.answer(
+            t("digest.quiet", lang, state=t("digest.on" if row.quiet else "digest.off_word", lang))
+        )
+    else:
+        row = services.store.schedule(chat_id)
+        await message.answer(_schedule_text(row, lang) if row else t("digest.none", lang))
+
+
+def _schedule_text(row, lang: str) -> str:
+    at = f"{row.hour:02d}:{row.minute:02d}"
+    quiet = t("digest.quiet_suffix", lang) if row.quiet else ""
+    if row.period == "weekly":
+        names = [k for k, v in WEEKDAYS.items() if v == row.weekday]
+        day = names[1] if lang == "ru" and len(names) > 1 else names[0]
+        return t("digest.scheduled_weekly", lang, day=day, at=at, tz=row.timezone, quiet=quiet)
+    return t("digest.scheduled_daily", lang, at=at, tz=row.timezone, quiet=quiet)
+
+
+def router() -> Router:
+    """A fresh router (a router belongs to one dispatcher)."""
+    r = Router(name="routing")
+    r.message.register(doctor, Command("doctor"))
+    r.message.register(trace_, Command("trace"))
+    r.message.register(digest, Command("digest"))
+    r.callback_query.register(fix_pressed, FixButton.filter())
+    return r

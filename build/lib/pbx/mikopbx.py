@@ -1,0 +1,565 @@
+"""Async client for the MikoPBX REST API v3 (MikoPBX 2026.1 and later).
+
+Every MikoPBX quirk the bot depends on is handled here, once:
+- the success flag is `result` (the 404 of an unknown endpoint says `success`);
+- `messages.error` is a list, or a dict keyed by field after required-field checks;
+- some "not found" answers are 422 with `api_ProviderNotFound`/`api_IncomingRouteNotFound`;
+- a route PUT/PATCH without `providerid` turns the route into "any provider", so
+  `providerid` is always sent;
+- SIP passwords read back as `XXXXXXXX`; sending the mask keeps the stored one;
+- `transport` must be lower case on writes;
+- disabled providers are listed only with `includeDisabled=true` (the string);
+- the provider list mixes SIP and IAX: only SIP is kept;
+- nginx allows 180 requests/min per client: a token bucket keeps under the profile's limit;
+- 429 and 503 are retried with backoff on reads; a write is never retried blind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from .errors import (
+    PbxAuthError,
+    PbxConflict,
+    PbxError,
+    PbxForbidden,
+    PbxNotFound,
+    PbxRateLimited,
+    PbxTimeout,
+    PbxUnavailable,
+    PbxUnsupported,
+    PbxValidationError,
+)
+from .models import (
+    ANY_PROVIDER,
+    ActiveCall,
+    CallQueue,
+    CdrPage,
+    CdrRecord,
+    Destination,
+    Employee,
+    IvrMenu,
+    Provider,
+    ProviderCallStats,
+    ProviderSummary,
+    RegistrationEvent,
+    RegistrationStatus,
+    Route,
+    strip_html,
+)
+
+log = logging.getLogger("pbxbot.pbx")
+
+API_PATH = "/pbxcore/api/v3"
+_NOT_FOUND_CODES = {"api_ProviderNotFound", "api_IncomingRouteNotFound"}
+_RETRY_STATUSES = {429, 502, 503, 504}
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One HTTP call, as the audit trail and the metrics see it: no body, no headers."""
+
+    method: str
+    path: str
+    status: int | None
+    elapsed_ms: float
+    error: str | None = None
+
+
+class RateLimiter:
+    """Token bucket: `per_minute` on average, at most `burst` back to back.
+
+    MikoPBX's nginx (limit 180/min, burst 20) never sees more than this when
+    per_minute <= 180 and burst <= 20.
+    """
+
+    def __init__(self, per_minute: float, burst: int = 10):
+        self.rate = per_minute / 60.0
+        self.capacity = float(max(1, burst))
+        self._tokens = self.capacity
+        self._updated = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
+            self._updated = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return
+            wait = (1 - self._tokens) / self.rate
+            self._tokens = 0.0
+            self._updated = now + wait
+            await asyncio.sleep(wait)
+
+
+def _error_texts(messages: Any) -> tuple[list[str], dict[str, str]]:
+    """`messages.error` as (all texts, field -> text)."""
+    errors = messages.get("error") if isinstance(messages, Mapping) else None
+    if isinstance(errors, Mapping):
+        fields = {str(k): str(v) for k, v in errors.items()}
+        return list(fields.values()), fields
+    if isinstance(errors, list):
+        return [str(e) for e in errors], {}
+    if errors:
+        return [str(errors)], {}
+    return [], {}
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+class MikoPbxClient:
+    """One MikoPBX, reached with an API key or with login + password (JWT)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        login: str | None = None,
+        password: str | None = None,
+        verify: bool | str = True,
+        timeout: float = 10.0,
+        rate_limit_per_min: float = 165,
+        burst: int = 10,
+        retries: int = 3,
+        backoff: float = 0.5,
+        transport: httpx.AsyncBaseTransport | None = None,
+        name: str = "pbx",
+    ):
+        if (api_key is None) == (login is None or password is None):
+            raise ValueError("give an API key, or login and password")
+        base = url.rstrip("/")
+        if not base.endswith(API_PATH):
+            base += API_PATH
+        self.name = name
+        self.base_url = base
+        self._api_key = api_key
+        self._login = login
+        self._password = password
+        self._jwt: str | None = None
+        self._jwt_expires = 0.0
+        self._auth_lock = asyncio.Lock()
+        self._retries = retries
+        self._backoff = backoff
+        self.limiter = RateLimiter(rate_limit_per_min, burst)
+        self.listeners: list[Callable[[CallRecord], None]] = []
+        self._http = httpx.AsyncClient(
+            base_url=base,
+            verify=verify,
+            timeout=httpx.Timeout(timeout),
+            transport=transport,
+            headers={"Accept": "application/json", "User-Agent": "pbxbot"},
+            follow_redirects=False,
+        )
+
+    @classmethod
+    def from_profile(cls, name: str, profile: Any, **kwargs: Any) -> MikoPbxClient:
+        """Build from a `bot.config.PbxProfile`."""
+        secret = lambda s: s.get_secret_value() if s is not None else None  # noqa: E731
+        return cls(
+            profile.url,
+            api_key=secret(profile.api_key),
+            login=profile.login,
+            password=secret(profile.password),
+            verify=str(profile.verify_tls)
+            if not isinstance(profile.verify_tls, bool)
+            else profile.verify_tls,
+            timeout=profile.timeout,
+            rate_limit_per_min=profile.rate_limit_per_min,
+            name=name,
+            **kwargs,
+        )
+
+    def __repr__(self) -> str:
+        return f"MikoPbxClient({self.name!r}, {self.base_url!r})"
+
+    async def __aenter__(self) -> MikoPbxClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # ------------------------------------------------------------------ transport
+
+    async def _auth_header(self, *, renew: bool = False) -> dict[str, str]:
+        if self._api_key is not None:
+            return {"Authorization": f"Bearer {self._api_key}"}
+        async with self._auth_lock:
+            if renew or self._jwt is None or time.monotonic() > self._jwt_expires - 30:
+                await self._renew_jwt()
+        return {"Authorization": f"Bearer {self._jwt}"}
+
+    async def _renew_jwt(self) -> None:
+        """`auth:refresh` with the refresh-token cookie (30 days) when we hold one;
+        `auth:login` otherwise, or when the refresh is refused."""
+        if self._jwt is not None and self._http.cookies.get("refreshToken"):
+            try:
+                data = await self._call("POST", "/auth:refresh", write=True, auth=False)
+            except PbxAuthError:
+                pass
+            else:
+                return self._take_token(data)
+        # The official clients post the login form-encoded.
+        data = await self._call(
+            "POST",
+            "/auth:login",
+            form={"login": self._login or "", "password": self._password or ""},
+            write=True,
+            auth=False,
+        )
+        self._take_token(data)
+
+    def _take_token(self, data: Any) -> None:
+        token = data.get("accessToken") if isinstance(data, Mapping) else None
+        if not token:
+            raise PbxAuthError(f"{self.name}: the PBX answered without an access token")
+        self._jwt = str(token)
+        self._jwt_expires = time.monotonic() + float(data.get("expiresIn") or 900)
+
+    def _emit(self, record: CallRecord) -> None:
+        for listener in self.listeners:
+            listener(record)
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        form: Mapping[str, str] | None = None,
+        write: bool | None = None,
+        auth: bool = True,
+    ) -> Any:
+        """One API call: the envelope's `data`, or a typed PbxError."""
+        if write is None:
+            write = method != "GET"
+        attempt = 0
+        renewed = False
+        while True:
+            await self.limiter.acquire()
+            headers = await self._auth_header(renew=False) if auth else {}
+            started = time.perf_counter()
+            try:
+                response = await self._http.request(
+                    method, path, params=params, json=json, data=form, headers=headers
+                )
+            except httpx.TimeoutException as exc:
+                self._emit(CallRecord(method, path, None, _ms(started), "timeout"))
+                # A write may have happened: the caller must read back before deciding.
+                if write or attempt >= self._retries:
+                    raise PbxTimeout(f"{self.name}: {method} {path}: no answer in time") from exc
+            except httpx.TransportError as exc:
+                self._emit(CallRecord(method, path, None, _ms(started), type(exc).__name__))
+                # A connect error means nothing was sent: safe to retry even a write.
+                sent = not isinstance(exc, httpx.ConnectError)
+                if (write and sent) or attempt >= self._retries:
+                    raise PbxUnavailable(f"{self.name}: {method} {path}: {_reason(exc)}") from exc
+            else:
+                status = response.status_code
+                self._emit(CallRecord(method, path, status, _ms(started)))
+                log.debug("%s %s %s -> %s", self.name, method, path, status)
+                if status == 401 and auth and self._api_key is None and not renewed:
+                    renewed = True  # the JWT expired early: log in again, once
+                    await self._auth_header(renew=True)
+                    continue
+                # 429 is refused at nginx's door, before MikoPBX sees the request.
+                retryable = status == 429 or (status in _RETRY_STATUSES and not write)
+                if not (retryable and attempt < self._retries):
+                    return self._unwrap(method, path, response)
+                await asyncio.sleep(self._delay(attempt, _retry_after(response)))
+                attempt += 1
+                continue
+            await asyncio.sleep(self._delay(attempt, None))
+            attempt += 1
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, 60.0)
+        return min(self._backoff * (2**attempt), 10.0) * (0.5 + random.random() / 2)
+
+    def _unwrap(self, method: str, path: str, response: httpx.Response) -> Any:
+        status = response.status_code
+        where = f"{self.name}: {method} {path}"
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, Mapping):
+            if status == 404:
+                raise PbxUnsupported(f"{where}: 404 without an API answer (no REST API v3 here?)", status=404)
+            if status in _RETRY_STATUSES:
+                raise self._status_error(where, status, [], {}, response)
+            raise PbxError(f"{where}: HTTP {status}, not a MikoPBX API answer", status=status)
+        ok = body.get("result", body.get("success"))
+        texts, fields = _error_texts(body.get("messages"))
+        if ok is True and status < 400:
+            return body.get("data")
+        raise self._status_error(where, status, texts, fields, response)
+
+    @staticmethod
+    def _status_error(
+        where: str, status: int, texts: list[str], fields: dict[str, str], response: httpx.Response
+    ) -> PbxError:
+        detail = "; ".join(texts) or f"HTTP {status}"
+        message = f"{where}: {detail}"
+        if status == 401:
+            return PbxAuthError(message, status=status, messages=texts)
+        if status == 403:
+            return PbxForbidden(message, status=status, messages=texts)
+        if status == 404 or _NOT_FOUND_CODES.intersection(texts):
+            return PbxNotFound(message, status=status, messages=texts)
+        if status == 409:
+            return PbxConflict(message, status=status, messages=texts)
+        if status == 429:
+            return PbxRateLimited(message, retry_after=_retry_after(response))
+        if status in _RETRY_STATUSES or status >= 500:
+            return PbxUnavailable(message, status=status, messages=texts)
+        return PbxValidationError(message, status=status, messages=texts, field_errors=fields)
+
+    # ------------------------------------------------------------------ system
+
+    async def ping(self) -> bool:
+        """`system:ping` is public: True when a MikoPBX v3 answers at this URL."""
+        try:
+            await self._call("GET", "/system:ping", auth=False)
+        except PbxNotFound as exc:
+            raise PbxUnsupported(f"{self.name}: no REST API v3 (MikoPBX older than 2026.1?)") from exc
+        return True
+
+    async def check_auth(self) -> None:
+        """Raise PbxAuthError for a refused key/login, PbxUnsupported for a PBX without v3."""
+        try:
+            await self._call("GET", "/system:checkAuth")
+        except PbxNotFound as exc:
+            raise PbxUnsupported(f"{self.name}: no REST API v3 (MikoPBX older than 2026.1?)") from exc
+
+    async def general_settings(self) -> dict[str, Any]:
+        data = await self._call("GET", "/general-settings")
+        return dict(data or {})
+
+    # ------------------------------------------------------------------ SIP providers
+
+    async def list_providers(self, *, include_disabled: bool = True) -> list[ProviderSummary]:
+        params = {"includeDisabled": "true"} if include_disabled else None
+        items = await self._call("GET", "/sip-providers", params=params)
+        result = []
+        for item in items or []:
+            if str(item.get("type", "SIP")).upper() != "SIP":
+                continue  # the list holds IAX providers too
+            represent = strip_html(str(item.get("represent", "")))
+            description = represent.split(":", 1)[1].strip() if ":" in represent else represent
+            result.append(ProviderSummary.model_validate({**item, "description": description}))
+        return result
+
+    async def get_provider(self, provider_id: str) -> Provider:
+        return Provider.model_validate(await self._call("GET", f"/sip-providers/{_id(provider_id)}"))
+
+    async def provider_template(self) -> Provider:
+        return Provider.model_validate(await self._call("GET", "/sip-providers:getDefault"))
+
+    async def copy_provider(self, provider_id: str) -> Provider:
+        """An unsaved copy (empty id) of an account, as the web UI's "copy" makes it."""
+        return Provider.model_validate(await self._call("GET", f"/sip-providers/{_id(provider_id)}:copy"))
+
+    async def create_provider(self, provider: Provider, *, secret: str) -> Provider:
+        data = await self._call("POST", "/sip-providers", json=provider.payload(secret=secret))
+        return Provider.model_validate(data)
+
+    async def update_provider(self, provider: Provider, *, secret: str | None = None) -> Provider:
+        """PUT the whole account; the stored password is kept unless `secret` is given."""
+        data = await self._call(
+            "PUT", f"/sip-providers/{_id(provider.id)}", json=provider.payload(secret=secret)
+        )
+        return Provider.model_validate(data)
+
+    async def patch_provider(self, provider_id: str, changes: Mapping[str, Any]) -> Provider:
+        body = dict(changes)
+        if "secret" in body and "registration_type" not in body:
+            # MikoPBX reads registration_type from the request to handle the mask.
+            raise ValueError("patch secret together with registration_type")
+        if "transport" in body:
+            body["transport"] = str(body["transport"]).lower()
+        data = await self._call("PATCH", f"/sip-providers/{_id(provider_id)}", json=body)
+        return Provider.model_validate(data)
+
+    async def delete_provider(self, provider_id: str) -> None:
+        await self._call("DELETE", f"/sip-providers/{_id(provider_id)}")
+
+    async def set_provider_disabled(self, provider_id: str, disabled: bool) -> None:
+        await self._call(
+            "POST", f"/sip-providers/{_id(provider_id)}:updateStatus", json={"disabled": disabled}
+        )
+
+    async def force_check(self, provider_id: str) -> RegistrationStatus:
+        data = await self._call("POST", f"/sip-providers/{_id(provider_id)}:forceCheck")
+        return RegistrationStatus.from_wire({"id": provider_id, **(data or {})})
+
+    async def provider_status(self, provider_id: str) -> RegistrationStatus:
+        data = await self._call("GET", f"/sip-providers/{_id(provider_id)}:getStatus")
+        return RegistrationStatus.from_wire({"id": provider_id, **(data or {})})
+
+    async def provider_history(
+        self, provider_id: str, *, date_from: str | None = None, date_to: str | None = None
+    ) -> list[RegistrationEvent]:
+        params = {k: v for k, v in (("dateFrom", date_from), ("dateTo", date_to)) if v}
+        data = await self._call("GET", f"/sip-providers/{_id(provider_id)}:getHistory", params=params)
+        events = data.get("events", []) if isinstance(data, Mapping) else data or []
+        return [RegistrationEvent.from_wire(e) for e in events]
+
+    async def registration_statuses(self, *, force: bool = False) -> dict[str, RegistrationStatus]:
+        """Registration state of every SIP account, by provider id (states normalised)."""
+        params = {"forceCheck": "true"} if force else None
+        data = await self._call("GET", "/providers:getStatuses", params=params)
+        sip = (data or {}).get("sip") or {}
+        return {pid: RegistrationStatus.from_wire({"id": pid, **s}) for pid, s in sip.items()}
+
+    # ------------------------------------------------------------------ incoming routes
+
+    async def list_routes(self) -> list[Route]:
+        """Every route but the default one (id 1), by priority."""
+        data = await self._call("GET", "/incoming-routes")
+        return [Route.model_validate(r) for r in data or []]
+
+    async def get_route(self, route_id: int) -> Route:
+        return Route.model_validate(await self._call("GET", f"/incoming-routes/{int(route_id)}"))
+
+    async def default_route(self) -> Route:
+        return Route.model_validate(await self._call("GET", "/incoming-routes:getDefaultRoute"))
+
+    async def route_template(self) -> Route:
+        return Route.model_validate(await self._call("GET", "/incoming-routes:getDefault"))
+
+    async def copy_route(self, route_id: int) -> Route:
+        return Route.model_validate(await self._call("POST", f"/incoming-routes/{int(route_id)}:copy"))
+
+    async def create_route(self, route: Route) -> Route:
+        body = route.payload()
+        body.pop("id", None)
+        return Route.model_validate(await self._call("POST", "/incoming-routes", json=body))
+
+    async def update_route(self, route: Route) -> Route:
+        if route.id is None:
+            raise ValueError("update_route needs a route id")
+        data = await self._call("PUT", f"/incoming-routes/{route.id}", json=route.payload())
+        return Route.model_validate(data)
+
+    async def patch_route(
+        self, route_id: int, changes: Mapping[str, Any], *, providerid: str | None
+    ) -> Route:
+        """PATCH some fields. `providerid` is required (None = any provider): MikoPBX
+        resets the route to "any provider" when a PATCH leaves it out."""
+        body = {**changes, "providerid": providerid or ANY_PROVIDER}
+        data = await self._call("PATCH", f"/incoming-routes/{int(route_id)}", json=body)
+        return Route.model_validate(data)
+
+    async def delete_route(self, route_id: int) -> None:
+        await self._call("DELETE", f"/incoming-routes/{int(route_id)}")
+
+    async def change_priority(self, priorities: Mapping[int, int]) -> int:
+        body = {"priorities": {str(k): int(v) for k, v in priorities.items()}}
+        data = await self._call("POST", "/incoming-routes:changePriority", json=body)
+        return int((data or {}).get("updated", 0))
+
+    async def unique_dids(self, providerid: str) -> list[str]:
+        data = await self._call("GET", "/incoming-routes:getUniqueDIDs", params={"providerid": providerid})
+        return [str(item.get("value", "")) for item in data or [] if item.get("value")]
+
+    # ------------------------------------------------------------------ destinations
+
+    async def destinations(self) -> list[Destination]:
+        """Every routable destination in one call (what the route form offers)."""
+        data = await self._call("GET", "/extensions:getForSelect", params={"type": "routing"})
+        return [Destination.model_validate(d) for d in data or []]
+
+    async def call_queues(self) -> list[CallQueue]:
+        return [CallQueue.model_validate(q) for q in await self._call("GET", "/call-queues") or []]
+
+    async def ivr_menus(self) -> list[IvrMenu]:
+        return [IvrMenu.model_validate(m) for m in await self._call("GET", "/ivr-menu") or []]
+
+    async def employees(self) -> list[Employee]:
+        return [Employee.model_validate(e) for e in await self._call("GET", "/employees") or []]
+
+    # ------------------------------------------------------------------ calls
+
+    async def cdr(
+        self,
+        *,
+        date_from: str | None = None,
+        date_to: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        grouped: bool = True,
+        **filters: str,
+    ) -> CdrPage:
+        """One page of call records (MikoPBX caps `limit` at 1000)."""
+        params: dict[str, Any] = {"limit": limit, "offset": offset, "grouped": str(grouped).lower()}
+        params.update({k: v for k, v in (("dateFrom", date_from), ("dateTo", date_to)) if v})
+        params.update({k: v for k, v in filters.items() if v})
+        data = await self._call("GET", "/cdr", params=params) or {}
+        page = data.get("pagination") or {}
+        records = [CdrRecord.model_validate(r) for r in data.get("records") or []]
+        return CdrPage(
+            records=records,
+            total=int(page.get("total", len(records))),
+            limit=int(page.get("limit", limit)),
+            offset=int(page.get("offset", offset)),
+            has_more=bool(page.get("hasMore", False)),
+        )
+
+    async def iter_cdr(self, *, page_size: int = 500, **kwargs: Any) -> AsyncIterator[CdrRecord]:
+        offset = 0
+        while True:
+            page = await self.cdr(limit=page_size, offset=offset, **kwargs)
+            for record in page.records:
+                yield record
+            if not page.has_more or not page.records:
+                return
+            offset += len(page.records)
+
+    async def cdr_stats_by_provider(
+        self, *, date_from: str, date_to: str, provider: str | None = None
+    ) -> list[ProviderCallStats]:
+        params = {"dateFrom": date_from, "dateTo": date_to}
+        if provider:
+            params["provider"] = provider
+        data = await self._call("GET", "/cdr:getStatsByProvider", params=params)
+        return [ProviderCallStats.model_validate(s) for s in data or []]
+
+    async def active_calls(self) -> list[ActiveCall]:
+        data = await self._call("GET", "/pbx-status:getActiveCalls")
+        return [ActiveCall.model_validate(c) for c in data or []]
+
+
+def _id(value: str) -> str:
+    return quote(str(value), safe="")
+
+
+def _ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
+
+
+def _reason(exc: Exception) -> str:
+    # httpx messages may quote the URL, never headers or bodies.
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -1,0 +1,212 @@
+"""`pbxbot shell`: a terminal chat with the bot, no Telegram account needed.
+
+The real bot (aiogram polling loop) talks to sandbox/telegram.py; the PBX is
+the simulator's demo PBX; storage is SQLite in a temporary directory. You
+type as one of three admins, in the group or in your private chat:
+
+    /addnumber zadarma 847900 → IVR     a command (or any text) as the current speaker
+    :as boris                           speak as anna (admin), boris (approver) or olga (operator)
+    :chat private | group               where you speak
+    :press 1                            press button 1 under the newest card here
+    :csv numbers.csv zadarma            send a CSV (login,password,destination[,phone]) privately
+    :call 847900                        an inbound call from sip.zadarma.com to that login
+    :help, :quit
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, TextIO
+
+from bot.app import running
+from bot.config import load_settings
+from bot.i18n import t
+from pbx.mikopbx import MikoPbxClient
+
+from .demo import demo_state
+from .mikopbx import MikoPbxSimulator
+from .telegram import TelegramSandbox
+
+GROUP_ID = -1001234567890
+PEOPLE = {
+    "anna": (101, "Anna", "admin"),
+    "boris": (102, "Boris", "approver"),
+    "olga": (103, "Olga", "operator"),
+}
+QUIET = 0.6  # seconds without a new bot event: the bot has answered
+
+
+class Shell:
+    def __init__(
+        self, tg: TelegramSandbox, sim: MikoPbxSimulator, lang: str, out: TextIO, busy=lambda: False
+    ):
+        self.busy = busy  # True while a plan is being applied: the bot is not done yet
+        self.tg = tg
+        self.sim = sim
+        self.lang = lang
+        self.out = out
+        self.speaker = "anna"
+        self.chat = "group"
+        self.shown = 0
+
+    @property
+    def user_id(self) -> int:
+        return PEOPLE[self.speaker][0]
+
+    @property
+    def chat_id(self) -> int:
+        return GROUP_ID if self.chat == "group" else self.user_id
+
+    def _chat_name(self, chat_id: int) -> str:
+        if chat_id == GROUP_ID:
+            return t("shell.group", self.lang)
+        name = next((n for n, (uid, *_) in PEOPLE.items() if uid == chat_id), str(chat_id))
+        return t("shell.private", self.lang, name=name)
+
+    def print(self, text: str = "") -> None:
+        print(text, file=self.out, flush=True)
+
+    def show_new(self) -> None:
+        for event in self.tg.events[self.shown :]:
+            self.shown += 1
+            where = self._chat_name(event.get("chat_id") or 0)
+            kind = event["kind"]
+            if kind == "answer":
+                if event.get("text"):
+                    self.print(f"  ({t('shell.popup', self.lang)}) {event['text']}")
+                continue
+            if kind == "delete":
+                self.print(f"[{where}] {t('shell.deleted', self.lang, id=event['message_id'])}")
+                continue
+            label = (
+                t("shell.bot", self.lang)
+                if kind == "send"
+                else t("shell.edited", self.lang, id=event["message_id"])
+            )
+            if kind == "document":
+                label = t("shell.document", self.lang, name=event.get("filename"))
+            self.print(f"[{where}] {label}:")
+            for line in (event.get("text") or "").split("\n"):
+                self.print(f"    {line}")
+            buttons = [b for row in (event.get("markup") or {}).get("inline_keyboard", []) for b in row]
+            if buttons:
+                self.print("    " + "  ".join(f"[{i}] {b['text']}" for i, b in enumerate(buttons, 1)))
+
+    async def settle(self) -> None:
+        """Wait until the bot has gone quiet, then print what it did."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 120
+        seen = len(self.tg.events)
+        quiet_since = loop.time()
+        while loop.time() < deadline:
+            await asyncio.sleep(0.05)
+            if len(self.tg.events) != seen:
+                seen, quiet_since = len(self.tg.events), loop.time()
+            elif loop.time() - quiet_since >= QUIET and not self.busy():
+                break
+        self.show_new()
+
+    def _newest_card(self) -> dict[str, Any] | None:
+        cards = [m for m in self.tg.bot_messages(self.chat_id) if m.get("reply_markup")]
+        return cards[-1] if cards else None
+
+    async def handle(self, line: str) -> bool:
+        """One line typed; False to stop."""
+        line = line.strip()
+        if not line:
+            return True
+        if not line.startswith(":"):
+            self.tg.send(self.user_id, self.chat_id, line)
+            await self.settle()
+            return True
+        words = shlex.split(line[1:])
+        command, args = words[0].lower(), words[1:]
+        if command in ("quit", "exit", "q"):
+            return False
+        if command == "help":
+            self.print(t("shell.help", self.lang))
+        elif command == "as" and args and args[0].lower() in PEOPLE:
+            self.speaker = args[0].lower()
+            self.tg.started.add(self.user_id)
+        elif command == "chat" and args and args[0] in ("group", "private"):
+            self.chat = args[0]
+        elif command == "press" and args and args[0].isdigit():
+            card = self._newest_card()
+            buttons = self.tg.buttons(self.chat_id, card["message_id"]) if card else []
+            index = int(args[0]) - 1
+            if not 0 <= index < len(buttons) or "callback_data" not in buttons[index]:
+                self.print(t("shell.no_button", self.lang))
+            else:
+                self.tg.press(self.user_id, self.chat_id, card["message_id"], buttons[index]["callback_data"])
+                await self.settle()
+        elif command == "csv" and len(args) >= 1:
+            content = await asyncio.to_thread(Path(args[0]).read_bytes)
+            caption = args[1] if len(args) > 1 else None
+            self.tg.send_document(self.user_id, self.user_id, Path(args[0]).name, content, caption)
+            await self.settle()
+        elif command == "call" and args:
+            result = self.sim.simulate_call("sip.zadarma.com", args[0], "+74951234567")
+            self.print(t("tour.result", self.lang, **result))
+        else:
+            self.print(t("shell.unknown", self.lang))
+        return True
+
+    def prompt(self) -> str:
+        return f"[{PEOPLE[self.speaker][1]} · {self._chat_name(self.chat_id)}] > "
+
+
+async def run_shell(lang: str, *, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout) -> int:
+    token = f"{secrets.randbelow(10**9)}:{secrets.token_urlsafe(24)}"
+    key = secrets.token_hex(32)
+    state = demo_state()
+    state.registrar.delay = 0.5
+    with tempfile.TemporaryDirectory(prefix="pbxbot-shell-") as tmp:
+        async with MikoPbxSimulator(state, api_keys=[key]) as sim, TelegramSandbox(token) as tg:
+            for name, (uid, first, _role) in PEOPLE.items():
+                tg.add_user(uid, first, username=name, language_code=lang)
+            ids = [uid for uid, *_ in PEOPLE.values()]
+            tg.add_group(GROUP_ID, "PBX admins", ids, admins=ids)
+            tg.started.add(PEOPLE["anna"][0])
+            roles = {
+                role: [uid for uid, _f, r in PEOPLE.values() if r == role] for role in ("admin", "approver")
+            }
+            settings = load_settings(
+                None,
+                pbx={"demo": {"url": sim.url, "api_key": key, "reload_wait": 1}},
+                telegram={"token": token, "api_base": tg.url, "groups": {GROUP_ID: "demo"}},
+                storage={"data_dir": tmp},
+                policy={
+                    "admins": roles["admin"],
+                    "approvers": roles["approver"],
+                    "operators": [PEOPLE["olga"][0]],
+                },
+                default_language=lang,
+            )
+            async with MikoPbxClient(sim.url, api_key=key, name="demo") as client:
+                async with running(
+                    settings, clients={"demo": client}, polling_timeout=1, verify_interval=0.5
+                ) as app:
+                    store = app.services.store
+                    shell = Shell(tg, sim, lang, out, busy=lambda: bool(store.plans(status=["applying"])))
+                    shell.shown = len(tg.events)
+                    shell.print(t("shell.welcome", lang))
+                    loop = asyncio.get_running_loop()
+                    interactive = stdin.isatty()
+                    while True:
+                        if interactive:
+                            print(shell.prompt(), end="", file=out, flush=True)
+                        line = await loop.run_in_executor(None, stdin.readline)
+                        if not line:
+                            break
+                        if not interactive:
+                            shell.print(shell.prompt() + line.rstrip("\n"))
+                        with contextlib.suppress(KeyError, OSError):
+                            if not await shell.handle(line):
+                                break
+    return 0
