@@ -23,7 +23,6 @@ from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
-from aiogram.fsm.storage.redis import RedisStorage
 from aiogram.types import BotCommand, BotCommandScopeAllGroupChats, BotCommandScopeAllPrivateChats
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
 from aiohttp import web
@@ -77,6 +76,8 @@ def make_dispatcher(services: Services, metrics: Metrics | None = None) -> Dispa
     isolation in Redis, so webhook replicas handle one chat's updates in turn."""
     redis_url = services.settings.redis.url
     if redis_url:
+        from aiogram.fsm.storage.redis import RedisStorage  # only replicas pay for the redis client
+
         storage = RedisStorage.from_url(redis_url)
         dispatcher = Dispatcher(storage=storage, events_isolation=storage.create_isolation())
     else:
