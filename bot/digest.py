@@ -141,7 +141,12 @@ def compose(
         digest.reachable, digest.error = False, readings.error
         return digest
     records = readings.records
-    evidence = Evidence(readings.registration, {r.did for r in records if r.did})
+    evidence = Evidence(
+        readings.registration,
+        {r.did for r in records if r.did},
+        [(r.from_account, r.did) for r in records if r.did],
+        default=readings.default,
+    )
     digest.findings = diagnose(readings.snapshot, evidence)
     _numbers(digest, readings.snapshot, readings.registration, readings.default, records, tz)
     return digest

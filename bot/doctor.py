@@ -62,6 +62,9 @@ class Finding:
 class Evidence:
     registration: dict[str, RegistrationStatus] = field(default_factory=dict)
     cdr_dids: set[str] = field(default_factory=set)
+    calls: list[tuple[str, str]] = field(default_factory=list)  # (from_account, did) of recent inbound calls
+    default: Route | None = None  # the default route, when read
+    guest_calls: bool | None = None  # PBXAllowGuestCalls, when the key may read general settings
 
 
 @dataclass(frozen=True)
@@ -321,7 +324,59 @@ def diagnose(snapshot: Snapshot, evidence: Evidence | None = None) -> list[Findi
                 Finding("attrs_context_typo", Severity.ERROR, who, {"login": who, "context": context})
             )
 
+    findings += _evidence_checks(snapshot, evidence, accounts, any_routes)
     return sorted(findings, key=lambda f: (f.severity.rank, f.code, f.subject))
+
+
+def _evidence_checks(
+    snapshot: Snapshot, evidence: Evidence, accounts: list[Provider], any_routes: list[Route]
+) -> list[Finding]:
+    """Checks that need more than the records: the default route, general settings, call records."""
+    from .trace import Tracer  # trace imports this module
+
+    findings: list[Finding] = []
+    # 25: a login no route serves, while the default route rejects calls
+    default = evidence.default
+    if default is not None and default.extension in ("busy", "hangup"):
+        tracer = Tracer(snapshot, default)
+        for p in accounts:
+            if p.disabled or p.registration_type != "outbound" or not p.username:
+                continue
+            if tracer.trace(p.username).outcome == "default":
+                findings.append(
+                    Finding(
+                        "login_falls_to_default",
+                        Severity.WARNING,
+                        p.username,
+                        {"login": p.username, "destination": default.extension},
+                    )
+                )
+    # 21: guest calls reach the "any provider" routes
+    if evidence.guest_calls and any_routes:
+        findings.append(
+            Finding(
+                "guest_calls_reach_any", Severity.WARNING, "general settings", {"routes": len(any_routes)}
+            )
+        )
+    # 22: calls for one login attributed to another account of its host
+    by_login = {p.username: p for p in accounts if p.username}
+    by_id = {p.id: p for p in accounts}
+    seen: set[tuple[str, str]] = set()
+    for from_account, did in evidence.calls:
+        caller, owner = by_id.get(from_account), by_login.get(did)
+        if caller is None or owner is None or caller.id == owner.id or (caller.id, owner.id) in seen:
+            continue
+        if same_host(caller.host, owner.host):
+            seen.add((caller.id, owner.id))
+            findings.append(
+                Finding(
+                    "cdr_collision",
+                    Severity.INFO,
+                    owner.username,
+                    {"login": owner.username, "other": caller.username or caller.id},
+                )
+            )
+    return findings
 
 
 def worst(findings: list[Finding]) -> Severity | None:
@@ -332,17 +387,26 @@ async def examine(pbx: Any, reader: Any, *, cdr_limit: int = 2000) -> tuple[Snap
     """Read what the checks need (every account in full, registration states, the
     DIDs of recent calls) and diagnose. CDR is optional evidence: a PBX that
     refuses it still gets the other checks."""
-    snapshot, registration = await asyncio.gather(reader.read(every_host=True), pbx.registration_statuses())
-    dids: set[str] = set()
+    snapshot, registration, default = await asyncio.gather(
+        reader.read(every_host=True), pbx.registration_statuses(), pbx.default_route()
+    )
+    evidence = Evidence(registration, default=default)
     iter_cdr = getattr(pbx, "iter_cdr", None)
     if iter_cdr is not None:
         try:
             async for record in iter_cdr(page_size=500):
                 if record.did:
-                    dids.add(record.did)
+                    evidence.cdr_dids.add(record.did)
+                    evidence.calls.append((record.from_account, record.did))
                 cdr_limit -= 1
                 if cdr_limit <= 0:
                     break
         except PbxError:
             pass
-    return snapshot, diagnose(snapshot, Evidence(registration, dids))
+    general = getattr(pbx, "general_settings", None)
+    if general is not None:
+        try:
+            evidence.guest_calls = str((await general()).get("PBXAllowGuestCalls", "0")) == "1"
+        except PbxError:
+            pass  # a least-privilege key may not read general settings: the check is skipped
+    return snapshot, diagnose(snapshot, evidence)

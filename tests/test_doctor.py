@@ -157,7 +157,40 @@ def test_every_finding_has_texts(lang):
         "shared_host_no_fix mixed_group recipe_without_route dead_bound_route route_provider_missing "
         "route_provider_disabled orphan_any_route duplicate_did did_bound_and_any missing_destination "
         "did_format not_registered inbound_shares_host attrs_unknown_section attrs_line_dropped "
-        "attrs_line_without_endpoint attrs_context_typo".split()
+        "attrs_line_without_endpoint attrs_context_typo login_falls_to_default guest_calls_reach_any "
+        "cdr_collision".split()
     )
     for code in codes_in_doctor:
         assert f"doctor.{code}.title" in CATALOGUES[lang] and f"doctor.{code}.why" in CATALOGUES[lang]
+
+
+async def test_a_login_no_route_serves_while_the_default_route_is_busy(client):
+    await client.delete_route(2)
+    (finding,) = await findings(client)
+    assert (finding.code, finding.params) == (
+        "login_falls_to_default",
+        {"login": "847706", "destination": "busy"},
+    )
+    await client.patch_route(1, {"extension": "2000"}, providerid=None)  # the default route to the IVR
+    assert await findings(client) == []
+
+
+async def test_guest_calls_with_any_routes(client, sim):
+    await client.patch_provider(DEMO_PROVIDER_ID, {"manualattributes": RECIPE})
+    await client.patch_route(2, {"number": "847706"}, providerid=None)
+    assert await findings(client) == []
+    sim.state.settings["PBXAllowGuestCalls"] = "1"
+    (finding,) = await findings(client)
+    assert finding.code == "guest_calls_reach_any" and finding.params == {"routes": 1}
+
+
+async def test_call_records_show_the_collision(client, sim):
+    second = Provider(
+        id="SIP-TRUNK-FFFFFFFF", description="Z 847900", username="847900", host=ZADARMA, port=5080
+    )
+    await client.create_provider(second, secret="pw")
+    await client.create_route(Route(rulename="847900", providerid="SIP-TRUNK-FFFFFFFF", extension="2000"))
+    sim.simulate_call(ZADARMA, "847900")  # identified as the demo account: its routes answer
+    found = await findings(client)
+    collision = next(f for f in found if f.code == "cdr_collision")
+    assert collision.severity is Severity.INFO and collision.params == {"login": "847900", "other": "847706"}

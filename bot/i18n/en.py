@@ -317,4 +317,10 @@ MESSAGES: dict[str, str] = {
     "digest.compact": "All well: {ok}; needing a look: {trouble} (listed), then the busiest:",
     "digest.all_numbers": "Every number",
     "digest.bad_tz": "{value} is not a time zone (e.g. Europe/Moscow, Asia/Yekaterinburg).",
+    "doctor.login_falls_to_default.title": "Calls to {login} reach no route: the default route answers {destination}",
+    "doctor.login_falls_to_default.why": "Nothing routes this login, so its callers are rejected by the default route.\nAdd a route for it (/route {login} → …), or point the default route somewhere useful.",
+    "doctor.guest_calls_reach_any.title": 'Guest calls are on while {routes} "any provider" route(s) exist',
+    "doctor.guest_calls_reach_any.why": "Anonymous SIP calls from the internet enter public-direct-dial and reach those routes' queues and IVRs.\nTurn guest calls off unless they are meant.",
+    "doctor.cdr_collision.title": "Calls to {login} are attributed to {other}",
+    "doctor.cdr_collision.why": "Call records show the other account of the same host taking this login's calls: the identify collision at work.\nThe recipe keeps the calls right; the attribution stays with the first account.",
 }

@@ -317,4 +317,10 @@ MESSAGES: dict[str, str] = {
     "digest.compact": "В порядке: {ok}; требуют внимания: {trouble} (ниже), затем самые загруженные:",
     "digest.all_numbers": "Все номера",
     "digest.bad_tz": "{value} — не часовой пояс (например Europe/Moscow, Asia/Yekaterinburg).",
+    "doctor.login_falls_to_default.title": "Звонки на {login} не попадают ни в один маршрут: отвечает маршрут по умолчанию ({destination})",
+    "doctor.login_falls_to_default.why": "Этот логин ничем не маршрутизируется, и звонящих отклоняет маршрут по умолчанию.\nДобавьте для него маршрут (/route {login} → …) или направьте маршрут по умолчанию куда-то полезное.",
+    "doctor.guest_calls_reach_any.title": "Гостевые звонки включены, а маршрутов «любой провайдер»: {routes}",
+    "doctor.guest_calls_reach_any.why": "Анонимные SIP-звонки из интернета попадают в public-direct-dial и доходят до очередей и IVR этих маршрутов.\nВыключите гостевые звонки, если они не нужны.",
+    "doctor.cdr_collision.title": "Звонки на {login} приписываются {other}",
+    "doctor.cdr_collision.why": "Записи звонков показывают, что звонки этого логина принимает другой аккаунт того же хоста: это коллизия identify.\nРецепт направляет звонки верно; приписываются они всё равно первому аккаунту.",
 }
