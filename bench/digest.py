@@ -98,7 +98,7 @@ async def one_size(n: int, runs: int, per_number: int, data: Path) -> dict:
     for _ in range(runs):
         normalise_phone.cache_clear()  # every run starts cold: no number parsed before
         started = time.perf_counter()
-        built = digests.compose(readings, store, "bench", since=since, until=until, tz=TZ)
+        built = digests.compose(readings, store, "bench", since=since, until=until)
         parts = split_text(digests.render(built, "ru", TZ))
         table = digests.numbers_table(built, "ru") if len(built.numbers) > digests.COMPACT_OVER else b""
         times.append(time.perf_counter() - started)
@@ -106,7 +106,7 @@ async def one_size(n: int, runs: int, per_number: int, data: Path) -> dict:
         chart = digests.chart_png(built)
         chart_times.append(time.perf_counter() - started)
     tracemalloc.start()
-    built = digests.compose(readings, store, "bench", since=since, until=until, tz=TZ)
+    built = digests.compose(readings, store, "bench", since=since, until=until)
     split_text(digests.render(built, "ru", TZ))
     digests.chart_png(built)
     _, peak = tracemalloc.get_traced_memory()

@@ -15,8 +15,8 @@ from __future__ import annotations
 import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from pbx.base import Pbx
@@ -119,7 +119,6 @@ class Outcome:
     row: PlanRow
     result: ApplyResult | None = None
     replacement: Proposal | None = None  # the new version of a stale plan
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def display_names(plan: Plan, snapshot: Snapshot) -> dict[str, dict[str, str]]:
@@ -326,9 +325,7 @@ class Changes:
 
     def awaiting_secret(self, user_id: int) -> list[tuple[PlanRow, list[str]]]:
         """Open plans of this proposer still waiting for SIP passwords, oldest first."""
-        rows = [
-            r for r in self.store.plans(status=OPEN, limit=500) if r.proposer_id == user_id and r.needs_secret
-        ]
+        rows = [r for r in self.store.plans(status=OPEN, proposer=user_id, limit=500) if r.needs_secret]
         waiting = [(r, self.missing_secrets(r)) for r in reversed(rows)]
         return [(r, missing) for r, missing in waiting if missing]
 
@@ -526,7 +523,7 @@ class Changes:
             self._audit("replan_failed", actor, row, code=getattr(exc, "code", ""))
             self.store.erase_secrets(row.id)
             ended = self._get(row.id)
-            return Outcome(ended, result, None, {"replan_error": exc})
+            return Outcome(ended, result)
         if replacement.row is not None:
             self.store.move_secrets(row.id, replacement.row.id)
             self.store.update_plan(row.id, replaced_by=replacement.row.id)
@@ -583,6 +580,3 @@ class Changes:
         return await self.propose(
             actor, original.pbx, Undo(plan_id), secrets=secrets, command=f"/undo {plan_id}", chat_id=chat_id
         )
-
-    def now(self) -> datetime:
-        return self.clock()

@@ -33,14 +33,15 @@ from pathlib import Path
 
 from pbx.errors import PbxError
 from pbx.mikopbx import MikoPbxClient
+from storage.tables import utcnow
 
 from . import logs
-from .changes import LOCAL_ADMIN, ChangeError, Changes, PbxHandle
+from .changes import LOCAL_ADMIN, ChangeError, Changes, PbxHandle, display_names
 from .commands import AddNumber, Intent, UsageError, parse, parse_csv
 from .config import ConfigError, load_settings
 from .i18n import system_language, t
 from .planner import PlanError
-from .render import destination_names, error_text, outcome_text, plan_text
+from .render import error_text, outcome_text, plan_text
 from .views import numbers_lines
 from .wiring import open_store, open_vault
 
@@ -229,24 +230,29 @@ async def _plan_or_apply(
     args: argparse.Namespace,
 ) -> int:
     lang = args.lang
-    names = destination_names(await client.destinations())
-    providers = {p.id: f"{p.username or p.description} @ {p.host}" for p in await client.list_providers()}
     if not args.apply:
-        plan, _ = await changes.plan(client.name, intent)
-        print(plan_text(plan, lang, destinations=names, providers=providers))
+        plan, snapshot = await changes.plan(client.name, intent)
+        names = display_names(plan, snapshot)  # from what the plan read: no extra PBX calls
+        print(plan_text(plan, lang, destinations=names["destinations"], providers=names["providers"]))
         if not plan.empty:
             print("\n" + t("cli.plan_only", lang))
         return 0
     command = args.text or f"CSV {args.csv.name}"
     proposal = await changes.propose(LOCAL_ADMIN, client.name, intent, secrets=passwords, command=command)
     if proposal.row is None:
-        print(plan_text(proposal.plan, lang, destinations=names, providers=providers))
+        print(plan_text(proposal.plan, lang))
         return 0
+    names = proposal.row.summary["names"]
     outcome = await changes.apply(LOCAL_ADMIN, proposal.row.id, at_once=True)
     row = outcome.row
     print(
         plan_text(
-            proposal.plan, lang, plan_id=row.id, destinations=names, providers=providers, status=row.status
+            proposal.plan,
+            lang,
+            plan_id=row.id,
+            destinations=names["destinations"],
+            providers=names["providers"],
+            status=row.status,
         )
     )
     details = outcome_text(outcome.result, row.outcome, lang)
@@ -284,25 +290,18 @@ async def _routing(args: argparse.Namespace, client: MikoPbxClient) -> int:
         for line in result.lines:
             print(t(f"trace.{line.key}", lang, **line.params))
         return 0 if result.outcome == "dial" else 1
-    settings = load_settings(args.config) if not args.sandbox else load_settings(None)
-    tz = ZoneInfo(settings.timezone)
-    since, until, _ = digests.period_bounds("weekly" if args.weekly else "daily", _utcnow(), tz)
     with tempfile.TemporaryDirectory(prefix="pbxbot-") as tmp:
-        store = (
-            open_store(settings)
-            if not args.sandbox
-            else open_store(load_settings(None, storage={"data_dir": tmp}))
+        # the sandbox's digest has no history: an empty database of its own
+        settings = (
+            load_settings(None, storage={"data_dir": tmp}) if args.sandbox else load_settings(args.config)
         )
+        tz = ZoneInfo(settings.timezone)
+        since, until, _ = digests.period_bounds("weekly" if args.weekly else "daily", utcnow(), tz)
+        store = open_store(settings)
         built = await digests.build(client, reader, store, client.name, since=since, until=until, tz=tz)
         store.engine.dispose()
     print(html.unescape(digests.render(built, lang, tz)))
     return 0
-
-
-def _utcnow():
-    from storage.tables import utcnow
-
-    return utcnow()
 
 
 async def _check(args: argparse.Namespace) -> int:

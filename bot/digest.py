@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import html
 import io
 import json
 from collections import Counter, defaultdict
@@ -25,6 +24,7 @@ from pbx.errors import PbxError
 from .commands import number_key
 from .doctor import Evidence, Finding, Severity, diagnose
 from .i18n import t
+from .render import esc
 from .snapshot import SnapshotReader
 from .trace import Tracer
 
@@ -124,9 +124,7 @@ async def read(
     return Readings(snapshot, registration, default, records)
 
 
-def compose(
-    readings: Readings, store: Any, name: str, *, since: datetime, until: datetime, tz: ZoneInfo
-) -> Digest:
+def compose(readings: Readings, store: Any, name: str, *, since: datetime, until: datetime) -> Digest:
     """The digest from what was read and the audit trail (no PBX calls here)."""
     digest = Digest(name, since, until)
     plans = {row.id: row for row in store.plans(pbx=name, limit=500)}
@@ -147,8 +145,9 @@ def compose(
         [(r.from_account, r.did) for r in records if r.did],
         default=readings.default,
     )
-    digest.findings = diagnose(readings.snapshot, evidence)
-    _numbers(digest, readings.snapshot, readings.registration, readings.default, records, tz)
+    tracer = Tracer(readings.snapshot, readings.default)  # one for the doctor and the numbers
+    digest.findings = diagnose(readings.snapshot, evidence, tracer=tracer)
+    _numbers(digest, tracer, readings.snapshot, readings.registration, records)
     return digest
 
 
@@ -157,13 +156,10 @@ async def build(
 ) -> Digest:
     """Read the PBX and put the digest together."""
     readings = await read(pbx, reader, since=since, until=until, tz=tz)
-    return compose(readings, store, name, since=since, until=until, tz=tz)
+    return compose(readings, store, name, since=since, until=until)
 
 
-def _numbers(
-    digest: Digest, snapshot: Any, registration: dict, default: Any, records: list, tz: ZoneInfo
-) -> None:
-    tracer = Tracer(snapshot, default)
+def _numbers(digest: Digest, tracer: Tracer, snapshot: Any, registration: dict, records: list) -> None:
     key_to_login: dict[str, str] = {}
     for p in snapshot.details.values():
         if p.username:
@@ -209,10 +205,6 @@ def _numbers(
         )
 
 
-def _esc(value: Any) -> str:
-    return html.escape(str(value), quote=False)
-
-
 def _duration(minutes: int | None, lang: str) -> str:
     if minutes is None:
         return ""
@@ -227,17 +219,17 @@ def number_line(n: NumberLine, lang: str) -> str:
     icon = {"registered": "✅", "disabled": "⏸"}.get(n.state, "❌")
     state = t(f"state.{n.state}", lang) + (f" {_duration(n.state_minutes, lang)}" if n.state_minutes else "")
     where = (
-        _esc(n.destination)
+        esc(n.destination)
         if n.outcome == "dial"
-        else t(f"digest.outcome.{n.outcome}", lang, destination=_esc(n.destination))
+        else t(f"digest.outcome.{n.outcome}", lang, destination=esc(n.destination))
     )
-    who = _esc(n.login) + (f" ({_esc(n.phone)})" if n.phone else "")
+    who = esc(n.login) + (f" ({esc(n.phone)})" if n.phone else "")
     return t(
         "digest.number",
         lang,
         icon=icon,
         number=who,
-        host=_esc(n.host),
+        host=esc(n.host),
         state=state,
         destination=where,
         calls=n.calls,
@@ -252,9 +244,9 @@ def numbers_table(digest: Digest, lang: str) -> bytes:
 def render(digest: Digest, lang: str, tz: ZoneInfo) -> str:
     """The digest as text for a phone (HTML-escaped values); split it with render.split_text."""
     period = f"{digest.since.astimezone(tz):%d.%m %H:%M} – {digest.until.astimezone(tz):%d.%m %H:%M}"
-    lines = [t("digest.header", lang, pbx=_esc(digest.pbx), period=period)]
+    lines = [t("digest.header", lang, pbx=esc(digest.pbx), period=period)]
     if not digest.reachable:
-        lines.append(t("digest.unreachable", lang, error=_esc(digest.error)))
+        lines.append(t("digest.unreachable", lang, error=esc(digest.error)))
     else:
         lines.append(t("digest.numbers", lang, n=len(digest.numbers), calls=digest.calls_total))
         shown = digest.numbers
@@ -276,8 +268,8 @@ def render(digest: Digest, lang: str, tz: ZoneInfo) -> str:
                     at=f"{c.at.astimezone(tz):%d.%m %H:%M}",
                     plan=c.plan_id,
                     status=t(f"status.{c.event}", lang),
-                    command=_esc(c.command[:80]),
-                    who=_esc(c.who),
+                    command=esc(c.command[:80]),
+                    who=esc(c.who),
                 )
             )
     else:
@@ -286,7 +278,7 @@ def render(digest: Digest, lang: str, tz: ZoneInfo) -> str:
         if digest.findings:
             lines.append(t("digest.findings", lang, n=len(digest.findings)))
             for f in digest.findings:
-                title = _esc(t(f"doctor.{f.code}.title", lang, **f.params))
+                title = esc(t(f"doctor.{f.code}.title", lang, **f.params))
                 lines.append(f"  {t(f'doctor.severity.{f.severity.value}', lang)} {title}")
         else:
             lines.append(t("digest.no_findings", lang))
@@ -299,8 +291,8 @@ def render(digest: Digest, lang: str, tz: ZoneInfo) -> str:
                     lang,
                     plan=row.id,
                     status=t(f"status.{row.status}", lang),
-                    command=_esc((row.command or "")[:80]),
-                    who=_esc(row.proposer_name),
+                    command=esc((row.command or "")[:80]),
+                    who=esc(row.proposer_name),
                 )
             )
     return "\n".join(lines)

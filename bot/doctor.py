@@ -103,7 +103,7 @@ class Attributes:
         return self.sections.get("endpoint", {}).get("context") == RECIPE_CONTEXT
 
 
-def _did_matches(pattern: str, did: str) -> bool:
+def did_matches(pattern: str, did: str) -> bool:
     """Asterisk's extension match for a route DID: plain, or a `_`-pattern (X Z N . ! [a-b])."""
     if not pattern.startswith("_"):
         return pattern == did
@@ -132,7 +132,8 @@ def groups_by_host(accounts: list[Provider]) -> dict[str, list[Provider]]:
     return groups
 
 
-def diagnose(snapshot: Snapshot, evidence: Evidence | None = None) -> list[Finding]:
+def diagnose(snapshot: Snapshot, evidence: Evidence | None = None, *, tracer: Any = None) -> list[Finding]:
+    """`tracer`: a Tracer of this snapshot and default route, when the caller has one already."""
     evidence = evidence or Evidence()
     accounts = sorted(snapshot.details.values(), key=lambda p: p.id)
     attrs = {p.id: Attributes.parse(p.manualattributes) for p in accounts}
@@ -160,7 +161,7 @@ def diagnose(snapshot: Snapshot, evidence: Evidence | None = None) -> list[Findi
                 Finding("mixed_group", Severity.ERROR, host, {"host": host, "logins": missing}, fix)
             )
         for p in with_recipe:
-            reachable = p.username in any_exact or any(_did_matches(d, p.username) for d in any_patterns)
+            reachable = p.username in any_exact or any(did_matches(d, p.username) for d in any_patterns)
             if p.username and not reachable and not any_catch_all:
                 findings.append(
                     Finding(
@@ -324,12 +325,12 @@ def diagnose(snapshot: Snapshot, evidence: Evidence | None = None) -> list[Findi
                 Finding("attrs_context_typo", Severity.ERROR, who, {"login": who, "context": context})
             )
 
-    findings += _evidence_checks(snapshot, evidence, accounts, any_routes)
+    findings += _evidence_checks(snapshot, evidence, accounts, any_routes, tracer)
     return sorted(findings, key=lambda f: (f.severity.rank, f.code, f.subject))
 
 
 def _evidence_checks(
-    snapshot: Snapshot, evidence: Evidence, accounts: list[Provider], any_routes: list[Route]
+    snapshot: Snapshot, evidence: Evidence, accounts: list[Provider], any_routes: list[Route], tracer: Any
 ) -> list[Finding]:
     """Checks that need more than the records: the default route, general settings, call records."""
     from .trace import Tracer  # trace imports this module
@@ -338,7 +339,7 @@ def _evidence_checks(
     # 25: a login no route serves, while the default route rejects calls
     default = evidence.default
     if default is not None and default.extension in ("busy", "hangup"):
-        tracer = Tracer(snapshot, default)
+        tracer = tracer or Tracer(snapshot, default)
         for p in accounts:
             if p.disabled or p.registration_type != "outbound" or not p.username:
                 continue

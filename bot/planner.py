@@ -22,9 +22,9 @@ from typing import Any
 
 from pbx.models import Destination, Provider, Route
 
-from .commands import AddNumber, AddNumbers, FixHost, RemoveNumber, RouteNumber, number_key
+from .commands import AddNumber, AddNumbers, FixHost, RemoveNumber, RouteNumber
 from .destinations import DestinationError, DestinationIndex, label
-from .snapshot import Snapshot, same_host
+from .snapshot import Snapshot, has_number, same_host
 
 RECIPE_CONTEXT = "public-direct-dial"
 NEW_PREFIX = "@new:"  # providerid "@new:<login>": the account this plan creates for <login>
@@ -362,12 +362,7 @@ def plan_fix_host(intent: FixHost, snapshot: Snapshot, *, default_extension: str
 def find_number(snapshot: Snapshot, number: str) -> Provider | None:
     """The account whose login is `number`, or whose note holds that phone. Two
     accounts with the login on different hosts are ambiguous: an error."""
-    key = number_key(number)
-    found = [
-        p
-        for p in snapshot.details.values()
-        if p.username == number or (p.note and number_key(p.note) == key and key.startswith("+"))
-    ]
+    found = [p for p in snapshot.details.values() if has_number(p, number)]
     if len(found) > 1:
         raise PlanError("ambiguous_number", number=number, hosts=sorted(f"{p.host} ({p.id})" for p in found))
     return found[0] if found else None

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 from .commands import EXAMPLES, UsageError
-from .destinations import label
 from .executor import ApplyResult
 from .i18n import CATALOGUES, t
 from .planner import NEW_PREFIX, Plan, PlanError, Step, StepKind
@@ -22,8 +21,13 @@ from .policy import Tally
 _HIDDEN = {"id", "secret"}
 
 
+def esc(value: Any) -> str:
+    """A value for Telegram's HTML parse mode."""
+    return html_lib.escape(str(value), quote=False)
+
+
 def _escape(enabled: bool) -> Callable[[Any], str]:
-    return (lambda v: html_lib.escape(str(v), quote=False)) if enabled else str
+    return esc if enabled else str
 
 
 def _attrs(value: str) -> str:
@@ -198,10 +202,6 @@ def error_text(exc: Exception, lang: str, *, html: bool = False) -> str:
     if code is not None:
         return t(f"change.{code}", lang, **{k: esc(v) for k, v in params.items()})
     return esc(exc)
-
-
-def destination_names(destinations: Any) -> dict[str, str]:
-    return {d.value: label(d) for d in destinations}
 
 
 TELEGRAM_LIMIT = 4096

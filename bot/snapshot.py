@@ -158,14 +158,16 @@ class SnapshotReader:
         )
 
 
-def accounts_of_number(providers: Iterable[ProviderSummary], number: str) -> list[ProviderSummary]:
-    """The accounts whose login is `number`, or whose note holds that phone number."""
+def has_number(account: Provider | ProviderSummary, number: str) -> bool:
+    """The account's login is `number`, or its note holds that phone number."""
+    if account.username == number:
+        return True
     key = number_key(number)
-    return [
-        p
-        for p in providers
-        if p.username == number or (key.startswith("+") and p.note and number_key(p.note) == key)
-    ]
+    return key.startswith("+") and bool(account.note) and number_key(account.note) == key
+
+
+def accounts_of_number(providers: Iterable[ProviderSummary], number: str) -> list[ProviderSummary]:
+    return [p for p in providers if has_number(p, number)]
 
 
 async def read_snapshot(pbx: Pbx, *, host: str | None = None, number: str | None = None) -> Snapshot:

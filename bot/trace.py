@@ -19,7 +19,7 @@ from typing import Any
 from pbx.models import Provider, Route
 
 from .destinations import label
-from .doctor import Attributes, _did_matches
+from .doctor import Attributes, did_matches
 from .planner import RECIPE_CONTEXT, find_number
 from .snapshot import Snapshot
 
@@ -94,7 +94,7 @@ class _Pool:
         exact = [r for r in self.exact.get(exten, ()) if ok(r)]
         if exact:
             return min(exact, key=lambda r: (r.priority, r.id or 0))
-        candidates = [r for r in self.patterns if ok(r) and _did_matches(_as_pattern(r.number), exten)]
+        candidates = [r for r in self.patterns if ok(r) and did_matches(_as_pattern(r.number), exten)]
         if not candidates:
             return None
         best = min(_specificity(_as_pattern(r.number)) for r in candidates)

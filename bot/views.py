@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import html as html_lib
 
 from pbx.base import Pbx
 from pbx.models import Route
 
 from .i18n import t
+from .render import esc as html_esc
 
 
 async def numbers_lines(pbx: Pbx, lang: str, *, html: bool = False) -> list[str]:
     """`/numbers`: accounts by host with their registration state and routes, the
     "any provider" routes, the default route. Values escaped for HTML on request."""
-    esc = (lambda v: html_lib.escape(str(v), quote=False)) if html else str
+    esc = html_esc if html else str
     providers, routes, default, states, destinations = await asyncio.gather(
         pbx.list_providers(),
         pbx.list_routes(),

@@ -5,7 +5,6 @@ full plan as a document."""
 
 from __future__ import annotations
 
-import html
 import logging
 import time
 from typing import Any
@@ -18,7 +17,7 @@ from aiogram.types import BufferedInputFile, InlineKeyboardButton, InlineKeyboar
 from bot.changes import APPLYING, OPEN, Actor, ChangeError, Outcome
 from bot.i18n import t
 from bot.policy import Action, may
-from bot.render import TELEGRAM_LIMIT, outcome_text, plan_text, utf16_len
+from bot.render import TELEGRAM_LIMIT, esc, outcome_text, plan_text, utf16_len
 from bot.services import Services
 from storage.tables import PlanRow
 
@@ -65,21 +64,17 @@ def keyboard(services: Services, row: PlanRow, lang: str) -> InlineKeyboardMarku
 
 
 def _lines_about(services: Services, row: PlanRow, lang: str) -> list[str]:
-    lines = [t("tg.card.proposer", lang, name=_esc(row.proposer_name or str(row.proposer_id)))]
+    lines = [t("tg.card.proposer", lang, name=esc(row.proposer_name or str(row.proposer_id)))]
     approvers = services.changes.approvers_of(row)
     if approvers:
-        lines.append(t("tg.card.approved_by", lang, names=_esc(", ".join(approvers))))
+        lines.append(t("tg.card.approved_by", lang, names=esc(", ".join(approvers))))
     missing = services.changes.missing_secrets(row) if row.status in OPEN else []
     if missing:
-        lines.append(t("tg.card.waiting_secret", lang, logins=_esc(", ".join(missing))))
+        lines.append(t("tg.card.waiting_secret", lang, logins=esc(", ".join(missing))))
     if row.status in OPEN:
         expires = row.expires_at.astimezone(services.tz).strftime("%d.%m %H:%M")
         lines.append(t("tg.card.expires", lang, at=expires))
     return lines
-
-
-def _esc(value: Any) -> str:
-    return html.escape(str(value), quote=False)
 
 
 def card_text(services: Services, row: PlanRow, lang: str, *, extra: str = "", summary: bool = False) -> str:
@@ -116,13 +111,13 @@ def _summary(plan: Any, row: PlanRow, lang: str) -> str:
             "plan.header",
             lang,
             id=row.id,
-            pbx=_esc(row.pbx),
+            pbx=esc(row.pbx),
             kind=t(f"plan.kind.{row.kind}", lang),
             steps=len(plan.steps),
         )
     ]
     for note in plan.notes:
-        lines.append(t(f"plan.note.{note}", lang, host=_esc(plan.host or "")))
+        lines.append(t(f"plan.note.{note}", lang, host=esc(plan.host or "")))
     lines += [t(f"tg.count.{kind}", lang, n=n) for kind, n in sorted(counts.items())]
     lines.append(t("tg.card.full_plan_attached", lang))
     lines.append(t("plan.status", lang, status=t(f"status.{row.status}", lang)))
@@ -217,7 +212,7 @@ async def ask_secret(bot: Bot, services: Services, row: PlanRow, login: str, lan
     """Ask the proposer, in private, for a SIP password; False when the bot may
     not write first (the card carries a deep link instead)."""
     try:
-        await bot.send_message(row.proposer_id, t("tg.secret.ask", lang, login=_esc(login), id=row.id))
+        await bot.send_message(row.proposer_id, t("tg.secret.ask", lang, login=esc(login), id=row.id))
     except (TelegramForbiddenError, TelegramBadRequest) as exc:
         log.info("cannot write to %s first: %s", row.proposer_id, exc.message)
         return False

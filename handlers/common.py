@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import html
-
 from aiogram import Bot, Router
 from aiogram.filters import Command, CommandObject, CommandStart
 from aiogram.types import Message
@@ -11,6 +9,7 @@ from aiogram.types import Message
 from bot.changes import Actor
 from bot.i18n import t
 from bot.policy import Action, Role, may
+from bot.render import esc
 from bot.services import Services
 
 from .cards import ask_secret, refresh_card
@@ -38,12 +37,10 @@ def help_text(services: Services, user_id: int, lang: str) -> str:
     policy = services.settings.policy
     lines = [t("tg.help.header", lang)]
     lines += [
-        html.escape(t(f"tg.help.{name}", lang), quote=False)
-        for name, action in COMMANDS.items()
-        if may(policy, user_id, action)
+        esc(t(f"tg.help.{name}", lang)) for name, action in COMMANDS.items() if may(policy, user_id, action)
     ]
     if may(policy, user_id, Action.PROPOSE):
-        lines.append(html.escape(t("tg.help.csv", lang), quote=False))
+        lines.append(esc(t("tg.help.csv", lang)))
     if may(policy, user_id, Action.APPROVE):
         lines.append(t("tg.help.approve", lang))
     return "\n".join(lines)

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import html
-
 from aiogram import Bot, Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
@@ -13,7 +11,7 @@ from bot.changes import ENDED, OPEN, Actor, ChangeError, Proposal
 from bot.commands import Intent, UsageError, parse
 from bot.i18n import t
 from bot.planner import PlanError
-from bot.render import error_text
+from bot.render import error_text, esc
 from bot.services import Services
 from bot.views import numbers_lines
 from pbx.errors import PbxError
@@ -125,7 +123,7 @@ async def cancel(
 ) -> None:
     plan_id = (command.args or "").strip()
     if not plan_id:
-        await message.answer(html.escape(t("tg.cancel.usage", lang), quote=False))
+        await message.answer(esc(t("tg.cancel.usage", lang)))
         return
     try:
         row = await services.changes.cancel(actor, plan_id)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import html
-
 from aiogram import Bot, Router
 from aiogram.filters import Command, CommandObject
 from aiogram.filters.callback_data import CallbackData
@@ -20,7 +18,7 @@ from bot.digest import WEEKDAYS, DigestUsage, parse_digest
 from bot.doctor import Finding, Severity, examine
 from bot.i18n import t
 from bot.policy import Action, may
-from bot.render import error_text, split_text
+from bot.render import error_text, esc, split_text
 from bot.scheduler import schedule_row
 from bot.services import Services
 from bot.trace import Tracer
@@ -48,19 +46,15 @@ class TelegramPoster:
         await self.bot.send_document(chat_id, BufferedInputFile(data, filename=filename), caption=caption)
 
 
-def _esc(value: object) -> str:
-    return html.escape(str(value), quote=False)
-
-
 def doctor_text(pbx: str, findings: list[Finding], lang: str) -> str:
     if not findings:
-        return t("doctor.clean", lang, pbx=_esc(pbx))
+        return t("doctor.clean", lang, pbx=esc(pbx))
     count = {s: sum(1 for f in findings if f.severity is s) for s in Severity}
     lines = [
         t(
             "doctor.header",
             lang,
-            pbx=_esc(pbx),
+            pbx=esc(pbx),
             errors=count[Severity.ERROR],
             warnings=count[Severity.WARNING],
             infos=count[Severity.INFO],
@@ -68,9 +62,9 @@ def doctor_text(pbx: str, findings: list[Finding], lang: str) -> str:
     ]
     for f in findings:
         lines.append("")
-        title = _esc(t(f"doctor.{f.code}.title", lang, **f.params))  # formatted, then escaped as a whole
+        title = esc(t(f"doctor.{f.code}.title", lang, **f.params))  # formatted, then escaped as a whole
         lines.append(f"{t(f'doctor.severity.{f.severity.value}', lang)} {title}")
-        lines += [f"   {line}" for line in _esc(t(f"doctor.{f.code}.why", lang, **f.params)).split("\n")]
+        lines += [f"   {line}" for line in esc(t(f"doctor.{f.code}.why", lang, **f.params)).split("\n")]
     return "\n".join(lines)
 
 
@@ -99,7 +93,7 @@ async def doctor(message: Message, services: Services, pbx: str | None, lang: st
     try:
         _, findings = await examine(handle.client, handle.reader)
     except PbxError as exc:
-        await message.answer(t("doctor.unreachable", lang, pbx=_esc(pbx), error=_esc(exc)))
+        await message.answer(t("doctor.unreachable", lang, pbx=esc(pbx), error=esc(exc)))
         return
     parts = split_text(doctor_text(pbx, findings, lang))
     keyboard = (
@@ -144,7 +138,7 @@ async def trace_(
 ) -> None:
     number = (command.args or "").strip()
     if not number:
-        await message.answer(_esc(t("trace.usage", lang)))
+        await message.answer(esc(t("trace.usage", lang)))
         return
     if not await need_pbx(message, pbx, lang):
         return
@@ -154,14 +148,14 @@ async def trace_(
         default = await handle.client.default_route()
         result = Tracer(snapshot, default).trace(number)
     except PbxError as exc:
-        await message.answer(t("tg.pbx_error", lang, error=_esc(exc)))
+        await message.answer(t("tg.pbx_error", lang, error=esc(exc)))
         return
     except Exception as exc:  # an ambiguous login (PlanError) and the like
         await message.answer(error_text(exc, lang, html=True))
         return
-    lines = [t("trace.header", lang, pbx=_esc(pbx), number=_esc(number))]
+    lines = [t("trace.header", lang, pbx=esc(pbx), number=esc(number))]
     lines += [
-        t(f"trace.{line.key}", lang, **{k: _esc(v) for k, v in line.params.items()}) for line in result.lines
+        t(f"trace.{line.key}", lang, **{k: esc(v) for k, v in line.params.items()}) for line in result.lines
     ]
     await reply(message, "\n".join(lines))
 

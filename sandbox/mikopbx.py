@@ -37,6 +37,7 @@ from aiohttp import web
 
 from .dialplan import Dialplan
 from .pbxstate import ApiFailure, PbxState
+from .server import LoopbackServer
 
 API_PREFIX = "/pbxcore/api/v3/"
 PUBLIC_ACTIONS = {("system", "ping"), ("auth", "login"), ("auth", "refresh")}
@@ -91,7 +92,7 @@ class _Request:
 Handler = Callable[[_Request], Awaitable[tuple[int, Any]] | tuple[int, Any]]
 
 
-class MikoPbxSimulator:
+class MikoPbxSimulator(LoopbackServer):
     def __init__(
         self,
         state: PbxState | None = None,
@@ -128,8 +129,6 @@ class MikoPbxSimulator:
         self._refresh: dict[str, float] = {}
         self._windows: dict[str, _Window] = {}
         self._login_failures: dict[str, list[float]] = {}
-        self._runner: web.AppRunner | None = None
-        self.url = ""
         self._table = self._handlers()
         self.app = self._build_app()
 
@@ -140,28 +139,6 @@ class MikoPbxSimulator:
         app.router.add_route("*", "/sandbox/{tail:.*}", self._sandbox)
         app.router.add_route("*", "/{tail:.*}", self._api)
         return app
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        sockets = site._server.sockets  # type: ignore[union-attr]
-        bound = sockets[0].getsockname()[1]
-        self.url = f"http://{host}:{bound}"
-        return self.url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> MikoPbxSimulator:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # ------------------------------------------------------------------ test controls
 

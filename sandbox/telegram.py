@@ -31,11 +31,24 @@ from typing import Any
 
 from aiohttp import web
 
+from .server import LoopbackServer
+
 MAX_TEXT = 4096
 MAX_CAPTION = 1024
 MAX_CALLBACK_DATA = 64
 GROUP_LIMIT_PER_MIN = 20
-ANONYMOUS_ADMIN_ID = 1087968824  # @GroupAnonymousBot: how Telegram shows an anonymous group admin
+ANONYMOUS_ADMIN_ID = 1087968824
+NOT_MODIFIED = (
+    "Bad Request: message is not modified: specified new message content and reply markup are exactly "
+    "the same as a current content and reply markup of the message"
+)
+# An administrator's rights as getChatMember reports them (every field aiogram requires).
+ADMIN_RIGHTS = {
+    "can_be_edited": False, "is_anonymous": False, "can_manage_chat": True, "can_delete_messages": True,
+    "can_manage_video_chats": False, "can_restrict_members": False, "can_promote_members": False,
+    "can_change_info": False, "can_invite_users": False, "can_post_stories": False, "can_edit_stories": False,
+    "can_delete_stories": False, "can_send_welcome_messages": False,
+}  # fmt: skip  # @GroupAnonymousBot: how Telegram shows an anonymous group admin
 _HTML_TAGS = {
     "b",
     "strong",
@@ -161,7 +174,7 @@ def _public(message: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in message.items() if not k.startswith("_")}
 
 
-class TelegramSandbox:
+class TelegramSandbox(LoopbackServer):
     def __init__(self, token: str, *, bot_username: str = "pbxbot_sandbox_bot", enforce_limits: bool = False):
         self.token = token
         self.bot = User(
@@ -188,8 +201,6 @@ class TelegramSandbox:
         self._callback_ids = itertools.count(1)
         self._changed = asyncio.Condition()
         self._sent_at: dict[int, deque[float]] = {}
-        self._runner: web.AppRunner | None = None
-        self.url = ""
         self.webhook: dict[str, Any] | None = None  # {"url", "secret_token"} once setWebhook was called
         # Stand-in for a load balancer in front of webhook replicas: deliver round-robin to these.
         self.webhook_targets: list[str] = []
@@ -202,27 +213,6 @@ class TelegramSandbox:
         self.app = app
 
     # ------------------------------------------------------------------ lifecycle
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        sockets = site._server.sockets  # type: ignore[union-attr]
-        self.url = f"http://{host}:{sockets[0].getsockname()[1]}"
-        return self.url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> TelegramSandbox:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # ------------------------------------------------------------------ the people's side
 
@@ -617,12 +607,7 @@ class TelegramSandbox:
         text = self._text(params)
         markup = self._check_markup(params.get("reply_markup"))
         if text == message.get("text") and markup == message.get("reply_markup"):
-            raise ApiError(
-                400,
-                "Bad Request: message is not modified: specified new message content and "
-                "reply markup are exactly the same as a current content and reply markup "
-                "of the message",
-            )
+            raise ApiError(400, NOT_MODIFIED)
         message["text"], message["_html"] = text, params.get("text")
         if markup is None:
             message.pop("reply_markup", None)
@@ -637,12 +622,7 @@ class TelegramSandbox:
         chat, message = self._existing(params, "edit")
         markup = self._check_markup(params.get("reply_markup"))
         if markup == message.get("reply_markup"):
-            raise ApiError(
-                400,
-                "Bad Request: message is not modified: specified new message content and "
-                "reply markup are exactly the same as a current content and reply markup "
-                "of the message",
-            )
+            raise ApiError(400, NOT_MODIFIED)
         if markup is None:
             message.pop("reply_markup", None)
         else:
@@ -746,47 +726,17 @@ class TelegramSandbox:
         chat = self._chat(params.get("chat_id"))
         user_id = int(params.get("user_id") or 0)
         if user_id == self.bot.id:  # the bot itself: an admin where it may delete messages
-            if not chat.bot_is_admin:
-                return {"status": "member", "user": self.bot.wire()}
-            return {
-                "status": "administrator",
-                "user": self.bot.wire(),
-                "can_be_edited": False,
-                "is_anonymous": False,
-                "can_manage_chat": True,
-                "can_delete_messages": True,
-                "can_manage_video_chats": False,
-                "can_restrict_members": False,
-                "can_promote_members": False,
-                "can_change_info": False,
-                "can_invite_users": False,
-                "can_post_stories": False,
-                "can_edit_stories": False,
-                "can_delete_stories": False,
-                "can_send_welcome_messages": False,
-            }
-        if user_id not in self.users:
-            raise ApiError(400, "Bad Request: user not found")
-        status = (
-            "administrator" if user_id in chat.admins else "member" if user_id in chat.members else "left"
-        )
-        member: dict[str, Any] = {"status": status, "user": self.users[user_id].wire()}
-        if status == "administrator":
-            member.update(
-                can_be_edited=False,
-                is_anonymous=False,
-                can_manage_chat=True,
-                can_delete_messages=True,
-                can_manage_video_chats=True,
-                can_restrict_members=True,
-                can_promote_members=False,
-                can_change_info=True,
-                can_invite_users=True,
-                can_post_stories=False,
-                can_edit_stories=False,
-                can_delete_stories=False,
-                can_send_welcome_messages=False,
+            user, status = self.bot, "administrator" if chat.bot_is_admin else "member"
+        elif user_id in self.users:
+            user = self.users[user_id]
+            status = (
+                "administrator" if user_id in chat.admins else "member" if user_id in chat.members else "left"
             )
+        else:
+            raise ApiError(400, "Bad Request: user not found")
+        member: dict[str, Any] = {"status": status, "user": user.wire()}
+        if status == "administrator":
+            member.update(ADMIN_RIGHTS)
         return member
 
     async def _m_getChatAdministrators(self, params: dict[str, Any]) -> list[dict[str, Any]]:

@@ -101,11 +101,18 @@ class Store:
             s.commit()
 
     def plans(
-        self, *, pbx: str | None = None, status: Iterable[str] | None = None, limit: int = 50
+        self,
+        *,
+        pbx: str | None = None,
+        status: Iterable[str] | None = None,
+        proposer: int | None = None,
+        limit: int = 50,
     ) -> list[PlanRow]:
         query = select(PlanRow).order_by(col(PlanRow.created_at).desc()).limit(limit)
         if pbx is not None:
             query = query.where(PlanRow.pbx == pbx)
+        if proposer is not None:
+            query = query.where(PlanRow.proposer_id == proposer)
         if status is not None:
             query = query.where(col(PlanRow.status).in_(list(status)))
         with self.session() as s:

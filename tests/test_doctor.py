@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from bot.commands import FixHost
-from bot.doctor import Attributes, Severity, _did_matches, examine
+from bot.doctor import Attributes, Severity, did_matches, examine
 from bot.executor import ApplyStatus, Executor
 from bot.planner import plan_fix_host
 from bot.snapshot import SnapshotReader
@@ -140,12 +140,12 @@ async def test_the_fix_plan_clears_the_finding_and_calls_land_right(client, sim)
 def test_attribute_parsing_and_did_patterns():
     a = Attributes.parse("[endpoint]\ncontext = public-direct-dial\n; comment\nset_var=\n")
     assert a.recipe and a.lines_without_value == ["set_var="]
-    assert _did_matches("_8477XX", "847706") and not _did_matches("_8477XX", "84770")
+    assert did_matches("_8477XX", "847706") and not did_matches("_8477XX", "84770")
     assert (
-        _did_matches("_X.", "12")
-        and not _did_matches("_X.", "1")
-        and _did_matches("_[1-3]00", "200")
-        and not _did_matches("_[1-3]00", "400")
+        did_matches("_X.", "12")
+        and not did_matches("_X.", "1")
+        and did_matches("_[1-3]00", "200")
+        and not did_matches("_[1-3]00", "400")
     )
 
 
