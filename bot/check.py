@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -23,6 +24,7 @@ from pbx.mikopbx import MikoPbxClient
 from storage.db import alembic_config, database_url, make_engine
 
 from .config import Settings
+from .i18n import t
 
 # What the bot reads, by the call that proves it may.
 READS = {
@@ -38,7 +40,19 @@ READS = {
 class Item:
     ok: bool
     name: str
-    detail: str
+    key: str  # message catalogue: check.<key>
+    params: tuple[tuple[str, Any], ...] = ()
+
+    def text(self, lang: str) -> str:
+        return t(f"check.{self.key}", lang, **dict(self.params))
+
+    @property
+    def detail(self) -> str:
+        return self.text("en")
+
+
+def item(ok: bool, name: str, key: str, **params: Any) -> Item:
+    return Item(ok, name, key, tuple(params.items()))
 
 
 async def check_pbx(name: str, client: MikoPbxClient) -> list[Item]:
@@ -46,17 +60,15 @@ async def check_pbx(name: str, client: MikoPbxClient) -> list[Item]:
     where = f"pbx.{name}"
     try:
         if not await client.ping():
-            return [
-                Item(False, where, "no MikoPBX REST API v3 answers at this URL (MikoPBX 2026.1 or later?)")
-            ]
+            return [item(False, where, "no_api")]
         await client.check_auth()
     except PbxUnsupported as exc:
-        return [Item(False, where, f"no REST API v3: {exc}")]
+        return [item(False, where, "unsupported", error=exc)]
     except PbxAuthError as exc:
-        return [Item(False, where, f"the API key or login was refused: {exc}")]
+        return [item(False, where, "refused", error=exc)]
     except PbxError as exc:
-        return [Item(False, where, f"unreachable: {exc}")]
-    items.append(Item(True, where, f"reachable, API v3, credentials accepted ({client.base_url})"))
+        return [item(False, where, "unreachable", error=exc)]
+    items.append(item(True, where, "pbx_ok", url=client.base_url))
     denied = []
     for resource, call in READS.items():
         try:
@@ -78,9 +90,9 @@ async def check_pbx(name: str, client: MikoPbxClient) -> list[Item]:
         except PbxError:
             pass
     if denied:
-        items.append(Item(False, f"{where}.permissions", "the key may not: " + ", ".join(denied)))
+        items.append(item(False, f"{where}.permissions", "denied", what=", ".join(denied)))
     else:
-        items.append(Item(True, f"{where}.permissions", "reads and provider/route writes allowed"))
+        items.append(item(True, f"{where}.permissions", "allowed"))
     return items
 
 
@@ -92,17 +104,23 @@ def check_database(settings: Settings) -> list[Item]:
         with engine.connect() as conn:
             current = MigrationContext.configure(conn).get_current_revision()
     except Exception as exc:
-        return [Item(False, "database", f"{shown}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")]
+        return [
+            item(
+                False,
+                "database",
+                "db_error",
+                url=shown,
+                error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+            )
+        ]
     finally:
         engine.dispose()
     head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
-    items = [Item(True, "database", f"{shown} reachable")]
+    items = [item(True, "database", "db_ok", url=shown)]
     if current == head:
-        items.append(Item(True, "database.migrations", f"at {head}"))
+        items.append(item(True, "database.migrations", "at_head", head=head))
     else:
-        items.append(
-            Item(False, "database.migrations", f"at {current or 'none'}, head is {head}: run pbxbot migrate")
-        )
+        items.append(item(False, "database.migrations", "behind", current=current or "-", head=head))
     return items
 
 
@@ -110,52 +128,38 @@ async def check_telegram(settings: Settings) -> list[Item]:
     from .app import make_bot  # aiogram only here
 
     if settings.telegram.token is None:
-        return [Item(False, "telegram", "no token (telegram.token or telegram.token_file)")]
+        return [item(False, "telegram", "no_token")]
     bot = make_bot(settings)
     items: list[Item] = []
     try:
         try:
             me = await bot.get_me()
         except Exception as exc:
-            return [
-                Item(
-                    False,
-                    "telegram",
-                    f"the token was refused or Telegram is unreachable: {type(exc).__name__}",
-                )
-            ]
-        items.append(Item(True, "telegram", f"@{me.username}"))
+            return [item(False, "telegram", "token_refused", error=type(exc).__name__)]
+        items.append(item(True, "telegram", "bot", username=me.username))
         for chat_id, pbx in settings.telegram.groups.items():
             try:
                 member = await bot.get_chat_member(chat_id, me.id)
             except Exception as exc:
-                items.append(Item(False, f"telegram.group {chat_id}", f"not reachable: {type(exc).__name__}"))
+                items.append(
+                    item(False, f"telegram.group {chat_id}", "group_unreachable", error=type(exc).__name__)
+                )
                 continue
             status = getattr(member, "status", "")
             can_delete = bool(getattr(member, "can_delete_messages", False))
             if status in ("left", "kicked"):
-                items.append(Item(False, f"telegram.group {chat_id}", "the bot is not a member"))
+                items.append(item(False, f"telegram.group {chat_id}", "not_member"))
             elif not can_delete:
-                items.append(
-                    Item(
-                        False,
-                        f"telegram.group {chat_id}",
-                        f"PBX {pbx}: the bot may not delete messages (make it an admin)",
-                    )
-                )
+                items.append(item(False, f"telegram.group {chat_id}", "cannot_delete", pbx=pbx))
             else:
-                items.append(
-                    Item(True, f"telegram.group {chat_id}", f"PBX {pbx}: member, may delete messages")
-                )
+                items.append(item(True, f"telegram.group {chat_id}", "group_ok", pbx=pbx))
     finally:
         await bot.session.close()
     return items
 
 
 async def run_checks(settings: Settings) -> list[Item]:
-    items = [
-        Item(True, "config", f"{len(settings.pbx)} PBX profile(s), {len(settings.telegram.groups)} group(s)")
-    ]
+    items = [item(True, "config", "config_ok", pbx=len(settings.pbx), groups=len(settings.telegram.groups))]
     items += await asyncio.to_thread(check_database, settings)
     for name, profile in settings.pbx.items():
         async with MikoPbxClient.from_profile(name, profile, retries=0) as client:

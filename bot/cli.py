@@ -311,7 +311,7 @@ async def _check(args: argparse.Namespace) -> int:
     logs.setup(settings, level=logging.DEBUG if args.verbose else logging.WARNING, fmt=args.log_format)
     items = await run_checks(settings)
     for item in items:
-        print(f"{'✓' if item.ok else '✗'} {item.name}: {item.detail}")
+        print(f"{'✓' if item.ok else '✗'} {item.name}: {item.text(args.lang)}")
     return 0 if all(item.ok for item in items) else 1
 
 

@@ -298,7 +298,7 @@ def render(digest: Digest, lang: str, tz: ZoneInfo) -> str:
     return "\n".join(lines)
 
 
-def chart_png(digest: Digest, *, top: int = 12) -> bytes | None:
+def chart_png(digest: Digest, lang: str = "en", *, top: int = 12) -> bytes | None:
     """Inbound calls per number per day, as a PNG (matplotlib's Agg: no display needed)."""
     if not digest.calls_by_day:
         return None
@@ -314,8 +314,8 @@ def chart_png(digest: Digest, *, top: int = 12) -> bytes | None:
         for login in busiest:
             counts = digest.calls_by_day[login]
             ax.plot(days, [counts.get(d, 0) for d in days], marker="o", label=login)
-        ax.set_title(f"{digest.pbx}: inbound calls per number per day")
-        ax.set_ylabel("calls")
+        ax.set_title(t("digest.chart_title", lang, pbx=digest.pbx))
+        ax.set_ylabel(t("digest.chart_calls", lang))
         ax.legend(fontsize="small", ncol=2)
         fig.autofmt_xdate()
         buffer = io.BytesIO()

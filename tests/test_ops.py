@@ -62,7 +62,7 @@ def test_check_from_the_command_line_exits_1_on_a_failure(tmp_path, capsys):
     config = tmp_path / "c.toml"
     config.write_text(f'[storage]\ndata_dir = "{tmp_path}"\n', encoding="utf-8")
     assert main(["--config", str(config), "migrate"]) == 0
-    assert main(["--config", str(config), "check"]) == 1  # no bot token
+    assert main(["--config", str(config), "--lang", "en", "check"]) == 1  # no bot token
     out = capsys.readouterr().out
     assert "✓ database.migrations: at 0003" in out and "✗ telegram: no token" in out
 
