@@ -32,10 +32,12 @@ from .errors import (
     PbxConflict,
     PbxError,
     PbxForbidden,
+    PbxMalformed,
     PbxNotFound,
     PbxRateLimited,
     PbxTimeout,
     PbxUnavailable,
+    PbxUnreachable,
     PbxUnsupported,
     PbxValidationError,
 )
@@ -250,8 +252,11 @@ class MikoPbxClient:
         form: Mapping[str, str] | None = None,
         write: bool | None = None,
         auth: bool = True,
+        parse: Callable[[Any], Any] | None = None,
     ) -> Any:
-        """One API call: the envelope's `data`, or a typed PbxError."""
+        """One API call: the envelope's `data` (through `parse` when given), or a
+        typed PbxError. A `data` that `parse` cannot read is PbxMalformed: the
+        PBX answered, but not in MikoPBX's shape."""
         if write is None:
             write = method != "GET"
         attempt = 0
@@ -274,7 +279,8 @@ class MikoPbxClient:
                 # A connect error means nothing was sent: safe to retry even a write.
                 sent = not isinstance(exc, httpx.ConnectError)
                 if (write and sent) or attempt >= self._retries:
-                    raise PbxUnavailable(f"{self.name}: {method} {path}: {_reason(exc)}") from exc
+                    kind = PbxUnavailable if sent else PbxUnreachable
+                    raise kind(f"{self.name}: {method} {path}: {_reason(exc)}") from exc
             else:
                 status = response.status_code
                 self._emit(CallRecord(method, path, status, _ms(started)))
@@ -286,12 +292,22 @@ class MikoPbxClient:
                 # 429 is refused at nginx's door, before MikoPBX sees the request.
                 retryable = status == 429 or (status in _RETRY_STATUSES and not write)
                 if not (retryable and attempt < self._retries):
-                    return self._unwrap(method, path, response)
+                    data = self._unwrap(method, path, response)
+                    return data if parse is None else self._parsed(method, path, status, data, parse)
                 await asyncio.sleep(self._delay(attempt, _retry_after(response)))
                 attempt += 1
                 continue
             await asyncio.sleep(self._delay(attempt, None))
             attempt += 1
+
+    def _parsed(self, method: str, path: str, status: int, data: Any, parse: Callable[[Any], Any]) -> Any:
+        try:
+            return parse(data)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:  # pydantic's ValidationError too
+            log.warning("%s %s %s: unexpected answer: %s", self.name, method, path, type(exc).__name__)
+            raise PbxMalformed(
+                f"{self.name}: {method} {path}: the PBX answered something unexpected", status=status
+            ) from exc
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -310,7 +326,9 @@ class MikoPbxClient:
                 raise PbxUnsupported(f"{where}: 404 without an API answer (no REST API v3 here?)", status=404)
             if status in _RETRY_STATUSES:
                 raise self._status_error(where, status, [], {}, response)
-            raise PbxError(f"{where}: HTTP {status}, not a MikoPBX API answer", status=status)
+            if status >= 500:
+                raise PbxUnavailable(f"{where}: HTTP {status}", status=status)
+            raise PbxMalformed(f"{where}: HTTP {status}, not a MikoPBX API answer", status=status)
         ok = body.get("result", body.get("success"))
         texts, fields = _error_texts(body.get("messages"))
         if ok is True and status < 400:
@@ -355,43 +373,33 @@ class MikoPbxClient:
             raise PbxUnsupported(f"{self.name}: no REST API v3 (MikoPBX older than 2026.1?)") from exc
 
     async def general_settings(self) -> dict[str, Any]:
-        data = await self._call("GET", "/general-settings")
-        return dict(data or {})
+        return await self._call("GET", "/general-settings", parse=lambda data: dict(data or {}))
 
     # ------------------------------------------------------------------ SIP providers
 
     async def list_providers(self, *, include_disabled: bool = True) -> list[ProviderSummary]:
         params = {"includeDisabled": "true"} if include_disabled else None
-        items = await self._call("GET", "/sip-providers", params=params)
-        result = []
-        for item in items or []:
-            if str(item.get("type", "SIP")).upper() != "SIP":
-                continue  # the list holds IAX providers too
-            represent = strip_html(str(item.get("represent", "")))
-            description = represent.split(":", 1)[1].strip() if ":" in represent else represent
-            result.append(ProviderSummary.model_validate({**item, "description": description}))
-        return result
+        return await self._call("GET", "/sip-providers", params=params, parse=_provider_summaries)
 
     async def get_provider(self, provider_id: str) -> Provider:
-        return Provider.model_validate(await self._call("GET", f"/sip-providers/{_id(provider_id)}"))
+        return await self._call("GET", f"/sip-providers/{_id(provider_id)}", parse=Provider.model_validate)
 
     async def provider_template(self) -> Provider:
-        return Provider.model_validate(await self._call("GET", "/sip-providers:getDefault"))
+        return await self._call("GET", "/sip-providers:getDefault", parse=Provider.model_validate)
 
     async def copy_provider(self, provider_id: str) -> Provider:
         """An unsaved copy (empty id) of an account, as the web UI's "copy" makes it."""
-        return Provider.model_validate(await self._call("GET", f"/sip-providers/{_id(provider_id)}:copy"))
+        path = f"/sip-providers/{_id(provider_id)}:copy"
+        return await self._call("GET", path, parse=Provider.model_validate)
 
     async def create_provider(self, provider: Provider, *, secret: str) -> Provider:
-        data = await self._call("POST", "/sip-providers", json=provider.payload(secret=secret))
-        return Provider.model_validate(data)
+        body = provider.payload(secret=secret)
+        return await self._call("POST", "/sip-providers", json=body, parse=_saved(Provider))
 
     async def update_provider(self, provider: Provider, *, secret: str | None = None) -> Provider:
         """PUT the whole account; the stored password is kept unless `secret` is given."""
-        data = await self._call(
-            "PUT", f"/sip-providers/{_id(provider.id)}", json=provider.payload(secret=secret)
-        )
-        return Provider.model_validate(data)
+        path, body = f"/sip-providers/{_id(provider.id)}", provider.payload(secret=secret)
+        return await self._call("PUT", path, json=body, parse=_saved(Provider))
 
     async def patch_provider(self, provider_id: str, changes: Mapping[str, Any]) -> Provider:
         body = dict(changes)
@@ -400,8 +408,8 @@ class MikoPbxClient:
             raise ValueError("patch secret together with registration_type")
         if "transport" in body:
             body["transport"] = str(body["transport"]).lower()
-        data = await self._call("PATCH", f"/sip-providers/{_id(provider_id)}", json=body)
-        return Provider.model_validate(data)
+        path = f"/sip-providers/{_id(provider_id)}"
+        return await self._call("PATCH", path, json=body, parse=_saved(Provider))
 
     async def delete_provider(self, provider_id: str) -> None:
         await self._call("DELETE", f"/sip-providers/{_id(provider_id)}")
@@ -412,57 +420,68 @@ class MikoPbxClient:
         )
 
     async def force_check(self, provider_id: str) -> RegistrationStatus:
-        data = await self._call("POST", f"/sip-providers/{_id(provider_id)}:forceCheck")
-        return RegistrationStatus.from_wire({"id": provider_id, **(data or {})})
+        return await self._call(
+            "POST", f"/sip-providers/{_id(provider_id)}:forceCheck", parse=_status_of(provider_id)
+        )
 
     async def provider_status(self, provider_id: str) -> RegistrationStatus:
-        data = await self._call("GET", f"/sip-providers/{_id(provider_id)}:getStatus")
-        return RegistrationStatus.from_wire({"id": provider_id, **(data or {})})
+        return await self._call(
+            "GET", f"/sip-providers/{_id(provider_id)}:getStatus", parse=_status_of(provider_id)
+        )
 
     async def provider_history(
         self, provider_id: str, *, date_from: str | None = None, date_to: str | None = None
     ) -> list[RegistrationEvent]:
         params = {k: v for k, v in (("dateFrom", date_from), ("dateTo", date_to)) if v}
-        data = await self._call("GET", f"/sip-providers/{_id(provider_id)}:getHistory", params=params)
-        events = data.get("events", []) if isinstance(data, Mapping) else data or []
-        return [RegistrationEvent.from_wire(e) for e in events]
+
+        def events(data: Any) -> list[RegistrationEvent]:
+            items = data.get("events", []) if isinstance(data, Mapping) else data or []
+            return [RegistrationEvent.from_wire(e) for e in _list(items)]
+
+        path = f"/sip-providers/{_id(provider_id)}:getHistory"
+        return await self._call("GET", path, params=params, parse=events)
 
     async def registration_statuses(self, *, force: bool = False) -> dict[str, RegistrationStatus]:
         """Registration state of every SIP account, by provider id (states normalised)."""
         params = {"forceCheck": "true"} if force else None
-        data = await self._call("GET", "/providers:getStatuses", params=params)
-        sip = (data or {}).get("sip") or {}
-        return {pid: RegistrationStatus.from_wire({"id": pid, **s}) for pid, s in sip.items()}
+
+        def statuses(data: Any) -> dict[str, RegistrationStatus]:
+            sip = _mapping(_mapping(data).get("sip") or {})
+            return {
+                str(pid): RegistrationStatus.from_wire({"id": pid, **_mapping(s)}) for pid, s in sip.items()
+            }
+
+        return await self._call("GET", "/providers:getStatuses", params=params, parse=statuses)
 
     # ------------------------------------------------------------------ incoming routes
 
     async def list_routes(self) -> list[Route]:
         """Every route but the default one (id 1), by priority."""
-        data = await self._call("GET", "/incoming-routes")
-        return [Route.model_validate(r) for r in data or []]
+        return await self._call("GET", "/incoming-routes", parse=_records(Route))
 
     async def get_route(self, route_id: int) -> Route:
-        return Route.model_validate(await self._call("GET", f"/incoming-routes/{int(route_id)}"))
+        return await self._call("GET", f"/incoming-routes/{int(route_id)}", parse=Route.model_validate)
 
     async def default_route(self) -> Route:
-        return Route.model_validate(await self._call("GET", "/incoming-routes:getDefaultRoute"))
+        return await self._call("GET", "/incoming-routes:getDefaultRoute", parse=Route.model_validate)
 
     async def route_template(self) -> Route:
-        return Route.model_validate(await self._call("GET", "/incoming-routes:getDefault"))
+        return await self._call("GET", "/incoming-routes:getDefault", parse=Route.model_validate)
 
     async def copy_route(self, route_id: int) -> Route:
-        return Route.model_validate(await self._call("POST", f"/incoming-routes/{int(route_id)}:copy"))
+        path = f"/incoming-routes/{int(route_id)}:copy"
+        return await self._call("POST", path, parse=Route.model_validate)
 
     async def create_route(self, route: Route) -> Route:
         body = route.payload()
         body.pop("id", None)
-        return Route.model_validate(await self._call("POST", "/incoming-routes", json=body))
+        return await self._call("POST", "/incoming-routes", json=body, parse=_saved(Route))
 
     async def update_route(self, route: Route) -> Route:
         if route.id is None:
             raise ValueError("update_route needs a route id")
-        data = await self._call("PUT", f"/incoming-routes/{route.id}", json=route.payload())
-        return Route.model_validate(data)
+        path = f"/incoming-routes/{route.id}"
+        return await self._call("PUT", path, json=route.payload(), parse=_saved(Route))
 
     async def patch_route(
         self, route_id: int, changes: Mapping[str, Any], *, providerid: str | None
@@ -470,36 +489,46 @@ class MikoPbxClient:
         """PATCH some fields. `providerid` is required (None = any provider): MikoPBX
         resets the route to "any provider" when a PATCH leaves it out."""
         body = {**changes, "providerid": providerid or ANY_PROVIDER}
-        data = await self._call("PATCH", f"/incoming-routes/{int(route_id)}", json=body)
-        return Route.model_validate(data)
+        path = f"/incoming-routes/{int(route_id)}"
+        return await self._call("PATCH", path, json=body, parse=_saved(Route))
 
     async def delete_route(self, route_id: int) -> None:
         await self._call("DELETE", f"/incoming-routes/{int(route_id)}")
 
     async def change_priority(self, priorities: Mapping[int, int]) -> int:
         body = {"priorities": {str(k): int(v) for k, v in priorities.items()}}
-        data = await self._call("POST", "/incoming-routes:changePriority", json=body)
-        return int((data or {}).get("updated", 0))
+        return await self._call(
+            "POST",
+            "/incoming-routes:changePriority",
+            json=body,
+            parse=lambda data: int(_mapping(data or {}).get("updated", 0)),
+        )
 
     async def unique_dids(self, providerid: str) -> list[str]:
-        data = await self._call("GET", "/incoming-routes:getUniqueDIDs", params={"providerid": providerid})
-        return [str(item.get("value", "")) for item in data or [] if item.get("value")]
+        return await self._call(
+            "GET",
+            "/incoming-routes:getUniqueDIDs",
+            params={"providerid": providerid},
+            parse=lambda data: [
+                str(_mapping(item).get("value", "")) for item in _list(data) if _mapping(item).get("value")
+            ],
+        )
 
     # ------------------------------------------------------------------ destinations
 
     async def destinations(self) -> list[Destination]:
         """Every routable destination in one call (what the route form offers)."""
-        data = await self._call("GET", "/extensions:getForSelect", params={"type": "routing"})
-        return [Destination.model_validate(d) for d in data or []]
+        params = {"type": "routing"}
+        return await self._call("GET", "/extensions:getForSelect", params=params, parse=_records(Destination))
 
     async def call_queues(self) -> list[CallQueue]:
-        return [CallQueue.model_validate(q) for q in await self._call("GET", "/call-queues") or []]
+        return await self._call("GET", "/call-queues", parse=_records(CallQueue))
 
     async def ivr_menus(self) -> list[IvrMenu]:
-        return [IvrMenu.model_validate(m) for m in await self._call("GET", "/ivr-menu") or []]
+        return await self._call("GET", "/ivr-menu", parse=_records(IvrMenu))
 
     async def employees(self) -> list[Employee]:
-        return [Employee.model_validate(e) for e in await self._call("GET", "/employees") or []]
+        return await self._call("GET", "/employees", parse=_records(Employee))
 
     # ------------------------------------------------------------------ calls
 
@@ -517,16 +546,20 @@ class MikoPbxClient:
         params: dict[str, Any] = {"limit": limit, "offset": offset, "grouped": str(grouped).lower()}
         params.update({k: v for k, v in (("dateFrom", date_from), ("dateTo", date_to)) if v})
         params.update({k: v for k, v in filters.items() if v})
-        data = await self._call("GET", "/cdr", params=params) or {}
-        page = data.get("pagination") or {}
-        records = [CdrRecord.model_validate(r) for r in data.get("records") or []]
-        return CdrPage(
-            records=records,
-            total=int(page.get("total", len(records))),
-            limit=int(page.get("limit", limit)),
-            offset=int(page.get("offset", offset)),
-            has_more=bool(page.get("hasMore", False)),
-        )
+
+        def page(data: Any) -> CdrPage:
+            data = _mapping(data or {})
+            pagination = _mapping(data.get("pagination") or {})
+            records = _records(CdrRecord)(data.get("records") or [])
+            return CdrPage(
+                records=records,
+                total=int(pagination.get("total", len(records))),
+                limit=int(pagination.get("limit", limit)),
+                offset=int(pagination.get("offset", offset)),
+                has_more=bool(pagination.get("hasMore", False)),
+            )
+
+        return await self._call("GET", "/cdr", params=params, parse=page)
 
     async def iter_cdr(self, *, page_size: int = 500, **kwargs: Any) -> AsyncIterator[CdrRecord]:
         offset = 0
@@ -544,12 +577,63 @@ class MikoPbxClient:
         params = {"dateFrom": date_from, "dateTo": date_to}
         if provider:
             params["provider"] = provider
-        data = await self._call("GET", "/cdr:getStatsByProvider", params=params)
-        return [ProviderCallStats.model_validate(s) for s in data or []]
+        return await self._call(
+            "GET", "/cdr:getStatsByProvider", params=params, parse=_records(ProviderCallStats)
+        )
 
     async def active_calls(self) -> list[ActiveCall]:
-        data = await self._call("GET", "/pbx-status:getActiveCalls")
-        return [ActiveCall.model_validate(c) for c in data or []]
+        return await self._call("GET", "/pbx-status:getActiveCalls", parse=_records(ActiveCall))
+
+
+def _mapping(data: Any) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping):
+        raise TypeError(f"expected an object, got {type(data).__name__}")
+    return data
+
+
+def _list(data: Any) -> list[Any]:
+    if data is None:
+        return []
+    if not isinstance(data, list):
+        raise TypeError(f"expected a list, got {type(data).__name__}")
+    return data
+
+
+def _records(model: Any) -> Callable[[Any], list[Any]]:
+    """A list answer: every item must be an object of `model`'s shape."""
+
+    def parse(data: Any) -> list[Any]:
+        return [model.model_validate(_mapping(item)) for item in _list(data)]
+
+    return parse
+
+
+def _saved(model: Any) -> Callable[[Any], Any]:
+    """A write's answer: the saved record, which must carry its id."""
+
+    def parse(data: Any) -> Any:
+        record = model.model_validate(_mapping(data))
+        if record.id in (None, ""):
+            raise ValueError("the saved record has no id")
+        return record
+
+    return parse
+
+
+def _status_of(provider_id: str) -> Callable[[Any], RegistrationStatus]:
+    return lambda data: RegistrationStatus.from_wire({"id": provider_id, **_mapping(data or {})})
+
+
+def _provider_summaries(data: Any) -> list[ProviderSummary]:
+    result = []
+    for item in _list(data):
+        item = _mapping(item)
+        if str(item.get("type", "SIP")).upper() != "SIP":
+            continue  # the list holds IAX providers too
+        represent = strip_html(str(item.get("represent", "")))
+        description = represent.split(":", 1)[1].strip() if ":" in represent else represent
+        result.append(ProviderSummary.model_validate({**item, "description": description}))
+    return result
 
 
 def _id(value: str) -> str:
