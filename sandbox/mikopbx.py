@@ -51,10 +51,18 @@ ID_RULES: dict[str, Callable[[str], bool]] = {
 }
 
 
+NO_BODY: Any = object()
+
+
 @dataclass
 class Fault:
     """Break the next `count` calls matching `path` (a glob on the API path, e.g.
-    `/sip-providers*`) and `method` (None: any)."""
+    `/sip-providers*`) and `method` (None: any).
+
+    `body` answers with something that is not MikoPBX's shape (with `status`, 200
+    when unset): a str is sent as an HTML page (a proxy's error page, a PHP
+    warning); anything else as the `data` of a successful envelope (`[]`, `"x"`,
+    a record whose id has the wrong type)."""
 
     path: str
     method: str | None = None
@@ -64,6 +72,7 @@ class Fault:
     when: str = "before"  # "after": carry out the request first, then fail the answer
     count: int = 1
     message: str = "Simulated failure"
+    body: Any = NO_BODY
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method.upper() == method) and fnmatch.fnmatchcase(path, self.path)
@@ -315,6 +324,11 @@ class MikoPbxSimulator(LoopbackServer):
             if request.transport is not None:
                 request.transport.close()
             raise asyncio.CancelledError
+        if fault.body is not NO_BODY:
+            status = fault.status or 200
+            if isinstance(fault.body, str):
+                return web.Response(status=status, text=fault.body, content_type="text/html")
+            return _envelope(status, fault.body, [], "fault")
         if fault.status is not None:
             if fault.status == 429:
                 return web.Response(status=429, text="Too many requests\n", content_type="text/html")
