@@ -4,11 +4,18 @@
               means stale: re-plan, never apply blind
     write     one step at a time; `@new:<login>` providerids resolve to the
               account created earlier in the same plan
-    timeout   a write that got no answer may have happened: read back, then
-              decide (adopt the record, or write again); never a blind retry
-    rollback  a failed step undoes the steps before it in reverse order, from
-              their before-states; a rollback step that fails too leaves the
-              plan `failed` with the exact records left behind
+    judge     only an answer that proves nothing was saved (MikoPBX's refusal
+              before the save, 401/403, nginx's 429, a connection never opened)
+              means "not written". After anything else (5xx, a body not in
+              MikoPBX's shape, a dropped connection, a timeout) the record is
+              read back (by id; a create by login@host or DID + provider) and
+              the step judged by what is there: as planned, as before (then
+              written once more), or otherwise. Never a blind retry.
+    rollback  a failed step puts back every step up to and including itself,
+              in reverse order, each judged the same way; what cannot be put
+              back leaves the plan `failed` naming each record and its state now
+    reconcile a plan a dead process left half-applied is judged the same way:
+              applied when every step stands as planned, rolled back otherwise
     verify    after MikoPBX's reload, the registration state of every account
               the plan wrote
 
@@ -22,12 +29,12 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pbx.base import Pbx
-from pbx.errors import PbxError, PbxNotFound, PbxTimeout, PbxUnavailable
+from pbx.errors import PbxError, PbxNotFound
 from pbx.models import Provider, RegistrationState, Route
 
 from .planner import NEW_PREFIX, Plan, Step, StepKind, provider_record, route_record
@@ -36,6 +43,15 @@ from .snapshot import SnapshotReader, same_host
 log = logging.getLogger("pbxbot.executor")
 
 FINAL_STATES = {RegistrationState.REGISTERED, RegistrationState.REJECTED, RegistrationState.UNREACHABLE}
+
+
+class StepState(enum.StrEnum):
+    """Where a step's record stands, read from the PBX."""
+
+    AS_PLANNED = "as_planned"
+    AS_BEFORE = "as_before"
+    OTHER = "other"  # neither: landed differently, or changed by someone else
+    UNKNOWN = "unknown"  # the PBX could not be read
 
 
 class ApplyStatus(enum.StrEnum):
@@ -55,6 +71,7 @@ class Leftover:
     state: dict[str, Any] | None  # the record as the plan left it
     before: dict[str, Any] | None  # what it should go back to
     error: str
+    now: str = StepState.OTHER.value  # as_planned | other | unknown: where it stands, as read last
 
 
 @dataclass
@@ -73,6 +90,14 @@ EventSink = Callable[[str, dict[str, Any]], Awaitable[None] | None]
 
 class ApplyError(Exception):
     """A step cannot even be tried (a missing SIP password, an unresolved reference)."""
+
+
+class StepFailed(Exception):
+    """A step did not land as planned; `reason` says what the PBX answered."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 class Executor:
@@ -94,6 +119,10 @@ class Executor:
         self._on_event = on_event
         self._existing: dict[tuple[str, str], str] = {}  # (host, login) -> account id, as last read
         self._route_ids: set[int | None] = set()  # routes that existed or that this apply created
+        self._created: dict[str, str] = {}  # "@new:<login>" -> the id of the account created for it
+        self._known_routes: set[str] = set()  # ids of the routes that existed before the apply
+        self._ours: set[str] = set()  # ids of the routes this apply created
+        self._plan: Plan | None = None
 
     async def _event(self, name: str, **detail: Any) -> None:
         if self._on_event is not None:
@@ -115,6 +144,7 @@ class Executor:
 
     async def apply(self, plan: Plan, secrets: Mapping[str, str] | None = None) -> ApplyResult:
         secrets = secrets or {}
+        self._plan = plan
         missing = [
             s.login for s in plan.steps if s.kind is StepKind.CREATE_PROVIDER and s.login not in secrets
         ]
@@ -124,23 +154,25 @@ class Executor:
         if now != plan.fingerprint:
             await self._event("stale", expected=plan.fingerprint, found=now)
             return ApplyResult(ApplyStatus.STALE, fingerprint=now)
+        # Routes that existed before this apply: a created route is never mistaken for one of them.
+        self._known_routes = {str(rid) for rid in self._route_ids if rid is not None}
+        await self._event("apply_started", routes=sorted(self._known_routes, key=_int_or_str))
 
-        created: dict[str, str] = {}
         result = ApplyResult(ApplyStatus.APPLIED)
         for index, step in enumerate(plan.steps):
+            await self._event(
+                "step_intent", step=index, kind=step.kind.value, record=step.target or step.login
+            )
             try:
-                record = await self._write(step, created, secrets)
-            except (PbxError, ApplyError) as exc:
-                result.failed_step, result.error = index, str(exc)
-                await self._event("step_failed", step=index, kind=step.kind.value, error=str(exc))
-                await self._rollback(plan, result)
+                record = await self._write(index, step, secrets)
+            except StepFailed as failed:
+                result.failed_step, result.error = index, failed.reason
+                await self._event("step_failed", step=index, kind=step.kind.value, error=failed.reason)
+                await self._restore(plan, index, result)
                 return result
-            finally:
-                if step.kind.on_provider:
-                    self.reader.forget([step.target] if step.target else None)
             result.results[index] = record or {}
             if step.kind is StepKind.CREATE_PROVIDER and record:
-                created[NEW_PREFIX + step.login] = record["id"]
+                self._created[NEW_PREFIX + step.login] = record["id"]
             # the record as written: what recovery and undo need if this process dies mid-plan
             await self._event(
                 "step_applied", step=index, kind=step.kind.value, record=_rid(step, record), result=record
@@ -148,25 +180,53 @@ class Executor:
         result.registration = await self.verify(plan, result)
         return result
 
-    async def _write(
-        self, step: Step, created: Mapping[str, str], secrets: Mapping[str, str]
-    ) -> dict[str, Any] | None:
-        """One step's write; after a timeout, read back before deciding."""
-        try:
-            return await self._do(step, created, secrets)
-        except (PbxTimeout, PbxUnavailable) as exc:
-            if not isinstance(exc, PbxTimeout) and exc.status is not None:
-                raise  # the PBX answered 502/503: nothing was written
-            await self._event("write_unknown", kind=step.kind.value, record=step.target or step.login)
-            landed = await self._read_back(step, created)
-            if landed is not _NOT_LANDED:
-                await self._event("write_confirmed", kind=step.kind.value, record=step.target or step.login)
-                return landed
-            return await self._do(step, created, secrets)
+    async def reconcile(self, plan: Plan, tried: int, known_routes: Iterable[str] = ()) -> ApplyResult:
+        """A plan a dead process left half-applied: steps `0 .. tried-1` may have been
+        written. When every step of the plan is on the PBX as planned, the plan is
+        applied; otherwise each tried step is put back as it was, judged by what the
+        PBX holds (never by what the dead process believed)."""
+        self._plan = plan
+        self._known_routes = {str(r) for r in known_routes}
+        result = ApplyResult(ApplyStatus.APPLIED)
+        states: list[tuple[StepState, dict[str, Any] | None]] = []
+        for step in plan.steps[: max(tried, 0)]:
+            state, record = await self.inspect(step)
+            states.append((state, record))
+        if tried >= len(plan.steps) and all(state is StepState.AS_PLANNED for state, _ in states):
+            result.results = {i: record or {} for i, (_, record) in enumerate(states)}
+            await self._event("reconciled", outcome="applied")
+            result.registration = await self.verify(plan, result)
+            return result
+        result.error = "interrupted"
+        await self._restore(plan, tried - 1, result)
+        await self._event("reconciled", outcome=result.status.value)
+        return result
 
-    async def _do(
-        self, step: Step, created: Mapping[str, str], secrets: Mapping[str, str]
-    ) -> dict[str, Any] | None:
+    async def _write(self, index: int, step: Step, secrets: Mapping[str, str]) -> dict[str, Any] | None:
+        """One step's write, judged by what the PBX holds unless its answer proves
+        nothing was saved. Written again only after a read-back shows it did not land."""
+        for attempt in (1, 2):
+            try:
+                return await self._do(step, secrets)
+            except ApplyError as exc:
+                raise StepFailed(str(exc)) from exc
+            except PbxError as exc:
+                if exc.refused_before_save:
+                    raise StepFailed(str(exc)) from exc
+                error = exc
+            except Exception as exc:  # a bug of ours mid-write: the PBX decides what happened
+                log.exception("step %s (%s) failed unexpectedly", index, step.kind.value)
+                error = exc
+            await self._event("write_unknown", step=index, kind=step.kind.value, error=_text(error))
+            state, record = await self.inspect(step)
+            await self._event("write_judged", step=index, kind=step.kind.value, state=state.value)
+            if state is StepState.AS_PLANNED:
+                return record
+            if state is not StepState.AS_BEFORE or attempt == 2:
+                raise StepFailed(_text(error))
+        raise AssertionError("unreachable")
+
+    async def _do(self, step: Step, secrets: Mapping[str, str]) -> dict[str, Any] | None:
         kind = step.kind
         if kind is StepKind.CREATE_PROVIDER:
             existing = self._existing.get(_key(step.after))
@@ -182,77 +242,170 @@ class Executor:
             self._existing.pop(_key(step.before), None)
             return None
         if kind is StepKind.CREATE_ROUTE:
-            route = await self.pbx.create_route(_route(step.after, created))
-            self._route_ids.add(route.id)
+            route = await self.pbx.create_route(_route(step.after, self._created))
+            self._ours.add(str(route.id))
             return route_record(route)
         if kind is StepKind.UPDATE_ROUTE:
-            return route_record(await self.pbx.update_route(_route(step.after, created, step.target)))
+            return route_record(await self.pbx.update_route(_route(step.after, self._created, step.target)))
         await self.pbx.delete_route(int(step.target))
         return None
 
-    async def _read_back(self, step: Step, created: Mapping[str, str]) -> Any:
-        """The record as it is now, when the write landed; `_NOT_LANDED` otherwise."""
+    # ------------------------------------------------------------------ judging by what the PBX holds
+
+    async def inspect(self, step: Step) -> tuple[StepState, dict[str, Any] | None]:
+        """Where the step's record stands now: as planned, as before, otherwise, or
+        unknown (the PBX could not be read). Never writes."""
+        try:
+            return await self._inspect(step)
+        except PbxError as exc:
+            log.warning("cannot read back step %s: %s", step.kind.value, exc)
+            return StepState.UNKNOWN, None
+        finally:
+            if step.kind.on_provider:
+                self.reader.forget([step.target] if step.target else None)
+
+    async def _inspect(self, step: Step) -> tuple[StepState, dict[str, Any] | None]:
         kind = step.kind
         if kind is StepKind.CREATE_PROVIDER:
-            for summary in await self.pbx.list_providers():
-                if same_host(summary.host, step.after["host"]) and summary.username == step.login:
-                    self._existing[_key(step.after)] = summary.id
-                    return provider_record(await self.pbx.get_provider(summary.id))
-            return _NOT_LANDED
+            now = await self._find_account(step.after)
+            if now is None:
+                return StepState.AS_BEFORE, None
+            self._created[NEW_PREFIX + step.login] = now["id"]
+            return _judge(now, step.after, None), now
         if kind is StepKind.CREATE_ROUTE:
-            wanted = _route(step.after, created)
-            for route in await self.pbx.list_routes():
-                if route.id not in self._route_ids and _same_route(route, wanted):
-                    self._route_ids.add(route.id)
-                    return route_record(route)
-            return _NOT_LANDED
+            now = await self._find_created_route(step)
+            return (
+                (StepState.AS_BEFORE, None) if now is None else (_judge(now, self._wanted(step), None), now)
+            )
+        record = await self._read(step)
+        if kind is StepKind.DELETE_PROVIDER:
+            return (
+                (StepState.AS_PLANNED, None)
+                if record is None
+                else (_judge(record, None, step.before), record)
+            )
+        if kind is StepKind.DELETE_ROUTE:
+            if record is None:  # gone; or put back under a new id by a rollback
+                again = await self._find_route_like(step.before)
+                return (StepState.AS_BEFORE, again) if again is not None else (StepState.AS_PLANNED, None)
+            return _judge(record, None, step.before), record
+        if record is None:
+            return StepState.OTHER, None  # an updated record that no longer exists
+        return _judge(record, self._wanted(step), step.before), record
+
+    async def _read(self, step: Step) -> dict[str, Any] | None:
         try:
-            if kind.on_provider:
-                now = provider_record(await self.pbx.get_provider(step.target))
-            else:
-                now = route_record(await self.pbx.get_route(int(step.target)))
+            if step.kind.on_provider:
+                return provider_record(await self.pbx.get_provider(step.target))
+            return route_record(await self.pbx.get_route(int(step.target)))
         except PbxNotFound:
-            return None if kind in (StepKind.DELETE_PROVIDER, StepKind.DELETE_ROUTE) else _NOT_LANDED
-        if kind in (StepKind.UPDATE_PROVIDER, StepKind.UPDATE_ROUTE) and _same(now, step.after):
-            return now
-        return _NOT_LANDED
+            return None
+
+    async def _find_account(self, record: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        host, login = _key(record)
+        for summary in await self.pbx.list_providers():
+            if same_host(summary.host, host) and summary.username == login:
+                self._existing[(host, login)] = summary.id
+                return provider_record(await self.pbx.get_provider(summary.id))
+        self._existing.pop((host, login), None)
+        return None
+
+    async def _find_created_route(self, step: Step) -> dict[str, Any] | None:
+        """The route this create step made: same DID and provider, not one that existed before."""
+        pid = (step.after or {}).get("providerid") or None
+        if pid and pid.startswith(NEW_PREFIX):
+            if pid not in self._created and await self._find_account(self._account_of(pid)) is None:
+                return None  # its account was never created: neither was the route
+            pid = self._created.get(pid)
+        number = (step.after or {}).get("number", "")
+        for route in await self.pbx.list_routes():
+            if str(route.id) in self._known_routes - self._ours:
+                continue
+            if route.number == number and (route.providerid or None) == pid:
+                self._ours.add(str(route.id))
+                return route_record(route)
+        return None
+
+    async def _find_route_like(self, record: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        wanted = {k: v for k, v in (record or {}).items() if k not in ("id", "priority")}
+        for route in await self.pbx.list_routes():
+            now = route_record(route)
+            if all(now.get(k) == v for k, v in wanted.items()):
+                return now
+        return None
+
+    def _account_of(self, ref: str) -> dict[str, Any] | None:
+        """The account the plan creates for `@new:<login>`."""
+        for step in self._plan.steps if self._plan else ():
+            if step.kind is StepKind.CREATE_PROVIDER and NEW_PREFIX + step.login == ref:
+                return step.after
+        return None
+
+    def _wanted(self, step: Step) -> dict[str, Any] | None:
+        """The step's `after` with `@new:` references resolved to the ids created."""
+        after = dict(step.after or {})
+        pid = after.get("providerid")
+        if isinstance(pid, str) and pid.startswith(NEW_PREFIX):
+            after["providerid"] = self._created.get(pid, pid)
+        return after
 
     # ------------------------------------------------------------------ rollback
 
-    async def _rollback(self, plan: Plan, result: ApplyResult) -> None:
-        """Undo the applied steps in reverse order; whatever cannot be undone is a leftover."""
+    async def _restore(self, plan: Plan, last: int, result: ApplyResult) -> None:
+        """Put steps `last .. 0` back as they were, in reverse order, each judged by
+        what the PBX holds (the failed step included: it may have landed). What
+        cannot be put back is a leftover, with its state now."""
         result.status = ApplyStatus.ROLLED_BACK
-        done = sorted(result.results, reverse=True)
-        for index in done:
-            step, record = plan.steps[index], result.results[index]
-            try:
-                await self._undo_step(step, record)
-                await self._event("step_rolled_back", step=index, kind=step.kind.value)
-            except (PbxError, ApplyError) as exc:
-                log.warning("rollback of step %s (%s) failed: %s", index, step.kind.value, exc)
-                result.status = ApplyStatus.FAILED
-                result.leftovers.append(
-                    Leftover(
-                        index, step.kind.value, _rid(step, record), record or None, step.before, str(exc)
-                    )
-                )
-                await self._event("rollback_failed", step=index, kind=step.kind.value, error=str(exc))
+        for index in range(last, -1, -1):
+            step = plan.steps[index]
+            state, record = await self.inspect(step)
+            if state is StepState.AS_BEFORE:
+                result.results.pop(index, None)
+                await self._event("step_rolled_back", step=index, kind=step.kind.value, how="was not written")
+                continue
+            error = ""
+            if state is StepState.UNKNOWN:
+                error = "the PBX could not be read"
+            else:
+                try:
+                    await self._undo_step(step, record)
+                except (PbxError, ApplyError) as exc:
+                    error = str(exc)
+                state, record = await self.inspect(step)
+                if state is StepState.AS_BEFORE:
+                    result.results.pop(index, None)
+                    await self._event("step_rolled_back", step=index, kind=step.kind.value, how="put back")
+                    continue
+                error = error or f"the record is {state.value.replace('_', ' ')} after the rollback"
+            log.warning("rollback of step %s (%s) failed: %s", index, step.kind.value, error)
+            result.status = ApplyStatus.FAILED
+            result.leftovers.append(
+                Leftover(index, step.kind.value, _rid(step, record), record, step.before, error, state.value)
+            )
+            await self._event(
+                "rollback_failed", step=index, kind=step.kind.value, error=error, state=state.value
+            )
+        result.leftovers.sort(key=lambda left: left.step)
 
-    async def _undo_step(self, step: Step, record: dict[str, Any]) -> None:
+    async def _undo_step(self, step: Step, record: Mapping[str, Any] | None) -> None:
         kind = step.kind
         if kind is StepKind.CREATE_PROVIDER:
-            await _tolerate_missing(self.pbx.delete_provider(record["id"]))
+            if record is not None:
+                await _tolerate_missing(self.pbx.delete_provider(record["id"]))
             self._existing.pop(_key(step.after), None)
         elif kind is StepKind.UPDATE_PROVIDER:
             await self.pbx.update_provider(_provider(step.before, step.target))
         elif kind is StepKind.DELETE_PROVIDER:
             raise ApplyError("a removed account cannot be re-created without its SIP password")
         elif kind is StepKind.CREATE_ROUTE:
-            await _tolerate_missing(self.pbx.delete_route(int(record["id"])))
+            if record is not None:
+                await _tolerate_missing(self.pbx.delete_route(int(record["id"])))
         elif kind is StepKind.UPDATE_ROUTE:
             await self.pbx.update_route(_route(step.before, {}, step.target))
         else:
-            await self.pbx.create_route(_route({k: v for k, v in step.before.items() if k != "id"}, {}))
+            await self.pbx.create_route(
+                _route({k: v for k, v in (step.before or {}).items() if k != "id"}, {})
+            )
         self.reader.forget([step.target] if kind.on_provider and step.target else None)
 
     # ------------------------------------------------------------------ verify
@@ -293,14 +446,6 @@ class Executor:
         return states
 
 
-class _NotLanded:
-    def __repr__(self) -> str:
-        return "<not landed>"
-
-
-_NOT_LANDED: Any = _NotLanded()
-
-
 async def _tolerate_missing(call: Awaitable[None]) -> None:
     try:
         await call
@@ -334,11 +479,29 @@ def _route(record: Mapping[str, Any] | None, created: Mapping[str, str], route_i
     return Route.model_validate(data)
 
 
+# Fields MikoPBX fills in itself: never a sign that a write landed differently.
+_ASSIGNED = {"id", "secret", "priority"}
+
+
 def _same(now: Mapping[str, Any], expected: Mapping[str, Any] | None) -> bool:
+    """`now` holds every field the plan wrote, with the planned value."""
     expected = expected or {}
-    return all(now.get(k) == v for k, v in expected.items() if k not in ("id", "secret"))
+    return all(now.get(k) == v for k, v in expected.items() if k not in _ASSIGNED)
 
 
-def _same_route(a: Route, b: Route) -> bool:
-    fields = ("rulename", "number", "providerid", "extension")
-    return all(getattr(a, f) == getattr(b, f) for f in fields)
+def _judge(
+    now: Mapping[str, Any], after: Mapping[str, Any] | None, before: Mapping[str, Any] | None
+) -> StepState:
+    if after is not None and _same(now, after):
+        return StepState.AS_PLANNED
+    if before is not None and _same(now, before):
+        return StepState.AS_BEFORE
+    return StepState.OTHER
+
+
+def _text(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _int_or_str(value: str) -> tuple[int, str]:
+    return (int(value), "") if value.isdigit() else (0, value)

@@ -71,6 +71,7 @@ class Fault:
     drop: bool = False  # close the connection without an answer
     when: str = "before"  # "after": carry out the request first, then fail the answer
     count: int = 1
+    skip: int = 0  # let this many matching calls through first
     message: str = "Simulated failure"
     body: Any = NO_BODY
 
@@ -293,6 +294,9 @@ class MikoPbxSimulator(LoopbackServer):
             return _not_found(request)
 
         fault = next((f for f in self.faults if f.matches(request.method, req.api_path)), None)
+        if fault is not None and fault.skip > 0:
+            fault.skip -= 1
+            fault = None
         if fault is not None:
             fault.count -= 1
             if fault.count <= 0:
