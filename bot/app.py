@@ -23,6 +23,7 @@ from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
+from aiogram.exceptions import TelegramAPIError
 from aiogram.types import BotCommand, BotCommandScopeAllGroupChats, BotCommandScopeAllPrivateChats
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
 from aiohttp import web
@@ -105,11 +106,19 @@ async def set_commands(bot: Bot) -> None:
 
 
 async def housekeeping(bot: Bot, services: Services) -> None:
-    """Expire open plans past their time (their cards say so); recover plans a dead process left applying."""
+    """Expire open plans past their time (their cards say so); reconcile plans a dead
+    process left applying; edit the cards of plans that ended where no card could be
+    edited (`pbxbot recover`)."""
     for row in await services.changes.expire():
         await refresh_card(bot, services, row)
-    for row in await services.changes.recover():
-        await refresh_card(bot, services, row)
+    await services.changes.recover()
+    for row in services.changes.cards_to_refresh():
+        try:
+            await refresh_card(bot, services, row)
+        except TelegramAPIError as exc:
+            log.warning("plan %s: its card could not be edited: %s", row.id, exc)
+            continue
+        services.changes.card_refreshed(row.id)
 
 
 @dataclass
@@ -133,6 +142,8 @@ class BotApp:
         self.services.bot_username = me.username or ""
         await set_commands(self.bot)
         self.services.scheduler = self.scheduler
+        # plans this host's dead processes left half-applied: whole again before anything else
+        await housekeeping(self.bot, self.services)
         self.leadership.start(self._own, self._disown)
         if settings.telegram.mode == "webhook":
             await self._serve_webhook()

@@ -1,8 +1,13 @@
-"""The change lifecycle: propose, approve, apply, cancel, expire, undo.
+"""The change lifecycle: propose, approve, apply, cancel, expire, undo, recover.
 
     proposed -> approved -> applying -> applied | rolled_back | failed
     proposed | approved -> cancelled | expired
-    approved -> stale (the PBX changed under the plan; a new version is proposed)
+    applying -> stale (the PBX changed under the plan; a new version is proposed)
+
+A live apply holds a lease on its plan (renewed while it runs). A plan left
+`applying` by a process that died is reconciled as soon as its lease expires
+(at once when its owner is known dead): the PBX is read for every journaled
+step and the plan ends applied (every step had landed) or rolled back.
 
 The same calls serve the Telegram handlers, the CLI and the scheduler. Every
 step is an audit event; every API call made for a plan is one too (method,
@@ -12,9 +17,15 @@ when the plan ends.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
+import enum
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+import os
+import secrets as _secrets
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -55,11 +66,59 @@ from .vault import Vault
 
 log = logging.getLogger("pbxbot.changes")
 
-PROPOSED, APPROVED, APPLYING = "proposed", "approved", "applying"
-APPLIED, ROLLED_BACK, FAILED = "applied", "rolled_back", "failed"
-CANCELLED, EXPIRED, STALE = "cancelled", "expired", "stale"
+
+class PlanStatus(enum.StrEnum):
+    PROPOSED = "proposed"
+    APPROVED = "approved"
+    APPLYING = "applying"
+    APPLIED = "applied"
+    ROLLED_BACK = "rolled_back"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    STALE = "stale"
+
+
+PROPOSED, APPROVED, APPLYING = PlanStatus.PROPOSED, PlanStatus.APPROVED, PlanStatus.APPLYING
+APPLIED, ROLLED_BACK, FAILED = PlanStatus.APPLIED, PlanStatus.ROLLED_BACK, PlanStatus.FAILED
+CANCELLED, EXPIRED, STALE = PlanStatus.CANCELLED, PlanStatus.EXPIRED, PlanStatus.STALE
 OPEN = (PROPOSED, APPROVED)
 ENDED = (APPLIED, ROLLED_BACK, FAILED, CANCELLED, EXPIRED, STALE)
+
+# The one table of moves a plan may make; every status change goes through `_move`.
+TRANSITIONS: dict[PlanStatus, frozenset[PlanStatus]] = {
+    PROPOSED: frozenset({APPROVED, CANCELLED, EXPIRED}),
+    APPROVED: frozenset({APPLYING, CANCELLED, EXPIRED}),
+    APPLYING: frozenset({APPROVED, APPLIED, ROLLED_BACK, FAILED, STALE}),
+    **{status: frozenset() for status in ENDED},
+}
+
+LEASE = timedelta(seconds=60)  # an apply renews its lease every third of this
+
+
+def process_id() -> str:
+    """Who holds a lease: host, pid, and a nonce (a pid can be reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_secrets.token_hex(3)}"
+
+
+def owner_is_dead(owner: str | None) -> bool:
+    """A lease owner on this host whose process no longer runs."""
+    host, _, rest = (owner or "").partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return owner not in _LIVE_OWNERS  # this process, but not a lease it holds now
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+_LIVE_OWNERS: set[str] = set()
 
 _calls: contextvars.ContextVar[list[dict[str, Any]] | None] = contextvars.ContextVar("calls", default=None)
 
@@ -121,6 +180,19 @@ class Outcome:
     replacement: Proposal | None = None  # the new version of a stale plan
 
 
+@dataclass
+class Recovery:
+    """A plan found interrupted: how it ended, or why it waits (`postponed`: the PBX is unreachable)."""
+
+    row: PlanRow
+    result: ApplyResult | None
+    postponed: str | None = None
+
+    @property
+    def whole(self) -> bool:
+        return self.postponed is None and self.row.status in (APPLIED, ROLLED_BACK)
+
+
 def display_names(plan: Plan, snapshot: Snapshot) -> dict[str, dict[str, str]]:
     """Names the plan card shows for the destinations and accounts its steps refer to."""
     records = [r for s in plan.steps for r in (s.before, s.after) if r]
@@ -144,7 +216,10 @@ class Changes:
         *,
         clock: Any = utcnow,
         default_extension: str = "busy",
+        lease: timedelta = LEASE,
     ):
+        self.owner = process_id()
+        self.lease = lease
         self.store = store
         self.policy = policy
         self.vault = vault
@@ -179,6 +254,14 @@ class Changes:
         if calls:
             self.store.audit(*(self._event("api_call", actor, row, **call, **kw) for call in calls))
             calls.clear()
+
+    def _move(self, plan_id: str, from_status: Any, to_status: PlanStatus, **fields: Any) -> bool:
+        """Compare-and-set a plan's status, from whichever of `from_status` `TRANSITIONS` allows."""
+        given = [from_status] if isinstance(from_status, str) else list(from_status)
+        sources = [s for s in given if to_status in TRANSITIONS[PlanStatus(s)]]
+        if not sources:
+            raise AssertionError(f"a plan never moves from {given} to {to_status}")
+        return self.store.transition(plan_id, sources, to_status, **fields)
 
     def _get(self, plan_id: str) -> PlanRow:
         row = self.store.get_plan(plan_id)
@@ -343,7 +426,7 @@ class Changes:
     # ------------------------------------------------------------------ approve
 
     def _promote(self, row: PlanRow, actor: Actor) -> None:
-        if self.store.transition(row.id, [PROPOSED], APPROVED):
+        if self._move(row.id, [PROPOSED], APPROVED):
             self._audit("approved", actor, row, version=row.version)
 
     def _check_open(self, row: PlanRow, version: int | None = None) -> None:
@@ -405,7 +488,7 @@ class Changes:
 
     def _end(self, row: PlanRow, status: str, actor: Actor | None, **outcome: Any) -> PlanRow:
         """Close an open plan: its locks go, its secrets are erased."""
-        if not self.store.transition(row.id, [*OPEN, APPLYING], status, outcome={**row.outcome, **outcome}):
+        if not self._move(row.id, [*OPEN, APPLYING], status, outcome={**row.outcome, **outcome}):
             current = self._get(row.id)
             raise ChangeError("plan_closed", plan=row.id, status=current.status)
         self.store.release_locks(row.id)
@@ -440,24 +523,62 @@ class Changes:
         if at_once:
             if actor.id != LOCAL_ADMIN_ID:
                 raise ChangeError("not_allowed", action="apply_at_once")
-            if self.store.transition(row.id, [PROPOSED], APPROVED):
+            if self._move(row.id, [PROPOSED], APPROVED):
                 self._audit("approved_at_once", actor, row)
-        if not self.store.transition(row.id, [APPROVED], APPLYING):
+        if not self._move(row.id, [APPROVED], APPLYING, **self._lease_fields()):
             current = self._get(plan_id)
             raise ChangeError("not_approved", plan=plan_id, status=current.status)
-        self._audit("applying", actor, row)
-        handle = self._pbx(row.pbx)
+        self._audit("applying", actor, row, owner=self.owner)
         plan = self.plan_of(row)
         secrets = self.vault.open_all(self.store.secrets(row.id))
         calls: list[dict[str, Any]] = []
 
-        async def on_event(name: str, detail: dict[str, Any]) -> None:
-            self._flush_calls(calls, actor, row)
-            self.store.audit(self._event(name, actor, row, **detail))
+        async def on_step(name: str, detail: dict[str, Any]) -> None:
             if progress is not None and name == "step_applied":
                 await progress(row, detail["step"] + 1, len(plan.steps))
 
-        executor = Executor(
+        executor = self._executor(row, actor, calls, on_step)
+        token = _calls.set(calls)
+        try:
+            async with self._leased(row.id, executor):
+                result = await executor.apply(plan, secrets)
+        except ApplyError as exc:
+            self._move(row.id, [APPLYING], APPROVED, lease_owner=None, lease_until=None)
+            self._audit("apply_refused", actor, row, error=str(exc))
+            raise ChangeError(
+                "secret_missing", plan=row.id, logins=", ".join(self.missing_secrets(row))
+            ) from exc
+        except PbxError as exc:
+            # the stale check could not read the PBX: nothing was written
+            self._move(row.id, [APPLYING], APPROVED, lease_owner=None, lease_until=None)
+            self._audit("apply_refused", actor, row, error=str(exc))
+            raise ChangeError("pbx_unreachable", plan=row.id, error=str(exc)) from exc
+        finally:
+            _calls.reset(token)
+            self._flush_calls(calls, actor, row)
+        del secrets
+        if result.status is ApplyStatus.STALE:
+            return await self._replan(row, actor, result)
+        return self._finish(row, actor, result)
+
+    def _executor(
+        self,
+        row: PlanRow,
+        actor: Actor | None,
+        calls: list[dict[str, Any]],
+        on_step: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None,
+    ) -> Executor:
+        """An executor for this plan whose every event is journaled in the audit
+        trail before the next write (`step_intent` before, `step_applied` after)."""
+        handle = self._pbx(row.pbx)
+
+        async def on_event(name: str, detail: dict[str, Any]) -> None:
+            self._flush_calls(calls, actor, row)
+            self.store.audit(self._event(name, actor, row, **detail))
+            if on_step is not None:
+                await on_step(name, detail)
+
+        return Executor(
             handle.client,
             reader=handle.reader,
             reload_wait=handle.reload_wait,
@@ -465,36 +586,47 @@ class Changes:
             verify_interval=handle.verify_interval,
             on_event=on_event,
         )
-        token = _calls.set(calls)
-        try:
-            result = await executor.apply(plan, secrets)
-        except ApplyError as exc:
-            self.store.transition(row.id, [APPLYING], APPROVED)
-            self._audit("apply_refused", actor, row, error=str(exc))
-            raise ChangeError(
-                "secret_missing", plan=row.id, logins=", ".join(self.missing_secrets(row))
-            ) from exc
-        except PbxError as exc:
-            # the stale check could not read the PBX: nothing was written
-            self.store.transition(row.id, [APPLYING], APPROVED)
-            self._audit("apply_refused", actor, row, error=str(exc))
-            raise ChangeError("pbx_unreachable", plan=row.id, error=str(exc)) from exc
-        finally:
-            _calls.reset(token)
-            self._flush_calls(calls, actor, row)
-        del secrets
 
+    def _lease_fields(self) -> dict[str, Any]:
+        return {"lease_owner": self.owner, "lease_until": self.clock() + self.lease}
+
+    @contextlib.asynccontextmanager
+    async def _leased(self, plan_id: str, executor: Executor) -> AsyncIterator[None]:
+        """Renew the plan's apply lease while the body runs. Should the lease be
+        lost (this process stalled past it and another took over), the executor
+        stops before its next write and puts back what it wrote."""
+        _LIVE_OWNERS.add(self.owner)
+
+        async def heartbeat() -> None:
+            while True:
+                await asyncio.sleep(self.lease.total_seconds() / 3)
+                until = self.clock() + self.lease
+                if not await asyncio.to_thread(self.store.renew_lease, plan_id, self.owner, until):
+                    log.error("plan %s: the apply lease was lost; stopping before the next write", plan_id)
+                    executor.halt = True
+                    return
+
+        task = asyncio.create_task(heartbeat())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _finish(self, row: PlanRow, actor: Actor | None, result: ApplyResult, **extra: Any) -> Outcome:
+        """End an applying plan as the PBX now is: applied, rolled back, or failed
+        with its leftovers (kept as the results an /undo reverts)."""
         outcome = {
             "error": result.error,
             "failed_step": result.failed_step,
             "leftovers": [vars(left) for left in result.leftovers],
             "registration": result.registration,
+            **extra,
         }
         results = {str(k): v for k, v in result.results.items()}
         if result.status is not ApplyStatus.APPLIED:  # keep what is still on the PBX, for /undo
             results = {str(left.step): left.state or {} for left in result.leftovers}
-        if result.status is ApplyStatus.STALE:
-            return await self._replan(row, actor, result)
         status = {ApplyStatus.APPLIED: APPLIED, ApplyStatus.ROLLED_BACK: ROLLED_BACK}.get(
             result.status, FAILED
         )
@@ -505,7 +637,7 @@ class Changes:
     async def _replan(self, row: PlanRow, actor: Actor, result: ApplyResult) -> Outcome:
         """A stale plan ends; a new version from the same intent is proposed in its
         name, with its passwords moved over, and needs approval again."""
-        self.store.transition(row.id, [APPLYING], STALE, outcome={"found": result.fingerprint})
+        self._move(row.id, [APPLYING], STALE, outcome={"found": result.fingerprint})
         self.store.release_locks(row.id)
         self._audit(STALE, actor, row, expected=row.fingerprint, found=result.fingerprint)
         proposer = Actor(row.proposer_id, row.proposer_name)
@@ -520,7 +652,13 @@ class Changes:
                 version=row.version + 1,
             )
         except (PlanError, ChangeError) as exc:
-            self._audit("replan_failed", actor, row, code=getattr(exc, "code", ""))
+            code = getattr(exc, "code", "")
+            params = {k: v for k, v in getattr(exc, "params", {}).items() if isinstance(v, str | int)}
+            self._audit("replan_failed", actor, row, code=code)
+            self.store.update_plan(
+                row.id,
+                outcome={"found": result.fingerprint, "replan_error": {"code": code, "params": params}},
+            )
             self.store.erase_secrets(row.id)
             ended = self._get(row.id)
             return Outcome(ended, result)
@@ -530,40 +668,66 @@ class Changes:
         self.store.erase_secrets(row.id)
         return Outcome(self._get(row.id), result, replacement)
 
-    async def recover(self, *, older_than: timedelta = timedelta(minutes=30)) -> list[PlanRow]:
-        """Plans left `applying` by a process that died mid-apply: marked `failed`,
-        with the steps the audit trail shows applied as leftovers (and as the
-        results an /undo reverts). Run at start and by the scheduler."""
-        ended = []
-        for row in self.store.plans(status=[APPLYING], limit=1000):
-            if row.updated_at > self.clock() - older_than:
-                continue  # may still be running
-            applied: dict[int, dict[str, Any]] = {}
-            for event in self.store.audit_trail(plan_id=row.id, limit=100_000):
-                if event.event == "step_applied":
-                    applied[event.detail["step"]] = event.detail.get("result") or {}
-                elif event.event == "step_rolled_back":
-                    applied.pop(event.detail["step"], None)
-            steps = row.steps
-            leftovers = [
-                {
-                    "step": i,
-                    "kind": steps[i]["kind"],
-                    "record": str(record.get("id") or steps[i].get("target") or steps[i].get("login")),
-                    "state": record or None,
-                    "before": steps[i].get("before"),
-                    "error": "interrupted",
-                }
-                for i, record in sorted(applied.items())
-            ]
-            self.store.update_plan(row.id, results={str(i): r for i, r in applied.items()})
-            try:
-                ended.append(
-                    self._end(row, FAILED, None, error="interrupted", failed_step=None, leftovers=leftovers)
-                )
-            except ChangeError:
+    # ------------------------------------------------------------------ recovery
+
+    async def recover(self, *, pbx: str | None = None) -> list[Recovery]:
+        """Reconcile every plan a dead process left `applying`: at once when its
+        owner is known dead, else as soon as its lease expires; never while a live
+        apply holds it. Run by the bot at start and by housekeeping, by every CLI
+        command that writes, and by `pbxbot recover`."""
+        done: list[Recovery] = []
+        for row in self.store.plans(status=[APPLYING], pbx=pbx, limit=1000):
+            if row.pbx not in self.pbxs:
                 continue
-        return ended
+            now = self.clock()
+            dead = [row.lease_owner] if row.lease_owner and owner_is_dead(row.lease_owner) else []
+            if not self.store.take_lease(row.id, self.owner, now + self.lease, now, dead):
+                continue  # a live apply holds it, or another process took it a moment ago
+            done.append(await self._reconcile(row, previous=row.lease_owner))
+        return done
+
+    async def _reconcile(self, row: PlanRow, *, previous: str | None) -> Recovery:
+        journal = self.store.audit_trail(plan_id=row.id, limit=100_000)
+        tried = 0
+        known_routes: list[str] | None = None
+        for event in journal:
+            if event.event in ("step_intent", "step_applied"):
+                tried = max(tried, int(event.detail.get("step", -1)) + 1)
+            elif event.event == "apply_started":
+                known_routes = [str(r) for r in event.detail.get("routes", [])]
+        plan = self.plan_of(row)
+        if known_routes is None:  # journaled before this version: the routes the plan itself names
+            known_routes = [s.target for s in plan.steps if not s.kind.on_provider and s.target]
+        self._audit("recovery_started", None, row, previous_owner=previous, tried=tried)
+        calls: list[dict[str, Any]] = []
+        executor = self._executor(row, None, calls)
+        token = _calls.set(calls)
+        try:
+            await self._pbx(row.pbx).client.list_providers()  # is the PBX there to be read?
+        except PbxError as exc:
+            self.store.renew_lease(row.id, self.owner, self.clock())  # free: try again later
+            self._audit("recovery_postponed", None, row, error=str(exc))
+            return Recovery(self._get(row.id), None, postponed=str(exc))
+        finally:
+            _calls.reset(token)
+            self._flush_calls(calls, None, row)
+        token = _calls.set(calls)
+        try:
+            async with self._leased(row.id, executor):
+                result = await executor.reconcile(plan, tried, known_routes)
+        finally:
+            _calls.reset(token)
+            self._flush_calls(calls, None, row)
+        self.store.update_plan(row.id, card_stale=True)
+        outcome = self._finish(row, None, result, recovered=result.status.value, tried=tried)
+        return Recovery(outcome.row, result)
+
+    def cards_to_refresh(self) -> list[PlanRow]:
+        """Plans that ended where no card could be edited (`pbxbot recover`)."""
+        return self.store.plans(card_stale=True, limit=100)
+
+    def card_refreshed(self, plan_id: str) -> None:
+        self.store.update_plan(plan_id, card_stale=False)
 
     # ------------------------------------------------------------------ undo
 

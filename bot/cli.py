@@ -5,6 +5,7 @@ pbxbot numbers   [--pbx NAME | --sandbox]      accounts, registration, routes of
 pbxbot call      (--pbx NAME | --sandbox) --host HOST --to LOGIN [--from NUMBER]   (sandbox only)
 pbxbot plan      (--pbx NAME | --sandbox) "<command>" [--apply] [--password-file F]
 pbxbot plan      (--pbx NAME | --sandbox) --csv FILE --provider P [--apply]
+pbxbot recover   [--pbx NAME]                  make plans a dead process left half-applied whole again
 pbxbot doctor    (--pbx NAME | --sandbox)      check the routing; exit 1 on an error (cron, monitoring)
 pbxbot trace     (--pbx NAME | --sandbox) LOGIN  where a call to LOGIN ends up, and why
 pbxbot digest    (--pbx NAME | --sandbox) --print [--weekly]
@@ -13,6 +14,11 @@ pbxbot migrate                                 bring the database to the current
 pbxbot run                                     the Telegram bot (config: [telegram], [pbx.*], [policy])
 pbxbot shell                                   a terminal chat with the bot (no Telegram account needed)
 pbxbot tour                                    a short look at the demo PBX (no config needed)
+
+Exit status of `plan --apply`: 0 applied, 3 rolled back (the PBX is as it was), 4 failed (records
+left over: the output names them), 1 not applied (stale, the PBX unreachable), 2 bad input.
+`recover`: 0 when every interrupted plan is whole again (applied or rolled back) or none was found,
+4 when records are left over, 1 when a PBX could not be read (the plan stays interrupted).
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from pbx.mikopbx import MikoPbxClient
 from storage.tables import utcnow
 
 from . import logs
-from .changes import LOCAL_ADMIN, ChangeError, Changes, PbxHandle, display_names
+from .changes import LOCAL_ADMIN, ChangeError, Changes, PbxHandle, Recovery, display_names
 from .commands import AddNumber, Intent, UsageError, parse, parse_csv
 from .config import ConfigError, load_settings
 from .i18n import system_language, t
@@ -95,6 +101,11 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--provider", help="the provider of the --csv rows (zadarma, sip.example.ru, ...)")
     plan.add_argument("--apply", action="store_true", help="apply at once as the local admin (audited)")
     plan.add_argument("--password-file", type=Path, help="the SIP password of the account /addnumber creates")
+
+    recover = sub.add_parser(
+        "recover", help="make plans a dead process left half-applied whole again (exit 0 when all are)"
+    )
+    recover.add_argument("--pbx", help="only this PBX profile (default: every one)")
 
     doctor = sub.add_parser("doctor", help="check the routing; exit 1 when an error is found")
     _target(doctor)
@@ -157,6 +168,8 @@ async def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "plan":
         return await _plan(args)
+    if args.command == "recover":
+        return await _recover(args)
     async with _client(args) as (client, sim):
         if args.command in ("doctor", "trace", "digest"):
             return await _routing(args, client)
@@ -237,6 +250,8 @@ async def _plan_or_apply(
         if not plan.empty:
             print("\n" + t("cli.plan_only", lang))
         return 0
+    for recovery in await changes.recover(pbx=client.name):  # a plan a dead `pbxbot` left half-applied
+        print(_recovery_line(recovery, lang))
     command = args.text or f"CSV {args.csv.name}"
     proposal = await changes.propose(LOCAL_ADMIN, client.name, intent, secrets=passwords, command=command)
     if proposal.row is None:
@@ -260,7 +275,41 @@ async def _plan_or_apply(
         print(details)
     if outcome.replacement is not None and outcome.replacement.row is not None:
         print(t("outcome.replaced", lang, id=outcome.replacement.row.id))
-    return 0 if row.status == "applied" else 1
+    return EXIT_BY_STATUS.get(row.status, EXIT_NOT_APPLIED)
+
+
+EXIT_NOT_APPLIED = 1
+EXIT_BY_STATUS = {"applied": 0, "rolled_back": 3, "failed": 4}
+
+
+def _recovery_line(recovery: Recovery, lang: str) -> str:
+    row = recovery.row
+    if recovery.postponed is not None:
+        return t("cli.recover.postponed", lang, id=row.id, error=recovery.postponed)
+    line = t(f"cli.recover.{row.status}", lang, id=row.id, command=row.command)
+    details = outcome_text(recovery.result, row.outcome, lang)
+    return f"{line}\n{details}" if details else line
+
+
+async def _recover(args: argparse.Namespace) -> int:
+    """Reconcile interrupted plans of every configured PBX (or one)."""
+    settings = load_settings(args.config)
+    names = [settings.profile(args.pbx)[0]] if args.pbx else sorted(settings.pbx)
+    async with contextlib.AsyncExitStack() as stack:
+        handles = {}
+        for name in names:
+            profile = settings.profile(name)[1]
+            client = await stack.enter_async_context(MikoPbxClient.from_profile(name, profile))
+            handles[name] = PbxHandle.of(client, reload_wait=profile.reload_wait, verify_interval=0.5)
+        changes = Changes(open_store(settings), settings.policy, open_vault(settings), handles)
+        recovered = await changes.recover(pbx=args.pbx)
+    for recovery in recovered:
+        print(_recovery_line(recovery, args.lang))
+    if not recovered:
+        print(t("cli.recover.none", args.lang))
+    if any(r.postponed is not None for r in recovered):
+        return EXIT_NOT_APPLIED
+    return 0 if all(r.whole for r in recovered) else EXIT_BY_STATUS["failed"]
 
 
 async def _routing(args: argparse.Namespace, client: MikoPbxClient) -> int:

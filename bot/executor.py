@@ -123,6 +123,7 @@ class Executor:
         self._known_routes: set[str] = set()  # ids of the routes that existed before the apply
         self._ours: set[str] = set()  # ids of the routes this apply created
         self._plan: Plan | None = None
+        self.halt = False  # set when this process lost the plan's lease: no further write
 
     async def _event(self, name: str, **detail: Any) -> None:
         if self._on_event is not None:
@@ -164,6 +165,8 @@ class Executor:
                 "step_intent", step=index, kind=step.kind.value, record=step.target or step.login
             )
             try:
+                if self.halt:
+                    raise StepFailed("the apply was taken over by another process")
                 record = await self._write(index, step, secrets)
             except StepFailed as failed:
                 result.failed_step, result.error = index, failed.reason
@@ -205,6 +208,15 @@ class Executor:
     async def _write(self, index: int, step: Step, secrets: Mapping[str, str]) -> dict[str, Any] | None:
         """One step's write, judged by what the PBX holds unless its answer proves
         nothing was saved. Written again only after a read-back shows it did not land."""
+        try:
+            return await self._write_judged(index, step, secrets)
+        finally:
+            if step.kind.on_provider:  # kept details of a written account are stale now
+                self.reader.forget([step.target] if step.target else None)
+
+    async def _write_judged(
+        self, index: int, step: Step, secrets: Mapping[str, str]
+    ) -> dict[str, Any] | None:
         for attempt in (1, 2):
             try:
                 return await self._do(step, secrets)

@@ -153,6 +153,8 @@ def outcome_text(
     lines: list[str] = []
     if outcome.get("error") == "interrupted":
         lines.append(t("outcome.interrupted", lang))
+        if outcome.get("recovered"):
+            lines.append(t(f"outcome.recovered.{outcome['recovered']}", lang))
     elif outcome.get("error"):
         step = (outcome.get("failed_step") or 0) + 1
         lines.append(t("outcome.error", lang, step=step, error=esc(outcome["error"])))
@@ -166,6 +168,7 @@ def outcome_text(
                 step=left["step"] + 1,
                 kind=esc(left["kind"]),
                 record=esc(left["record"]),
+                now=t(f"leftover.{left.get('now', 'other')}", lang),
                 error=esc(left["error"]),
             )
         )

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, update
+from sqlalchemy import Engine, delete, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -95,6 +95,35 @@ class Store:
             s.commit()
             return result.rowcount == 1
 
+    def renew_lease(self, plan_id: str, owner: str, until: datetime) -> bool:
+        """Extend the apply lease this process holds; False when it holds it no more."""
+        with self.session() as s:
+            result = s.exec(
+                update(PlanRow)
+                .where(PlanRow.id == plan_id, PlanRow.status == "applying", PlanRow.lease_owner == owner)
+                .values(lease_until=until)
+            )
+            s.commit()
+            return result.rowcount == 1
+
+    def take_lease(
+        self, plan_id: str, owner: str, until: datetime, now: datetime, dead: Iterable[str] = ()
+    ) -> bool:
+        """Take over the apply of a plan whose lease expired, or whose owner is known dead."""
+        expired = or_(
+            col(PlanRow.lease_until).is_(None),
+            col(PlanRow.lease_until) < now,
+            col(PlanRow.lease_owner).in_(list(dead)),
+        )
+        with self.session() as s:
+            result = s.exec(
+                update(PlanRow)
+                .where(PlanRow.id == plan_id, PlanRow.status == "applying", expired)
+                .values(lease_owner=owner, lease_until=until)
+            )
+            s.commit()
+            return result.rowcount == 1
+
     def update_plan(self, plan_id: str, **fields: Any) -> None:
         with self.session() as s:
             s.exec(update(PlanRow).where(PlanRow.id == plan_id).values(updated_at=utcnow(), **fields))
@@ -106,9 +135,12 @@ class Store:
         pbx: str | None = None,
         status: Iterable[str] | None = None,
         proposer: int | None = None,
+        card_stale: bool | None = None,
         limit: int = 50,
     ) -> list[PlanRow]:
         query = select(PlanRow).order_by(col(PlanRow.created_at).desc()).limit(limit)
+        if card_stale is not None:
+            query = query.where(PlanRow.card_stale == card_stale)
         if pbx is not None:
             query = query.where(PlanRow.pbx == pbx)
         if proposer is not None:

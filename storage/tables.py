@@ -45,6 +45,12 @@ class PlanRow(SQLModel, table=True):
     outcome: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     undo_of: str | None = Field(default=None, max_length=16, index=True)
     replaced_by: str | None = Field(default=None, max_length=16)
+    # While `applying`: the process applying it ("host:pid:nonce") and until when its
+    # lease holds; it renews the lease as it goes. Recovery touches only an expired lease.
+    lease_owner: str | None = Field(default=None, max_length=128)
+    lease_until: datetime | None = Field(default=None)
+    # The plan's card no longer shows its state (it ended in a process without Telegram).
+    card_stale: bool = Field(default=False, index=True)
 
 
 class ApprovalRow(SQLModel, table=True):
