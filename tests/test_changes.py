@@ -270,3 +270,26 @@ async def test_a_plan_interrupted_mid_apply_is_recovered_as_failed_and_undone(ch
     assert (await changes.apply(BORIS, undo.row.id)).row.status == "applied"
     after = json.dumps({k: sim.state.dump()[k] for k in ("providers", "routes")}, sort_keys=True)
     assert after == before
+
+
+async def test_the_core_edge_refuses_a_password_that_would_add_pbx_config(changes, store, sim):
+    """propose(secrets=) and add_secret run bot/validate.py: chat, CSV and CLI alike."""
+    bad = "pw1\n[SIP-TRUNK-1](+)\ncontext=internal"
+    calls = sum(sim.stats.values())
+    with pytest.raises(ChangeError) as err:
+        await propose(changes, OLGA, "/addnumber zadarma 847900 → IVR", {"847900": bad})
+    assert err.value.code == "password_control" and bad not in str(err.value)
+    assert not store.plans(limit=10)  # refused before the PBX is read or a plan stored
+    assert sum(sim.stats.values()) == calls
+    proposal = await propose(changes, OLGA, "/addnumber zadarma 847900 → IVR")
+    for password, code in (
+        (bad, "password_control"),
+        ("s3c;ret", "password_semicolon"),
+        ("", "password_empty"),
+    ):
+        with pytest.raises(ChangeError) as err:
+            changes.add_secret(OLGA, proposal.row.id, "847900", password)
+        assert err.value.code == code
+    assert changes.missing_secrets(store.get_plan(proposal.row.id)) == ["847900"]
+    changes.add_secret(OLGA, proposal.row.id, "847900", PASSWORD)
+    assert changes.missing_secrets(store.get_plan(proposal.row.id)) == []
