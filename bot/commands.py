@@ -300,7 +300,7 @@ def parse_csv(text: str, provider: str, *, region: str = DEFAULT_REGION) -> tupl
         if len(fields) < 3 or not all(fields[:3]):
             raise UsageError("csv_row", "addnumber", line=str(lineno))
         try:
-            login = validate.sip_login(fields[0], "addnumber")
+            login = validate.sip_login(fields[0])  # no /addnumber usage line under a CSV row
             if login in passwords:
                 raise UsageError("csv_duplicate", "addnumber", line=str(lineno), login=login)
             passwords[login] = validate.sip_password(raw[1].strip(" "))
@@ -308,8 +308,8 @@ def parse_csv(text: str, provider: str, *, region: str = DEFAULT_REGION) -> tupl
             if len(fields) > 3 and fields[3]:
                 phone = normalise_phone(fields[3], region)
                 if phone is None:
-                    raise validate.InputError("bad_phone", "addnumber", phone=fields[3][:40])
-            rows.append(AddNumber(target, login, phone, validate.destination(fields[2], "addnumber")))
+                    raise validate.InputError("bad_phone", phone=fields[3][:40])
+            rows.append(AddNumber(target, login, phone, validate.destination(fields[2])))
         except validate.InputError as exc:
             exc.line = str(lineno)
             raise
@@ -329,9 +329,9 @@ def decode_csv(data: bytes) -> str:
         try:
             text = data.decode("cp1251")
         except UnicodeDecodeError:
-            raise UsageError("csv_not_text", "addnumber") from None
+            raise UsageError("csv_not_text") from None
     if _CONTROL.search(text):
-        raise UsageError("csv_not_text", "addnumber")
+        raise UsageError("csv_not_text")
     return text
 
 
