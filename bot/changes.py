@@ -62,6 +62,7 @@ from .planner import (
 )
 from .policy import LOCAL_ADMIN_ID, Action, Tally, may, refuse_approval, refuse_cancel, tally
 from .snapshot import Snapshot, SnapshotReader
+from .validate import sip_password, sip_passwords
 from .vault import Vault
 
 log = logging.getLogger("pbxbot.changes")
@@ -335,6 +336,7 @@ class Changes:
         version: int = 1,
     ) -> Proposal:
         self._require(actor, Action.PROPOSE)
+        secrets = sip_passwords(secrets, also=ChangeError)  # one validator for chat, CSV and CLI
         calls: list[dict[str, Any]] = []
         token = _calls.set(calls)
         try:
@@ -399,6 +401,7 @@ class Changes:
             raise ChangeError("plan_closed", plan=plan_id, status=row.status)
         if login not in row.needs_secret:
             raise ChangeError("no_such_login", plan=plan_id, login=login)
+        password = sip_password(password, also=ChangeError)  # refused with the rule, never echoed
         self.store.put_secrets(plan_id, {login: self.vault.seal(password)})
         self._audit("secret_received", actor, row, login=login)
 

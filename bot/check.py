@@ -8,6 +8,8 @@ pbx.<name>   reachable, REST API v3, the key accepted, and the key allowed to
              401/403 means not; nothing is changed)
 telegram     the token accepted; in each configured group, the bot is a
              member and may delete messages (passwords typed there)
+vault        the secret key for SIP passwords is usable
+files        (warnings, marked !) secret files other users may read
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from alembic.script import ScriptDirectory
 
 from pbx.errors import PbxAuthError, PbxError, PbxForbidden, PbxNotFound, PbxUnsupported, PbxValidationError
 from pbx.mikopbx import MikoPbxClient
-from storage.db import alembic_config, database_url, make_engine
+from storage.db import StorageError, alembic_config, database_url, make_engine
 
-from .config import Settings
+from .config import Settings, exposed_secret_files
 from .i18n import t
+from .vault import VaultError
 
 # What the bot reads, by the call that proves it may.
 READS = {
@@ -40,11 +43,12 @@ READS = {
 class Item:
     ok: bool
     name: str
-    key: str  # message catalogue: check.<key>
+    key: str  # message catalogue: check.<key>, or a full key with its dot (cli.vault_bad_key)
     params: tuple[tuple[str, Any], ...] = ()
+    warning: bool = False  # ok, but worth a look: shown with "!"
 
     def text(self, lang: str) -> str:
-        return t(f"check.{self.key}", lang, **dict(self.params))
+        return t(self.key if "." in self.key else f"check.{self.key}", lang, **dict(self.params))
 
     @property
     def detail(self) -> str:
@@ -96,9 +100,33 @@ async def check_pbx(name: str, client: MikoPbxClient) -> list[Item]:
     return items
 
 
+def check_files(settings: Settings) -> list[Item]:
+    """A warning per secret file other users may read; the vault key opened."""
+    from .vault import KEY_FILE
+    from .wiring import open_vault
+
+    items = [
+        Item(True, key, "secret_file_exposed", (("path", path), ("mode", mode)), warning=True)
+        for key, path, mode in exposed_secret_files(settings)
+    ]
+    key_file = settings.storage.data_dir / KEY_FILE
+    if settings.storage.secret_key is None and not key_file.exists():
+        return [*items, item(True, "vault", "vault_new", path=key_file)]  # made by the first start
+    try:
+        open_vault(settings)
+    except (VaultError, StorageError) as exc:
+        items.append(item(False, "vault", f"cli.{exc.code}", **exc.params))
+    else:
+        items.append(item(True, "vault", "vault_ok"))
+    return items
+
+
 def check_database(settings: Settings) -> list[Item]:
-    url = database_url(settings.storage.url, settings.storage.data_dir)
-    engine = make_engine(url)
+    try:
+        url = database_url(settings.storage.url, settings.storage.data_dir)
+        engine = make_engine(url)
+    except StorageError as exc:
+        return [item(False, "database", f"cli.{exc.code}", **exc.params)]
     shown = engine.url.render_as_string(hide_password=True)
     try:
         with engine.connect() as conn:
@@ -161,6 +189,7 @@ async def check_telegram(settings: Settings) -> list[Item]:
 async def run_checks(settings: Settings) -> list[Item]:
     items = [item(True, "config", "config_ok", pbx=len(settings.pbx), groups=len(settings.telegram.groups))]
     items += await asyncio.to_thread(check_database, settings)
+    items += check_files(settings)
     for name, profile in settings.pbx.items():
         async with MikoPbxClient.from_profile(name, profile, retries=0) as client:
             items += await check_pbx(name, client)

@@ -39,15 +39,17 @@ from pathlib import Path
 
 from pbx.errors import PbxError
 from pbx.mikopbx import MikoPbxClient
+from storage.db import StorageError
 from storage.tables import utcnow
 
-from . import logs
+from . import logs, validate
 from .changes import LOCAL_ADMIN, ChangeError, Changes, PbxHandle, Recovery, display_names
-from .commands import AddNumber, Intent, UsageError, parse, parse_csv
-from .config import ConfigError, load_settings
+from .commands import AddNumber, Intent, UsageError, decode_csv, parse, parse_csv
+from .config import ConfigError, exposed_secret_files, load_settings
 from .i18n import system_language, t
 from .planner import PlanError
 from .render import error_text, outcome_text, plan_text
+from .vault import VaultError
 from .views import numbers_lines
 from .wiring import open_store, open_vault
 
@@ -186,21 +188,51 @@ async def _run(args: argparse.Namespace) -> int:
     return 2
 
 
+MAX_CSV_BYTES = 16 * 1024 * 1024
+MAX_PASSWORD_FILE_BYTES = 4096
+
+
+def _read_local_file(path: Path, lang: str, limit: int) -> bytes:
+    """A file named on the command line, or a _Refusal saying in one line why not."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(limit + 1)
+    except FileNotFoundError:
+        raise _Refusal(t("cli.file_missing", lang, path=path)) from None
+    except IsADirectoryError:
+        raise _Refusal(t("cli.file_is_dir", lang, path=path)) from None
+    except OSError as exc:
+        error = exc.strerror or type(exc).__name__
+        raise _Refusal(t("cli.file_unreadable", lang, path=path, error=error)) from None
+    if len(data) > limit:
+        raise _Refusal(t("cli.file_too_big", lang, path=path, limit=limit)) from None
+    return data
+
+
+def _password_file(path: Path, lang: str) -> str:
+    """The password in a file: UTF-8, one trailing line end dropped, nothing else (bot/validate.py)."""
+    try:
+        text = _read_local_file(path, lang, MAX_PASSWORD_FILE_BYTES).decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Refusal(t("cli.file_not_text", lang, path=path)) from None
+    return validate.sip_password(validate.password_file_text(text))
+
+
 def _plan_intent(args: argparse.Namespace) -> tuple[Intent, dict[str, str]]:
     """The intent and the SIP passwords (from the CSV, the password file or a prompt)."""
     if args.csv is not None:
         if not args.provider:
             raise _Refusal(t("cli.csv_needs_provider", args.lang))
-        return parse_csv(args.csv.read_text(encoding="utf-8"), args.provider)
+        text = decode_csv(_read_local_file(args.csv, args.lang, MAX_CSV_BYTES))
+        return parse_csv(text, args.provider)
     intent = parse(args.text or "")
     if not isinstance(intent, AddNumber) or not args.apply:
         return intent, {}
     if args.password_file is not None:
-        return intent, {intent.login: args.password_file.read_text(encoding="utf-8").strip()}
+        return intent, {intent.login: _password_file(args.password_file, args.lang)}
     if sys.stdin.isatty():
-        return intent, {
-            intent.login: getpass.getpass(t("cli.password_prompt", args.lang, login=intent.login))
-        }
+        prompt = t("cli.password_prompt", args.lang, login=intent.login)
+        return intent, {intent.login: validate.sip_password(getpass.getpass(prompt))}
     raise _Refusal(t("cli.password_needed", args.lang, login=intent.login))
 
 
@@ -356,11 +388,17 @@ async def _routing(args: argparse.Namespace, client: MikoPbxClient) -> int:
 async def _check(args: argparse.Namespace) -> int:
     from .check import run_checks
 
-    settings = load_settings(args.config)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:  # a config that does not validate: one ✗ line per problem
+        for line in exc.problems:
+            print(f"✗ config: {line}")
+        return 2
     logs.setup(settings, level=logging.DEBUG if args.verbose else logging.WARNING, fmt=args.log_format)
     items = await run_checks(settings)
     for item in items:
-        print(f"{'✓' if item.ok else '✗'} {item.name}: {item.text(args.lang)}")
+        mark = "!" if item.ok and item.warning else "✓" if item.ok else "✗"
+        print(f"{mark} {item.name}: {item.text(args.lang)}")
     return 0 if all(item.ok for item in items) else 1
 
 
@@ -369,6 +407,13 @@ async def _run_bot(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     logs.setup(settings, level=logging.DEBUG if args.verbose else logging.INFO, fmt=args.log_format)
+    for key, path, mode in exposed_secret_files(settings):
+        log.warning(
+            "%s %s (mode %s) can be read by other users: chmod 600, or 640 with the bot's group",
+            key,
+            path,
+            mode,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -442,6 +487,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         for line in exc.problems:
             print(t("cli.config_problem", args.lang, problem=line), file=sys.stderr)
+        return 2
+    except (StorageError, VaultError) as exc:  # the data directory, the database file, the key
+        print(t(f"cli.{exc.code}", args.lang, **exc.params), file=sys.stderr)
         return 2
     except PbxError as exc:
         print(t("cli.pbx_problem", args.lang, problem=exc), file=sys.stderr)

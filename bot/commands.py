@@ -24,8 +24,7 @@ import phonenumbers
 
 DEFAULT_REGION = "RU"
 ARROWS = ("→", "->", "=>", "⇒", "to", "на")
-_LOGIN = re.compile(r"[A-Za-z0-9._@+-]{1,100}")
-_HOST = re.compile(r"(?=.{1,255}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # C0/C1 controls but tab and line ends
 _PLAN_ID = re.compile(r"[A-Za-z0-9]{4,32}")
 _ARROW = re.compile(
     r"\s*(?:" + "|".join(re.escape(a) for a in ARROWS if not a.isalpha()) + r")\s*"
@@ -198,28 +197,31 @@ def _split_arrow(rest: str, command: str) -> tuple[str, str]:
 
 
 def parse_provider(text: str) -> ProviderTarget:
+    from . import validate  # validate's errors are UsageErrors: it imports this module
+
     family = _FAMILIES.get(text.lower())
     if family is not None:
         if family.host is None:
             raise UsageError("provider_needs_host", "addnumber", provider=family.title)
         return ProviderTarget(family.host, family.port, family.transport, family.name)
-    host, _, port_text = text.partition(":")
-    if "." not in host or not _HOST.fullmatch(host):
+    if "." not in text and ":" not in text:  # a word: a family name we do not know
         raise UsageError(
             "unknown_provider", "addnumber", provider=text, known=", ".join(f.name for f in CATALOGUE)
         )
-    port = 5060
-    if port_text:
-        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-            raise UsageError("bad_port", "addnumber", port=port_text)
-        port = int(port_text)
-    return ProviderTarget(host.lower(), port)
+    host, port = validate.host(text, "addnumber")
+    return ProviderTarget(host, port or 5060)
 
 
 def _login(text: str, command: str) -> str:
-    if not _LOGIN.fullmatch(text):
-        raise UsageError("bad_login", command, login=text[:40])
-    return text
+    from . import validate
+
+    return validate.sip_login(text, command)
+
+
+def _destination(text: str, command: str) -> str:
+    from . import validate
+
+    return validate.destination(text, command)
 
 
 def _number(text: str, command: str, region: str) -> str:
@@ -252,12 +254,12 @@ def parse(text: str, *, region: str = DEFAULT_REGION) -> Intent:
             phone = normalise_phone(phone_text, region)
             if phone is None:
                 raise UsageError("bad_phone", command, phone=phone_text[:40])
-        return AddNumber(provider, login, phone, destination)
+        return AddNumber(provider, login, phone, _destination(destination, command))
     if command == "route":
         left, destination = _split_arrow(rest, command)
         if not left:
             raise UsageError("missing_number", command)
-        return RouteNumber(_number(left, command, region), destination)
+        return RouteNumber(_number(left, command, region), _destination(destination, command))
     if command == "removenumber":
         if not rest:
             raise UsageError("missing_number", command)
@@ -274,7 +276,11 @@ def parse(text: str, *, region: str = DEFAULT_REGION) -> Intent:
 def parse_csv(text: str, provider: str, *, region: str = DEFAULT_REGION) -> tuple[AddNumbers, dict[str, str]]:
     """A CSV of `login,password,destination[,phone]` (a header row is optional;
     `,` or `;` separated) for one provider: the intent, and the SIP passwords by
-    login apart from it, so that the intent never carries a secret."""
+    login apart from it, so that the intent never carries a secret. Every field
+    passes bot/validate.py; a refusal names the CSV line and the rule (never the
+    password). Spaces around a field are dropped (`a, b, c`), nothing else."""
+    from . import validate
+
     target = parse_provider(provider)
     sample = text[:4096]
     delimiter = ";" if sample.count(";") > sample.count(",") else ","
@@ -285,29 +291,48 @@ def parse_csv(text: str, provider: str, *, region: str = DEFAULT_REGION) -> tupl
         lines = [(reader.line_num, fields) for fields in reader]
     except csv.Error:
         raise UsageError("csv_row", "addnumber", line=str(reader.line_num + 1)) from None
-    for lineno, fields in lines:
-        fields = [f.strip() for f in fields]
+    for lineno, raw in lines:
+        fields = [f.strip() for f in raw]
         if not any(fields) or fields[0].startswith("#"):
             continue
         if lineno == 1 and fields[0].lower() in ("login", "логин"):
             continue
         if len(fields) < 3 or not all(fields[:3]):
             raise UsageError("csv_row", "addnumber", line=str(lineno))
-        login = _login(fields[0], "addnumber")
-        if login in passwords:
-            raise UsageError("csv_duplicate", "addnumber", line=str(lineno), login=login)
-        phone = None
-        if len(fields) > 3 and fields[3]:
-            phone = normalise_phone(fields[3], region)
-            if phone is None:
-                raise UsageError("bad_phone", "addnumber", phone=fields[3][:40])
-        rows.append(AddNumber(target, login, phone, fields[2]))
-        passwords[login] = fields[1]
+        try:
+            login = validate.sip_login(fields[0])  # no /addnumber usage line under a CSV row
+            if login in passwords:
+                raise UsageError("csv_duplicate", "addnumber", line=str(lineno), login=login)
+            passwords[login] = validate.sip_password(raw[1].strip(" "))
+            phone = None
+            if len(fields) > 3 and fields[3]:
+                phone = normalise_phone(fields[3], region)
+                if phone is None:
+                    raise validate.InputError("bad_phone", phone=fields[3][:40])
+            rows.append(AddNumber(target, login, phone, validate.destination(fields[2])))
+        except validate.InputError as exc:
+            exc.line = str(lineno)
+            raise
         if len(rows) > MAX_CSV_ROWS:
             raise UsageError("csv_too_long", "addnumber", limit=str(MAX_CSV_ROWS))
     if not rows:
         raise UsageError("csv_empty", "addnumber")
     return AddNumbers(target, tuple(rows)), passwords
+
+
+def decode_csv(data: bytes) -> str:
+    """The text of an uploaded CSV: UTF-8 (a BOM dropped), else Windows-1251 (what Excel
+    saves in Russian Windows); a file with NUL bytes or other control characters is refused."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        try:
+            text = data.decode("cp1251")
+        except UnicodeDecodeError:
+            raise UsageError("csv_not_text") from None
+    if _CONTROL.search(text):
+        raise UsageError("csv_not_text")
+    return text
 
 
 def intent_to_dict(intent: Intent) -> dict:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -33,6 +35,7 @@ CONFIG_ENV = "PBXBOT_CONFIG"
 # MikoPBX's nginx allows 180 requests/min (+20 burst) per client IP; stay below it.
 MIKOPBX_RATE_LIMIT_PER_MIN = 180
 DEFAULT_RATE_LIMIT_PER_MIN = 165
+SUPPORTED_DATABASES = ("sqlite", "postgresql+psycopg")
 
 
 class ConfigError(Exception):
@@ -52,6 +55,8 @@ def _read_secret_file(path: Path, what: str) -> SecretStr:
         value = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ValueError(f"cannot read {what} file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} file {path} is not UTF-8 text") from None
     if not value:
         raise ValueError(f"{what} file {path} is empty")
     return SecretStr(value)
@@ -164,9 +169,39 @@ class StorageSettings(_Section):
     secret_key: SecretStr | None = None
     secret_key_file: Path | None = None
 
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        """SQLite or PostgreSQL through psycopg 3 (the driver pbxbot installs); `postgresql://`
+        means the same."""
+        if value is None:
+            return None
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(value)
+        except (ArgumentError, ValueError):
+            raise ValueError("not a database URL (sqlite:///FILE or postgresql+psycopg://...)") from None
+        if url.drivername == "postgresql":
+            return url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+        if url.drivername not in SUPPORTED_DATABASES:
+            raise ValueError(
+                f"unsupported database {url.drivername!r}: give sqlite:///FILE or postgresql+psycopg://..."
+            )
+        return value
+
     @model_validator(mode="after")
     def _key_file(self) -> StorageSettings:
+        from .vault import check_key
+
         _value_or_file(self, "secret_key")
+        if self.secret_key is not None and not check_key(self.secret_key.get_secret_value()):
+            raise ValueError(
+                "secret_key: not a Fernet key (32 url-safe base64-encoded bytes;"
+                ' make one with python3 -c "from cryptography.fernet import Fernet;'
+                ' print(Fernet.generate_key().decode())")'
+            )
         return self
 
 
@@ -209,6 +244,16 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     default_language: Literal["ru", "en"] = "ru"
     timezone: str = "Europe/Moscow"
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        """An IANA zone: the digest's schedules and periods are computed in it."""
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (an IANA name such as Europe/Moscow)") from None
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -273,6 +318,8 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
             raise ConfigError([f"{file}: no such config file"]) from None
         except OSError as exc:
             raise ConfigError([f"{file}: {exc.strerror}"]) from None
+        except UnicodeDecodeError:
+            raise ConfigError([f"{file}: not a text file (TOML is UTF-8)"]) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([f"{file}: not valid TOML ({exc})"]) from None
     data.update(overrides)
@@ -280,3 +327,35 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
         return Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc)) from None
+
+
+def secret_files(settings: Settings) -> list[tuple[str, Path]]:
+    """The files holding a secret, by the key that names them (the generated vault key included)."""
+    files: list[tuple[str, Path | None]] = [
+        ("telegram.token_file", settings.telegram.token_file),
+        ("telegram.webhook_secret_file", settings.telegram.webhook_secret_file),
+        ("storage.secret_key_file", settings.storage.secret_key_file),
+    ]
+    for name, profile in settings.pbx.items():
+        files += [(f"pbx.{name}.api_key_file", profile.api_key_file)]
+        files += [(f"pbx.{name}.password_file", profile.password_file)]
+    if settings.storage.secret_key is None:
+        from .vault import KEY_FILE
+
+        files.append(("storage.data_dir", settings.storage.data_dir / KEY_FILE))
+    return [(key, path) for key, path in files if path is not None and path.is_file()]
+
+
+def exposed_secret_files(settings: Settings) -> list[tuple[str, Path, str]]:
+    """(key, path, mode) of each secret file that someone else may read: any "other" user, or a
+    group this process is not in (0640 root:pbxbot, read by the pbxbot user, is fine)."""
+    own_groups = {os.getegid(), *os.getgroups()}
+    exposed = []
+    for key, path in secret_files(settings):
+        try:
+            info = path.stat()
+        except OSError:
+            continue
+        if info.st_mode & stat.S_IROTH or (info.st_mode & stat.S_IRGRP and info.st_gid not in own_groups):
+            exposed.append((key, path, f"{stat.S_IMODE(info.st_mode):04o}"))
+    return exposed

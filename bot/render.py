@@ -190,6 +190,8 @@ def error_text(exc: Exception, lang: str, *, html: bool = False) -> str:
         if exc.code == "not_a_command":
             params["example"] = EXAMPLES["addnumber"]
         text = t(f"usage.{exc.code}", lang, **params)
+        if getattr(exc, "line", None):  # a rule (bot/validate.py) a CSV row breaks: which row
+            text = t("usage.csv_line", lang, line=esc(exc.line), rule=text)
         if exc.usage:
             text += "\n" + t("usage.line", lang, usage=esc(exc.usage), example=esc(exc.example))
         return text

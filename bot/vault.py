@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import ClassVar
 
 from cryptography.fernet import Fernet, InvalidToken
 
@@ -18,31 +19,55 @@ KEY_FILE = "secret.key"
 
 
 class VaultError(Exception):
-    pass
+    """`code` (catalogue `cli.<code>`) and `params` say what is wrong, in words a CLI can show."""
+
+    _TEXT: ClassVar[dict[str, str]] = {
+        "vault_bad_key": "{where}: not a Fernet key (32 url-safe base64-encoded bytes)",
+        "vault_unreadable": "cannot read or create the secret key file {path}: {error}",
+        "vault_wrong_key": "a stored secret does not open with this key",
+    }
+
+    def __init__(self, code: str, **params: str):
+        self.code = code
+        self.params = params
+        super().__init__(self._TEXT[code].format(**params))
+
+
+def check_key(key: str | bytes) -> bool:
+    """True for a usable Fernet key (config validation asks before anything is sealed)."""
+    try:
+        Fernet(key.encode() if isinstance(key, str) else key)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 class Vault:
-    def __init__(self, key: str | bytes):
+    def __init__(self, key: str | bytes, *, where: str = "storage.secret_key"):
         try:
             self._fernet = Fernet(key.encode() if isinstance(key, str) else key)
-        except (ValueError, TypeError) as exc:
-            raise VaultError("the secret key is not a Fernet key (32 url-safe base64 bytes)") from exc
+        except (ValueError, TypeError):
+            raise VaultError("vault_bad_key", where=where) from None
 
     def __repr__(self) -> str:
         return "Vault(<key hidden>)"
 
     @classmethod
     def from_file(cls, path: Path, *, create: bool = True) -> Vault:
-        """The key in `path`; with `create`, a new key written there (mode 0600) when missing."""
-        if not path.exists() and create:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as file:
-                file.write(Fernet.generate_key())
+        """The key in `path`; with `create`, a new key written there (mode 0600, its directory
+        0700) when missing."""
         try:
-            return cls(path.read_bytes().strip())
+            if not path.exists() and create:
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as file:
+                    file.write(Fernet.generate_key())
+            key = path.read_bytes().strip()
         except OSError as exc:
-            raise VaultError(f"cannot read the secret key file {path}: {exc.strerror}") from None
+            raise VaultError(
+                "vault_unreadable", path=str(path), error=exc.strerror or type(exc).__name__
+            ) from None
+        return cls(key, where=str(path))
 
     def seal(self, value: str) -> str:
         return self._fernet.encrypt(value.encode()).decode()
@@ -51,7 +76,7 @@ class Vault:
         try:
             return self._fernet.decrypt(token.encode()).decode()
         except InvalidToken as exc:
-            raise VaultError("a stored secret does not open with this key") from exc
+            raise VaultError("vault_wrong_key") from exc
 
     def seal_all(self, values: Mapping[str, str]) -> dict[str, str]:
         return {k: self.seal(v) for k, v in values.items()}

@@ -300,3 +300,26 @@ async def test_a_live_apply_is_never_recovered_and_every_step_landed_is_applied(
     (recovered,) = await other.recover()
     assert recovered.row.status == "applied" and recovered.row.outcome["recovered"] == "applied"
     assert sim.simulate_call(ZADARMA, "847901")["destination"] == "201"
+
+
+async def test_the_core_edge_refuses_a_password_that_would_add_pbx_config(changes, store, sim):
+    """propose(secrets=) and add_secret run bot/validate.py: chat, CSV and CLI alike."""
+    bad = "pw1\n[SIP-TRUNK-1](+)\ncontext=internal"
+    calls = sum(sim.stats.values())
+    with pytest.raises(ChangeError) as err:
+        await propose(changes, OLGA, "/addnumber zadarma 847900 → IVR", {"847900": bad})
+    assert err.value.code == "password_control" and bad not in str(err.value)
+    assert not store.plans(limit=10)  # refused before the PBX is read or a plan stored
+    assert sum(sim.stats.values()) == calls
+    proposal = await propose(changes, OLGA, "/addnumber zadarma 847900 → IVR")
+    for password, code in (
+        (bad, "password_control"),
+        ("s3c;ret", "password_semicolon"),
+        ("", "password_empty"),
+    ):
+        with pytest.raises(ChangeError) as err:
+            changes.add_secret(OLGA, proposal.row.id, "847900", password)
+        assert err.value.code == code
+    assert changes.missing_secrets(store.get_plan(proposal.row.id)) == ["847900"]
+    changes.add_secret(OLGA, proposal.row.id, "847900", PASSWORD)
+    assert changes.missing_secrets(store.get_plan(proposal.row.id)) == []

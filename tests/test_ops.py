@@ -64,7 +64,7 @@ def test_check_from_the_command_line_exits_1_on_a_failure(tmp_path, capsys):
     assert main(["--config", str(config), "migrate"]) == 0
     assert main(["--config", str(config), "--lang", "en", "check"]) == 1  # no bot token
     out = capsys.readouterr().out
-    assert "✓ database.migrations: at 0003" in out and "✗ telegram: no token" in out
+    assert "✓ database.migrations: at 0004" in out and "✗ telegram: no token" in out
 
 
 def test_json_logs_mask_every_secret(tmp_path, capsys):
