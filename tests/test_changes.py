@@ -323,3 +323,27 @@ async def test_the_core_edge_refuses_a_password_that_would_add_pbx_config(change
     assert changes.missing_secrets(store.get_plan(proposal.row.id)) == ["847900"]
     changes.add_secret(OLGA, proposal.row.id, "847900", PASSWORD)
     assert changes.missing_secrets(store.get_plan(proposal.row.id)) == []
+
+
+async def test_a_failed_plan_names_its_leftovers_and_undo_finishes_it(changes, store, sim):
+    """Step 3 lands, step 4 is refused, and the PBX then refuses to put step 3
+    back: the plan ends failed naming route 2 as the plan left it; once the PBX
+    takes writes again, /undo brings it back to exactly as before."""
+    before = json.dumps({k: sim.state.dump()[k] for k in ("providers", "routes")}, sort_keys=True)
+    proposal = await propose(changes, OLGA, "/addnumber zadarma 847900 → IVR", {"847900": PASSWORD})
+    await changes.approve(ANNA, proposal.row.id)
+    sim.inject("/incoming-routes", method="POST", status=422, count=2)
+    sim.inject("/incoming-routes/*", method="PUT", status=403, count=3, skip=1)
+    outcome = await changes.apply(ANNA, proposal.row.id)
+    row = outcome.row
+    assert row.status == "failed"
+    (left,) = row.outcome["leftovers"]
+    assert (left["step"], left["record"], left["now"]) == (2, "2", "as_planned")
+    assert row.results == {"2": left["state"]}
+    sim.faults.clear()
+    undo = await changes.undo(OLGA, row.id)
+    assert [s.kind.value for s in undo.plan.steps] == ["update_route"]
+    await changes.approve(BORIS, undo.row.id)
+    assert (await changes.apply(BORIS, undo.row.id)).row.status == "applied"
+    after = json.dumps({k: sim.state.dump()[k] for k in ("providers", "routes")}, sort_keys=True)
+    assert after == before
