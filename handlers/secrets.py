@@ -162,6 +162,8 @@ async def _bind(
     try:
         login, replaced = changes.add_secret(actor, plan_id, login, password)
     except (ChangeError, UsageError) as exc:
+        if getattr(exc, "code", "") == "plan_closed":
+            services.store.drop_prompts(plan_id)  # its questions and link point nowhere now
         _audit(services, actor, "secret_unused", plan_id, reason=getattr(exc, "code", "invalid"))
         await bot.send_message(actor.id, t("tg.secret.unused", lang, why=error_text(exc, lang, html=True)))
         return
