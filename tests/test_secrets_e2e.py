@@ -121,7 +121,7 @@ async def test_with_nothing_to_tell_plans_apart_the_bot_asks_which_and_holds_it_
 
     w.tg.press(OLGA, OLGA, question["message_id"], buttons[1]["callback_data"])
     await w.said(OLGA, f"555001 получен.*{plan_b}", after=start)
-    picked = await w.said(OLGA, f"отправлен к 555001 \\(план {plan_b}\\)", kinds=("edit",), after=start)
+    picked = await w.said(OLGA, f"Выбран 555001 \\(план {plan_b}\\)", kinds=("edit",), after=start)
     assert not picked.get("markup")  # the buttons are gone
     assert sealed(w, plan_b) == {"555001": OTHER} and sealed(w, plan_a) == {}
     assert w.store.held(int(buttons[1]["callback_data"].split(":")[1])) is None  # erased once picked

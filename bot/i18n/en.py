@@ -199,7 +199,7 @@ MESSAGES: dict[str, str] = {
     "tg.secret.choice": "{login} · plan {id}",
     "tg.secret.choice_none": "✖ None: erase it",
     "tg.secret.pick_gone": "This question is answered or expired, and the password it held is erased: send it again.",
-    "tg.secret.picked": "The password went to {login} (plan {id}).",
+    "tg.secret.picked": "You picked {login} (plan {id}).",
     "tg.secret.dropped": "Erased; it was not used.",
     "tg.secret.pasted": "That is the SIP password of {login} (plan {id}), and I cannot delete it: delete it, change the password at the provider, and send the new one to @{bot} privately.",
     "tg.secret.pasted_deleted": "That was the SIP password of {login} (plan {id}): I deleted it. It is exposed now: change it at the provider and send the new one to @{bot} privately.",
