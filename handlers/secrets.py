@@ -325,7 +325,13 @@ async def document(
 def router() -> Router:
     """A fresh router (a router belongs to one dispatcher)."""
     r = Router(name="secrets")
-    r.message.register(one_at_a_time(private_text), F.chat.type == "private", F.text, ~F.text.startswith("/"))
+    # a reply to the bot's question is a password even when it starts with "/" (and no command took it)
+    r.message.register(
+        one_at_a_time(private_text),
+        F.chat.type == "private",
+        F.text,
+        ~F.text.startswith("/") | F.reply_to_message,
+    )
     r.message.register(group_text, F.chat.type.in_({"group", "supergroup"}), F.text, ~F.text.startswith("/"))
     r.message.register(document, F.document)
     r.callback_query.register(picked, SecretPick.filter())

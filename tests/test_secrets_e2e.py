@@ -50,7 +50,8 @@ def events(w: World) -> list[str]:
 
 
 def assert_nowhere(w: World, caplog, *secrets: str) -> None:
-    """Not in what the bot sent (texts, buttons), not in any chat, audit row or log line."""
+    """Not in what the bot sent (texts, buttons), not in any chat, audit row, log line or database file."""
+    data_dir = w.app.services.settings.storage.data_dir
     places = {
         "bot events": json.dumps(w.tg.events, default=str, ensure_ascii=False),
         "chats": json.dumps(w.tg.messages, default=str, ensure_ascii=False),
@@ -58,6 +59,7 @@ def assert_nowhere(w: World, caplog, *secrets: str) -> None:
             [e.model_dump(mode="json") for e in w.store.audit_trail(limit=10_000)], ensure_ascii=False
         ),
         "logs": caplog.text,
+        "database": b"".join(f.read_bytes() for f in data_dir.glob("pbxbot.db*")).decode("latin-1"),
     }
     for secret in secrets:
         for name, blob in places.items():
@@ -84,6 +86,18 @@ async def test_a_reply_to_plan_b_question_goes_to_plan_b(world: World, caplog):
     assert sealed(w, plan_a) == {"847900": PASSWORD}
     assert prompt_a["message_id"] != prompt_b["message_id"]
     assert_nowhere(w, caplog, PASSWORD, OTHER)
+
+
+async def test_a_reply_starting_with_a_slash_is_a_password_too(world: World, caplog):
+    caplog.set_level(logging.DEBUG)
+    w = world
+    plan_id, prompt = await propose(w, "/addnumber zadarma 847900 → IVR")
+    start = w.mark()
+    sent = w.tg.send(OLGA, OLGA, "/Slash-pw-847900", reply_to=prompt["message_id"])
+    await deleted(w, sent, start)
+    await w.said(OLGA, f"847900 получен.*{plan_id}", after=start)
+    assert sealed(w, plan_id) == {"847900": "/Slash-pw-847900"}
+    assert_nowhere(w, caplog, "Slash-pw-847900")
 
 
 async def test_the_deep_link_of_plan_b_binds_the_next_password_to_b(world: World, caplog):
