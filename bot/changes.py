@@ -63,7 +63,7 @@ from .planner import (
 from .policy import LOCAL_ADMIN_ID, Action, Tally, may, refuse_approval, refuse_cancel, tally
 from .snapshot import Snapshot, SnapshotReader
 from .validate import sip_password, sip_passwords
-from .vault import Vault
+from .vault import Vault, VaultError
 
 log = logging.getLogger("pbxbot.changes")
 
@@ -392,18 +392,29 @@ class Changes:
             self._promote(row, actor)
         return Proposal(plan, self.store.get_plan(row.id), count)
 
-    def add_secret(self, actor: Actor, plan_id: str, login: str, password: str) -> None:
-        """The SIP password of a login the plan creates (asked for in a private chat)."""
+    def add_secret(self, actor: Actor, plan_id: str, login: str | None, password: str) -> tuple[str, bool]:
+        """The SIP password of a login the plan creates (asked for in a private chat).
+        A named login gets it, replacing an earlier one (the second element says so);
+        None: the plan's next login still missing, in the plan's order. Two passwords
+        at once never collide: each insert is its own check. Returns the login it went to."""
         row = self._get(plan_id)
         if actor.id != row.proposer_id and not may(self.policy, actor.id, Action.CANCEL_ANY):
             raise ChangeError("not_allowed", action="secret")
         if row.status not in OPEN:
             raise ChangeError("plan_closed", plan=plan_id, status=row.status)
-        if login not in row.needs_secret:
+        if login is not None and login not in row.needs_secret:
             raise ChangeError("no_such_login", plan=plan_id, login=login)
         password = sip_password(password, also=ChangeError)  # refused with the rule, never echoed
-        self.store.put_secrets(plan_id, {login: self.vault.seal(password)})
-        self._audit("secret_received", actor, row, login=login)
+        token = self.vault.seal(password)
+        if login is not None:
+            replaced = bool(self.store.put_secret(plan_id, login, token, replace=True))
+            self._audit("secret_replaced" if replaced else "secret_received", actor, row, login=login)
+            return login, replaced
+        for candidate in self.missing_secrets(row):
+            if self.store.put_secret(plan_id, candidate, token, replace=False) is not None:
+                self._audit("secret_received", actor, row, login=candidate)
+                return candidate, False
+        raise ChangeError("secrets_complete", plan=plan_id)
 
     def missing_secrets(self, row: PlanRow) -> list[str]:
         have = self.store.secrets(row.id)
@@ -414,6 +425,19 @@ class Changes:
         rows = [r for r in self.store.plans(status=OPEN, proposer=user_id, limit=500) if r.needs_secret]
         waiting = [(r, self.missing_secrets(r)) for r in reversed(rows)]
         return [(r, missing) for r, missing in waiting if missing]
+
+    def pasted_secret(self, pbx: str, text: str) -> tuple[PlanRow, str] | None:
+        """The plan of this PBX, and the login, whose sealed SIP password `text` is or holds
+        as a word: a password pasted where it must not be. Open and applying plans only."""
+        words = {text.strip(), *text.split()} - {""}
+        for row in self.store.plans(pbx=pbx, status=[*OPEN, APPLYING], limit=500):
+            for login, token in self.store.secrets(row.id).items():
+                try:
+                    if self.vault.matches(token, words):
+                        return row, login
+                except VaultError:
+                    continue
+        return None
 
     def ready(self, row: PlanRow) -> bool:
         """Approved, with every password it needs: the next step is to apply it."""

@@ -8,8 +8,9 @@ A password is kept only until its plan ends; then the row is erased.
 
 from __future__ import annotations
 
+import hmac
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import ClassVar
 
@@ -77,6 +78,14 @@ class Vault:
             return self._fernet.decrypt(token.encode()).decode()
         except InvalidToken as exc:
             raise VaultError("vault_wrong_key") from exc
+
+    def matches(self, token: str, candidates: Iterable[str]) -> bool:
+        """Whether one of `candidates` is the sealed value, each compared in constant time."""
+        secret = self.open(token).encode()
+        found = False
+        for candidate in candidates:
+            found |= hmac.compare_digest(secret, candidate.encode())
+        return found
 
     def seal_all(self, values: Mapping[str, str]) -> dict[str, str]:
         return {k: self.seal(v) for k, v in values.items()}

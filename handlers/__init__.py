@@ -13,5 +13,5 @@ def routers() -> list[Router]:
     """Fresh routers for one dispatcher."""
     from . import approvals, common, numbers, routing, secrets
 
-    # routing before approvals: its Fix buttons must not reach the catch-all for unknown buttons
-    return [common.router(), numbers.router(), routing.router(), approvals.router(), secrets.router()]
+    # routing and secrets before approvals: their buttons must not reach the catch-all for unknown buttons
+    return [common.router(), numbers.router(), routing.router(), secrets.router(), approvals.router()]

@@ -12,7 +12,7 @@ from typing import Any
 from aiogram import Bot
 from aiogram.exceptions import TelegramBadRequest, TelegramForbiddenError
 from aiogram.filters.callback_data import CallbackData
-from aiogram.types import BufferedInputFile, InlineKeyboardButton, InlineKeyboardMarkup
+from aiogram.types import BufferedInputFile, ForceReply, InlineKeyboardButton, InlineKeyboardMarkup
 
 from bot.changes import APPLYING, OPEN, Actor, ChangeError, Outcome
 from bot.i18n import t
@@ -208,12 +208,36 @@ async def apply_and_report(bot: Bot, services: Services, row: PlanRow, actor: Ac
     return outcome
 
 
-async def ask_secret(bot: Bot, services: Services, row: PlanRow, login: str, lang: str) -> bool:
-    """Ask the proposer, in private, for a SIP password; False when the bot may
-    not write first (the card carries a deep link instead)."""
+PLACEHOLDER_LIMIT = 64  # Telegram's limit for ForceReply.input_field_placeholder
+
+
+async def _prompt(
+    bot: Bot, services: Services, row: PlanRow, login: str | None, text: str, hint: str
+) -> bool:
+    """Send a question that asks for a reply, and remember which plan (and login) a reply to it answers."""
+    markup = ForceReply(force_reply=True, input_field_placeholder=hint[:PLACEHOLDER_LIMIT])
     try:
-        await bot.send_message(row.proposer_id, t("tg.secret.ask", lang, login=esc(login), id=row.id))
+        sent = await bot.send_message(row.proposer_id, text, reply_markup=markup)
     except (TelegramForbiddenError, TelegramBadRequest) as exc:
         log.info("cannot write to %s first: %s", row.proposer_id, exc.message)
         return False
+    services.store.add_prompt(row.proposer_id, row.id, login, sent.message_id)
     return True
+
+
+async def ask_secret(bot: Bot, services: Services, row: PlanRow, login: str, lang: str) -> bool:
+    """Ask the proposer, in private, for the SIP password of `login`: a reply to this
+    question is that password (a second reply replaces it). False when the bot may
+    not write first (the card carries a deep link instead)."""
+    text = t("tg.secret.ask_login", lang, login=esc(login), id=row.id)
+    return await _prompt(bot, services, row, login, text, t("tg.secret.placeholder", lang, login=login))
+
+
+async def ask_secrets(bot: Bot, services: Services, row: PlanRow, lang: str) -> bool:
+    """Ask for what the plan still misses: one login by name, or several in the plan's
+    order (each reply goes to the next login still missing). False: nothing asked."""
+    missing = services.changes.missing_secrets(row)
+    if len(missing) <= 1:
+        return bool(missing) and await ask_secret(bot, services, row, missing[0], lang)
+    text = t("tg.secret.ask_plan", lang, logins=esc(", ".join(missing)), id=row.id)
+    return await _prompt(bot, services, row, None, text, t("tg.secret.placeholder", lang, login=missing[0]))

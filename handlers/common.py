@@ -12,7 +12,7 @@ from bot.policy import Action, Role, may
 from bot.render import esc
 from bot.services import Services
 
-from .cards import ask_secret, refresh_card
+from .cards import ask_secrets, refresh_card
 
 # command -> the action it needs; /help lists only what the caller may do
 COMMANDS: dict[str, Action] = {
@@ -51,12 +51,13 @@ async def start(
 ) -> None:
     payload = command.args or ""
     if payload.startswith("pw-"):
+        # the card's Password button: the next password this user sends goes to that plan
         row = services.store.get_plan(payload[3:])
-        waiting = [(r, m) for r, m in services.changes.awaiting_secret(actor.id) if row and r.id == row.id]
+        waiting = [r for r, _ in services.changes.awaiting_secret(actor.id) if row and r.id == row.id]
         if waiting:
-            plan, missing = waiting[0]
-            await ask_secret(bot, services, plan, missing[0], lang)
-            await refresh_card(bot, services, plan)
+            services.store.set_link(actor.id, waiting[0].id)
+            await ask_secrets(bot, services, waiting[0], lang)
+            await refresh_card(bot, services, waiting[0])
             return
     await message.answer(t("tg.start", lang) + "\n\n" + help_text(services, actor.id, lang))
 

@@ -1,101 +1,309 @@
 """SIP passwords and CSV files: only in a private chat, deleted as soon as read.
 
-A password typed in a group is deleted at once (when the bot may) with a
-warning to change it; it is never used. A CSV sent in a group is deleted too.
+A password goes to the plan it answers: a reply to the bot's question names the
+plan (and the login, or "the next one missing"); else the plan whose deep link
+(`start=pw-<plan>`) the user opened last; else the one login waiting. With
+several waiting and nothing to tell them apart, the bot asks which with
+buttons and holds the password sealed (never in callback data) until the pick.
+A user's messages here are handled one at a time, in order.
+
+Every private text that is no command is deleted, used or not. In a group, a
+text that is the sealed password of an open plan of the chat's PBX (whoever
+posts it: compared in constant time) is deleted and the password dropped from
+its plan; a short line from a proposer who owes a password is deleted too.
+Files are deleted wherever they come from, whatever their size. Each of these
+is audited by event name, never with the password.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
 
 from aiogram import Bot, F, Router
-from aiogram.exceptions import TelegramBadRequest
-from aiogram.types import Message
+from aiogram.exceptions import TelegramBadRequest, TelegramForbiddenError
+from aiogram.filters.callback_data import CallbackData
+from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
 
-from bot.changes import Actor, ChangeError
-from bot.commands import UsageError, parse_csv
+from bot.changes import OPEN, Actor, ChangeError
+from bot.commands import UsageError, decode_csv, parse_csv
 from bot.i18n import t
-from bot.render import error_text
+from bot.render import error_text, esc
 from bot.services import Services
-from storage.tables import AuditRow
+from storage.tables import AuditRow, utcnow
 
-from .cards import apply_and_report, ask_secret, refresh_card
+from .cards import apply_and_report, ask_secret, ask_secrets, card_language, refresh_card
 from .context import need_pbx, reply
 from .numbers import propose_and_post
 
 log = logging.getLogger("pbxbot.secrets")
 MAX_CSV_BYTES = 2 * 1024 * 1024
+HOLD_FOR = timedelta(hours=1)  # a password waiting for its user to pick the plan is erased after this
+MAX_CHOICES = 8  # buttons under "which plan?"
+GROUP_GUESS_CHARS = 64  # a proposer's one-line group message this short may be the password they owe
+DROP = -1  # the "it was not a password" button
+
+
+class SecretPick(CallbackData, prefix="pw"):
+    """Which waiting login a held password goes to: ids only, never the password."""
+
+    hold: int
+    choice: int  # index into the held row's choices, or DROP
+
+
+def one_at_a_time(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """A user's private messages, one at a time in the order they came: two quick
+    passwords go to the first and then the next login, never both to one."""
+    locks: dict[int, tuple[asyncio.Lock, int]] = {}
+
+    @functools.wraps(handler)
+    async def serial(message: Message, **kwargs: Any) -> Any:
+        user = message.from_user.id if message.from_user else 0
+        lock, users = locks.get(user, (asyncio.Lock(), 0))
+        locks[user] = (lock, users + 1)
+        try:
+            async with lock:
+                return await handler(message, **kwargs)
+        finally:
+            lock, users = locks[user]
+            if users == 1:
+                del locks[user]
+            else:
+                locks[user] = (lock, users - 1)
+
+    return serial
 
 
 async def _delete(message: Message) -> bool:
     try:
         await message.delete()
     except TelegramBadRequest as exc:
-        log.warning("could not delete a message that holds a secret: %s", exc.message)
+        log.warning("could not delete a message that may hold a secret: %s", exc.message)
         return False
     return True
 
 
-async def private_text(message: Message, bot: Bot, services: Services, actor: Actor, lang: str) -> None:
+def _audit(services: Services, actor: Actor, event: str, plan_id: str | None = None, **detail: Any) -> None:
+    services.store.audit(
+        AuditRow(actor_id=actor.id, actor_name=actor.name, plan_id=plan_id, event=event, detail=detail)
+    )
+
+
+def _candidates(message: Message, services: Services, actor: Actor) -> list[tuple[str, str | None]]:
+    """(plan, login) pairs this password may be for; login None: the plan's next missing one."""
+    store = services.store
+    answered = message.reply_to_message
+    if answered is not None:
+        prompt = store.prompt(actor.id, answered.message_id)
+        if prompt is not None:
+            return [(prompt.plan_id, prompt.login)]
     waiting = services.changes.awaiting_secret(actor.id)
-    if not waiting:
-        await message.answer(t("tg.not_understood", lang))
-        return
-    deleted = await _delete(message)  # first: the password must not stay in the chat
-    row, missing = waiting[0]
-    login = missing[0]
-    try:
-        services.changes.add_secret(actor, row.id, login, (message.text or "").strip())
-    except ChangeError as exc:
-        await message.answer(error_text(exc, lang, html=True))
-        return
-    await message.answer(t("tg.secret.received", lang, login=login, id=row.id))
+    linked = store.link(actor.id)
+    if any(row.id == linked for row, _ in waiting):
+        return [(linked, None)]
+    return [(row.id, login) for row, missing in waiting for login in missing]
+
+
+async def private_text(message: Message, bot: Bot, services: Services, actor: Actor, lang: str) -> None:
+    deleted = await _delete(message)  # first: a password must not stay in the chat, used or not
+    password = message.text or ""  # as typed: the validator refuses outer spaces rather than guess
+    candidates = _candidates(message, services, actor)
+    if not candidates:
+        _audit(services, actor, "secret_unused", reason="nothing_waiting", deleted=deleted)
+        await message.answer(t("tg.secret.nothing_waiting", lang))
+    elif len(candidates) > 1:
+        await _hold(message, services, actor, password, candidates, lang)
+    else:
+        plan_id, login = candidates[0]
+        await _bind(bot, services, actor, plan_id, login, password, lang)
     if not deleted:
         await message.answer(t("tg.secret.delete_yourself", lang))
-    row = services.store.get_plan(row.id)
-    if len(missing) > 1:
-        await ask_secret(bot, services, row, missing[1], lang)
+
+
+async def _hold(
+    message: Message,
+    services: Services,
+    actor: Actor,
+    password: str,
+    candidates: list[tuple[str, str | None]],
+    lang: str,
+) -> None:
+    """Several logins wait: keep the password sealed and ask which one it is."""
+    store = services.store
+    store.purge_held(utcnow() - HOLD_FOR)
+    choices = [[plan_id, login or ""] for plan_id, login in candidates[:MAX_CHOICES]]
+    hold = store.hold_secret(actor.id, services.changes.vault.seal(password), choices)
+
+    def button(text: str, choice: int) -> list[InlineKeyboardButton]:
+        return [InlineKeyboardButton(text=text, callback_data=SecretPick(hold=hold, choice=choice).pack())]
+
+    rows = [
+        button(t("tg.secret.choice", lang, login=login, id=plan_id), i)
+        for i, (plan_id, login) in enumerate(choices)
+    ]
+    rows.append(button(t("tg.secret.choice_none", lang), DROP))
+    sent = await message.answer(
+        t("tg.secret.which", lang), reply_markup=InlineKeyboardMarkup(inline_keyboard=rows)
+    )
+    store.set_hold_message(hold, sent.message_id)
+    _audit(services, actor, "secret_held", choices=len(choices))
+
+
+async def _bind(
+    bot: Bot, services: Services, actor: Actor, plan_id: str, login: str | None, password: str, lang: str
+) -> None:
+    """The password goes to the plan (the login, or its next missing one); then ask
+    for what is still missing, refresh the card, apply when everything is in."""
+    changes = services.changes
+    try:
+        login, replaced = changes.add_secret(actor, plan_id, login, password)
+    except (ChangeError, UsageError) as exc:
+        if getattr(exc, "code", "") == "plan_closed":
+            services.store.drop_prompts(plan_id)  # its questions and link point nowhere now
+        _audit(services, actor, "secret_unused", plan_id, reason=getattr(exc, "code", "invalid"))
+        await bot.send_message(actor.id, t("tg.secret.unused", lang, why=error_text(exc, lang, html=True)))
+        return
+    key = "tg.secret.replaced" if replaced else "tg.secret.received"
+    await bot.send_message(actor.id, t(key, lang, login=esc(login), id=plan_id))
+    row = services.store.get_plan(plan_id)
+    if changes.missing_secrets(row):
+        await ask_secrets(bot, services, row, lang)
     await refresh_card(bot, services, row)
-    if services.changes.ready(row):
+    if changes.ready(row):
         await apply_and_report(bot, services, row, actor)
 
 
-async def group_text(message: Message, services: Services, actor: Actor, lang: str) -> None:
-    """A proposer who owes a password and types a single word in the group: treat it as a leak."""
+async def picked(
+    query: CallbackQuery, callback_data: SecretPick, bot: Bot, services: Services, actor: Actor, lang: str
+) -> None:
+    store = services.store
+    held = store.held(callback_data.hold)
+    fresh = held is not None and held.at >= utcnow() - HOLD_FOR
+    valid = callback_data.choice == DROP or (
+        held is not None and 0 <= callback_data.choice < len(held.choices)
+    )
+    taken = store.take_held(callback_data.hold, actor.id) if held is not None and valid else None
+    if taken is None or not fresh:
+        _audit(services, actor, "secret_pick_gone", hold=callback_data.hold)
+        await query.answer(t("tg.secret.pick_gone", lang), show_alert=True)
+        return
+    await query.answer()
+    if callback_data.choice == DROP:
+        _audit(services, actor, "secret_dropped")
+        text = t("tg.secret.dropped", lang)
+    else:
+        plan_id, login = taken.choices[callback_data.choice]
+        text = t("tg.secret.picked", lang, login=esc(login), id=plan_id)
+    if taken.message_id is not None:
+        try:
+            await bot.edit_message_text(text=text, chat_id=actor.id, message_id=taken.message_id)
+        except TelegramBadRequest as exc:
+            log.info("could not edit the question: %s", exc.message)
+    if callback_data.choice == DROP:
+        return
+    _audit(services, actor, "secret_picked", plan_id, login=login)
+    password = services.changes.vault.open(taken.token)
+    await _bind(bot, services, actor, plan_id, login or None, password, lang)
+
+
+async def group_text(
+    message: Message, bot: Bot, services: Services, actor: Actor, pbx: str | None, lang: str
+) -> None:
+    """A sealed password of an open plan, posted by anyone, or a short line from a
+    proposer who owes one: deleted, with a warning to change it."""
     text = (message.text or "").strip()
-    if not services.changes.awaiting_secret(actor.id) or not text or len(text.split()) != 1:
+    if not text:
+        return
+    pasted = services.changes.pasted_secret(pbx, text) if pbx else None
+    if pasted is not None:
+        await _pasted(message, bot, services, actor, *pasted, lang)
+        return
+    if "\n" in text or len(text) > GROUP_GUESS_CHARS or not services.changes.awaiting_secret(actor.id):
         return
     deleted = await _delete(message)
-    services.store.audit(AuditRow(actor_id=actor.id, event="secret_in_group", detail={"deleted": deleted}))
+    _audit(services, actor, "secret_in_group", deleted=deleted)
     key = "tg.secret.leaked_deleted" if deleted else "tg.secret.leaked"
     await message.answer(t(key, lang, bot=services.bot_username))
+
+
+async def _pasted(
+    message: Message, bot: Bot, services: Services, actor: Actor, row: Any, login: str, lang: str
+) -> None:
+    """The password is exposed: delete it, drop it from its plan, ask the proposer for a new one."""
+    deleted = await _delete(message)
+    dropped = row.status in OPEN and services.store.erase_secret(row.id, login)
+    _audit(
+        services,
+        actor,
+        "secret_pasted_in_group",
+        row.id,
+        login=login,
+        deleted=deleted,
+        dropped=dropped,
+        by_proposer=actor.id == row.proposer_id,
+    )
+    key = "tg.secret.pasted_deleted" if deleted else "tg.secret.pasted"
+    await message.answer(t(key, lang, login=esc(login), id=row.id, bot=services.bot_username))
+    if not dropped:
+        return
+    await refresh_card(bot, services, row)
+    proposer_lang = card_language(services, row)
+    try:
+        await bot.send_message(
+            row.proposer_id, t("tg.secret.exposed", proposer_lang, login=esc(login), id=row.id)
+        )
+    except (TelegramForbiddenError, TelegramBadRequest) as exc:
+        log.info("cannot tell %s: %s", row.proposer_id, exc.message)
+        return
+    await ask_secret(bot, services, row, login, proposer_lang)
+
+
+def _refusal(message: Message, pbx: str | None) -> str | None:
+    """Why a file is not read (it is deleted all the same), or None."""
+    if message.chat.type != "private":
+        return "group"
+    if pbx is None:
+        return "no_pbx"
+    if (message.document.file_size or 0) > MAX_CSV_BYTES:
+        return "too_big"
+    if not (message.caption or "").strip():
+        return "no_provider"
+    return None
 
 
 async def document(
     message: Message, bot: Bot, services: Services, actor: Actor, pbx: str | None, lang: str
 ) -> None:
-    """A CSV of numbers (login,password,destination[,phone]); the caption names the provider."""
-    if message.chat.type != "private":
-        deleted = await _delete(message)
-        await message.answer(
-            t("tg.csv.private_only", lang) + ("" if deleted else " " + t("tg.secret.delete_yourself", lang))
-        )
-        return
-    if not await need_pbx(message, pbx, lang):
-        return
+    """A CSV of numbers (login,password,destination[,phone]); the caption names the provider.
+    Any file is deleted once read or refused: it may hold passwords."""
     doc = message.document
-    if doc.file_size and doc.file_size > MAX_CSV_BYTES:
-        await message.answer(t("tg.csv.too_big", lang))
-        return
-    provider = (message.caption or "").strip()
-    if not provider:
-        await _delete(message)
-        await message.answer(t("cli.csv_needs_provider", lang))
-        return
-    data = await bot.download(doc.file_id)
-    await _delete(message)  # it holds passwords
+    reason = _refusal(message, pbx)
+    data = None
     try:
-        intent, passwords = parse_csv(data.read().decode("utf-8-sig", errors="replace"), provider)
+        if reason is None:
+            data = await bot.download(doc.file_id)
+    finally:
+        deleted = await _delete(message)
+        _audit(services, actor, "file_deleted", reason=reason or "read", deleted=deleted, size=doc.file_size)
+    yourself = "" if deleted else " " + t("tg.secret.delete_yourself", lang)
+    if reason == "group":
+        await message.answer(t("tg.csv.private_only", lang) + yourself)
+        return
+    if reason == "no_pbx":
+        await need_pbx(message, pbx, lang)
+        return
+    if reason == "too_big":
+        await message.answer(t("tg.csv.too_big_deleted", lang) + yourself)
+        return
+    if reason == "no_provider":
+        await message.answer(t("cli.csv_needs_provider", lang) + yourself)
+        return
+    try:
+        intent, passwords = parse_csv(decode_csv(data.read()), message.caption.strip())
     except UsageError as exc:
         await reply(message, error_text(exc, lang, html=True))
         return
@@ -115,7 +323,14 @@ async def document(
 def router() -> Router:
     """A fresh router (a router belongs to one dispatcher)."""
     r = Router(name="secrets")
-    r.message.register(private_text, F.chat.type == "private", F.text, ~F.text.startswith("/"))
+    # a reply to the bot's question is a password even when it starts with "/" (and no command took it)
+    r.message.register(
+        one_at_a_time(private_text),
+        F.chat.type == "private",
+        F.text,
+        ~F.text.startswith("/") | F.reply_to_message,
+    )
     r.message.register(group_text, F.chat.type.in_({"group", "supergroup"}), F.text, ~F.text.startswith("/"))
     r.message.register(document, F.document)
+    r.callback_query.register(picked, SecretPick.filter())
     return r

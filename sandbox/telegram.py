@@ -303,9 +303,18 @@ class TelegramSandbox(LoopbackServer):
         self.messages.setdefault(chat.id, {})[message["message_id"]] = message
         return message
 
-    def send(self, user_id: int, chat_id: int, text: str, *, anonymous: bool = False) -> dict[str, Any]:
-        """`user_id` writes `text` in `chat_id` (their own id: the private chat with the bot)."""
-        message = self._user_message(user_id, chat_id, text=text)
+    def send(
+        self, user_id: int, chat_id: int, text: str, *, anonymous: bool = False, reply_to: int | None = None
+    ) -> dict[str, Any]:
+        """`user_id` writes `text` in `chat_id` (their own id: the private chat with the bot),
+        as a reply to message `reply_to` when given."""
+        extra = {}
+        if reply_to is not None:
+            answered = self.messages[user_id if chat_id == user_id else chat_id][reply_to]
+            extra["reply_to_message"] = {
+                k: v for k, v in _public(answered).items() if k != "reply_to_message"
+            }
+        message = self._user_message(user_id, chat_id, text=text, **extra)
         if anonymous:
             chat = self.chats[chat_id]
             message["from"] = User(ANONYMOUS_ADMIN_ID, "Group", "GroupAnonymousBot", None, True).wire()
@@ -484,6 +493,8 @@ class TelegramSandbox(LoopbackServer):
     def _check_markup(self, markup: Any) -> dict[str, Any] | None:
         if not markup:
             return None
+        if "force_reply" in markup and not 1 <= len(markup.get("input_field_placeholder", "x")) <= 64:
+            raise ApiError(400, "Bad Request: input field placeholder is too long")
         for row in markup.get("inline_keyboard", []):
             for button in row:
                 data = button.get("callback_data")
@@ -586,8 +597,11 @@ class TelegramSandbox(LoopbackServer):
         text = self._text(params)
         markup = self._check_markup(params.get("reply_markup"))
         self._rate(chat)
-        message = await self._bot_message(chat, text=text, reply_markup=markup)
+        inline = markup if markup and "inline_keyboard" in markup else None
+        message = await self._bot_message(chat, text=text, reply_markup=inline)
         message["_html"] = params.get("text")
+        if markup and inline is None:  # ForceReply: a Message carries inline keyboards only
+            message["_reply_markup"] = markup
         await self._record(
             "send", chat_id=chat.id, message_id=message["message_id"], text=text, markup=markup
         )

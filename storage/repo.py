@@ -22,8 +22,10 @@ from .tables import (
     ChatRow,
     DigestRunRow,
     DigestScheduleRow,
+    HeldSecretRow,
     LockRow,
     PlanRow,
+    SecretPromptRow,
     SecretRow,
     utcnow,
 )
@@ -214,6 +216,116 @@ class Store:
     def erase_secrets(self, plan_id: str) -> int:
         with self.session() as s:
             result = s.exec(delete(SecretRow).where(SecretRow.plan_id == plan_id))
+            s.commit()
+            return result.rowcount
+
+    def put_secret(self, plan_id: str, login: str, token: str, *, replace: bool) -> bool | None:
+        """One login's sealed password. Without `replace`: None when the login has one already
+        (the insert is the check, so two processes never both win). With it: True when an
+        earlier password was replaced."""
+        with self.session() as s:
+            s.add(SecretRow(plan_id=plan_id, login=login, token=token))
+            try:
+                s.commit()
+                return False
+            except IntegrityError:
+                s.rollback()
+            if not replace:
+                return None
+            s.exec(
+                update(SecretRow)
+                .where(SecretRow.plan_id == plan_id, SecretRow.login == login)
+                .values(token=token, at=utcnow())
+            )
+            s.commit()
+            return True
+
+    def erase_secret(self, plan_id: str, login: str) -> bool:
+        with self.session() as s:
+            result = s.exec(delete(SecretRow).where(SecretRow.plan_id == plan_id, SecretRow.login == login))
+            s.commit()
+            return result.rowcount == 1
+
+    # ------------------------------------------------------------------ where a password goes
+
+    def add_prompt(self, user_id: int, plan_id: str, login: str | None, message_id: int) -> None:
+        """The bot asked `user_id` in message `message_id` for the password of `login` (None: the plan's)."""
+        with self.session() as s:
+            s.add(
+                SecretPromptRow(
+                    kind="ask", user_id=user_id, message_id=message_id, plan_id=plan_id, login=login
+                )
+            )
+            s.commit()
+
+    def prompt(self, user_id: int, message_id: int) -> SecretPromptRow | None:
+        with self.session() as s:
+            return s.exec(
+                select(SecretPromptRow).where(
+                    SecretPromptRow.kind == "ask",
+                    SecretPromptRow.user_id == user_id,
+                    SecretPromptRow.message_id == message_id,
+                )
+            ).first()
+
+    def set_link(self, user_id: int, plan_id: str) -> None:
+        """The user opened the deep link of `plan_id`: their next password goes there (one link a user)."""
+        with self.session() as s:
+            s.exec(
+                delete(SecretPromptRow).where(
+                    SecretPromptRow.kind == "link", SecretPromptRow.user_id == user_id
+                )
+            )
+            s.add(SecretPromptRow(kind="link", user_id=user_id, plan_id=plan_id))
+            s.commit()
+
+    def link(self, user_id: int) -> str | None:
+        with self.session() as s:
+            return s.exec(
+                select(SecretPromptRow.plan_id)
+                .where(SecretPromptRow.kind == "link", SecretPromptRow.user_id == user_id)
+                .order_by(col(SecretPromptRow.id).desc())
+            ).first()
+
+    def drop_prompts(self, plan_id: str) -> int:
+        with self.session() as s:
+            result = s.exec(delete(SecretPromptRow).where(SecretPromptRow.plan_id == plan_id))
+            s.commit()
+            return result.rowcount
+
+    def hold_secret(self, user_id: int, token: str, choices: list[list[str]]) -> int:
+        """A sealed password waiting for its user to pick the plan; returns its id."""
+        row = HeldSecretRow(user_id=user_id, token=token, choices=choices)
+        with self.session() as s:
+            s.add(row)
+            s.commit()
+            return row.id
+
+    def set_hold_message(self, hold_id: int, message_id: int) -> None:
+        with self.session() as s:
+            s.exec(update(HeldSecretRow).where(HeldSecretRow.id == hold_id).values(message_id=message_id))
+            s.commit()
+
+    def held(self, hold_id: int) -> HeldSecretRow | None:
+        with self.session() as s:
+            return s.get(HeldSecretRow, hold_id)
+
+    def take_held(self, hold_id: int, user_id: int) -> HeldSecretRow | None:
+        """Remove and return the user's held password; None when it is gone (picked, by
+        another press or process, or purged) or not theirs."""
+        with self.session() as s:
+            row = s.exec(
+                select(HeldSecretRow).where(HeldSecretRow.id == hold_id, HeldSecretRow.user_id == user_id)
+            ).first()
+            if row is None:
+                return None
+            result = s.exec(delete(HeldSecretRow).where(HeldSecretRow.id == hold_id))
+            s.commit()
+            return row if result.rowcount == 1 else None
+
+    def purge_held(self, before: datetime) -> int:
+        with self.session() as s:
+            result = s.exec(delete(HeldSecretRow).where(HeldSecretRow.at < before))
             s.commit()
             return result.rowcount
 

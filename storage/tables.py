@@ -142,3 +142,36 @@ class DigestRunRow(SQLModel, table=True):
     at: datetime = Field(default_factory=utcnow)
     posted: bool = False
     state: str = Field(default="", max_length=64)  # fingerprint of what the digest showed (quiet mode)
+
+
+class SecretPromptRow(SQLModel, table=True):
+    """Where a SIP password sent in a private chat goes: a question the bot asked
+    (`ask`: a reply to message `message_id` is the password of `login`, or, with no
+    login, of the plan's next missing login) or a deep link the user opened
+    (`link`: their next password goes to the plan). No secret here."""
+
+    __tablename__ = "secret_prompts"
+    __table_args__ = (Index("ix_secret_prompts_user_message", "user_id", "message_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=8)  # ask | link
+    user_id: int = Field(sa_column=Column(BigInteger, nullable=False))
+    message_id: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    plan_id: str = Field(foreign_key="plans.id", max_length=16, index=True)
+    login: str | None = Field(default=None, max_length=128)
+    at: datetime = Field(default_factory=utcnow)
+
+
+class HeldSecretRow(SQLModel, table=True):
+    """A password whose plan the user has yet to pick (several were waiting):
+    Fernet ciphertext, erased when picked or after an hour. `choices` are
+    [plan id, login] pairs, what the buttons under `message_id` offer."""
+
+    __tablename__ = "held_secrets"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+    token: str = Field(sa_column=Column(Text, nullable=False))  # Fernet ciphertext
+    choices: list[list[str]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    message_id: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    at: datetime = Field(default_factory=utcnow)

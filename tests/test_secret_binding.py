@@ -1,0 +1,110 @@
+"""Where a SIP password goes, below Telegram: storage (SQLite and PostgreSQL)
+and the change service. Two passwords at once never collide; a held password
+is taken once; a pasted password is recognised only by its own plan's PBX."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import inspect, text
+
+from bot.changes import ChangeError
+from bot.commands import parse_csv
+from bot.vault import Vault
+from storage.tables import utcnow
+from tests.test_changes import OLGA, Clock, make_changes
+from tests.test_storage import plan_row
+
+PASSWORD, OTHER = "Sip-Pa55-847900", "Other pw 555"
+
+
+@pytest.fixture
+def vault(tmp_path):
+    return Vault.from_file(tmp_path / "secret.key")
+
+
+def test_the_migration_creates_the_prompt_and_hold_tables(engine):
+    assert {"secret_prompts", "held_secrets"} <= set(inspect(engine).get_table_names())
+
+
+def test_one_login_takes_one_password_unless_it_replaces(store, vault):
+    row = plan_row()
+    store.add_plan(row)
+    assert store.put_secret(row.id, "847900", vault.seal(PASSWORD), replace=False) is False
+    assert store.put_secret(row.id, "847900", vault.seal(OTHER), replace=False) is None  # taken
+    assert vault.open_all(store.secrets(row.id)) == {"847900": PASSWORD}
+    assert store.put_secret(row.id, "847900", vault.seal(OTHER), replace=True) is True
+    assert vault.open_all(store.secrets(row.id)) == {"847900": OTHER}
+    assert store.erase_secret(row.id, "847900") and store.secrets(row.id) == {}
+
+
+def test_eight_writers_at_once_one_login_one_winner(store, vault):
+    row = plan_row()
+    store.add_plan(row)
+    tokens = [vault.seal(f"pw-{i}") for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda tok: store.put_secret(row.id, "847900", tok, replace=False), tokens))
+    assert results.count(False) == 1 and results.count(None) == 7
+
+
+def test_prompts_links_and_held_passwords(store, vault, engine):
+    a, b = plan_row(), plan_row()
+    store.add_plan(a)
+    store.add_plan(b)
+    store.add_prompt(7, a.id, "847900", 11)
+    store.add_prompt(7, b.id, None, 12)
+    assert (store.prompt(7, 11).plan_id, store.prompt(7, 11).login) == (a.id, "847900")
+    assert (store.prompt(7, 12).plan_id, store.prompt(7, 12).login) == (b.id, None)
+    assert store.prompt(8, 11) is None  # another user's reply to that message id means nothing
+    store.set_link(7, a.id)
+    store.set_link(7, b.id)
+    assert store.link(7) == b.id and store.link(8) is None
+
+    hold = store.hold_secret(7, vault.seal(PASSWORD), [[a.id, "847900"], [b.id, "555001"]])
+    with engine.connect() as conn:
+        assert PASSWORD not in conn.execute(text("SELECT token FROM held_secrets")).scalar_one()
+    assert store.take_held(hold, 8) is None  # not theirs
+    taken = store.take_held(hold, 7)
+    assert vault.open(taken.token) == PASSWORD and taken.choices[1] == [b.id, "555001"]
+    assert store.take_held(hold, 7) is None  # once
+    old = store.hold_secret(7, vault.seal(PASSWORD), [])
+    assert store.purge_held(utcnow() + timedelta(seconds=1)) == 1 and store.held(old) is None
+
+
+def test_the_vault_compares_candidates_with_the_sealed_value(vault):
+    token = vault.seal(PASSWORD)
+    assert vault.matches(token, ["x", PASSWORD])
+    assert not vault.matches(token, ["x", PASSWORD[:-1], PASSWORD + " "])
+
+
+@pytest.fixture
+def changes(store, client, tmp_path):
+    return make_changes(store, client, Clock(), tmp_path)
+
+
+async def test_the_next_password_goes_to_the_next_missing_login_and_a_named_one_replaces(changes):
+    intent, _ = parse_csv("900201;x;IVR\n900202;x;IVR\n", "zadarma")
+    row = (await changes.propose(OLGA, "demo", intent, command="CSV")).row
+    assert changes.add_secret(OLGA, row.id, None, PASSWORD) == ("900201", False)
+    assert changes.add_secret(OLGA, row.id, "900201", OTHER) == ("900201", True)
+    assert changes.add_secret(OLGA, row.id, None, OTHER) == ("900202", False)
+    with pytest.raises(ChangeError) as exc:
+        changes.add_secret(OLGA, row.id, None, "a third")
+    assert exc.value.code == "secrets_complete"
+    assert changes.vault.open_all(changes.store.secrets(row.id)) == {"900201": OTHER, "900202": OTHER}
+    trail = [e.event for e in changes.store.audit_trail(plan_id=row.id)]
+    assert trail.count("secret_received") == 2 and trail.count("secret_replaced") == 1
+
+
+async def test_a_pasted_password_is_found_in_its_pbx_open_plans_only(changes):
+    intent, _ = parse_csv("900201;x;IVR\n", "zadarma")
+    row = (await changes.propose(OLGA, "demo", intent, command="CSV")).row
+    changes.add_secret(OLGA, row.id, None, PASSWORD)
+    assert changes.pasted_secret("demo", PASSWORD)[1] == "900201"
+    assert changes.pasted_secret("demo", f"here:  {PASSWORD}  ok")[0].id == row.id
+    assert changes.pasted_secret("demo", PASSWORD[:-1]) is None
+    assert changes.pasted_secret("branch", PASSWORD) is None  # another PBX's chat
+    await changes.cancel(OLGA, row.id)
+    assert changes.pasted_secret("demo", PASSWORD) is None  # erased with its plan
