@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bot.app import running
+from bot.changes import Changes
 from bot.config import load_settings
 from bot.i18n import t
 from pbx.mikopbx import MikoPbxClient
@@ -161,6 +162,21 @@ class Shell:
         return f"[{PEOPLE[self.speaker][1]} · {self._chat_name(self.chat_id)}] > "
 
 
+def cards_behind(tg: TelegramSandbox, changes: Changes, lang: str) -> bool:
+    """The bot still owes something for a plan: an apply is about to run or
+    running, or a plan's card does not show the plan's status yet."""
+    for row in changes.store.plans(limit=20):
+        if row.status == "applying" or changes.ready(row):
+            return True  # running, or all it needs is in and the apply is about to start
+        if row.chat_id is None or row.message_id is None:
+            continue
+        card = tg.messages.get(row.chat_id, {}).get(row.message_id)
+        line = t("plan.status", lang, status=t(f"status.{row.status}", lang))
+        if card is None or line not in (card.get("text") or ""):
+            return True
+    return False
+
+
 async def run_shell(lang: str, *, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout) -> int:
     token = f"{secrets.randbelow(10**9)}:{secrets.token_urlsafe(24)}"
     key = secrets.token_hex(32)
@@ -192,8 +208,8 @@ async def run_shell(lang: str, *, stdin: TextIO = sys.stdin, out: TextIO = sys.s
                 async with running(
                     settings, clients={"demo": client}, polling_timeout=1, verify_interval=0.5
                 ) as app:
-                    store = app.services.store
-                    shell = Shell(tg, sim, lang, out, busy=lambda: bool(store.plans(status=["applying"])))
+                    changes = app.services.changes
+                    shell = Shell(tg, sim, lang, out, busy=lambda: cards_behind(tg, changes, lang))
                     shell.shown = len(tg.events)
                     shell.print(t("shell.welcome", lang))
                     loop = asyncio.get_running_loop()
