@@ -47,7 +47,6 @@ class Snapshot:
     destinations: list[Destination]
     details: dict[str, Provider] = field(default_factory=dict)  # full records, by id
     host: str | None = None  # the host whose accounts were read in full
-    _by_provider: dict[str | None, list[Route]] | None = field(default=None, init=False, repr=False)
 
     def accounts_on(self, host: str, *, enabled_only: bool = False) -> list[Provider]:
         """Full records of the SIP accounts registering to `host` (any port), by id."""
@@ -55,11 +54,15 @@ class Snapshot:
         return [p for p in accounts if not p.disabled] if enabled_only else accounts
 
     def routes_of(self, provider_id: str) -> list[Route]:
-        if self._by_provider is None:  # built once: a host of N accounts asks N times
-            self._by_provider = {}
-            for r in self.routes:
-                self._by_provider.setdefault(r.providerid, []).append(r)
-        return list(self._by_provider.get(provider_id, ()))
+        return list(self.routes_by_provider.get(provider_id, ()))
+
+    @cached_property
+    def routes_by_provider(self) -> dict[str | None, list[Route]]:
+        """Built once: a host of N accounts asks N times."""
+        index: dict[str | None, list[Route]] = {}
+        for r in self.routes:
+            index.setdefault(r.providerid, []).append(r)
+        return index
 
     def any_routes(self) -> list[Route]:
         return [r for r in self.routes if r.any_provider]
@@ -190,13 +193,14 @@ class Depends:
         if self.recipe is None:
             return sorted(p.id for p in enabled)
         state = []
+        by_provider = s.routes_by_provider
         for p in enabled:
             detail = s.details.get(p.id)
             attributes = detail.manualattributes if detail is not None else None
-            bound = sorted(r.id or 0 for r in s.routes_of(p.id))
+            bound = by_provider.get(p.id)
             if attributes == self.recipe and not bound:
                 continue
-            state.append([p.id, attributes, bound])
+            state.append([p.id, attributes, sorted(r.id or 0 for r in bound or ())])
         return sorted(state)
 
 

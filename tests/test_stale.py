@@ -11,7 +11,6 @@ the web interface (over the API) or by editing what the PBX holds."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -30,8 +29,6 @@ from tests.test_executor import propose
 ZADARMA = "sip.zadarma.com"
 NOVOFON = "sip.novofon.ru"
 OLGA, ANNA, BORIS = Actor(4, "olga"), Actor(2, "anna"), Actor(3, "boris")
-
-Change = Callable[[Any, Any], Awaitable[None]]
 
 
 def executor(client) -> Executor:
