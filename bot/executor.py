@@ -134,12 +134,14 @@ class Executor:
     # ------------------------------------------------------------------ check
 
     async def current_fingerprint(self, plan: Plan) -> str:
-        snapshot = await self.reader.read(host=plan.host, fresh=plan.touched_accounts)
+        # exactly what the plan depends on: the lists, its written and relied-on accounts afresh
+        depends = plan.depends
+        snapshot = await depends.read(self.reader)
         self._existing = {
             (p.host.lower().rstrip("."), p.username): p.id for p in snapshot.providers if p.username
         }
         self._route_ids = {r.id for r in snapshot.routes}
-        return snapshot.fingerprint(plan.touched_accounts)
+        return depends.fingerprint(snapshot)
 
     # ------------------------------------------------------------------ apply
 

@@ -10,12 +10,14 @@ overridden, so the plan moves them to "any provider" routes and says so.
 
 The planner is pure: it reads the snapshot, never the PBX, and raises PlanError
 for a conflict before anything is written. Steps carry the record before and
-after; the executor writes them in order and undoes them in reverse.
+after; the executor writes them in order and undoes them in reverse. Each plan
+records what its reasoning read (`Depends`): the stale check compares exactly that.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +26,7 @@ from pbx.models import Destination, Provider, Route
 
 from .commands import AddNumber, AddNumbers, FixHost, RemoveNumber, RouteNumber
 from .destinations import DestinationError, DestinationIndex, label
-from .snapshot import Snapshot, has_number, same_host
+from .snapshot import Depends, Snapshot, has_number, same_host
 
 RECIPE_CONTEXT = "public-direct-dial"
 NEW_PREFIX = "@new:"  # providerid "@new:<login>": the account this plan creates for <login>
@@ -109,7 +111,8 @@ class Plan:
     fingerprint: str
     host: str | None = None  # the provider host whose accounts the plan read in full
     notes: list[str] = field(default_factory=list)  # message-catalogue keys
-    summary: dict[str, Any] = field(default_factory=dict)  # what the cards show: logins, destination
+    # what the cards show (logins, destination, names), and `depends`: what the stale check compares
+    summary: dict[str, Any] = field(default_factory=dict)
     needs_secret: list[str] = field(default_factory=list)  # logins whose SIP password the apply needs
 
     @property
@@ -123,8 +126,13 @@ class Plan:
 
     @property
     def touched_accounts(self) -> list[str]:
-        """Ids of the existing accounts the plan writes: what the stale check re-reads."""
+        """Ids of the existing accounts the plan writes."""
         return sorted({s.target for s in self.steps if s.kind.on_provider and s.target})
+
+    @property
+    def depends(self) -> Depends:
+        """What the plan's reasoning read (kept in the summary, so it is stored with the plan)."""
+        return Depends.from_dict(self.summary.get("depends") or {})
 
 
 class PlanError(Exception):
@@ -168,6 +176,7 @@ def merge_recipe(manualattributes: str) -> str:
     return "\n".join(out)
 
 
+@functools.lru_cache(maxsize=4096)  # a host of 5,000 accounts holds a handful of distinct texts
 def has_recipe(manualattributes: str) -> bool:
     return merge_recipe(manualattributes) == manualattributes.replace("\r\n", "\n").rstrip("\n")
 
@@ -213,6 +222,31 @@ def _summary(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v not in (None, "", [])}
 
 
+def _seal(plan: Plan, snapshot: Snapshot, depends: Depends) -> Plan:
+    """Record what the plan depends on: what its reasoning read, plus the records
+    its steps write and the destinations and accounts its card names; then the
+    fingerprint of those records as the snapshot holds them."""
+    for step in plan.steps:
+        if step.target:
+            if step.kind.on_provider:
+                depends.accounts.add(step.target)
+            else:
+                depends.routes.add(int(step.target))
+        if step.kind.on_provider:
+            continue
+        for record in (step.before, step.after):
+            if record is None:
+                continue
+            if record.get("extension"):
+                depends.destinations.add(record["extension"])
+            provider_id = record.get("providerid")
+            if provider_id and not provider_id.startswith(NEW_PREFIX):
+                depends.providers.add(provider_id)
+    plan.summary["depends"] = depends.to_dict()
+    plan.fingerprint = depends.fingerprint(snapshot)
+    return plan
+
+
 def plan_add_number(intent: AddNumber, snapshot: Snapshot, *, default_extension: str = "busy") -> Plan:
     """The plan for one `/addnumber`."""
     return plan_add_numbers(
@@ -230,6 +264,8 @@ def plan_add_numbers(intent: AddNumbers, snapshot: Snapshot, *, default_extensio
     accounts = snapshot.accounts_on(host)
     existing = {a.username: a for a in accounts}
     any_by_did = {r.number: r for r in snapshot.any_routes()}
+    # the new logins and their DIDs must stay free (or the DID's route as it is)
+    depends = Depends(logins={(host, row.login) for row in intent.rows}, dids={r.login for r in intent.rows})
     for row in intent.rows:
         if row.login in existing:
             account = existing[row.login]
@@ -240,6 +276,9 @@ def plan_add_numbers(intent: AddNumbers, snapshot: Snapshot, *, default_extensio
 
     siblings = [a for a in accounts if not a.disabled]
     recipe = len(siblings) + len(intent.rows) >= 2
+    depends.host, depends.recipe = host, merge_recipe("") if recipe else None
+    if siblings:
+        depends.relied.add(siblings[0].id)  # new accounts copy its settings
     steps: list[Step] = []
     notes: list[str] = []
     new_accounts = []
@@ -266,12 +305,11 @@ def plan_add_numbers(intent: AddNumbers, snapshot: Snapshot, *, default_extensio
         steps.append(
             Step(StepKind.CREATE_ROUTE, None, route_record(route), "route_new_account", "", row.login)
         )
-        plan.fingerprint = snapshot.fingerprint(plan.touched_accounts)
-        return plan
+        return _seal(plan, snapshot, depends)
 
     notes.append("recipe_applied")
     for account in siblings:
-        steps += _recipe_steps(account, snapshot, any_by_did, notes, default_extension)
+        steps += _recipe_steps(account, snapshot, any_by_did, notes, default_extension, depends)
 
     for row, new in zip(intent.rows, new_accounts, strict=True):
         if row.login in any_by_did:
@@ -283,8 +321,7 @@ def plan_add_numbers(intent: AddNumbers, snapshot: Snapshot, *, default_extensio
             extension=destination.value,
         )
         steps.append(Step(StepKind.CREATE_ROUTE, None, route_record(route), "route_new_login", "", row.login))
-    plan.fingerprint = snapshot.fingerprint(plan.touched_accounts)
-    return plan
+    return _seal(plan, snapshot, depends)
 
 
 def _recipe_steps(
@@ -293,9 +330,11 @@ def _recipe_steps(
     any_by_did: dict[str, Route],
     notes: list[str],
     default_extension: str,
+    depends: Depends,
 ) -> list[Step]:
     """Bring one existing account under the recipe: its context, and "any"
-    routes in place of the routes bound to it."""
+    routes in place of the routes bound to it. An account left as it is counts
+    through `Depends.recipe`; one with steps adds the DIDs they decided on."""
     steps: list[Step] = []
     login = account.username
     if not has_recipe(account.manualattributes):
@@ -313,6 +352,7 @@ def _recipe_steps(
     for route in snapshot.routes_of(account.id):
         did = route.number or login
         target = str(route.id)
+        depends.dids.add(did)
         if did in any_by_did:
             # an "any" route for this DID exists already: the bound one is dead weight
             steps.append(
@@ -337,6 +377,8 @@ def _recipe_steps(
         any_by_did[login] = keep
         steps.append(Step(StepKind.CREATE_ROUTE, None, route_record(keep), "route_keeps_default", "", login))
         notes.append("login_without_route")
+    if steps:
+        depends.dids.add(login)  # its calls are served by an "any" route for the login, or by the one added
     return steps
 
 
@@ -346,14 +388,15 @@ def plan_fix_host(intent: FixHost, snapshot: Snapshot, *, default_extension: str
     routes moved to "any", and a route for every login that has none."""
     accounts = [a for a in snapshot.accounts_on(intent.host) if not a.disabled]
     plan = Plan(snapshot.pbx, PlanKind.FIX, [], "", intent.host, [], _summary(host=intent.host))
+    depends = Depends()
     if len(accounts) >= 2 or any(has_recipe(a.manualattributes) for a in accounts):
         any_by_did = {r.number: r for r in snapshot.any_routes()}
         plan.notes.append("recipe_applied")
+        depends.host, depends.recipe = intent.host, merge_recipe("")
         for account in accounts:
-            plan.steps += _recipe_steps(account, snapshot, any_by_did, plan.notes, default_extension)
+            plan.steps += _recipe_steps(account, snapshot, any_by_did, plan.notes, default_extension, depends)
     plan.summary["logins"] = plan.logins
-    plan.fingerprint = snapshot.fingerprint(plan.touched_accounts)
-    return plan
+    return _seal(plan, snapshot, depends)
 
 
 # ---------------------------------------------------------------------- one number
@@ -374,8 +417,11 @@ def plan_route(intent: RouteNumber, snapshot: Snapshot) -> Plan:
     account = find_number(snapshot, intent.number)
     login = account.username if account else intent.number
     dids = {login, intent.number} | ({account.note} if account and account.note else set())
+    # which account has the number, and its settings (the form of a new route); its DIDs' routes
+    depends = Depends(numbers={intent.number}, dids=set(dids), relied={account.id} if account else set())
     routes = [r for r in snapshot.any_routes() if r.number in dids]
     if not routes and account is not None:
+        depends.bound.add(account.id)
         bound = snapshot.routes_of(account.id)
         routes = [r for r in bound if not r.number or r.number in dids] or bound[:1]
     summary = _summary(host=account.host if account else None, logins=[login], destination=label(destination))
@@ -403,8 +449,7 @@ def plan_route(intent: RouteNumber, snapshot: Snapshot) -> Plan:
         else:
             route = route.model_copy(update={"providerid": account.id})
         plan.steps.append(Step(StepKind.CREATE_ROUTE, None, route_record(route), "route_missing", "", login))
-    plan.fingerprint = snapshot.fingerprint(plan.touched_accounts)
-    return plan
+    return _seal(plan, snapshot, depends)
 
 
 def plan_remove(intent: RemoveNumber, snapshot: Snapshot) -> Plan:
@@ -423,14 +468,16 @@ def plan_remove(intent: RemoveNumber, snapshot: Snapshot) -> Plan:
     steps.append(
         Step(StepKind.DELETE_PROVIDER, provider_record(account), None, "remove_account", account.id, login)
     )
+    # a route for one of its DIDs, or bound to it, added later would be left behind
+    depends = Depends(numbers={intent.number}, dids=dids, bound={account.id})
     notes = []
     rest = [a for a in snapshot.accounts_on(account.host, enabled_only=True) if a.id != account.id]
     if len(rest) == 1 and has_recipe(rest[0].manualattributes):
         notes.append("recipe_kept")
+        depends.relied.add(rest[0].id)  # the note names it
     summary = _summary(host=account.host, logins=[login], phone=account.note or None)
     plan = Plan(snapshot.pbx, PlanKind.REMOVE, steps, "", account.host, notes, summary)
-    plan.fingerprint = snapshot.fingerprint(plan.touched_accounts)
-    return plan
+    return _seal(plan, snapshot, depends)
 
 
 # ---------------------------------------------------------------------- undo
@@ -462,6 +509,7 @@ def plan_undo(
     recreated: dict[str, str] = {}  # id of a removed account -> the @new ref of its re-creation
     steps: list[Step] = []
     needs_secret: list[str] = []
+    depends = Depends()  # the records it reverts (from its steps), and the logins and DIDs it takes back
     for index in range(len(original) - 1, -1, -1):
         step = original[index]
         if index not in results:
@@ -475,12 +523,15 @@ def plan_undo(
                 raise PlanError("undo_drifted", record=step.login)
             recreated[step.target] = new_ref(step.login)
             needs_secret.append(step.login)
+            depends.logins.add((before.get("host", ""), step.login))
             steps.append(Step(StepKind.CREATE_PROVIDER, None, _without_id(before), "undo", "", step.login))
             continue
         if step.kind is StepKind.DELETE_ROUTE:
             after = _without_id(step.before)
             pid = after.get("providerid")
             after["providerid"] = recreated.get(pid, pid) if pid else None
+            if after.get("number") and not pid:
+                depends.dids.add(after["number"])
             steps.append(Step(StepKind.CREATE_ROUTE, None, after, "undo", "", step.login))
             continue
         left = results.get(index) or {}
@@ -498,5 +549,4 @@ def plan_undo(
     logins = sorted({s.login for s in original if s.login})
     plan = Plan(pbx, PlanKind.UNDO, steps, "", snapshot.host, [], _summary(host=snapshot.host, logins=logins))
     plan.needs_secret = needs_secret
-    plan.fingerprint = snapshot.fingerprint(plan.touched_accounts)
-    return plan
+    return _seal(plan, snapshot, depends)

@@ -1,7 +1,12 @@
-"""What a plan reads from one PBX, and the fingerprint of the records it depends on.
+"""What a plan reads from one PBX, what it depends on, and the fingerprint of those records.
 
 A snapshot for a host costs 3 list calls (accounts, routes, destinations) plus
 one detail call per account on that host: the list lacks `manualattributes`.
+
+A plan records its dependencies (`Depends`) by key: the accounts and routes it
+writes, the accounts whose settings it copies, the logins and DIDs it claims,
+its destinations. The fingerprint hashes what the PBX holds under those keys,
+so a change elsewhere (another login's account or route) leaves the plan valid.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
 
 from pbx.base import Pbx
 from pbx.models import Destination, Provider, ProviderSummary, Route
@@ -19,9 +26,13 @@ from pbx.models import Destination, Provider, ProviderSummary, Route
 from .commands import number_key
 
 
-def same_host(a: str, b: str) -> bool:
+def host_key(host: str) -> str:
     # MikoPBX compares host strings as written; a trailing dot or case is the same server.
-    return a.strip().rstrip(".").lower() == b.strip().rstrip(".").lower()
+    return host.strip().rstrip(".").lower()
+
+
+def same_host(a: str, b: str) -> bool:
+    return host_key(a) == host_key(b)
 
 
 def sorted_by_id(records: dict[str, Provider]) -> list[Provider]:
@@ -36,7 +47,6 @@ class Snapshot:
     destinations: list[Destination]
     details: dict[str, Provider] = field(default_factory=dict)  # full records, by id
     host: str | None = None  # the host whose accounts were read in full
-    _by_provider: dict[str | None, list[Route]] | None = field(default=None, init=False, repr=False)
 
     def accounts_on(self, host: str, *, enabled_only: bool = False) -> list[Provider]:
         """Full records of the SIP accounts registering to `host` (any port), by id."""
@@ -44,35 +54,163 @@ class Snapshot:
         return [p for p in accounts if not p.disabled] if enabled_only else accounts
 
     def routes_of(self, provider_id: str) -> list[Route]:
-        if self._by_provider is None:  # built once: a host of N accounts asks N times
-            self._by_provider = {}
-            for r in self.routes:
-                self._by_provider.setdefault(r.providerid, []).append(r)
-        return list(self._by_provider.get(provider_id, ()))
+        return list(self.routes_by_provider.get(provider_id, ()))
+
+    @cached_property
+    def routes_by_provider(self) -> dict[str | None, list[Route]]:
+        """Built once: a host of N accounts asks N times."""
+        index: dict[str | None, list[Route]] = {}
+        for r in self.routes:
+            index.setdefault(r.providerid, []).append(r)
+        return index
 
     def any_routes(self) -> list[Route]:
         return [r for r in self.routes if r.any_provider]
 
-    def fingerprint(self, touched: Iterable[str] = ()) -> str:
-        """Hash of the records a plan depends on: the accounts it writes (in full),
-        which accounts the host has (their list entries), and every route (a DID
-        may be taken by any). The executor re-reads exactly these before writing."""
-        touched = set(touched)
-        on_host = [p for p in self.providers if self.host is not None and same_host(p.host, self.host)]
+    @cached_property
+    def any_by_did(self) -> dict[str, list[Route]]:
+        """The "any provider" routes of each DID."""
+        index: dict[str, list[Route]] = {}
+        for r in self.routes:
+            if r.any_provider:
+                index.setdefault(r.number, []).append(r)
+        return index
+
+    @cached_property
+    def routes_by_id(self) -> dict[int | None, Route]:
+        return {r.id: r for r in self.routes}
+
+    @cached_property
+    def providers_by_id(self) -> dict[str, ProviderSummary]:
+        return {p.id: p for p in self.providers}
+
+    @cached_property
+    def providers_by_login(self) -> dict[str, list[ProviderSummary]]:
+        index: dict[str, list[ProviderSummary]] = {}
+        for p in self.providers:
+            index.setdefault(p.username, []).append(p)
+        return index
+
+
+@dataclass
+class Depends:
+    """What a plan's reasoning read from the PBX, by key. Stored with the plan;
+    `fingerprint` hashes what the PBX holds under these keys, and nothing else."""
+
+    accounts: set[str] = field(default_factory=set)  # written: in full
+    routes: set[int] = field(default_factory=set)  # written: in full
+    relied: set[str] = field(default_factory=set)  # read for their settings (copied, or deciding): in full
+    bound: set[str] = field(default_factory=set)  # accounts whose provider-bound routes the plan handles
+    # The plan's host: which of its enabled accounts count. Without `recipe`, every one (the plan
+    # creates the host's only account). With it, every one but those whose extra parameters are
+    # exactly `recipe` (as the bot writes them) and that have no provider-bound route: what a plan
+    # for another login adds leaves this one valid, a hand-made account or an edited one does not.
+    host: str | None = None
+    recipe: str | None = None
+    logins: set[tuple[str, str]] = field(default_factory=set)  # (host, login) claimed: no account has it
+    numbers: set[str] = field(default_factory=set)  # which accounts have this login or phone, any host
+    dids: set[str] = field(default_factory=set)  # "any provider" routes with this DID (none: it is free)
+    destinations: set[str] = field(default_factory=set)  # extension -> kind and name
+    providers: set[str] = field(default_factory=set)  # accounts the card names: login, description, host
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "accounts": sorted(self.accounts),
+            "routes": sorted(self.routes),
+            "relied": sorted(self.relied),
+            "bound": sorted(self.bound),
+            "logins": sorted([host, login] for host, login in self.logins),
+            "numbers": sorted(self.numbers),
+            "dids": sorted(self.dids),
+            "destinations": sorted(self.destinations),
+            "providers": sorted(self.providers),
+        }
+        if self.host is not None:
+            data["host"] = {"name": self.host, "recipe": self.recipe}
+        return {k: v for k, v in data.items() if v}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Depends:
+        host = data.get("host") or {}
+        return cls(
+            accounts=set(data.get("accounts", ())),
+            routes={int(r) for r in data.get("routes", ())},
+            relied=set(data.get("relied", ())),
+            bound=set(data.get("bound", ())),
+            host=host.get("name"),
+            recipe=host.get("recipe"),
+            logins={(h, login) for h, login in data.get("logins", ())},
+            numbers=set(data.get("numbers", ())),
+            dids=set(data.get("dids", ())),
+            destinations=set(data.get("destinations", ())),
+            providers=set(data.get("providers", ())),
+        )
+
+    async def read(self, reader: SnapshotReader) -> Snapshot:
+        """What the stale check needs: the lists, the written and relied-on accounts
+        afresh, and the host's accounts in full (kept ones) when their extra parameters count."""
+        full = self.accounts | self.relied
+        host = self.host if self.recipe is not None else None
+        return await reader.read(host=host, accounts=full, fresh=full)
+
+    def fingerprint(self, snapshot: Snapshot) -> str:
+        s = snapshot
+        destinations = {d.value: d for d in s.destinations}
         records = {
-            "host": sorted((p.id, p.username, p.host, p.port, p.disabled) for p in on_host),
-            "accounts": [
-                p.model_dump(mode="json", exclude={"secret"})
-                for p in sorted_by_id(self.details)
-                if p.id in touched
+            "accounts": [[pid, _account(s, pid)] for pid in sorted(self.accounts | self.relied)],
+            "routes": [[rid, _route(s.routes_by_id.get(rid))] for rid in sorted(self.routes)],
+            "bound": [[pid, sorted(r.id or 0 for r in s.routes_of(pid))] for pid in sorted(self.bound)],
+            "host": self._host_state(s),
+            "logins": [
+                [
+                    host,
+                    login,
+                    sorted(p.id for p in s.providers_by_login.get(login, ()) if same_host(p.host, host)),
+                ]
+                for host, login in sorted(self.logins)
             ],
-            "routes": sorted(
-                (r.model_dump(mode="json") for r in self.routes),
-                key=lambda r: (r["id"] is None, r["id"] or 0),
-            ),
+            "numbers": [
+                [n, sorted(p.id for p in accounts_of_number(s.providers, n))] for n in sorted(self.numbers)
+            ],
+            "dids": [[did, [_route(r) for r in s.any_by_did.get(did, ())]] for did in sorted(self.dids)],
+            "destinations": [
+                [v, [d.type.value, d.name] if (d := destinations.get(v)) else None]
+                for v in sorted(self.destinations)
+            ],
+            "providers": [
+                [pid, [p.username, p.description, p.host] if (p := s.providers_by_id.get(pid)) else None]
+                for pid in sorted(self.providers)
+            ],
         }
         blob = json.dumps(records, sort_keys=True, ensure_ascii=False).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    def _host_state(self, s: Snapshot) -> list[Any] | None:
+        if self.host is None:
+            return None
+        key = host_key(self.host)
+        enabled = [p for p in s.providers if not p.disabled and host_key(p.host) == key]
+        if self.recipe is None:
+            return sorted(p.id for p in enabled)
+        state = []
+        by_provider = s.routes_by_provider
+        for p in enabled:
+            detail = s.details.get(p.id)
+            attributes = detail.manualattributes if detail is not None else None
+            bound = by_provider.get(p.id)
+            if attributes == self.recipe and not bound:
+                continue
+            state.append([p.id, attributes, sorted(r.id or 0 for r in bound or ())])
+        return sorted(state)
+
+
+def _account(snapshot: Snapshot, provider_id: str) -> dict[str, Any] | None:
+    detail = snapshot.details.get(provider_id)
+    return detail.model_dump(mode="json", exclude={"secret"}) if detail is not None else None
+
+
+def _route(route: Route | None) -> dict[str, Any] | None:
+    return route.model_dump(mode="json") if route is not None else None
 
 
 def _matches(summary: ProviderSummary, detail: Provider) -> bool:
@@ -116,9 +254,11 @@ class SnapshotReader:
         number: str | None = None,
         fresh: Iterable[str] | bool = False,
         every_host: bool = False,
+        accounts: Iterable[str] = (),
     ) -> Snapshot:
         """The lists, plus the accounts of `host` in full (or of the host that has
-        the login/phone `number`). `fresh`: ids (or True for all) never taken from kept details."""
+        the login/phone `number`), and the `accounts` named by id (those still listed).
+        `fresh`: ids (or True for all) never taken from kept details."""
         providers, routes, destinations = await asyncio.gather(
             self.pbx.list_providers(), self.pbx.list_routes(), self.pbx.destinations()
         )
@@ -129,6 +269,9 @@ class SnapshotReader:
         on_host = [p for p in providers if same_host(p.host, host)] if host is not None else matching
         if every_host:  # the doctor and the digest: every account in full
             on_host = list(providers)
+        named = set(accounts) - {p.id for p in on_host}
+        if named:
+            on_host += [p for p in providers if p.id in named]
         now = self._clock()
         forced = set() if fresh is False else (set(fresh) if fresh is not True else {p.id for p in on_host})
         kept: dict[str, Provider] = {}

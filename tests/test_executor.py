@@ -77,10 +77,18 @@ async def test_a_plan_whose_records_changed_is_stale_and_writes_nothing(sim, cli
     assert sim.writes() == 0 and pbx_records(sim) == before
 
 
-async def test_a_new_route_elsewhere_also_makes_the_plan_stale(sim, client):
+async def test_a_route_for_another_number_leaves_the_plan_valid(sim, client):
     plan = await propose(client, "/addnumber zadarma 847900 → IVR")
     await client.create_route(Route(rulename="other", number="74951112233", extension="201"))
+    assert (await executor(client).apply(plan, {"847900": PASSWORD})).status is ApplyStatus.APPLIED
+
+
+async def test_a_route_taking_the_new_login_as_did_makes_the_plan_stale(sim, client):
+    plan = await propose(client, "/addnumber zadarma 847900 → IVR")
+    await client.create_route(Route(rulename="taken", number="847900", extension="201"))
+    sim.stats.clear()
     assert (await executor(client).apply(plan, {"847900": PASSWORD})).status is ApplyStatus.STALE
+    assert sim.writes() == 0
 
 
 async def test_without_the_password_nothing_is_written(sim, client):
