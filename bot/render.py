@@ -171,12 +171,36 @@ def outcome_text(
         )
     if outcome.get("leftovers"):
         lines.append(t("outcome.leftover_help", lang))
+    if outcome.get("replan_error"):
+        lines.append(t("outcome.replan_failed", lang))
+        reason = replan_reason(outcome["replan_error"], lang, html)
+        lines.append(t("outcome.replan_reason", lang, reason=reason))
     registration = outcome.get("registration") or {}
     if registration:
         lines.append(t("outcome.registration_header", lang))
         for login, state in sorted(registration.items()):
             lines.append(t("outcome.registration", lang, login=esc(login), state=t(f"state.{state}", lang)))
     return "\n".join(lines)
+
+
+class _Refusal(Exception):
+    def __init__(self, code: str, params: dict[str, Any]):
+        self.code, self.params = code, params
+
+
+def replan_reason(error: dict[str, Any], lang: str, html: bool = False) -> str:
+    """Why a stale plan could not be planned again: `{"code", "params"}` (and `kind`,
+    "plan_error" or "change", when given) as the sentence its error has elsewhere."""
+    code = str(error.get("code") or "")
+    params = dict(error.get("params") or {})
+    kind = error.get("kind")
+    if kind is None:
+        kind = "plan_error" if f"plan_error.{code}" in CATALOGUES["en"] else "change"
+    exc: Exception = PlanError(code, **params) if kind == "plan_error" else _Refusal(code, params)
+    try:
+        return error_text(exc, lang, html=html)
+    except (KeyError, IndexError, ValueError):  # a code or parameter this catalogue does not know
+        return _escape(html)(code or "?")
 
 
 def error_text(exc: Exception, lang: str, *, html: bool = False) -> str:
