@@ -11,7 +11,7 @@ learns when its slot is and sleeps till then, so waiting senders never race
 time, so a busy group never delays the others). When the answer is back the
 slot moves to that moment, never earlier than Telegram counted the message.
 A 429 holds its chat for every sender, on every replica, for `retry_after`; the
-message is retried while `patience` lasts.
+message is retried until the waits 429s asked of it add up to more than `patience`.
 
 With `[redis] url` the windows and holds live in Redis (Lua scripts on Redis's
 clock), so two replicas share 20 a minute instead of taking 20 each; otherwise
@@ -55,6 +55,11 @@ class Budget(Protocol):
         """A slot in `key`'s window: (seconds until it, its id); or, while one of `holds`
         is on, (seconds it lasts, None) and nothing reserved."""
 
+    async def confirm(self, key: str, slot: str, limit: int, window: float) -> float:
+        """At the slot's time: 0 (and the slot moves to now) when fewer than `limit`
+        other messages went out in the last `window` seconds, as Telegram counts them
+        (a message counts from when its answer came back); else the seconds to wait."""
+
     async def settle(self, keys: list[str], slot: str) -> None:
         """The message went out (or failed): its slot moves to now."""
 
@@ -93,6 +98,15 @@ class LocalBudget:
         slot = f"l{next(self._ids)}"
         entries[slot] = at
         return at - now, slot
+
+    async def confirm(self, key: str, slot: str, limit: int, window: float) -> float:
+        now = self.clock()
+        entries = self._log.setdefault(key, {})
+        times = sorted(at for s, at in entries.items() if s != slot and now - window < at <= now)
+        if len(times) >= limit:
+            return times[len(times) - limit] + window - now
+        entries[slot] = now
+        return 0.0
 
     async def settle(self, keys: list[str], slot: str) -> None:
         now = self.clock()
@@ -136,6 +150,19 @@ redis.call('ZADD', KEYS[1], at, ARGV[3])
 redis.call('PEXPIRE', KEYS[1], at - now + window + 1000)
 return {0, at - now}
 """
+_CONFIRM = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local e = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (now - window), now, 'WITHSCORES')
+local times = {}
+for i = 1, #e, 2 do
+  if e[i] ~= ARGV[3] then table.insert(times, tonumber(e[i + 1])) end
+end
+if #times >= limit then return {1, math.max(1, times[#times - limit + 1] + window - now)} end
+redis.call('ZADD', KEYS[1], 'XX', now, ARGV[3])
+return {0, 0}
+"""
 _SETTLE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -176,7 +203,12 @@ class RedisBudget:
             self._redis = aioredis.Redis(connection_pool=pool)
             self._scripts = {
                 name: self._redis.register_script(body)
-                for name, body in (("reserve", _RESERVE), ("settle", _SETTLE), ("hold", _HOLD))
+                for name, body in (
+                    ("reserve", _RESERVE),
+                    ("confirm", _CONFIRM),
+                    ("settle", _SETTLE),
+                    ("hold", _HOLD),
+                )
             }
         return self._redis
 
@@ -194,6 +226,16 @@ class RedisBudget:
             log.warning("telegram budget in Redis unavailable (%s): using this process's", type(exc).__name__)
             return await self.local.reserve(key, limit, window, holds)
         return int(ms) / 1000, None if held else slot
+
+    async def confirm(self, key: str, slot: str, limit: int, window: float) -> float:
+        if slot.startswith("l"):
+            return await self.local.confirm(key, slot, limit, window)
+        try:
+            _, ms = await self._run("confirm", [key], [limit, int(window * 1000), slot])
+        except Exception as exc:
+            log.warning("telegram budget in Redis unavailable (%s)", type(exc).__name__)
+            return 0.0
+        return int(ms) / 1000
 
     async def settle(self, keys: list[str], slot: str) -> None:
         if slot.startswith("l"):
@@ -235,14 +277,23 @@ class Throttle(BaseRequestMiddleware):
         self.waited = 0.0  # seconds spent waiting, for tests and figures
         self.retried = 0  # 429s answered by waiting and sending again
 
-    async def _slot(self, key: str, limit: int, window: float, holds: list[str]) -> str:
+    async def _slot(self, key: str, limit: int, window: float, holds: list[str], *, confirm: bool) -> str:
         while True:
             delay, slot = await self.budget.reserve(key, limit, window, holds)
-            if delay > 0:
-                self.waited += delay
-                await asyncio.sleep(delay)
+            await self._sleep(delay)
             if slot is not None:
-                return slot
+                break
+        while confirm:  # the messages before it may have reached Telegram later than planned
+            delay = await self.budget.confirm(key, slot, limit, window)
+            if delay <= 0:
+                break
+            await self._sleep(delay)
+        return slot
+
+    async def _sleep(self, delay: float) -> None:
+        if delay > 0:
+            self.waited += delay
+            await asyncio.sleep(delay)
 
     async def __call__(
         self,
@@ -258,20 +309,21 @@ class Throttle(BaseRequestMiddleware):
         prefix = f"{bot.id}:"
         chat_key, all_key = f"{prefix}chat:{chat}", f"{prefix}all"
         holds = [f"{prefix}hold", *([f"{prefix}hold:{chat}"] if chat is not None else [])]
-        started = time.monotonic()
+        held = 0.0  # seconds this message was told to wait by 429s (its own budget wait is not counted)
         while True:
             taken: list[tuple[str, str]] = []
             try:
                 if group:  # every attempt, a retry included, takes its slot in the group's minute
-                    taken.append(
-                        (chat_key, await self._slot(chat_key, self.group_limit, self.group_window, []))
-                    )
-                taken.append((all_key, await self._slot(all_key, self.global_limit, GLOBAL_WINDOW, holds)))
+                    slot = await self._slot(chat_key, self.group_limit, self.group_window, [], confirm=True)
+                    taken.append((chat_key, slot))
+                slot = await self._slot(all_key, self.global_limit, GLOBAL_WINDOW, holds, confirm=False)
+                taken.append((all_key, slot))
                 return await make_request(bot, method)
             except TelegramRetryAfter as exc:
                 await self.budget.hold(holds[-1], exc.retry_after)  # every sender to this chat waits
                 self.retried += 1
-                if time.monotonic() - started + exc.retry_after > self.patience:
+                held += exc.retry_after
+                if held > self.patience:
                     raise
                 log.warning("telegram asked to wait %s s (%s)", exc.retry_after, type(method).__name__)
             finally:
