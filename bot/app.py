@@ -166,10 +166,10 @@ class BoundedDispatcher(Dispatcher):
 
     @contextlib.asynccontextmanager
     async def _turn(self, update: Update) -> AsyncIterator[None]:
-        if not self.ordered:
+        key = _turn_key(update) if self.ordered else (None, None)
+        if key == (None, None):  # unordered, or an update of no chat and no user
             yield
             return
-        key = _turn_key(update)
         entry = self._turns.setdefault(key, [asyncio.Lock(), 0])
         entry[1] += 1
         try:

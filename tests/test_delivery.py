@@ -318,6 +318,45 @@ async def test_updates_run_at_most_max_concurrent_at_once(sim, tmp_path, mode):
             assert peak == bound
 
 
+async def test_one_busy_user_in_a_chat_never_takes_every_slot():
+    """Replicas order one (chat, user)'s updates: they wait their turn in memory, not in a slot."""
+    from aiogram import Bot
+    from aiogram.types import Update
+
+    from bot.app import BoundedDispatcher
+
+    dispatcher = BoundedDispatcher(max_concurrent=2, ordered=True)
+    busy, other = 11, 12
+    gate = asyncio.Event()
+    started: list[int] = []
+    finished: list[int] = []
+
+    @dispatcher.message()
+    async def handler(message) -> None:
+        started.append(message.from_user.id)
+        if message.from_user.id == busy:
+            await gate.wait()
+        finished.append(message.from_user.id)
+
+    bot = Bot("123456:delivery-unit-token")
+
+    def update(n: int, user: int) -> Update:
+        message = {"message_id": n, "date": 0, "chat": {"id": -5, "type": "supergroup", "title": "g"}}
+        message.update({"from": {"id": user, "is_bot": False, "first_name": "U"}, "text": "hi"})
+        return Update.model_validate({"update_id": n, "message": message}, context={"bot": bot})
+
+    try:
+        tasks = [asyncio.create_task(dispatcher.feed_update(bot, update(n, busy))) for n in range(1, 6)]
+        tasks.append(asyncio.create_task(dispatcher.feed_update(bot, update(6, other))))
+        await until(lambda: other in finished, what="the other user's update")
+        assert started.count(busy) == 1 and dispatcher.peak <= 2
+        gate.set()
+        await asyncio.gather(*tasks)
+        assert finished.count(busy) == 5
+    finally:
+        await bot.session.close()
+
+
 # ---------------------------------------------------------------------- long answers
 
 
