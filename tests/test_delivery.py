@@ -276,13 +276,15 @@ async def test_a_card_that_cannot_be_posted_releases_its_plan(sim, tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["polling", "webhook"])
-async def test_updates_run_at_most_max_concurrent_at_once(sim, tmp_path, mode):
-    bound, n = 3, 10
+async def test_updates_run_at_most_max_concurrent_at_once_and_the_rest_wait_on_telegrams_side(
+    sim, tmp_path, mode
+):
+    bound, pending, n = 3, 6, 10
     people = list(range(200, 200 + n))
     async with TelegramSandbox(TOKEN) as tg:
         for uid in people:
             tg.add_user(uid, f"User{uid}")
-        telegram, server = {}, {"max_concurrent_updates": bound}
+        telegram, server = {}, {"max_concurrent_updates": bound, "max_pending_updates": pending}
         if mode == "webhook":
             port = free_port()
             telegram = {"mode": "webhook", "webhook_url": f"http://127.0.0.1:{port}/telegram"}
@@ -311,8 +313,16 @@ async def test_updates_run_at_most_max_concurrent_at_once(sim, tmp_path, mode):
                     return len(app.webhook_handler._background_feed_update_tasks)
                 return len(app.dispatcher._handle_update_tasks)
 
-            await until(lambda: in_hand() == n and running_now == bound, what="all updates taken")
-            assert running_now == bound  # the other 7 wait their turn
+            def held_back() -> bool:  # updates beyond max_pending are still on Telegram's side
+                if mode == "webhook":
+                    return len(tg._deliveries) == n - pending  # their webhook answers wait
+                return len(tg._updates) == n  # polling has not asked for the next updates
+
+            await until(
+                lambda: in_hand() == pending and running_now == bound and held_back(),
+                what="max_pending updates taken, max_concurrent running",
+            )
+            assert running_now == bound  # the others wait their turn
             gate.set()
             await until(lambda: all(sends(tg, uid, "роль") for uid in people), what="every answer")
             assert peak == bound
