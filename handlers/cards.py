@@ -189,11 +189,13 @@ def _why(exc: BaseException) -> str:
 
 def release(services: Services, row: PlanRow, exc: BaseException) -> PlanRow:
     """The card could not be posted: the plan is cancelled with the reason and its logins freed."""
-    log.warning("the card of plan %s could not be posted (%s): plan released", row.id, _why(exc))
     try:
-        return services.changes.release(row.id, CARD_RELEASED, error=_why(exc))
-    except ChangeError:  # it ended meanwhile (cancelled, expired)
+        released = services.changes.release(row.id, CARD_RELEASED, error=_why(exc))
+    except ChangeError:  # it ended meanwhile (cancelled, expired), or is being applied
+        log.warning("the card of plan %s could not be posted (%s)", row.id, _why(exc))
         return services.store.get_plan(row.id) or row
+    log.warning("the card of plan %s could not be posted (%s): plan released", row.id, _why(exc))
+    return released
 
 
 async def post_card(
