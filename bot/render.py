@@ -183,24 +183,26 @@ def outcome_text(
     return "\n".join(lines)
 
 
-class _Refusal(Exception):
-    def __init__(self, code: str, params: dict[str, Any]):
-        self.code, self.params = code, params
+class _Blanks(dict):
+    def __missing__(self, key: str) -> str:
+        return "…"  # a parameter the outcome did not keep (only strings and numbers are kept)
 
 
 def replan_reason(error: dict[str, Any], lang: str, html: bool = False) -> str:
     """Why a stale plan could not be planned again: `{"code", "params"}` (and `kind`,
     "plan_error" or "change", when given) as the sentence its error has elsewhere."""
+    esc = _escape(html)
     code = str(error.get("code") or "")
-    params = dict(error.get("params") or {})
+    params = _Blanks({k: esc(v) for k, v in (error.get("params") or {}).items()})
+    catalogue = CATALOGUES.get(lang, CATALOGUES["en"])
     kind = error.get("kind")
-    if kind is None:
-        kind = "plan_error" if f"plan_error.{code}" in CATALOGUES["en"] else "change"
-    exc: Exception = PlanError(code, **params) if kind == "plan_error" else _Refusal(code, params)
-    try:
-        return error_text(exc, lang, html=html)
-    except (KeyError, IndexError, ValueError):  # a code or parameter this catalogue does not know
-        return _escape(html)(code or "?")
+    for key in [f"{kind}.{code}"] if kind else [f"plan_error.{code}", f"change.{code}"]:
+        if key in catalogue:
+            try:
+                return catalogue[key].format_map(params)
+            except (IndexError, ValueError, AttributeError):
+                break
+    return esc(code or "?")
 
 
 def error_text(exc: Exception, lang: str, *, html: bool = False) -> str:

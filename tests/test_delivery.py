@@ -402,3 +402,6 @@ def test_a_stale_plan_whose_replan_failed_says_why():
     assert "open plan abc123" in outcome_text(None, locked, "en")
     unknown = outcome_text(None, {"replan_error": {"code": "mystery", "params": {}}}, "ru")
     assert "Причина: mystery" in unknown
+    # the core keeps only string and number parameters: a list it dropped shows as "…"
+    gone = {"replan_error": {"code": "no_destination", "params": {"query": "IVR 2"}}}
+    assert "Why: No destination matches “IVR 2”. There are: …" in outcome_text(None, gone, "en")
