@@ -164,6 +164,8 @@ async def run(args: argparse.Namespace, data: Path) -> dict:
                 "whoami": count(tg, "роль", group_ids),
                 "asks": count(tg, "Пришлите мне", private),
                 "passwords": count(tg, "получен", private),
+                "files": sum(1 for e in tg.events if e["kind"] == "document" and e["chat_id"] in group_ids),
+                "files_owed": count(tg, "весь текст — в файле", group_ids),
             }
 
         asked: set[int] = set()
@@ -175,12 +177,14 @@ async def run(args: argparse.Namespace, data: Path) -> dict:
                         asked.add(e["chat_id"])
                         tg.send(e["chat_id"], e["chat_id"], f"Pw-{e['chat_id']}-secret")
                         sent += 1
-            if all(got[k] >= v for k, v in owed.items()) and got["passwords"] >= len(everyone):
+            done = all(got[k] >= v for k, v in owed.items()) and got["passwords"] >= len(everyone)
+            if done and got["files"] >= got["files_owed"]:  # a long answer's file comes after its message
                 break
             await asyncio.sleep(0.5)
         elapsed = time.monotonic() - started
         got = answered()
         owed["passwords"] = len(everyone)
+        owed["files"] = got["files_owed"]
         plans = Store(engine).plans(limit=10_000)
         logs = "".join((data / f"replica{i}.log").read_text(errors="replace") for i in range(len(procs)))
         result = {
@@ -200,12 +204,13 @@ async def run(args: argparse.Namespace, data: Path) -> dict:
             "retried_429": logs.count("telegram asked to wait"),
             "seconds": round(elapsed, 1),
         }
+        print(json.dumps(result), flush=True)
     finally:
         for proc in procs:
             if proc.returncode is None:
                 proc.terminate()
         for proc in procs:
-            await asyncio.wait_for(proc.wait(), 120)
+            await asyncio.wait_for(proc.wait(), 300)
         await tg.stop()
         await sim.stop()
         engine.dispose()
