@@ -258,9 +258,16 @@ async def tell_released(bot: Bot, row: PlanRow, chat_ids: list[int], lang: str) 
 
 
 async def refresh_card(
-    bot: Bot, services: Services, row: PlanRow, *, extra: str = "", lang: str | None = None
+    bot: Bot,
+    services: Services,
+    row: PlanRow,
+    *,
+    extra: str = "",
+    lang: str | None = None,
+    patience: float = EDIT_PATIENCE,
 ) -> None:
-    """Edit the card in place; "not modified" is success, a lost card is posted again."""
+    """Edit the card in place; "not modified" is success, a lost card is posted again.
+    Retried for `patience` seconds while Telegram cannot take it."""
     row = services.store.get_plan(row.id) or row
     if row.chat_id is None or row.message_id is None:
         return
@@ -275,7 +282,7 @@ async def refresh_card(
                 text=text, chat_id=chat, message_id=row.message_id, reply_markup=markup
             ),
             row.chat_id,
-            until=time.monotonic() + EDIT_PATIENCE,
+            until=time.monotonic() + patience,
         )
     except TelegramBadRequest as exc:
         if "not modified" in exc.message:
@@ -297,9 +304,16 @@ async def apply_and_report(bot: Bot, services: Services, row: PlanRow, actor: Ac
         if total >= 10 and (now - last >= PROGRESS_EVERY or done == total):
             last = now
             lang = card_language(services, current)
-            await refresh_card(
-                bot, services, current, extra=t("tg.card.progress", lang, done=done, total=total)
-            )
+            try:  # progress is a courtesy: it never holds the apply between two writes
+                await refresh_card(
+                    bot,
+                    services,
+                    current,
+                    extra=t("tg.card.progress", lang, done=done, total=total),
+                    patience=0,
+                )
+            except TelegramAPIError as exc:
+                log.info("plan %s: a progress edit was skipped (%s)", current.id, type(exc).__name__)
 
     try:
         outcome = await services.changes.apply(actor, row.id, progress=progress)
