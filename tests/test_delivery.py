@@ -203,16 +203,18 @@ async def test_three_busy_groups_under_telegrams_limit_lose_no_update_and_no_car
             def answered() -> bool:
                 cards = sum(len(sends(tg, g, r"План \w{6}.*Одобрений")) for g in GROUPS)
                 lists = sum(len(sends(tg, g, "Открытые планы")) for g in GROUPS)
-                return cards >= total and lists >= total
+                return cards >= total and lists >= total and asked() == set(everyone)
 
-            await until(answered, timeout=180, what="every card and every /plans answer")
+            def asked() -> set[int]:  # after its card, each proposer is asked for the password, privately
+                asks = [e for e in tg.events if e["kind"] == "send" and "Пришлите мне" in e["text"]]
+                return {e["chat_id"] for e in asks}
+
+            await until(answered, timeout=180, what="every card, password request and /plans answer")
             rows = app.services.store.plans(limit=1000)
             assert len(rows) == total and {r.status for r in rows} == {"proposed"}
             for row in rows:  # every proposed plan has its card, where the bot says it is
                 assert row.message_id is not None
                 assert row.id in tg.messages[row.chat_id][row.message_id]["text"]
-            asks = {e["chat_id"] for e in tg.events if e["kind"] == "send" and "Пришлите мне" in e["text"]}
-            assert asks == set(everyone)  # and every proposer was asked for the password, privately
             assert app.throttle.waited > 0  # the limit did bite: the bot waited for room
     assert tg.limited == []  # the bot stayed under the limit: nothing had to be refused
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
@@ -236,7 +238,9 @@ async def test_a_card_is_retried_past_the_throttles_patience_and_counted(sim, tm
                 lambda e: e["kind"] == "send" and e["chat_id"] == group and PLAN.search(e["text"] or ""),
                 timeout=60,
             )
-            row = app.services.store.get_plan(PLAN.search(card["text"]).group(1))
+            store, plan_id = app.services.store, PLAN.search(card["text"]).group(1)
+            await until(lambda: store.get_plan(plan_id).message_id is not None, what="the card remembered")
+            row = store.get_plan(plan_id)
             assert row.status == "proposed" and row.message_id == card["message_id"]
             assert app.throttle.retried == 2  # the throttle gave up at once; the card did not
             sent = [e for e in tg.events if e["chat_id"] == group and e["kind"] in ("send", "document")]
