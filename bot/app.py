@@ -17,14 +17,22 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
+from aiogram.dispatcher.middlewares.user_context import UserContextMiddleware
 from aiogram.enums import ParseMode
 from aiogram.exceptions import TelegramAPIError
-from aiogram.types import BotCommand, BotCommandScopeAllGroupChats, BotCommandScopeAllPrivateChats
+from aiogram.fsm.storage.base import BaseEventIsolation, DefaultKeyBuilder, StorageKey
+from aiogram.types import (
+    BotCommand,
+    BotCommandScopeAllGroupChats,
+    BotCommandScopeAllPrivateChats,
+    Update,
+)
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -33,7 +41,7 @@ from handlers import routers
 from handlers.access import Access, Observe
 from handlers.cards import refresh_card
 from handlers.routing import TelegramPoster
-from handlers.throttle import Throttle
+from handlers.throttle import LocalBudget, RedisBudget, Throttle
 from pbx.mikopbx import MikoPbxClient
 
 from .changes import Changes, PbxHandle
@@ -61,28 +69,170 @@ GROUP_COMMANDS = (
 PRIVATE_COMMANDS = (*GROUP_COMMANDS, "pbx", "whoami")
 
 
-def make_bot(settings: Settings) -> Bot:
+def make_throttle(settings: Settings) -> Throttle:
+    """Telegram's limits: one budget per group for every replica (Redis when `[redis] url` is set)."""
+    tg = settings.telegram
+    if settings.redis.url:
+        budget: Any = RedisBudget(
+            settings.redis.url, max_connections=settings.server.max_concurrent_updates + 8
+        )
+    else:
+        budget = LocalBudget()
+    return Throttle(
+        budget,
+        group_limit=tg.group_limit,
+        group_window=tg.group_window,
+        global_limit=tg.global_limit,
+        patience=tg.retry_patience,
+    )
+
+
+def make_bot(settings: Settings, throttle: Throttle | None = None) -> Bot:
     token = settings.telegram.token
     if token is None:
         raise ConfigError(["telegram.token: required to run the bot (or telegram.token_file)"])
     api_base = settings.telegram.api_base
     session = AiohttpSession(api=TelegramAPIServer.from_base(api_base)) if api_base else AiohttpSession()
-    session.middleware(Throttle())
+    session.middleware(throttle or make_throttle(settings))
     defaults = DefaultBotProperties(parse_mode=ParseMode.HTML, link_preview_is_disabled=True)
     return Bot(token.get_secret_value(), session=session, default=defaults)
 
 
-def make_dispatcher(services: Services, metrics: Metrics | None = None) -> Dispatcher:
-    """Routers behind the access check; with `[redis] url`, FSM storage and event
-    isolation in Redis, so webhook replicas handle one chat's updates in turn."""
-    redis_url = services.settings.redis.url
-    if redis_url:
-        from aiogram.fsm.storage.redis import RedisStorage  # only replicas pay for the redis client
+class RedisTurns(BaseEventIsolation):
+    """One (chat, user)'s updates in turn across replicas: aiogram's Redis lock, with a
+    blocking connection pool of its own sized for this process's updates in flight
+    (never `MaxConnectionsError`), renewed while its update runs (a handler may wait
+    minutes for the group's budget; a dead replica's lock lapses after `ttl` seconds)."""
 
-        storage = RedisStorage.from_url(redis_url)
-        dispatcher = Dispatcher(storage=storage, events_isolation=storage.create_isolation())
+    def __init__(self, url: str, *, max_connections: int, ttl: float = 30.0):
+        import redis.asyncio as aioredis  # only replicas pay for the redis client
+
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=120)
+        self.redis = aioredis.Redis(connection_pool=pool)
+        self.ttl = ttl
+        self.key_builder = DefaultKeyBuilder()
+
+    async def _renew(self, lock: Any) -> None:
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            try:
+                await lock.reacquire()
+            except Exception as exc:  # (the update goes on; its turn may lapse)
+                log.warning("could not renew an update's turn: %s", type(exc).__name__)
+                return
+
+    @contextlib.asynccontextmanager
+    async def lock(self, key: StorageKey) -> AsyncIterator[None]:
+        from redis.exceptions import LockError
+
+        lock = self.redis.lock(name=self.key_builder.build(key, "lock"), timeout=self.ttl, sleep=0.05)
+        await lock.acquire()
+        renew = asyncio.create_task(self._renew(lock))
+        try:
+            yield
+        finally:
+            renew.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renew
+            try:
+                await lock.release()
+            except LockError:
+                log.warning("an update's turn lapsed before it ended")
+
+    async def close(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
+            self.redis = None
+
+
+def _turn_key(update: Update) -> tuple[int | None, int | None]:
+    context = UserContextMiddleware.resolve_event_context(update)
+    return context.chat_id, context.user_id
+
+
+class BoundedDispatcher(Dispatcher):
+    """At most `max_concurrent` updates run at once in this process. With `ordered`
+    (replicas: Redis event isolation), one (chat, user)'s updates first wait their
+    turn here, in memory, so a busy chat's queue never takes every slot, and the
+    Redis lock is waited on by at most `max_concurrent` updates."""
+
+    def __init__(self, *, max_concurrent: int, ordered: bool = False, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.max_concurrent = max_concurrent
+        self.slots = asyncio.Semaphore(max_concurrent)
+        self.ordered = ordered
+        self._turns: dict[tuple[int | None, int | None], list[Any]] = {}
+        self.running = 0
+        self.peak = 0
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, update: Update) -> AsyncIterator[None]:
+        key = _turn_key(update) if self.ordered else (None, None)
+        if key == (None, None):  # unordered, or an update of no chat and no user
+            yield
+            return
+        entry = self._turns.setdefault(key, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                self._turns.pop(key, None)
+
+    async def feed_update(self, bot: Bot, update: Update, **kwargs: Any) -> Any:
+        async with self._turn(update), self.slots:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+            try:
+                return await super().feed_update(bot, update, **kwargs)
+            finally:
+                self.running -= 1
+
+
+class BoundedRequestHandler(SimpleRequestHandler):
+    """The webhook with backpressure: at most `max_pending` updates accepted and not
+    finished; beyond that the answer to Telegram waits, so Telegram sends more slowly."""
+
+    def __init__(self, *args: Any, max_pending: int, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.pending = asyncio.Semaphore(max_pending)
+
+    async def _handle_request_background(self, bot: Bot, request: web.Request) -> web.Response:
+        await self.pending.acquire()
+        try:
+            return await super()._handle_request_background(bot, request)
+        except BaseException:
+            self.pending.release()
+            raise
+
+    async def _background_feed_update(self, bot: Bot, update: dict[str, Any]) -> None:
+        try:
+            await super()._background_feed_update(bot, update)
+        finally:
+            self.pending.release()
+
+
+def make_dispatcher(services: Services, metrics: Metrics | None = None) -> Dispatcher:
+    """Routers behind the access check, at most `[server] max_concurrent_updates` at
+    once; with `[redis] url`, FSM storage and event isolation in Redis (pools of their
+    own, blocking, sized for that bound), so webhook replicas handle one chat's
+    updates in turn."""
+    redis_url = services.settings.redis.url
+    bound = services.settings.server.max_concurrent_updates
+    if redis_url:
+        import redis.asyncio as aioredis  # only replicas pay for the redis client
+        from aiogram.fsm.storage.redis import RedisStorage
+
+        pool = aioredis.BlockingConnectionPool.from_url(redis_url, max_connections=bound + 4, timeout=120)
+        storage = RedisStorage(aioredis.Redis(connection_pool=pool))
+        isolation = RedisTurns(redis_url, max_connections=bound + 4)
+        dispatcher = BoundedDispatcher(
+            max_concurrent=bound, ordered=True, storage=storage, events_isolation=isolation
+        )
     else:
-        dispatcher = Dispatcher()
+        dispatcher = BoundedDispatcher(max_concurrent=bound)
     if metrics is not None:
         dispatcher.update.outer_middleware(Observe(metrics))
     access = Access(services)
@@ -105,16 +255,20 @@ async def set_commands(bot: Bot) -> None:
         await bot.set_my_commands(default, scope=scope)
 
 
+HOUSEKEEPING_PATIENCE = 30.0  # seconds a card edit may wait out Telegram here: the next round retries
+
+
 async def housekeeping(bot: Bot, services: Services) -> None:
     """Expire open plans past their time (their cards say so); reconcile plans a dead
     process left applying; edit the cards of plans that ended where no card could be
     edited (`pbxbot recover`)."""
     for row in await services.changes.expire():
-        await refresh_card(bot, services, row)
+        with contextlib.suppress(TelegramAPIError):
+            await refresh_card(bot, services, row, patience=HOUSEKEEPING_PATIENCE)
     await services.changes.recover()
     for row in services.changes.cards_to_refresh():
         try:
-            await refresh_card(bot, services, row)
+            await refresh_card(bot, services, row, patience=HOUSEKEEPING_PATIENCE)
         except TelegramAPIError as exc:
             log.warning("plan %s: its card could not be edited: %s", row.id, exc)
             continue
@@ -135,6 +289,7 @@ class BotApp:
     task: asyncio.Task | None = None
     runner: web.AppRunner | None = None
     webhook_handler: SimpleRequestHandler | None = None
+    throttle: Throttle | None = None
 
     async def start(self, *, polling_timeout: int = 10) -> None:
         settings = self.services.settings
@@ -151,7 +306,12 @@ class BotApp:
         await self.bot.delete_webhook(drop_pending_updates=False)
         self.task = asyncio.create_task(
             self.dispatcher.start_polling(
-                self.bot, handle_signals=False, close_bot_session=False, polling_timeout=polling_timeout
+                self.bot,
+                handle_signals=False,
+                close_bot_session=False,
+                polling_timeout=polling_timeout,
+                handle_as_tasks=True,
+                tasks_concurrency_limit=settings.server.max_pending_updates,
             )
         )
 
@@ -173,8 +333,11 @@ class BotApp:
         secret = settings.telegram.webhook_secret
         token = secret.get_secret_value() if secret else None
         app = web.Application()
-        self.webhook_handler = SimpleRequestHandler(
-            dispatcher=self.dispatcher, bot=self.bot, secret_token=token
+        self.webhook_handler = BoundedRequestHandler(
+            dispatcher=self.dispatcher,
+            bot=self.bot,
+            secret_token=token,
+            max_pending=settings.server.max_pending_updates,
         )
         self.webhook_handler.register(app, path=settings.server.webhook_path)
         setup_application(app, self.dispatcher, bot=self.bot)
@@ -221,6 +384,8 @@ class BotApp:
             await self.runner.cleanup()
             self.runner = None
         await self.bot.session.close()
+        if self.throttle is not None:
+            await self.throttle.budget.close()
 
     async def wait(self) -> None:
         if self.task is not None:
@@ -255,10 +420,12 @@ async def running(
     }
     changes = Changes(store, settings.policy, open_vault(settings), handles)
     services = Services(settings, changes, store)
-    bot = make_bot(settings)
+    throttle = make_throttle(settings)
+    bot = make_bot(settings, throttle)
     dispatcher = make_dispatcher(services, metrics)
     leadership = Leadership(store.engine, interval=leader_interval or settings.server.leader_interval)
     app = BotApp(bot, dispatcher, services, Scheduler(services, TelegramPoster(bot)), metrics, leadership)
+    app.throttle = throttle
     try:
         await app.start(polling_timeout=polling_timeout)
         yield app
@@ -268,4 +435,5 @@ async def running(
             await client.aclose()
         if dispatcher.storage is not None:
             await dispatcher.storage.close()
+        await dispatcher.fsm.events_isolation.close()
         store.engine.dispose()

@@ -771,3 +771,13 @@ class Changes:
         return await self.propose(
             actor, original.pbx, Undo(plan_id), secrets=secrets, command=f"/undo {plan_id}", chat_id=chat_id
         )
+
+    # ------------------------------------------------------------------ delivery
+
+    def release(self, plan_id: str, reason: str, **detail: Any) -> PlanRow:
+        """Cancel an open plan nobody can act on (its card could not be posted), with the
+        reason; its locks go and its secrets are erased. ChangeError when it already ended."""
+        row = self._get(plan_id)
+        if row.status not in OPEN:
+            raise ChangeError("plan_closed", plan=row.id, status=row.status)
+        return self._end(row, CANCELLED, None, reason=reason, **detail)

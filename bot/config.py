@@ -131,6 +131,13 @@ class TelegramSettings(_Section):
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None
     webhook_secret_file: Path | None = None
+    # Telegram's outbound limits, one budget for all replicas (in Redis when [redis] url is set):
+    # messages per group per group_window seconds, and messages per second overall.
+    group_limit: int = Field(default=20, ge=1, le=1000)
+    group_window: float = Field(default=60.0, gt=0, le=3600)
+    global_limit: int = Field(default=30, ge=1, le=1000)
+    # how long a message is retried while Telegram answers 429 before it is given up (seconds)
+    retry_patience: float = Field(default=600.0, ge=0, le=86400)
 
     @model_validator(mode="after")
     def _token_file(self) -> TelegramSettings:
@@ -154,6 +161,12 @@ class ServerSettings(_Section):
     # how often a replica tries to become the scheduler owner, and the owner's housekeeping period
     leader_interval: float = Field(default=5.0, gt=0, le=300)
     housekeeping_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # updates handled at once by one process (polling or webhook); one chat's updates wait their
+    # turn in memory first, so a busy chat never takes every slot
+    max_concurrent_updates: int = Field(default=16, ge=1, le=1000)
+    # updates accepted but not finished; beyond it polling stops fetching and the webhook holds
+    # its answer (Telegram then sends more slowly)
+    max_pending_updates: int = Field(default=1000, ge=1, le=100_000)
 
 
 class RedisSettings(_Section):

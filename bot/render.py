@@ -174,12 +174,38 @@ def outcome_text(
         )
     if outcome.get("leftovers"):
         lines.append(t("outcome.leftover_help", lang))
+    if outcome.get("replan_error"):
+        lines.append(t("outcome.replan_failed", lang))
+        reason = replan_reason(outcome["replan_error"], lang, html)
+        lines.append(t("outcome.replan_reason", lang, reason=reason))
     registration = outcome.get("registration") or {}
     if registration:
         lines.append(t("outcome.registration_header", lang))
         for login, state in sorted(registration.items()):
             lines.append(t("outcome.registration", lang, login=esc(login), state=t(f"state.{state}", lang)))
     return "\n".join(lines)
+
+
+class _Blanks(dict):
+    def __missing__(self, key: str) -> str:
+        return "…"  # a parameter the outcome did not keep (only strings and numbers are kept)
+
+
+def replan_reason(error: dict[str, Any], lang: str, html: bool = False) -> str:
+    """Why a stale plan could not be planned again: `{"code", "params"}` (and `kind`,
+    "plan_error" or "change", when given) as the sentence its error has elsewhere."""
+    esc = _escape(html)
+    code = str(error.get("code") or "")
+    params = _Blanks({k: esc(v) for k, v in (error.get("params") or {}).items()})
+    catalogue = CATALOGUES.get(lang, CATALOGUES["en"])
+    kind = error.get("kind")
+    for key in [f"{kind}.{code}"] if kind else [f"plan_error.{code}", f"change.{code}"]:
+        if key in catalogue:
+            try:
+                return catalogue[key].format_map(params)
+            except (IndexError, ValueError, AttributeError):
+                break
+    return esc(code or "?")
 
 
 def error_text(exc: Exception, lang: str, *, html: bool = False) -> str:

@@ -1,16 +1,32 @@
 """The plan card: posted where the plan was proposed (or in the PBX's approval
 group), edited in place as the plan moves, with versioned buttons that carry a
 short plan id only. Plans too long for one message get a summary card and the
-full plan as a document."""
+full plan as a document.
+
+A card is owed: it is retried until it is posted (bounded by the plan's expiry);
+a card that cannot be posted releases its plan (cancelled with the reason, its
+logins free), so no plan is ever open with no card. Edits are retried too.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from datetime import UTC
+from typing import Any, TypeVar
 
 from aiogram import Bot
-from aiogram.exceptions import TelegramBadRequest, TelegramForbiddenError
+from aiogram.exceptions import (
+    TelegramAPIError,
+    TelegramBadRequest,
+    TelegramForbiddenError,
+    TelegramMigrateToChat,
+    TelegramNetworkError,
+    TelegramRetryAfter,
+    TelegramServerError,
+)
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import BufferedInputFile, ForceReply, InlineKeyboardButton, InlineKeyboardMarkup
 
@@ -23,6 +39,10 @@ from storage.tables import PlanRow
 
 log = logging.getLogger("pbxbot.cards")
 PROGRESS_EVERY = 2.0  # seconds between progress edits of a long apply
+EDIT_PATIENCE = 600.0  # seconds an edit of a card is retried while Telegram cannot take it
+CARD_RELEASED = "card_undeliverable"  # the reason a plan is cancelled when its card cannot be posted
+_TRANSIENT = (TelegramRetryAfter, TelegramServerError, TelegramNetworkError, TimeoutError)
+T = TypeVar("T")
 
 
 class PlanButton(CallbackData, prefix="pl"):
@@ -128,32 +148,126 @@ def fits(text: str) -> bool:
     return utf16_len(text) <= TELEGRAM_LIMIT
 
 
+async def persist(
+    call: Callable[[int], Awaitable[T]],
+    chat_id: int,
+    *,
+    until: float,
+    wanted: Callable[[], bool] = lambda: True,
+) -> tuple[T, int]:
+    """`call(chat_id)` until it goes through: a 429 is waited out (`retry_after`), a
+    5xx or a network error backs off (1, 2, 4 ... 60 s), a group that became a
+    supergroup is followed to its new id; given up at `until` (monotonic) or once
+    it is no longer `wanted`. Returns the result and the chat id it went to."""
+    backoff = 1.0
+    while True:
+        try:
+            return await call(chat_id), chat_id
+        except TelegramMigrateToChat as exc:
+            log.info("chat %s is now %s", chat_id, exc.migrate_to_chat_id)
+            chat_id = exc.migrate_to_chat_id
+            continue
+        except _TRANSIENT as exc:
+            wait = float(exc.retry_after) if isinstance(exc, TelegramRetryAfter) else backoff
+            backoff = min(backoff * 2, 60.0)
+            if time.monotonic() + wait > until or not wanted():
+                raise
+            log.warning("telegram did not take it (%s); again in %.0f s", type(exc).__name__, wait)
+            await asyncio.sleep(wait)
+
+
+def _seconds_left(services: Services, row: PlanRow) -> float:
+    expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
+    return (expires - services.changes.clock()).total_seconds()
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, TelegramBadRequest | TelegramForbiddenError):
+        return exc.message[:200]  # Telegram's own description
+    return type(exc).__name__
+
+
+def release(services: Services, row: PlanRow, exc: BaseException) -> PlanRow:
+    """The card could not be posted: the plan is cancelled with the reason and its logins freed."""
+    try:
+        released = services.changes.release(row.id, CARD_RELEASED, error=_why(exc))
+    except ChangeError:  # it ended meanwhile (cancelled, expired), or is being applied
+        log.warning("the card of plan %s could not be posted (%s)", row.id, _why(exc))
+        return services.store.get_plan(row.id) or row
+    log.warning("the card of plan %s could not be posted (%s): plan released", row.id, _why(exc))
+    return released
+
+
 async def post_card(
     bot: Bot, services: Services, row: PlanRow, chat_id: int, lang: str | None = None
 ) -> PlanRow:
-    """Send the card (and the full plan as a document when it is too long); remember where it is."""
+    """Send the card (and the full plan as a document when it is too long); remember
+    where it is. Retried until posted, at most until the plan expires; when it cannot
+    be posted the plan is released and returned with no `message_id`."""
     lang = card_language(services, row, lang)
-    text = card_text(services, row, lang)
-    summary = not fits(text)
-    if summary:
-        text = card_text(services, row, lang, summary=True)
-        full = plan_text(
-            services.changes.plan_of(row),
-            lang,
-            plan_id=row.id,
-            destinations=(row.summary.get("names") or {}).get("destinations"),
+    until = time.monotonic() + max(0.0, _seconds_left(services, row))
+
+    def wanted() -> bool:
+        current = services.store.get_plan(row.id)
+        return current is not None and current.status in OPEN
+
+    try:
+        text = card_text(services, row, lang)
+        summary = not fits(text)
+        if summary:
+            text = card_text(services, row, lang, summary=True)
+            full = plan_text(
+                services.changes.plan_of(row),
+                lang,
+                plan_id=row.id,
+                destinations=(row.summary.get("names") or {}).get("destinations"),
+            )
+            document = BufferedInputFile(full.encode(), filename=f"plan-{row.id}.txt")
+            caption = t("tg.card.full_plan", lang, id=row.id)
+            _, chat_id = await persist(
+                lambda chat: bot.send_document(chat, document, caption=caption),
+                chat_id,
+                until=until,
+                wanted=wanted,
+            )
+        markup = keyboard(services, row, lang)
+        message, chat_id = await persist(
+            lambda chat: bot.send_message(chat, text, reply_markup=markup),
+            chat_id,
+            until=until,
+            wanted=wanted,
         )
-        document = BufferedInputFile(full.encode(), filename=f"plan-{row.id}.txt")
-        await bot.send_document(chat_id, document, caption=t("tg.card.full_plan", lang, id=row.id))
-    message = await bot.send_message(chat_id, text, reply_markup=keyboard(services, row, lang))
+    except (TelegramAPIError, TimeoutError) as exc:
+        return release(services, row, exc)
+    except BaseException as exc:  # cancelled (shutdown) or a bug: the plan is not left without a card
+        release(services, row, exc)
+        raise
     services.store.update_plan(row.id, chat_id=chat_id, message_id=message.message_id)
     return services.store.get_plan(row.id)
 
 
+async def tell_released(bot: Bot, row: PlanRow, chat_ids: list[int], lang: str) -> None:
+    """Tell the proposer their plan was released because its card could not be posted."""
+    error = (row.outcome or {}).get("error") or ""
+    for chat_id in dict.fromkeys(chat_ids):
+        try:
+            await bot.send_message(chat_id, t("tg.delivery.card_released", lang, id=row.id, error=esc(error)))
+            return
+        except TelegramAPIError as exc:
+            log.info("cannot tell %s that plan %s was released: %s", chat_id, row.id, type(exc).__name__)
+
+
 async def refresh_card(
-    bot: Bot, services: Services, row: PlanRow, *, extra: str = "", lang: str | None = None
+    bot: Bot,
+    services: Services,
+    row: PlanRow,
+    *,
+    extra: str = "",
+    lang: str | None = None,
+    patience: float = EDIT_PATIENCE,
 ) -> None:
-    """Edit the card in place; "not modified" is success, a lost card is posted again."""
+    """Edit the card in place; "not modified" is success, a lost card is posted again.
+    Retried for `patience` seconds while Telegram cannot take it."""
     row = services.store.get_plan(row.id) or row
     if row.chat_id is None or row.message_id is None:
         return
@@ -161,12 +275,14 @@ async def refresh_card(
     text = card_text(services, row, lang, extra=extra)
     if not fits(text):
         text = card_text(services, row, lang, extra=extra, summary=True)
+    markup = keyboard(services, row, lang)
     try:
-        await bot.edit_message_text(
-            text=text,
-            chat_id=row.chat_id,
-            message_id=row.message_id,
-            reply_markup=keyboard(services, row, lang),
+        await persist(
+            lambda chat: bot.edit_message_text(
+                text=text, chat_id=chat, message_id=row.message_id, reply_markup=markup
+            ),
+            row.chat_id,
+            until=time.monotonic() + patience,
         )
     except TelegramBadRequest as exc:
         if "not modified" in exc.message:
@@ -188,9 +304,16 @@ async def apply_and_report(bot: Bot, services: Services, row: PlanRow, actor: Ac
         if total >= 10 and (now - last >= PROGRESS_EVERY or done == total):
             last = now
             lang = card_language(services, current)
-            await refresh_card(
-                bot, services, current, extra=t("tg.card.progress", lang, done=done, total=total)
-            )
+            try:  # progress is a courtesy: it never holds the apply between two writes
+                await refresh_card(
+                    bot,
+                    services,
+                    current,
+                    extra=t("tg.card.progress", lang, done=done, total=total),
+                    patience=0,
+                )
+            except TelegramAPIError as exc:
+                log.info("plan %s: a progress edit was skipped (%s)", current.id, type(exc).__name__)
 
     try:
         outcome = await services.changes.apply(actor, row.id, progress=progress)

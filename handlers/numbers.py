@@ -16,8 +16,9 @@ from bot.services import Services
 from bot.views import numbers_lines
 from pbx.errors import PbxError
 
-from .cards import apply_and_report, ask_secret, post_card, refresh_card
+from .cards import apply_and_report, ask_secret, post_card, refresh_card, tell_released
 from .context import need_pbx, reply
+from .longanswer import answer_long
 
 
 async def propose_and_post(
@@ -52,6 +53,9 @@ async def propose_and_post(
             chat_id = groups[0]
             await message.answer(t("tg.card.posted_in_group", lang, id=proposal.row.id))
     row = await post_card(bot, services, proposal.row, chat_id)
+    if row.message_id is None:  # the card could not be posted: the plan is released
+        await tell_released(bot, row, [message.chat.id, actor.id], lang)
+        return proposal
     missing = services.changes.missing_secrets(row)
     if missing and not await ask_secret(bot, services, row, missing[0], lang):
         await message.answer(t("tg.secret.start_me", lang, bot=services.bot_username, id=row.id))
@@ -81,7 +85,7 @@ async def numbers(message: Message, services: Services, pbx: str | None, lang: s
     except PbxError as exc:
         await message.answer(t("tg.pbx_error", lang, error=error_text(exc, lang, html=True)))
         return
-    await reply(message, "\n".join(lines))
+    await answer_long(message, "\n".join(lines), lang=lang, filename=f"numbers-{pbx}.txt")
 
 
 def _plan_line(row, lang: str) -> str:
@@ -103,7 +107,7 @@ async def plans(message: Message, services: Services, pbx: str | None, lang: str
         return
     rows = services.store.plans(pbx=pbx, status=[*OPEN, "applying"])
     text = "\n".join([t("tg.plans.header", lang, n=len(rows))] + [_plan_line(r, lang) for r in rows])
-    await reply(message, text)
+    await answer_long(message, text, lang=lang, filename=f"plans-{pbx}.txt")
 
 
 async def history(
@@ -115,7 +119,7 @@ async def history(
     n = int(arg) if arg.isdigit() else 10
     rows = services.store.plans(pbx=pbx, status=ENDED, limit=max(1, min(n, 100)))
     text = "\n".join([t("tg.history.header", lang, n=len(rows))] + [_plan_line(r, lang) for r in rows])
-    await reply(message, text)
+    await answer_long(message, text, lang=lang, filename=f"history-{pbx}.txt")
 
 
 async def cancel(

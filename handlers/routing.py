@@ -18,13 +18,14 @@ from bot.digest import WEEKDAYS, DigestUsage, parse_digest
 from bot.doctor import Finding, Severity, examine
 from bot.i18n import t
 from bot.policy import Action, may
-from bot.render import error_text, esc, split_text
+from bot.render import error_text, esc
 from bot.scheduler import schedule_row
 from bot.services import Services
 from bot.trace import Tracer
 from pbx.errors import PbxError
 
-from .context import need_pbx, reply
+from .context import need_pbx
+from .longanswer import answer_long
 from .numbers import propose_and_post
 
 
@@ -95,12 +96,11 @@ async def doctor(message: Message, services: Services, pbx: str | None, lang: st
     except PbxError as exc:
         await message.answer(t("doctor.unreachable", lang, pbx=esc(pbx), error=esc(exc)))
         return
-    parts = split_text(doctor_text(pbx, findings, lang))
     keyboard = (
         fix_keyboard(findings, lang) if may(services.settings.policy, actor.id, Action.PROPOSE) else None
     )
-    for i, part in enumerate(parts):
-        await message.answer(part, reply_markup=keyboard if i == len(parts) - 1 else None)
+    text = doctor_text(pbx, findings, lang)
+    await answer_long(message, text, lang=lang, filename=f"doctor-{pbx}.txt", reply_markup=keyboard)
 
 
 async def fix_pressed(
@@ -157,7 +157,7 @@ async def trace_(
     lines += [
         t(f"trace.{line.key}", lang, **{k: esc(v) for k, v in line.params.items()}) for line in result.lines
     ]
-    await reply(message, "\n".join(lines))
+    await answer_long(message, "\n".join(lines), lang=lang, filename="trace.txt")
 
 
 async def digest(

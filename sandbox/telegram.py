@@ -10,7 +10,8 @@ most 64 bytes, "message is not modified", unknown message ids, a private chat
 the user never started (403), deleting others' messages in a group only as an
 admin, a group that became a supergroup (400 with migrate_to_chat_id), and
 injectable 429s with retry_after. `enforce_limits` adds Telegram's 20
-messages per minute per group.
+messages per minute per group (`group_limit` per `group_window` seconds: tests
+shrink the window); each message it refuses so is in `limited`.
 
 The other side, for tests and `pbxbot shell`: users `send` text, documents,
 `press` buttons; every bot action is an event that `wait_for` can wait on.
@@ -175,7 +176,15 @@ def _public(message: dict[str, Any]) -> dict[str, Any]:
 
 
 class TelegramSandbox(LoopbackServer):
-    def __init__(self, token: str, *, bot_username: str = "pbxbot_sandbox_bot", enforce_limits: bool = False):
+    def __init__(
+        self,
+        token: str,
+        *,
+        bot_username: str = "pbxbot_sandbox_bot",
+        enforce_limits: bool = False,
+        group_limit: int = GROUP_LIMIT_PER_MIN,
+        group_window: float = 60.0,
+    ):
         self.token = token
         self.bot = User(
             int(token.split(":")[0]) if token.split(":")[0].isdigit() else 777000001,
@@ -194,6 +203,9 @@ class TelegramSandbox(LoopbackServer):
         self.faults: list[Fault] = []
         self.calls: dict[str, int] = {}
         self.enforce_limits = enforce_limits
+        self.group_limit = group_limit
+        self.group_window = group_window
+        self.limited: list[tuple[int, float]] = []  # (chat, when): messages refused by the group limit
         self._updates: deque[dict[str, Any]] = deque()
         self._update_ids = itertools.count(1)
         self._message_ids: dict[int, itertools.count] = {}
@@ -521,10 +533,11 @@ class TelegramSandbox(LoopbackServer):
             return
         now = time.monotonic()
         sent = self._sent_at.setdefault(chat.id, deque())
-        while sent and now - sent[0] >= 60:
+        while sent and now - sent[0] >= self.group_window:
             sent.popleft()
-        if len(sent) >= GROUP_LIMIT_PER_MIN:
-            wait = max(1, int(60 - (now - sent[0])) + 1)
+        if len(sent) >= self.group_limit:
+            wait = max(1, int(self.group_window - (now - sent[0])) + 1)
+            self.limited.append((chat.id, now))
             raise ApiError(429, f"Too Many Requests: retry after {wait}", retry_after=wait)
         sent.append(now)
 

@@ -67,7 +67,8 @@ async def cluster(sim, tmp_path):
     await r.flushdb()
     await r.aclose()
     procs: list[asyncio.subprocess.Process] = []
-    async with TelegramSandbox(TOKEN) as tg:
+    # Telegram's group limit on, scaled to 6 messages per 2 s: the replicas share one budget
+    async with TelegramSandbox(TOKEN, enforce_limits=True, group_limit=6, group_window=2.0) as tg:
         for uid, name in ((ANNA, "Anna"), (BORIS, "Boris"), (OLGA, "Olga")):
             tg.add_user(uid, name)
         tg.add_group(GROUP, "PBX admins", [ANNA, BORIS, OLGA], admins=[ANNA, BORIS])
@@ -81,7 +82,7 @@ async def cluster(sim, tmp_path):
                 f'default_language = "ru"\n'
                 f'[telegram]\ntoken = "{TOKEN}"\napi_base = "{tg.url}"\nmode = "webhook"\n'
                 f'webhook_url = "http://127.0.0.1:{ports[0]}/telegram"\nwebhook_secret = "{SECRET}"\n'
-                f'groups = {{ "{GROUP}" = "office" }}\n'
+                f'groups = {{ "{GROUP}" = "office" }}\ngroup_limit = 6\ngroup_window = 2.0\n'
                 f'[server]\nhost = "127.0.0.1"\nport = {port}\n'
                 "leader_interval = 0.5\nhousekeeping_seconds = 1\n"
                 f'[redis]\nurl = "{REDIS_URL}"\n'
@@ -143,13 +144,14 @@ def sends(tg, pattern: str, chat: int = GROUP) -> list[dict]:
 async def test_two_webhook_replicas_share_the_work_and_act_once(cluster, sim):
     tg, ports, procs, store, http, tmp_path = cluster
 
-    # 1. updates spread over both replicas, each handled once
-    for i in range(12):
+    # 1. updates spread over both replicas, each handled once, within one group budget for both
+    for i in range(24):
         tg.send((ANNA, BORIS, OLGA)[i % 3], GROUP, "/whoami")
-    await tg.wait_for(lambda e: len(sends(tg, "роль")) >= 12, timeout=60)
+    await tg.wait_for(lambda e: len(sends(tg, "роль")) >= 24, timeout=60)
     targets = {target for _, target, status in tg.delivered if status == 200}
     assert len(targets) == 2
-    assert len(sends(tg, "роль")) == 12
+    assert len(sends(tg, "роль")) == 24
+    assert tg.limited == []  # 12 answers each, 6 per 2 s together: Telegram never had to refuse one
 
     # 2. concurrent approvals landing on the two replicas apply the plan once
     mark = len(tg.events)
@@ -184,7 +186,7 @@ async def test_two_webhook_replicas_share_the_work_and_act_once(cluster, sim):
     await tg.wait_for(lambda e: "Сводка: каждый день" in (e.get("text") or ""), after=mark, timeout=60)
     await tg.wait_for(lambda e: "Сводка маршрутизации" in (e.get("text") or ""), after=mark, timeout=200)
     tg.send(ANNA, GROUP, "/whoami")  # a later event: a second digest for the minute would be in by then
-    await tg.wait_for(lambda e: len(sends(tg, "роль")) >= 13, timeout=60)
+    await tg.wait_for(lambda e: len(sends(tg, "роль")) >= 25, timeout=60)
     assert len(sends(tg, "Сводка маршрутизации")) == 1
 
     # 4. killing the scheduler owner moves the schedules to the other replica

@@ -147,6 +147,10 @@ MESSAGES: dict[str, str] = {
     "tg.button.unknown": "This button belongs to no plan here.",
     "tg.cancel.done": "Plan {id} cancelled.",
     "tg.cancel.usage": "Usage: /cancel <plan>",
+    # --- delivery
+    "tg.delivery.card_released": "Plan {id} could not be posted ({error}), so it is cancelled and its numbers are free again. Please propose it again later.",
+    "tg.delivery.rest_in_file": "… {more} more lines: the whole text is in the file {filename} below.",
+    "outcome.replan_reason": "Why: {reason}",
     "tg.card.approved_by": "Approved by: {names}",
     "tg.card.expires": "Expires: {at}",
     "tg.card.full_plan": "Plan {id}, in full",

@@ -147,6 +147,10 @@ MESSAGES: dict[str, str] = {
     "tg.button.unknown": "Эта кнопка не относится ни к одному плану здесь.",
     "tg.cancel.done": "План {id} отменён.",
     "tg.cancel.usage": "Формат: /cancel <план>",
+    # --- delivery
+    "tg.delivery.card_released": "План {id} не удалось опубликовать ({error}), поэтому он отменён, а его номера снова свободны. Предложите его ещё раз позже.",
+    "tg.delivery.rest_in_file": "… и ещё строк: {more}; весь текст — в файле {filename} ниже.",
+    "outcome.replan_reason": "Причина: {reason}",
     "tg.card.approved_by": "Одобрили: {names}",
     "tg.card.expires": "Истекает: {at}",
     "tg.card.full_plan": "План {id} полностью",
