@@ -162,7 +162,7 @@ async def run(args: argparse.Namespace, data: Path) -> dict:
                 "cards": count(tg, r"План \w{6}.*Одобрений", group_ids),
                 "plans": count(tg, "Открытые планы", group_ids),
                 "whoami": count(tg, "роль", group_ids),
-                "asks": count(tg, "Пришлите мне", private),
+                "asks": count(tg, "Пришлите SIP-пароль", private),
                 "passwords": count(tg, "получен", private),
                 "files": sum(1 for e in tg.events if e["kind"] == "document" and e["chat_id"] in group_ids),
                 "files_owed": count(tg, "весь текст — в файле", group_ids),
@@ -173,7 +173,7 @@ async def run(args: argparse.Namespace, data: Path) -> dict:
             got = answered()
             for e in tg.events:
                 if e["kind"] == "send" and e["chat_id"] in private and e["chat_id"] not in asked:
-                    if "Пришлите мне" in (e.get("text") or ""):
+                    if "Пришлите SIP-пароль" in (e.get("text") or ""):
                         asked.add(e["chat_id"])
                         tg.send(e["chat_id"], e["chat_id"], f"Pw-{e['chat_id']}-secret")
                         sent += 1

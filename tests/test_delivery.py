@@ -206,7 +206,7 @@ async def test_three_busy_groups_under_telegrams_limit_lose_no_update_and_no_car
                 return cards >= total and lists >= total and asked() == set(everyone)
 
             def asked() -> set[int]:  # after its card, each proposer is asked for the password, privately
-                asks = [e for e in tg.events if e["kind"] == "send" and "Пришлите мне" in e["text"]]
+                asks = [e for e in tg.events if e["kind"] == "send" and "Пришлите SIP-пароль" in e["text"]]
                 return {e["chat_id"] for e in asks}
 
             await until(answered, timeout=180, what="every card, password request and /plans answer")
