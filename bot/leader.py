@@ -1,7 +1,7 @@
 """One scheduler owner at a time.
 
-On PostgreSQL the owner holds a session-level advisory lock on a connection
-of its own; when the owner dies its connection closes, the lock goes with it,
+On PostgreSQL the owner holds a session-level advisory lock (one per schema:
+the processes that share these tables) on a connection of its own; when the owner dies its connection closes, the lock goes with it,
 and another process takes it on its next try (every `interval` seconds). On
 SQLite there is only one process: it is always the owner.
 """
@@ -36,7 +36,9 @@ class Leadership:
     def _try(self) -> bool:
         if self._conn is None:
             self._conn = self.engine.connect()
-        got = bool(self._conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}).scalar())
+        # One lock per schema: the bots sharing these tables, and no others on the same server.
+        query = text("SELECT pg_try_advisory_lock(:k, hashtext(current_schema()))")
+        got = bool(self._conn.execute(query, {"k": self.key}).scalar())
         self._conn.commit()
         return got
 
