@@ -266,13 +266,13 @@ async def housekeeping(bot: Bot, services: Services) -> None:
         with contextlib.suppress(TelegramAPIError):
             await refresh_card(bot, services, row, patience=HOUSEKEEPING_PATIENCE)
     await services.changes.recover()
-    for row in services.changes.cards_to_refresh():
+    for row in await services.changes.cards_to_refresh():
         try:
             await refresh_card(bot, services, row, patience=HOUSEKEEPING_PATIENCE)
         except TelegramAPIError as exc:
             log.warning("plan %s: its card could not be edited: %s", row.id, exc)
             continue
-        services.changes.card_refreshed(row.id)
+        await services.changes.card_refreshed(row.id)
 
 
 @dataclass
@@ -317,11 +317,13 @@ class BotApp:
 
     async def _own(self) -> None:
         await housekeeping(self.bot, self.services)
-        self.scheduler.start(self._housekeeping, every=self.services.settings.server.housekeeping_seconds)
+        await self.scheduler.start(
+            self._housekeeping, every=self.services.settings.server.housekeeping_seconds
+        )
         self.metrics.scheduler_owner.set(1)
 
     async def _housekeeping(self) -> None:
-        self.scheduler.sync()
+        await self.scheduler.sync()
         await housekeeping(self.bot, self.services)
 
     def _disown(self) -> None:

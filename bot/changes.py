@@ -32,6 +32,7 @@ from typing import Any
 
 from pbx.base import Pbx
 from pbx.errors import PbxError
+from storage.aio import AsyncStore
 from storage.repo import Store
 from storage.tables import ApprovalRow, AuditRow, PlanRow, utcnow
 
@@ -221,7 +222,8 @@ class Changes:
     ):
         self.owner = process_id()
         self.lease = lease
-        self.store = store
+        self.store = store  # synchronous: for tests and code already off the event loop
+        self.db = AsyncStore(store)  # what the core awaits: the database never blocks the event loop
         self.policy = policy
         self.vault = vault
         self.pbxs = pbxs
@@ -235,8 +237,10 @@ class Changes:
             raise ChangeError("unknown_pbx", pbx=name, known=", ".join(sorted(self.pbxs)))
         return self.pbxs[name]
 
-    def _audit(self, event: str, actor: Actor | None, row: PlanRow | None = None, **detail: Any) -> None:
-        self.store.audit(self._event(event, actor, row, **detail))
+    async def _audit(
+        self, event: str, actor: Actor | None, row: PlanRow | None = None, **detail: Any
+    ) -> None:
+        await self.db.audit(self._event(event, actor, row, **detail))
 
     def _event(self, event: str, actor: Actor | None, row: PlanRow | None = None, **detail: Any) -> AuditRow:
         return AuditRow(
@@ -249,30 +253,30 @@ class Changes:
             detail=detail,
         )
 
-    def _flush_calls(
+    async def _flush_calls(
         self, calls: list[dict[str, Any]], actor: Actor | None, row: PlanRow | None, **kw
     ) -> None:
         if calls:
-            self.store.audit(*(self._event("api_call", actor, row, **call, **kw) for call in calls))
+            await self.db.audit(*(self._event("api_call", actor, row, **call, **kw) for call in calls))
             calls.clear()
 
-    def _move(self, plan_id: str, from_status: Any, to_status: PlanStatus, **fields: Any) -> bool:
+    async def _move(self, plan_id: str, from_status: Any, to_status: PlanStatus, **fields: Any) -> bool:
         """Compare-and-set a plan's status, from whichever of `from_status` `TRANSITIONS` allows."""
         given = [from_status] if isinstance(from_status, str) else list(from_status)
         sources = [s for s in given if to_status in TRANSITIONS[PlanStatus(s)]]
         if not sources:
             raise AssertionError(f"a plan never moves from {given} to {to_status}")
-        return self.store.transition(plan_id, sources, to_status, **fields)
+        return await self.db.transition(plan_id, sources, to_status, **fields)
 
-    def _get(self, plan_id: str) -> PlanRow:
-        row = self.store.get_plan(plan_id)
+    async def _get(self, plan_id: str) -> PlanRow:
+        row = await self.db.get_plan(plan_id)
         if row is None:
             raise ChangeError("no_plan", plan=plan_id)
         return row
 
-    def _require(self, actor: Actor, action: Action) -> None:
+    async def _require(self, actor: Actor, action: Action) -> None:
         if not may(self.policy, actor.id, action):
-            self._audit("refused", actor, None, action=action.value)
+            await self._audit("refused", actor, None, action=action.value)
             raise ChangeError("not_allowed", action=action.value)
 
     @staticmethod
@@ -288,8 +292,8 @@ class Changes:
             needs_secret=list(row.needs_secret),
         )
 
-    def tally_of(self, row: PlanRow) -> Tally:
-        approvals = self.store.approvals(row.id, row.version)
+    async def tally_of(self, row: PlanRow) -> Tally:
+        approvals = await self.db.approvals(row.id, row.version)
         approvers = [a.user_id for a in approvals if a.decision == "approve"]
         return tally(self.policy, row.kind, row.proposer_id, approvers)
 
@@ -313,7 +317,7 @@ class Changes:
             snapshot = await handle.reader.read(host=intent.host)
             return plan_fix_host(intent, snapshot, default_extension=self.default_extension), snapshot
         if isinstance(intent, Undo):
-            original = self._get(intent.plan_id)
+            original = await self._get(intent.plan_id)
             if original.status not in (APPLIED, FAILED) or not original.results:
                 raise ChangeError("undo_not_applied", plan=original.id, status=original.status)
             if original.pbx != pbx:
@@ -335,7 +339,7 @@ class Changes:
         chat_id: int | None = None,
         version: int = 1,
     ) -> Proposal:
-        self._require(actor, Action.PROPOSE)
+        await self._require(actor, Action.PROPOSE)
         secrets = sip_passwords(secrets, also=ChangeError)  # one validator for chat, CSV and CLI
         calls: list[dict[str, Any]] = []
         token = _calls.set(calls)
@@ -343,13 +347,13 @@ class Changes:
             plan, snapshot = await self.plan(pbx, intent)
             plan.summary["names"] = display_names(plan, snapshot)
         except PlanError as exc:
-            self._audit("plan_refused", actor, None, pbx=pbx, code=exc.code, command=command)
+            await self._audit("plan_refused", actor, None, pbx=pbx, code=exc.code, command=command)
             raise
         finally:
             _calls.reset(token)
-            self._flush_calls(calls, actor, None, pbx=pbx)
+            await self._flush_calls(calls, actor, None, pbx=pbx)
         if plan.empty:
-            self._audit("plan_empty", actor, None, pbx=pbx, command=command)
+            await self._audit("plan_empty", actor, None, pbx=pbx, command=command)
             return Proposal(plan, None)
         now = self.clock()
         row = PlanRow(
@@ -374,30 +378,32 @@ class Changes:
             needs_secret=plan.needs_secret,
             undo_of=intent.plan_id if isinstance(intent, Undo) else None,
         )
-        holder = self.store.add_plan(row, plan.logins)
+        holder = await self.db.add_plan(row, plan.logins)
         if holder is not None:
             logins = plan.logins
-            self._audit("plan_locked_out", actor, None, pbx=pbx, holder=holder, logins=logins[:20])
+            await self._audit("plan_locked_out", actor, None, pbx=pbx, holder=holder, logins=logins[:20])
             raise ChangeError("locked", plan=holder, logins=", ".join(logins[:5]))
         wanted = set(plan.needs_secret)
         if secrets:
-            self.store.put_secrets(
+            await self.db.put_secrets(
                 row.id, self.vault.seal_all({k: v for k, v in secrets.items() if k in wanted})
             )
-        self._audit(
+        await self._audit(
             "proposed", actor, row, kind=row.kind, steps=len(plan.steps), command=command, version=version
         )
-        count = self.tally_of(row)
+        count = await self.tally_of(row)
         if count.done:
-            self._promote(row, actor)
-        return Proposal(plan, self.store.get_plan(row.id), count)
+            await self._promote(row, actor)
+        return Proposal(plan, await self.db.get_plan(row.id), count)
 
-    def add_secret(self, actor: Actor, plan_id: str, login: str | None, password: str) -> tuple[str, bool]:
+    async def add_secret(
+        self, actor: Actor, plan_id: str, login: str | None, password: str
+    ) -> tuple[str, bool]:
         """The SIP password of a login the plan creates (asked for in a private chat).
         A named login gets it, replacing an earlier one (the second element says so);
         None: the plan's next login still missing, in the plan's order. Two passwords
         at once never collide: each insert is its own check. Returns the login it went to."""
-        row = self._get(plan_id)
+        row = await self._get(plan_id)
         if actor.id != row.proposer_id and not may(self.policy, actor.id, Action.CANCEL_ANY):
             raise ChangeError("not_allowed", action="secret")
         if row.status not in OPEN:
@@ -407,31 +413,31 @@ class Changes:
         password = sip_password(password, also=ChangeError)  # refused with the rule, never echoed
         token = self.vault.seal(password)
         if login is not None:
-            replaced = bool(self.store.put_secret(plan_id, login, token, replace=True))
-            self._audit("secret_replaced" if replaced else "secret_received", actor, row, login=login)
+            replaced = bool(await self.db.put_secret(plan_id, login, token, replace=True))
+            await self._audit("secret_replaced" if replaced else "secret_received", actor, row, login=login)
             return login, replaced
-        for candidate in self.missing_secrets(row):
-            if self.store.put_secret(plan_id, candidate, token, replace=False) is not None:
-                self._audit("secret_received", actor, row, login=candidate)
+        for candidate in await self.missing_secrets(row):
+            if await self.db.put_secret(plan_id, candidate, token, replace=False) is not None:
+                await self._audit("secret_received", actor, row, login=candidate)
                 return candidate, False
         raise ChangeError("secrets_complete", plan=plan_id)
 
-    def missing_secrets(self, row: PlanRow) -> list[str]:
-        have = self.store.secrets(row.id)
+    async def missing_secrets(self, row: PlanRow) -> list[str]:
+        have = await self.db.secrets(row.id)
         return [login for login in row.needs_secret if login not in have]
 
-    def awaiting_secret(self, user_id: int) -> list[tuple[PlanRow, list[str]]]:
+    async def awaiting_secret(self, user_id: int) -> list[tuple[PlanRow, list[str]]]:
         """Open plans of this proposer still waiting for SIP passwords, oldest first."""
-        rows = [r for r in self.store.plans(status=OPEN, proposer=user_id, limit=500) if r.needs_secret]
-        waiting = [(r, self.missing_secrets(r)) for r in reversed(rows)]
+        rows = [r for r in await self.db.plans(status=OPEN, proposer=user_id, limit=500) if r.needs_secret]
+        waiting = [(r, await self.missing_secrets(r)) for r in reversed(rows)]
         return [(r, missing) for r, missing in waiting if missing]
 
-    def pasted_secret(self, pbx: str, text: str) -> tuple[PlanRow, str] | None:
+    async def pasted_secret(self, pbx: str, text: str) -> tuple[PlanRow, str] | None:
         """The plan of this PBX, and the login, whose sealed SIP password `text` is or holds
         as a word: a password pasted where it must not be. Open and applying plans only."""
         words = {text.strip(), *text.split()} - {""}
-        for row in self.store.plans(pbx=pbx, status=[*OPEN, APPLYING], limit=500):
-            for login, token in self.store.secrets(row.id).items():
+        for row in await self.db.plans(pbx=pbx, status=[*OPEN, APPLYING], limit=500):
+            for login, token in (await self.db.secrets(row.id)).items():
                 try:
                     if self.vault.matches(token, words):
                         return row, login
@@ -439,26 +445,26 @@ class Changes:
                     continue
         return None
 
-    def ready(self, row: PlanRow) -> bool:
+    async def ready(self, row: PlanRow) -> bool:
         """Approved, with every password it needs: the next step is to apply it."""
-        return row.status == APPROVED and not self.missing_secrets(row)
+        return row.status == APPROVED and not await self.missing_secrets(row)
 
-    def approvers_of(self, row: PlanRow) -> list[str]:
+    async def approvers_of(self, row: PlanRow) -> list[str]:
         return [
             a.user_name or str(a.user_id)
-            for a in self.store.approvals(row.id, row.version)
+            for a in await self.db.approvals(row.id, row.version)
             if a.decision == "approve"
         ]
 
     # ------------------------------------------------------------------ approve
 
-    def _promote(self, row: PlanRow, actor: Actor) -> None:
-        if self._move(row.id, [PROPOSED], APPROVED):
-            self._audit("approved", actor, row, version=row.version)
+    async def _promote(self, row: PlanRow, actor: Actor) -> None:
+        if await self._move(row.id, [PROPOSED], APPROVED):
+            await self._audit("approved", actor, row, version=row.version)
 
-    def _check_open(self, row: PlanRow, version: int | None = None) -> None:
+    async def _check_open(self, row: PlanRow, version: int | None = None) -> None:
         if row.status in OPEN and self.clock() >= row.expires_at:
-            self._end(row, EXPIRED, None)
+            await self._end(row, EXPIRED, None)
             raise ChangeError("expired", plan=row.id)
         if row.status not in OPEN:
             raise ChangeError("plan_closed", plan=row.id, status=row.status)
@@ -468,15 +474,15 @@ class Changes:
     async def approve(
         self, actor: Actor, plan_id: str, *, version: int | None = None
     ) -> tuple[PlanRow, Tally]:
-        row = self._get(plan_id)
-        self._check_open(row, version)
-        approvals = self.store.approvals(row.id, row.version)
+        row = await self._get(plan_id)
+        await self._check_open(row, version)
+        approvals = await self.db.approvals(row.id, row.version)
         already = [a.user_id for a in approvals if a.decision == "approve"]
         reason = refuse_approval(self.policy, actor.id, row.proposer_id, already)
         if reason is not None:
-            self._audit("approval_refused", actor, row, reason=reason)
+            await self._audit("approval_refused", actor, row, reason=reason)
             raise ChangeError(reason.removeprefix("policy."), plan=row.id)
-        self.store.add_approval(
+        await self.db.add_approval(
             ApprovalRow(
                 plan_id=row.id,
                 version=row.version,
@@ -485,50 +491,50 @@ class Changes:
                 decision="approve",
             )
         )
-        self._audit("approval", actor, row, version=row.version)
-        count = self.tally_of(row)
+        await self._audit("approval", actor, row, version=row.version)
+        count = await self.tally_of(row)
         if count.done:
-            self._promote(row, actor)
-        return self._get(plan_id), count
+            await self._promote(row, actor)
+        return await self._get(plan_id), count
 
     async def reject(self, actor: Actor, plan_id: str) -> PlanRow:
-        row = self._get(plan_id)
-        self._check_open(row)
+        row = await self._get(plan_id)
+        await self._check_open(row)
         if not may(self.policy, actor.id, Action.APPROVE):
-            self._audit("approval_refused", actor, row, reason="policy.not_approver")
+            await self._audit("approval_refused", actor, row, reason="policy.not_approver")
             raise ChangeError("not_approver", plan=row.id)
-        self.store.add_approval(
+        await self.db.add_approval(
             ApprovalRow(
                 plan_id=row.id, version=row.version, user_id=actor.id, user_name=actor.name, decision="reject"
             )
         )
-        return self._end(row, CANCELLED, actor, reason="rejected")
+        return await self._end(row, CANCELLED, actor, reason="rejected")
 
     async def cancel(self, actor: Actor, plan_id: str) -> PlanRow:
-        row = self._get(plan_id)
+        row = await self._get(plan_id)
         reason = refuse_cancel(self.policy, actor.id, row.proposer_id)
         if reason is not None:
-            self._audit("cancel_refused", actor, row, reason=reason)
+            await self._audit("cancel_refused", actor, row, reason=reason)
             raise ChangeError(reason.removeprefix("policy."), plan=row.id)
-        self._check_open(row)
-        return self._end(row, CANCELLED, actor, reason="cancelled")
+        await self._check_open(row)
+        return await self._end(row, CANCELLED, actor, reason="cancelled")
 
-    def _end(self, row: PlanRow, status: str, actor: Actor | None, **outcome: Any) -> PlanRow:
+    async def _end(self, row: PlanRow, status: str, actor: Actor | None, **outcome: Any) -> PlanRow:
         """Close an open plan: its locks go, its secrets are erased."""
-        if not self._move(row.id, [*OPEN, APPLYING], status, outcome={**row.outcome, **outcome}):
-            current = self._get(row.id)
+        if not await self._move(row.id, [*OPEN, APPLYING], status, outcome={**row.outcome, **outcome}):
+            current = await self._get(row.id)
             raise ChangeError("plan_closed", plan=row.id, status=current.status)
-        self.store.release_locks(row.id)
-        erased = self.store.erase_secrets(row.id)
-        self._audit(status, actor, row, secrets_erased=erased, **outcome)
-        return self._get(row.id)
+        await self.db.release_locks(row.id)
+        erased = await self.db.erase_secrets(row.id)
+        await self._audit(status, actor, row, secrets_erased=erased, **outcome)
+        return await self._get(row.id)
 
     async def expire(self) -> list[PlanRow]:
         """Close every open plan past its expiry (the scheduler calls this)."""
         ended = []
-        for row in self.store.due(OPEN, self.clock()):
+        for row in await self.db.due(OPEN, self.clock()):
             try:
-                ended.append(self._end(row, EXPIRED, None, reason="expired"))
+                ended.append(await self._end(row, EXPIRED, None, reason="expired"))
             except ChangeError:
                 continue  # approved or applied a moment ago
         return ended
@@ -545,19 +551,19 @@ class Changes:
     ) -> Outcome:
         """Apply an approved plan. `at_once`: the local admin applies a proposed
         plan without approvals (`pbxbot plan --apply`), audited as such."""
-        row = self._get(plan_id)
-        self._check_open(row)
+        row = await self._get(plan_id)
+        await self._check_open(row)
         if at_once:
             if actor.id != LOCAL_ADMIN_ID:
                 raise ChangeError("not_allowed", action="apply_at_once")
-            if self._move(row.id, [PROPOSED], APPROVED):
-                self._audit("approved_at_once", actor, row)
-        if not self._move(row.id, [APPROVED], APPLYING, **self._lease_fields()):
-            current = self._get(plan_id)
+            if await self._move(row.id, [PROPOSED], APPROVED):
+                await self._audit("approved_at_once", actor, row)
+        if not await self._move(row.id, [APPROVED], APPLYING, **self._lease_fields()):
+            current = await self._get(plan_id)
             raise ChangeError("not_approved", plan=plan_id, status=current.status)
-        self._audit("applying", actor, row, owner=self.owner)
+        await self._audit("applying", actor, row, owner=self.owner)
         plan = self.plan_of(row)
-        secrets = self.vault.open_all(self.store.secrets(row.id))
+        secrets = self.vault.open_all(await self.db.secrets(row.id))
         calls: list[dict[str, Any]] = []
 
         async def on_step(name: str, detail: dict[str, Any]) -> None:
@@ -570,23 +576,23 @@ class Changes:
             async with self._leased(row.id, executor):
                 result = await executor.apply(plan, secrets)
         except ApplyError as exc:
-            self._move(row.id, [APPLYING], APPROVED, lease_owner=None, lease_until=None)
-            self._audit("apply_refused", actor, row, error=str(exc))
+            await self._move(row.id, [APPLYING], APPROVED, lease_owner=None, lease_until=None)
+            await self._audit("apply_refused", actor, row, error=str(exc))
             raise ChangeError(
-                "secret_missing", plan=row.id, logins=", ".join(self.missing_secrets(row))
+                "secret_missing", plan=row.id, logins=", ".join(await self.missing_secrets(row))
             ) from exc
         except PbxError as exc:
             # the stale check could not read the PBX: nothing was written
-            self._move(row.id, [APPLYING], APPROVED, lease_owner=None, lease_until=None)
-            self._audit("apply_refused", actor, row, error=str(exc))
+            await self._move(row.id, [APPLYING], APPROVED, lease_owner=None, lease_until=None)
+            await self._audit("apply_refused", actor, row, error=str(exc))
             raise ChangeError("pbx_unreachable", plan=row.id, error=str(exc)) from exc
         finally:
             _calls.reset(token)
-            self._flush_calls(calls, actor, row)
+            await self._flush_calls(calls, actor, row)
         del secrets
         if result.status is ApplyStatus.STALE:
             return await self._replan(row, actor, result)
-        return self._finish(row, actor, result)
+        return await self._finish(row, actor, result)
 
     def _executor(
         self,
@@ -600,8 +606,10 @@ class Changes:
         handle = self._pbx(row.pbx)
 
         async def on_event(name: str, detail: dict[str, Any]) -> None:
-            self._flush_calls(calls, actor, row)
-            self.store.audit(self._event(name, actor, row, **detail))
+            # the calls made so far and the event, in one transaction, before the executor goes on
+            made = [self._event("api_call", actor, row, **call) for call in calls]
+            calls.clear()
+            await self.db.audit(*made, self._event(name, actor, row, **detail))
             if on_step is not None:
                 await on_step(name, detail)
 
@@ -628,7 +636,7 @@ class Changes:
             while True:
                 await asyncio.sleep(self.lease.total_seconds() / 3)
                 until = self.clock() + self.lease
-                if not await asyncio.to_thread(self.store.renew_lease, plan_id, self.owner, until):
+                if not await self.db.renew_lease(plan_id, self.owner, until):
                     log.error("plan %s: the apply lease was lost; stopping before the next write", plan_id)
                     executor.halt = True
                     return
@@ -641,7 +649,7 @@ class Changes:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    def _finish(self, row: PlanRow, actor: Actor | None, result: ApplyResult, **extra: Any) -> Outcome:
+    async def _finish(self, row: PlanRow, actor: Actor | None, result: ApplyResult, **extra: Any) -> Outcome:
         """End an applying plan as the PBX now is: applied, rolled back, or failed
         with its leftovers (kept as the results an /undo reverts)."""
         outcome = {
@@ -657,16 +665,16 @@ class Changes:
         status = {ApplyStatus.APPLIED: APPLIED, ApplyStatus.ROLLED_BACK: ROLLED_BACK}.get(
             result.status, FAILED
         )
-        self.store.update_plan(row.id, results=results)
-        ended = self._end(row, status, actor, **outcome)
+        await self.db.update_plan(row.id, results=results)
+        ended = await self._end(row, status, actor, **outcome)
         return Outcome(ended, result)
 
     async def _replan(self, row: PlanRow, actor: Actor, result: ApplyResult) -> Outcome:
         """A stale plan ends; a new version from the same intent is proposed in its
         name, with its passwords moved over, and needs approval again."""
-        self._move(row.id, [APPLYING], STALE, outcome={"found": result.fingerprint})
-        self.store.release_locks(row.id)
-        self._audit(STALE, actor, row, expected=row.fingerprint, found=result.fingerprint)
+        await self._move(row.id, [APPLYING], STALE, outcome={"found": result.fingerprint})
+        await self.db.release_locks(row.id)
+        await self._audit(STALE, actor, row, expected=row.fingerprint, found=result.fingerprint)
         proposer = Actor(row.proposer_id, row.proposer_name)
         replacement: Proposal | None = None
         try:
@@ -681,19 +689,19 @@ class Changes:
         except (PlanError, ChangeError) as exc:
             code = getattr(exc, "code", "")
             params = {k: v for k, v in getattr(exc, "params", {}).items() if isinstance(v, str | int)}
-            self._audit("replan_failed", actor, row, code=code)
-            self.store.update_plan(
+            await self._audit("replan_failed", actor, row, code=code)
+            await self.db.update_plan(
                 row.id,
                 outcome={"found": result.fingerprint, "replan_error": {"code": code, "params": params}},
             )
-            self.store.erase_secrets(row.id)
-            ended = self._get(row.id)
+            await self.db.erase_secrets(row.id)
+            ended = await self._get(row.id)
             return Outcome(ended, result)
         if replacement.row is not None:
-            self.store.move_secrets(row.id, replacement.row.id)
-            self.store.update_plan(row.id, replaced_by=replacement.row.id)
-        self.store.erase_secrets(row.id)
-        return Outcome(self._get(row.id), result, replacement)
+            await self.db.move_secrets(row.id, replacement.row.id)
+            await self.db.update_plan(row.id, replaced_by=replacement.row.id)
+        await self.db.erase_secrets(row.id)
+        return Outcome(await self._get(row.id), result, replacement)
 
     # ------------------------------------------------------------------ recovery
 
@@ -703,18 +711,18 @@ class Changes:
         apply holds it. Run by the bot at start and by housekeeping, by every CLI
         command that writes, and by `pbxbot recover`."""
         done: list[Recovery] = []
-        for row in self.store.plans(status=[APPLYING], pbx=pbx, limit=1000):
+        for row in await self.db.plans(status=[APPLYING], pbx=pbx, limit=1000):
             if row.pbx not in self.pbxs:
                 continue
             now = self.clock()
             dead = [row.lease_owner] if row.lease_owner and owner_is_dead(row.lease_owner) else []
-            if not self.store.take_lease(row.id, self.owner, now + self.lease, now, dead):
+            if not await self.db.take_lease(row.id, self.owner, now + self.lease, now, dead):
                 continue  # a live apply holds it, or another process took it a moment ago
             done.append(await self._reconcile(row, previous=row.lease_owner))
         return done
 
     async def _reconcile(self, row: PlanRow, *, previous: str | None) -> Recovery:
-        journal = self.store.audit_trail(plan_id=row.id, limit=100_000)
+        journal = await self.db.audit_trail(plan_id=row.id, limit=100_000)
         tried = 0
         known_routes: list[str] | None = None
         for event in journal:
@@ -725,36 +733,36 @@ class Changes:
         plan = self.plan_of(row)
         if known_routes is None:  # journaled before this version: the routes the plan itself names
             known_routes = [s.target for s in plan.steps if not s.kind.on_provider and s.target]
-        self._audit("recovery_started", None, row, previous_owner=previous, tried=tried)
+        await self._audit("recovery_started", None, row, previous_owner=previous, tried=tried)
         calls: list[dict[str, Any]] = []
         executor = self._executor(row, None, calls)
         token = _calls.set(calls)
         try:
             await self._pbx(row.pbx).client.list_providers()  # is the PBX there to be read?
         except PbxError as exc:
-            self.store.renew_lease(row.id, self.owner, self.clock())  # free: try again later
-            self._audit("recovery_postponed", None, row, error=str(exc))
-            return Recovery(self._get(row.id), None, postponed=str(exc))
+            await self.db.renew_lease(row.id, self.owner, self.clock())  # free: try again later
+            await self._audit("recovery_postponed", None, row, error=str(exc))
+            return Recovery(await self._get(row.id), None, postponed=str(exc))
         finally:
             _calls.reset(token)
-            self._flush_calls(calls, None, row)
+            await self._flush_calls(calls, None, row)
         token = _calls.set(calls)
         try:
             async with self._leased(row.id, executor):
                 result = await executor.reconcile(plan, tried, known_routes)
         finally:
             _calls.reset(token)
-            self._flush_calls(calls, None, row)
-        self.store.update_plan(row.id, card_stale=True)
-        outcome = self._finish(row, None, result, recovered=result.status.value, tried=tried)
+            await self._flush_calls(calls, None, row)
+        await self.db.update_plan(row.id, card_stale=True)
+        outcome = await self._finish(row, None, result, recovered=result.status.value, tried=tried)
         return Recovery(outcome.row, result)
 
-    def cards_to_refresh(self) -> list[PlanRow]:
+    async def cards_to_refresh(self) -> list[PlanRow]:
         """Plans that ended where no card could be edited (`pbxbot recover`)."""
-        return self.store.plans(card_stale=True, limit=100)
+        return await self.db.plans(card_stale=True, limit=100)
 
-    def card_refreshed(self, plan_id: str) -> None:
-        self.store.update_plan(plan_id, card_stale=False)
+    async def card_refreshed(self, plan_id: str) -> None:
+        await self.db.update_plan(plan_id, card_stale=False)
 
     # ------------------------------------------------------------------ undo
 
@@ -767,17 +775,17 @@ class Changes:
         chat_id: int | None = None,
     ) -> Proposal:
         """The inverse of an applied plan, proposed like any plan."""
-        original = self._get(plan_id)
+        original = await self._get(plan_id)
         return await self.propose(
             actor, original.pbx, Undo(plan_id), secrets=secrets, command=f"/undo {plan_id}", chat_id=chat_id
         )
 
     # ------------------------------------------------------------------ delivery
 
-    def release(self, plan_id: str, reason: str, **detail: Any) -> PlanRow:
+    async def release(self, plan_id: str, reason: str, **detail: Any) -> PlanRow:
         """Cancel an open plan nobody can act on (its card could not be posted), with the
         reason; its locks go and its secrets are erased. ChangeError when it already ended."""
-        row = self._get(plan_id)
+        row = await self._get(plan_id)
         if row.status not in OPEN:
             raise ChangeError("plan_closed", plan=row.id, status=row.status)
-        return self._end(row, CANCELLED, None, reason=reason, **detail)
+        return await self._end(row, CANCELLED, None, reason=reason, **detail)

@@ -154,9 +154,11 @@ def compose(readings: Readings, store: Any, name: str, *, since: datetime, until
 async def build(
     pbx: Any, reader: SnapshotReader, store: Any, name: str, *, since: datetime, until: datetime, tz: ZoneInfo
 ) -> Digest:
-    """Read the PBX and put the digest together."""
+    """Read the PBX and put the digest together: composing (the audit trail, a
+    trace of every number) runs off the event loop, on the store's own threads."""
     readings = await read(pbx, reader, since=since, until=until, tz=tz)
-    return compose(readings, store, name, since=since, until=until)
+    sync = getattr(store, "sync", store)  # an AsyncStore's Store, or a Store
+    return await asyncio.to_thread(compose, readings, sync, name, since=since, until=until)
 
 
 def _numbers(digest: Digest, tracer: Tracer, snapshot: Any, registration: dict, records: list) -> None:

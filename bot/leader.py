@@ -1,8 +1,9 @@
 """One scheduler owner at a time.
 
 On PostgreSQL the owner holds a session-level advisory lock (one per schema:
-the processes that share these tables) on a connection of its own; when the owner dies its connection closes, the lock goes with it,
-and another process takes it on its next try (every `interval` seconds). On
+the processes that share these tables) on a connection of its own; when the
+owner dies its connection closes, the lock goes with it, and another process
+takes it on its next try (every `interval` seconds). On
 SQLite there is only one process: it is always the owner.
 """
 

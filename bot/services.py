@@ -8,6 +8,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from pbx.base import Pbx
+from storage.aio import AsyncStore
 from storage.repo import Store
 
 from .changes import Changes
@@ -24,16 +25,21 @@ class Services:
     scheduler: Any = None  # bot.scheduler.Scheduler, once the app has started
 
     @property
+    def db(self) -> AsyncStore:
+        """The store, awaited: its calls run off the event loop."""
+        return self.changes.db
+
+    @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.settings.timezone)
 
     def client(self, pbx: str) -> Pbx:
         return self.changes.pbxs[pbx].client
 
-    def pbx_of_chat(self, chat_id: int, *, private: bool) -> str | None:
+    async def pbx_of_chat(self, chat_id: int, *, private: bool) -> str | None:
         """A chat's PBX: its binding (`/pbx`), the config's groups, or, for a
         private chat, the only PBX there is. None: an unknown chat."""
-        bound = self.store.chat_pbx(chat_id)
+        bound = await self.db.chat_pbx(chat_id)
         if bound is not None and bound in self.changes.pbxs:
             return bound
         configured = self.settings.telegram.groups.get(chat_id)
@@ -43,7 +49,7 @@ class Services:
             return next(iter(self.changes.pbxs))
         return None
 
-    def approval_chats(self, pbx: str) -> list[int]:
+    async def approval_chats(self, pbx: str) -> list[int]:
         """Groups where plans of this PBX are approved."""
         chats = [cid for cid, name in self.settings.telegram.groups.items() if name == pbx]
-        return chats + [cid for cid in self.store.chats_of(pbx) if cid not in chats]
+        return chats + [cid for cid in await self.db.chats_of(pbx) if cid not in chats]

@@ -41,7 +41,7 @@ class Access(BaseMiddleware):
         lang = pick_language(user.language_code if user else None, services.settings.default_language)
         data.update(services=services, lang=lang)
         if isinstance(event, Message) and (event.migrate_to_chat_id or event.migrate_from_chat_id):
-            self._migrate(event)
+            await self._migrate(event)
             return None
         if user is None:
             return None
@@ -57,24 +57,24 @@ class Access(BaseMiddleware):
             await self._refuse(event, user.id, chat.id if chat else None, lang)
             return None
         private = chat is None or chat.type == "private"
-        pbx = services.pbx_of_chat(chat.id, private=private) if chat else None
+        pbx = await services.pbx_of_chat(chat.id, private=private) if chat else None
         data.update(actor=Actor(user.id, user.full_name), role=role, pbx=pbx, private=private)
         return await handler(event, data)
 
-    def _migrate(self, message: Message) -> None:
-        store = self.services.store
+    async def _migrate(self, message: Message) -> None:
+        store = self.services.db
         old, new = message.chat.id, message.migrate_to_chat_id
         if new is None:  # the supergroup's side: migrate_from_chat_id
             old, new = message.migrate_from_chat_id, message.chat.id
-        pbx = self.services.pbx_of_chat(old, private=False)
-        if pbx is not None and self.services.pbx_of_chat(new, private=False) is None:
-            store.bind_chat(new, pbx, title=message.chat.title or "")
-            store.audit(AuditRow(pbx=pbx, event="chat_migrated", detail={"from": old, "to": new}))
+        pbx = await self.services.pbx_of_chat(old, private=False)
+        if pbx is not None and await self.services.pbx_of_chat(new, private=False) is None:
+            await store.bind_chat(new, pbx, title=message.chat.title or "")
+            await store.audit(AuditRow(pbx=pbx, event="chat_migrated", detail={"from": old, "to": new}))
 
     async def _refuse(self, event: TelegramObject, user_id: int, chat_id: int | None, lang: str) -> None:
         services = self.services
         kind = "callback" if isinstance(event, CallbackQuery) else "message"
-        services.store.audit(
+        await services.db.audit(
             AuditRow(actor_id=user_id, event="refused_unknown_user", detail={"chat": chat_id, "kind": kind})
         )
         if isinstance(event, CallbackQuery):

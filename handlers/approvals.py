@@ -4,6 +4,8 @@ and the policy; a second press counts once; simultaneous presses apply once."""
 
 from __future__ import annotations
 
+import asyncio
+
 from aiogram import Bot, F, Router
 from aiogram.types import CallbackQuery
 
@@ -15,20 +17,29 @@ from storage.tables import AuditRow
 
 from .cards import PlanButton, apply_and_report, refresh_card
 
+RECORDING_WAITS = 50  # x 0.1 s
+
 
 async def pressed(
     query: CallbackQuery, callback_data: PlanButton, bot: Bot, services: Services, actor: Actor, lang: str
 ) -> None:
     changes = services.changes
-    row = services.store.get_plan(callback_data.plan)
+    row = await services.db.get_plan(callback_data.plan)
     message = query.message
+    for _ in range(RECORDING_WAITS):  # pressed the moment the card came: where it is is being recorded
+        if row is None or row.message_id is not None:
+            break
+        await asyncio.sleep(0.1)
+        row = await services.db.get_plan(callback_data.plan)
     if (
         row is None
         or message is None
         or row.chat_id != message.chat.id
         or row.message_id != message.message_id
     ):
-        services.store.audit(AuditRow(actor_id=actor.id, event="forged_button", detail={"data": query.data}))
+        await services.db.audit(
+            AuditRow(actor_id=actor.id, event="forged_button", detail={"data": query.data})
+        )
         await query.answer(t("tg.button.unknown", lang), show_alert=True)
         return
     try:
@@ -49,12 +60,12 @@ async def pressed(
         await refresh_card(bot, services, row)
         return
     await refresh_card(bot, services, row)
-    if changes.ready(row):
+    if await changes.ready(row):
         await apply_and_report(bot, services, row, actor)
 
 
 async def unknown_button(query: CallbackQuery, services: Services, actor: Actor, lang: str) -> None:
-    services.store.audit(
+    await services.db.audit(
         AuditRow(actor_id=actor.id, event="forged_button", detail={"data": (query.data or "")[:64]})
     )
     await query.answer(t("tg.button.unknown", lang), show_alert=True)

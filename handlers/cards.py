@@ -55,14 +55,14 @@ def card_language(services: Services, row: PlanRow, lang: str | None = None) -> 
     return lang or services.settings.default_language
 
 
-def alone(services: Services, row: PlanRow) -> bool:
+async def alone(services: Services, row: PlanRow) -> bool:
     """The policy lets the proposer approve alone: the card says Apply, not Approve."""
     policy = services.settings.policy
-    need = services.changes.tally_of(row).need
+    need = (await services.changes.tally_of(row)).need
     return policy.self_approve and may(policy, row.proposer_id, Action.APPROVE) and need <= 1
 
 
-def keyboard(services: Services, row: PlanRow, lang: str) -> InlineKeyboardMarkup | None:
+async def keyboard(services: Services, row: PlanRow, lang: str) -> InlineKeyboardMarkup | None:
     if row.status not in OPEN:
         return None
 
@@ -70,25 +70,25 @@ def keyboard(services: Services, row: PlanRow, lang: str) -> InlineKeyboardMarku
         data = PlanButton(action=action, plan=row.id, version=row.version).pack()
         return InlineKeyboardButton(text=t(key, lang), callback_data=data)
 
-    if alone(services, row):
+    if await alone(services, row):
         rows = [[button("a", "tg.button.apply"), button("c", "tg.button.cancel")]]
     else:
         rows = [
             [button("a", "tg.button.approve"), button("r", "tg.button.reject")],
             [button("c", "tg.button.cancel")],
         ]
-    if services.changes.missing_secrets(row) and services.bot_username:
+    if await services.changes.missing_secrets(row) and services.bot_username:
         url = f"https://t.me/{services.bot_username}?start=pw-{row.id}"
         rows.append([InlineKeyboardButton(text=t("tg.button.password", lang), url=url)])
     return InlineKeyboardMarkup(inline_keyboard=rows)
 
 
-def _lines_about(services: Services, row: PlanRow, lang: str) -> list[str]:
+async def _lines_about(services: Services, row: PlanRow, lang: str) -> list[str]:
     lines = [t("tg.card.proposer", lang, name=esc(row.proposer_name or str(row.proposer_id)))]
-    approvers = services.changes.approvers_of(row)
+    approvers = await services.changes.approvers_of(row)
     if approvers:
         lines.append(t("tg.card.approved_by", lang, names=esc(", ".join(approvers))))
-    missing = services.changes.missing_secrets(row) if row.status in OPEN else []
+    missing = await services.changes.missing_secrets(row) if row.status in OPEN else []
     if missing:
         lines.append(t("tg.card.waiting_secret", lang, logins=esc(", ".join(missing))))
     if row.status in OPEN:
@@ -97,12 +97,14 @@ def _lines_about(services: Services, row: PlanRow, lang: str) -> list[str]:
     return lines
 
 
-def card_text(services: Services, row: PlanRow, lang: str, *, extra: str = "", summary: bool = False) -> str:
+async def card_text(
+    services: Services, row: PlanRow, lang: str, *, extra: str = "", summary: bool = False
+) -> str:
     changes = services.changes
     plan = changes.plan_of(row)
-    plan.needs_secret = changes.missing_secrets(row) if row.status in OPEN else []
+    plan.needs_secret = await changes.missing_secrets(row) if row.status in OPEN else []
     names = row.summary.get("names") or {}
-    tally = changes.tally_of(row) if row.status in OPEN else None
+    tally = await changes.tally_of(row) if row.status in OPEN else None
     if summary:
         body = _summary(plan, row, lang)
     else:
@@ -116,7 +118,7 @@ def card_text(services: Services, row: PlanRow, lang: str, *, extra: str = "", s
             tally=tally,
             html=True,
         )
-    parts = [body, "\n".join(_lines_about(services, row, lang))]
+    parts = [body, "\n".join(await _lines_about(services, row, lang))]
     outcome = outcome_text(None, row.outcome, lang, html=True) if row.status not in (*OPEN, APPLYING) else ""
     parts += [p for p in (outcome, extra) if p]
     return "\n\n".join(p for p in parts if p)
@@ -153,7 +155,7 @@ async def persist(
     chat_id: int,
     *,
     until: float,
-    wanted: Callable[[], bool] = lambda: True,
+    wanted: Callable[[], Awaitable[bool]] | None = None,
 ) -> tuple[T, int]:
     """`call(chat_id)` until it goes through: a 429 is waited out (`retry_after`), a
     5xx or a network error backs off (1, 2, 4 ... 60 s), a group that became a
@@ -170,7 +172,7 @@ async def persist(
         except _TRANSIENT as exc:
             wait = float(exc.retry_after) if isinstance(exc, TelegramRetryAfter) else backoff
             backoff = min(backoff * 2, 60.0)
-            if time.monotonic() + wait > until or not wanted():
+            if time.monotonic() + wait > until or (wanted is not None and not await wanted()):
                 raise
             log.warning("telegram did not take it (%s); again in %.0f s", type(exc).__name__, wait)
             await asyncio.sleep(wait)
@@ -187,13 +189,13 @@ def _why(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def release(services: Services, row: PlanRow, exc: BaseException) -> PlanRow:
+async def release(services: Services, row: PlanRow, exc: BaseException) -> PlanRow:
     """The card could not be posted: the plan is cancelled with the reason and its logins freed."""
     try:
-        released = services.changes.release(row.id, CARD_RELEASED, error=_why(exc))
+        released = await services.changes.release(row.id, CARD_RELEASED, error=_why(exc))
     except ChangeError:  # it ended meanwhile (cancelled, expired), or is being applied
         log.warning("the card of plan %s could not be posted (%s)", row.id, _why(exc))
-        return services.store.get_plan(row.id) or row
+        return await services.db.get_plan(row.id) or row
     log.warning("the card of plan %s could not be posted (%s): plan released", row.id, _why(exc))
     return released
 
@@ -207,15 +209,15 @@ async def post_card(
     lang = card_language(services, row, lang)
     until = time.monotonic() + max(0.0, _seconds_left(services, row))
 
-    def wanted() -> bool:
-        current = services.store.get_plan(row.id)
+    async def wanted() -> bool:
+        current = await services.db.get_plan(row.id)
         return current is not None and current.status in OPEN
 
     try:
-        text = card_text(services, row, lang)
+        text = await card_text(services, row, lang)
         summary = not fits(text)
         if summary:
-            text = card_text(services, row, lang, summary=True)
+            text = await card_text(services, row, lang, summary=True)
             full = plan_text(
                 services.changes.plan_of(row),
                 lang,
@@ -230,7 +232,7 @@ async def post_card(
                 until=until,
                 wanted=wanted,
             )
-        markup = keyboard(services, row, lang)
+        markup = await keyboard(services, row, lang)
         message, chat_id = await persist(
             lambda chat: bot.send_message(chat, text, reply_markup=markup),
             chat_id,
@@ -238,12 +240,12 @@ async def post_card(
             wanted=wanted,
         )
     except (TelegramAPIError, TimeoutError) as exc:
-        return release(services, row, exc)
+        return await release(services, row, exc)
     except BaseException as exc:  # cancelled (shutdown) or a bug: the plan is not left without a card
-        release(services, row, exc)
+        await release(services, row, exc)
         raise
-    services.store.update_plan(row.id, chat_id=chat_id, message_id=message.message_id)
-    return services.store.get_plan(row.id)
+    await services.db.update_plan(row.id, chat_id=chat_id, message_id=message.message_id)
+    return await services.db.get_plan(row.id)
 
 
 async def tell_released(bot: Bot, row: PlanRow, chat_ids: list[int], lang: str) -> None:
@@ -268,14 +270,14 @@ async def refresh_card(
 ) -> None:
     """Edit the card in place; "not modified" is success, a lost card is posted again.
     Retried for `patience` seconds while Telegram cannot take it."""
-    row = services.store.get_plan(row.id) or row
+    row = await services.db.get_plan(row.id) or row
     if row.chat_id is None or row.message_id is None:
         return
     lang = card_language(services, row, lang)
-    text = card_text(services, row, lang, extra=extra)
+    text = await card_text(services, row, lang, extra=extra)
     if not fits(text):
-        text = card_text(services, row, lang, extra=extra, summary=True)
-    markup = keyboard(services, row, lang)
+        text = await card_text(services, row, lang, extra=extra, summary=True)
+    markup = await keyboard(services, row, lang)
     try:
         await persist(
             lambda chat: bot.edit_message_text(
@@ -344,7 +346,7 @@ async def _prompt(
     except (TelegramForbiddenError, TelegramBadRequest) as exc:
         log.info("cannot write to %s first: %s", row.proposer_id, exc.message)
         return False
-    services.store.add_prompt(row.proposer_id, row.id, login, sent.message_id)
+    await services.db.add_prompt(row.proposer_id, row.id, login, sent.message_id)
     return True
 
 
@@ -359,7 +361,7 @@ async def ask_secret(bot: Bot, services: Services, row: PlanRow, login: str, lan
 async def ask_secrets(bot: Bot, services: Services, row: PlanRow, lang: str) -> bool:
     """Ask for what the plan still misses: one login by name, or several in the plan's
     order (each reply goes to the next login still missing). False: nothing asked."""
-    missing = services.changes.missing_secrets(row)
+    missing = await services.changes.missing_secrets(row)
     if len(missing) <= 1:
         return bool(missing) and await ask_secret(bot, services, row, missing[0], lang)
     text = t("tg.secret.ask_plan", lang, logins=esc(", ".join(missing)), id=row.id)

@@ -48,7 +48,7 @@ async def propose_and_post(
         return proposal
     chat_id = message.chat.id
     if message.chat.type == "private":
-        groups = services.approval_chats(pbx)
+        groups = await services.approval_chats(pbx)
         if groups:
             chat_id = groups[0]
             await message.answer(t("tg.card.posted_in_group", lang, id=proposal.row.id))
@@ -56,10 +56,10 @@ async def propose_and_post(
     if row.message_id is None:  # the card could not be posted: the plan is released
         await tell_released(bot, row, [message.chat.id, actor.id], lang)
         return proposal
-    missing = services.changes.missing_secrets(row)
+    missing = await services.changes.missing_secrets(row)
     if missing and not await ask_secret(bot, services, row, missing[0], lang):
         await message.answer(t("tg.secret.start_me", lang, bot=services.bot_username, id=row.id))
-    if services.changes.ready(row):
+    if await services.changes.ready(row):
         await apply_and_report(bot, services, row, actor)
     return proposal
 
@@ -105,7 +105,7 @@ def _plan_line(row, lang: str) -> str:
 async def plans(message: Message, services: Services, pbx: str | None, lang: str) -> None:
     if not await need_pbx(message, pbx, lang):
         return
-    rows = services.store.plans(pbx=pbx, status=[*OPEN, "applying"])
+    rows = await services.db.plans(pbx=pbx, status=[*OPEN, "applying"])
     text = "\n".join([t("tg.plans.header", lang, n=len(rows))] + [_plan_line(r, lang) for r in rows])
     await answer_long(message, text, lang=lang, filename=f"plans-{pbx}.txt")
 
@@ -117,7 +117,7 @@ async def history(
         return
     arg = (command.args or "").strip()
     n = int(arg) if arg.isdigit() else 10
-    rows = services.store.plans(pbx=pbx, status=ENDED, limit=max(1, min(n, 100)))
+    rows = await services.db.plans(pbx=pbx, status=ENDED, limit=max(1, min(n, 100)))
     text = "\n".join([t("tg.history.header", lang, n=len(rows))] + [_plan_line(r, lang) for r in rows])
     await answer_long(message, text, lang=lang, filename=f"history-{pbx}.txt")
 

@@ -180,32 +180,32 @@ async def digest(
         await message.answer(t("change.not_allowed", lang, action="digest"))
         return
     if parsed.action in ("daily", "weekly"):
-        row = schedule_row(services, chat_id, pbx, parsed, actor.id)
-        scheduler.set(row)
+        row = await schedule_row(services, chat_id, pbx, parsed, actor.id)
+        await scheduler.set(row)
         await message.answer(_schedule_text(row, lang))
     elif parsed.action == "off":
-        scheduler.off(chat_id)
+        await scheduler.off(chat_id)
         await message.answer(t("digest.off", lang))
     elif parsed.action == "tz":
-        row = services.store.schedule(chat_id)
+        row = await services.db.schedule(chat_id)
         if row is None:
             await message.answer(t("digest.none", lang))
             return
         row.timezone = parsed.timezone
-        scheduler.set(row)
+        await scheduler.set(row)
         await message.answer(_schedule_text(row, lang))
     elif parsed.action == "quiet":
-        row = services.store.schedule(chat_id)
+        row = await services.db.schedule(chat_id)
         if row is None:
             await message.answer(t("digest.none", lang))
             return
         row.quiet = bool(parsed.quiet)
-        scheduler.set(row)
+        await scheduler.set(row)
         await message.answer(
             t("digest.quiet", lang, state=t("digest.on" if row.quiet else "digest.off_word", lang))
         )
     else:
-        row = services.store.schedule(chat_id)
+        row = await services.db.schedule(chat_id)
         await message.answer(_schedule_text(row, lang) if row else t("digest.none", lang))
 
 

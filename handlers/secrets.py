@@ -87,22 +87,24 @@ async def _delete(message: Message) -> bool:
     return True
 
 
-def _audit(services: Services, actor: Actor, event: str, plan_id: str | None = None, **detail: Any) -> None:
-    services.store.audit(
+async def _audit(
+    services: Services, actor: Actor, event: str, plan_id: str | None = None, **detail: Any
+) -> None:
+    await services.db.audit(
         AuditRow(actor_id=actor.id, actor_name=actor.name, plan_id=plan_id, event=event, detail=detail)
     )
 
 
-def _candidates(message: Message, services: Services, actor: Actor) -> list[tuple[str, str | None]]:
+async def _candidates(message: Message, services: Services, actor: Actor) -> list[tuple[str, str | None]]:
     """(plan, login) pairs this password may be for; login None: the plan's next missing one."""
-    store = services.store
+    store = services.db
     answered = message.reply_to_message
     if answered is not None:
-        prompt = store.prompt(actor.id, answered.message_id)
+        prompt = await store.prompt(actor.id, answered.message_id)
         if prompt is not None:
             return [(prompt.plan_id, prompt.login)]
-    waiting = services.changes.awaiting_secret(actor.id)
-    linked = store.link(actor.id)
+    waiting = await services.changes.awaiting_secret(actor.id)
+    linked = await store.link(actor.id)
     if any(row.id == linked for row, _ in waiting):
         return [(linked, None)]
     return [(row.id, login) for row, missing in waiting for login in missing]
@@ -111,9 +113,9 @@ def _candidates(message: Message, services: Services, actor: Actor) -> list[tupl
 async def private_text(message: Message, bot: Bot, services: Services, actor: Actor, lang: str) -> None:
     deleted = await _delete(message)  # first: a password must not stay in the chat, used or not
     password = message.text or ""  # as typed: the validator refuses outer spaces rather than guess
-    candidates = _candidates(message, services, actor)
+    candidates = await _candidates(message, services, actor)
     if not candidates:
-        _audit(services, actor, "secret_unused", reason="nothing_waiting", deleted=deleted)
+        await _audit(services, actor, "secret_unused", reason="nothing_waiting", deleted=deleted)
         await message.answer(t("tg.secret.nothing_waiting", lang))
     elif len(candidates) > 1:
         await _hold(message, services, actor, password, candidates, lang)
@@ -133,10 +135,10 @@ async def _hold(
     lang: str,
 ) -> None:
     """Several logins wait: keep the password sealed and ask which one it is."""
-    store = services.store
-    store.purge_held(utcnow() - HOLD_FOR)
+    store = services.db
+    await store.purge_held(utcnow() - HOLD_FOR)
     choices = [[plan_id, login or ""] for plan_id, login in candidates[:MAX_CHOICES]]
-    hold = store.hold_secret(actor.id, services.changes.vault.seal(password), choices)
+    hold = await store.hold_secret(actor.id, services.changes.vault.seal(password), choices)
 
     def button(text: str, choice: int) -> list[InlineKeyboardButton]:
         return [InlineKeyboardButton(text=text, callback_data=SecretPick(hold=hold, choice=choice).pack())]
@@ -149,8 +151,8 @@ async def _hold(
     sent = await message.answer(
         t("tg.secret.which", lang), reply_markup=InlineKeyboardMarkup(inline_keyboard=rows)
     )
-    store.set_hold_message(hold, sent.message_id)
-    _audit(services, actor, "secret_held", choices=len(choices))
+    await store.set_hold_message(hold, sent.message_id)
+    await _audit(services, actor, "secret_held", choices=len(choices))
 
 
 async def _bind(
@@ -160,40 +162,40 @@ async def _bind(
     for what is still missing, refresh the card, apply when everything is in."""
     changes = services.changes
     try:
-        login, replaced = changes.add_secret(actor, plan_id, login, password)
+        login, replaced = await changes.add_secret(actor, plan_id, login, password)
     except (ChangeError, UsageError) as exc:
         if getattr(exc, "code", "") == "plan_closed":
-            services.store.drop_prompts(plan_id)  # its questions and link point nowhere now
-        _audit(services, actor, "secret_unused", plan_id, reason=getattr(exc, "code", "invalid"))
+            await services.db.drop_prompts(plan_id)  # its questions and link point nowhere now
+        await _audit(services, actor, "secret_unused", plan_id, reason=getattr(exc, "code", "invalid"))
         await bot.send_message(actor.id, t("tg.secret.unused", lang, why=error_text(exc, lang, html=True)))
         return
     key = "tg.secret.replaced" if replaced else "tg.secret.received"
     await bot.send_message(actor.id, t(key, lang, login=esc(login), id=plan_id))
-    row = services.store.get_plan(plan_id)
-    if changes.missing_secrets(row):
+    row = await services.db.get_plan(plan_id)
+    if await changes.missing_secrets(row):
         await ask_secrets(bot, services, row, lang)
     await refresh_card(bot, services, row)
-    if changes.ready(row):
+    if await changes.ready(row):
         await apply_and_report(bot, services, row, actor)
 
 
 async def picked(
     query: CallbackQuery, callback_data: SecretPick, bot: Bot, services: Services, actor: Actor, lang: str
 ) -> None:
-    store = services.store
-    held = store.held(callback_data.hold)
+    store = services.db
+    held = await store.held(callback_data.hold)
     fresh = held is not None and held.at >= utcnow() - HOLD_FOR
     valid = callback_data.choice == DROP or (
         held is not None and 0 <= callback_data.choice < len(held.choices)
     )
-    taken = store.take_held(callback_data.hold, actor.id) if held is not None and valid else None
+    taken = await store.take_held(callback_data.hold, actor.id) if held is not None and valid else None
     if taken is None or not fresh:
-        _audit(services, actor, "secret_pick_gone", hold=callback_data.hold)
+        await _audit(services, actor, "secret_pick_gone", hold=callback_data.hold)
         await query.answer(t("tg.secret.pick_gone", lang), show_alert=True)
         return
     await query.answer()
     if callback_data.choice == DROP:
-        _audit(services, actor, "secret_dropped")
+        await _audit(services, actor, "secret_dropped")
         text = t("tg.secret.dropped", lang)
     else:
         plan_id, login = taken.choices[callback_data.choice]
@@ -205,7 +207,7 @@ async def picked(
             log.info("could not edit the question: %s", exc.message)
     if callback_data.choice == DROP:
         return
-    _audit(services, actor, "secret_picked", plan_id, login=login)
+    await _audit(services, actor, "secret_picked", plan_id, login=login)
     password = services.changes.vault.open(taken.token)
     await _bind(bot, services, actor, plan_id, login or None, password, lang)
 
@@ -218,14 +220,14 @@ async def group_text(
     text = (message.text or "").strip()
     if not text:
         return
-    pasted = services.changes.pasted_secret(pbx, text) if pbx else None
+    pasted = await services.changes.pasted_secret(pbx, text) if pbx else None
     if pasted is not None:
         await _pasted(message, bot, services, actor, *pasted, lang)
         return
-    if "\n" in text or len(text) > GROUP_GUESS_CHARS or not services.changes.awaiting_secret(actor.id):
+    if "\n" in text or len(text) > GROUP_GUESS_CHARS or not await services.changes.awaiting_secret(actor.id):
         return
     deleted = await _delete(message)
-    _audit(services, actor, "secret_in_group", deleted=deleted)
+    await _audit(services, actor, "secret_in_group", deleted=deleted)
     key = "tg.secret.leaked_deleted" if deleted else "tg.secret.leaked"
     await message.answer(t(key, lang, bot=services.bot_username))
 
@@ -235,8 +237,8 @@ async def _pasted(
 ) -> None:
     """The password is exposed: delete it, drop it from its plan, ask the proposer for a new one."""
     deleted = await _delete(message)
-    dropped = row.status in OPEN and services.store.erase_secret(row.id, login)
-    _audit(
+    dropped = row.status in OPEN and await services.db.erase_secret(row.id, login)
+    await _audit(
         services,
         actor,
         "secret_pasted_in_group",
@@ -288,7 +290,9 @@ async def document(
             data = await bot.download(doc.file_id)
     finally:
         deleted = await _delete(message)
-        _audit(services, actor, "file_deleted", reason=reason or "read", deleted=deleted, size=doc.file_size)
+        await _audit(
+            services, actor, "file_deleted", reason=reason or "read", deleted=deleted, size=doc.file_size
+        )
     yourself = "" if deleted else " " + t("tg.secret.delete_yourself", lang)
     if reason == "group":
         await message.answer(t("tg.csv.private_only", lang) + yourself)

@@ -44,10 +44,8 @@ QUIET = 0.6  # seconds without a new bot event: the bot has answered
 
 
 class Shell:
-    def __init__(
-        self, tg: TelegramSandbox, sim: MikoPbxSimulator, lang: str, out: TextIO, busy=lambda: False
-    ):
-        self.busy = busy  # True while a plan is being applied: the bot is not done yet
+    def __init__(self, tg: TelegramSandbox, sim: MikoPbxSimulator, lang: str, out: TextIO, busy=None):
+        self.busy = busy or _never_busy  # async: True while the bot still owes something for a plan
         self.tg = tg
         self.sim = sim
         self.lang = lang
@@ -109,7 +107,7 @@ class Shell:
             await asyncio.sleep(0.05)
             if len(self.tg.events) != seen:
                 seen, quiet_since = len(self.tg.events), loop.time()
-            elif loop.time() - quiet_since >= QUIET and not self.busy():
+            elif loop.time() - quiet_since >= QUIET and not await self.busy():
                 break
         self.show_new()
 
@@ -162,11 +160,15 @@ class Shell:
         return f"[{PEOPLE[self.speaker][1]} · {self._chat_name(self.chat_id)}] > "
 
 
-def cards_behind(tg: TelegramSandbox, changes: Changes, lang: str) -> bool:
+async def _never_busy() -> bool:
+    return False
+
+
+async def cards_behind(tg: TelegramSandbox, changes: Changes, lang: str) -> bool:
     """The bot still owes something for a plan: an apply is about to run or
     running, or a plan's card does not show the plan's status yet."""
     for row in changes.store.plans(limit=20):
-        if row.status == "applying" or changes.ready(row):
+        if row.status == "applying" or await changes.ready(row):
             return True  # running, or all it needs is in and the apply is about to start
         if row.chat_id is None or row.message_id is None:
             continue

@@ -319,11 +319,11 @@ async def test_a_password_with_a_line_break_in_private_is_refused_with_the_rule(
     )
     refusal = await w.said(OLGA, "перевод строки", after=start)
     assert "pw1" not in refusal["text"] and "context=internal" not in refusal["text"]
-    assert w.app.services.changes.awaiting_secret(OLGA)  # nothing sealed: the password is still owed
+    assert await w.app.services.changes.awaiting_secret(OLGA)  # nothing sealed: the password is still owed
     mark = w.mark()
     w.tg.send(OLGA, OLGA, "Zx-847900-secret!")
     await w.said(OLGA, "получен", after=mark)
-    assert not w.app.services.changes.awaiting_secret(OLGA)
+    assert not await w.app.services.changes.awaiting_secret(OLGA)
 
 
 async def test_a_csv_in_private_with_a_bad_password_names_the_line_and_the_rule(world: World):  # noqa: F811

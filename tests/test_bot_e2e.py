@@ -157,6 +157,10 @@ async def test_a_user_not_in_the_config_is_refused_once_and_audited(world: World
     w.tg.send(STRANGER, GROUP, "/numbers")
     w.tg.send(VIKTOR, GROUP, "/whoami")  # a later event: the stranger's second message was handled before it
     await w.said(GROUP, "viewer", after=start)
+    deadline = asyncio.get_running_loop().time() + 30  # its audit row is written off the event loop
+    while [e.event for e in w.store.audit_trail()].count("refused_unknown_user") < 2:
+        assert asyncio.get_running_loop().time() < deadline, "the second refusal was never audited"
+        await asyncio.sleep(0.05)
     refusals = [e for e in w.tg.events[start:] if "only for the admins" in (e.get("text") or "")]
     assert len(refusals) == 1
     assert [e.event for e in w.store.audit_trail()].count("refused_unknown_user") == 2
@@ -243,7 +247,7 @@ async def test_a_password_typed_in_the_group_is_deleted_with_a_warning(world: Wo
         lambda e: e["kind"] == "delete" and e["message_id"] == leaked["message_id"], after=start
     )
     await w.said(GROUP, "удалил", after=start)
-    assert w.app.services.changes.awaiting_secret(OLGA)  # never used
+    assert await w.app.services.changes.awaiting_secret(OLGA)  # never used
     assert leaked["message_id"] not in w.tg.messages[GROUP]
 
 
@@ -259,7 +263,7 @@ async def test_a_proposer_who_never_started_the_bot_gets_a_deep_link(world: Worl
     await w.said(OLGA, "SIP-пароль", after=start)
     w.tg.send(OLGA, OLGA, PASSWORD)
     await w.said(OLGA, "получен", after=start)
-    assert not w.app.services.changes.awaiting_secret(OLGA)
+    assert not await w.app.services.changes.awaiting_secret(OLGA)
 
 
 async def test_a_stale_plan_gets_a_new_card_and_is_never_applied_blind(world: World):

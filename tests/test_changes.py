@@ -318,11 +318,11 @@ async def test_the_core_edge_refuses_a_password_that_would_add_pbx_config(change
         ("", "password_empty"),
     ):
         with pytest.raises(ChangeError) as err:
-            changes.add_secret(OLGA, proposal.row.id, "847900", password)
+            await changes.add_secret(OLGA, proposal.row.id, "847900", password)
         assert err.value.code == code
-    assert changes.missing_secrets(store.get_plan(proposal.row.id)) == ["847900"]
-    changes.add_secret(OLGA, proposal.row.id, "847900", PASSWORD)
-    assert changes.missing_secrets(store.get_plan(proposal.row.id)) == []
+    assert await changes.missing_secrets(store.get_plan(proposal.row.id)) == ["847900"]
+    await changes.add_secret(OLGA, proposal.row.id, "847900", PASSWORD)
+    assert await changes.missing_secrets(store.get_plan(proposal.row.id)) == []
 
 
 async def test_a_failed_plan_names_its_leftovers_and_undo_finishes_it(changes, store, sim):

@@ -161,7 +161,7 @@ async def test_quiet_mode_posts_only_when_something_changed(store, client, sim, 
     services = services_for(store, client, tmp_path)
     poster = Poster()
     scheduler = Scheduler(services, poster)
-    row = schedule_row(services, CHAT, "office", parse_digest("daily 09:00"), 1)
+    row = await schedule_row(services, CHAT, "office", parse_digest("daily 09:00"), 1)
     row.quiet = True
     services.store.set_schedule(row)
     now = utcnow()

@@ -87,11 +87,11 @@ def changes(store, client, tmp_path):
 async def test_the_next_password_goes_to_the_next_missing_login_and_a_named_one_replaces(changes):
     intent, _ = parse_csv("900201;x;IVR\n900202;x;IVR\n", "zadarma")
     row = (await changes.propose(OLGA, "demo", intent, command="CSV")).row
-    assert changes.add_secret(OLGA, row.id, None, PASSWORD) == ("900201", False)
-    assert changes.add_secret(OLGA, row.id, "900201", OTHER) == ("900201", True)
-    assert changes.add_secret(OLGA, row.id, None, OTHER) == ("900202", False)
+    assert await changes.add_secret(OLGA, row.id, None, PASSWORD) == ("900201", False)
+    assert await changes.add_secret(OLGA, row.id, "900201", OTHER) == ("900201", True)
+    assert await changes.add_secret(OLGA, row.id, None, OTHER) == ("900202", False)
     with pytest.raises(ChangeError) as exc:
-        changes.add_secret(OLGA, row.id, None, "a third")
+        await changes.add_secret(OLGA, row.id, None, "a third")
     assert exc.value.code == "secrets_complete"
     assert changes.vault.open_all(changes.store.secrets(row.id)) == {"900201": OTHER, "900202": OTHER}
     trail = [e.event for e in changes.store.audit_trail(plan_id=row.id)]
@@ -101,10 +101,10 @@ async def test_the_next_password_goes_to_the_next_missing_login_and_a_named_one_
 async def test_a_pasted_password_is_found_in_its_pbx_open_plans_only(changes):
     intent, _ = parse_csv("900201;x;IVR\n", "zadarma")
     row = (await changes.propose(OLGA, "demo", intent, command="CSV")).row
-    changes.add_secret(OLGA, row.id, None, PASSWORD)
-    assert changes.pasted_secret("demo", PASSWORD)[1] == "900201"
-    assert changes.pasted_secret("demo", f"here:  {PASSWORD}  ok")[0].id == row.id
-    assert changes.pasted_secret("demo", PASSWORD[:-1]) is None
-    assert changes.pasted_secret("branch", PASSWORD) is None  # another PBX's chat
+    await changes.add_secret(OLGA, row.id, None, PASSWORD)
+    assert (await changes.pasted_secret("demo", PASSWORD))[1] == "900201"
+    assert (await changes.pasted_secret("demo", f"here:  {PASSWORD}  ok"))[0].id == row.id
+    assert await changes.pasted_secret("demo", PASSWORD[:-1]) is None
+    assert await changes.pasted_secret("branch", PASSWORD) is None  # another PBX's chat
     await changes.cancel(OLGA, row.id)
-    assert changes.pasted_secret("demo", PASSWORD) is None  # erased with its plan
+    assert await changes.pasted_secret("demo", PASSWORD) is None  # erased with its plan

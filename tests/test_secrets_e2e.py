@@ -185,7 +185,7 @@ async def test_two_quick_replies_to_a_plan_question_go_to_its_next_logins(world:
     await w.said(OLGA, f"900201 получен.*{plan_id}", after=start)
     await w.said(OLGA, f"900202 получен.*{plan_id}", after=start)
     assert sealed(w, plan_id) == {"900201": PASSWORD, "900202": OTHER}
-    assert not w.app.services.changes.awaiting_secret(OLGA)
+    assert not await w.app.services.changes.awaiting_secret(OLGA)
     assert_nowhere(w, caplog, PASSWORD, OTHER)
 
 
@@ -251,7 +251,7 @@ async def test_a_password_with_spaces_typed_in_the_group_by_the_proposer_is_dele
     await deleted(w, leaked, start)
     await w.said(GROUP, "я его удалил", after=start)
     assert "secret_in_group" in events(w)
-    assert w.app.services.changes.awaiting_secret(OLGA)  # never used
+    assert await w.app.services.changes.awaiting_secret(OLGA)  # never used
     assert_nowhere(w, caplog, "correct horse battery staple")
 
 
