@@ -40,6 +40,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from handlers import routers
 from handlers.access import Access, Observe
 from handlers.cards import refresh_card
+from handlers.errors import error_handler
 from handlers.routing import TelegramPoster
 from handlers.throttle import LocalBudget, RedisBudget, Throttle
 from pbx.mikopbx import MikoPbxClient
@@ -239,6 +240,7 @@ def make_dispatcher(services: Services, metrics: Metrics | None = None) -> Dispa
     dispatcher.message.outer_middleware(access)
     dispatcher.callback_query.outer_middleware(access)
     dispatcher.include_routers(*routers())
+    dispatcher.errors.register(error_handler(services))  # no update ends without an answer
     return dispatcher
 
 
