@@ -40,7 +40,7 @@ from .policy import Tally
 _HIDDEN = {"id", "secret"}
 # One value from a user or the PBX, as a message shows it at most (a 5,000-character name
 # must not make a one-line answer too long for Telegram).
-MAX_VALUE = 1000
+MAX_VALUE = 500
 
 
 class Html(str):
