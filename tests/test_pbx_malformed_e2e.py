@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from bot.logs import Redact, secrets_of
 from handlers.throttle import Throttle
 from pbx.models import Provider
 from sandbox.demo import DEMO_PROVIDER_ID
@@ -214,6 +215,9 @@ async def test_an_unexpected_failure_gets_one_answer_and_a_log_line_with_the_upd
     logged = [r for r in caplog.records if r.name == "pbxbot.errors"]
     assert len(logged) == 1 and f"update {update} (message) failed" in logged[0].getMessage()
     assert API_KEY not in sent[0]["text"]
+    record = logged[0]  # as the bot's log handler writes it: the key in the exception is masked
+    Redact(secrets_of(w.app.services.settings)).filter(record)
+    assert "RuntimeError: a bug, with the API key ***" in record.exc_text and API_KEY not in record.exc_text
 
     # a button whose handler fails after answering the press: the chat hears of it
     monkeypatch.setattr("handlers.routing.examine", broken)
