@@ -7,6 +7,7 @@ when the PBX's answer was refused), never a silence, and nothing escapes unlogge
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import re
 from typing import Any
@@ -160,10 +161,12 @@ async def test_malformed_answers_never_end_a_handler_silently(world: World, hand
     for read in reads:
         original = await real_body(w.sim, read)
         for name, transform in BODIES.items():
-            if transform is None:
-                fault = {"body": "<html><body>Welcome to nginx!</body></html>", "content_type": "text/html"}
+            if transform is None:  # a str body is an HTML page
+                fault = {"body": "<html><body>Welcome to nginx!</body></html>"}
             else:
-                fault = {"body": transform(__import__("copy").deepcopy(original))}
+                broken = transform(copy.deepcopy(original))
+                data = broken.get("data")  # a str `data` needs the whole answer
+                fault = {"answer": broken} if isinstance(data, str) else {"body": data}
             w.sim.faults.clear()
             w.sim.inject(glob_of(read), method="GET", count=1000, **fault)
             caplog.clear()
