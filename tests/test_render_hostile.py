@@ -379,5 +379,12 @@ def test_handler_texts(lang, value):
         exc = caught.value
         key = "digest.usage" if exc.code == "usage" else f"digest.{exc.code}"
         one_message(tr(key, lang, **exc.params))
-    for key in ("tg.secret.ask", "tg.secret.received", "tg.card.waiting_secret", "tg.secret.start_me"):
+    for key in (
+        "tg.secret.ask_login",
+        "tg.secret.ask_plan",
+        "tg.secret.received",
+        "tg.secret.picked",
+        "tg.card.waiting_secret",
+        "tg.secret.start_me",
+    ):
         assert shows(value, one_message(tr(key, lang, **params_of(key, value))))
