@@ -44,7 +44,7 @@ async def test_hostile_arguments_get_one_answer_each(world: World):
     w = world
     for middleware in w.app.bot.session.middleware:  # a dozen answers in a minute is the point here
         if isinstance(middleware, Throttle):
-            middleware.group_per_minute = 1_000
+            middleware.group_limit = 1_000
     long = "Ж" * 3000 + "</code>" * 140
     commands = [
         (ANNA, "/pbx </code>", "</code>"),
