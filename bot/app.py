@@ -40,7 +40,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from handlers import routers
 from handlers.access import Access, Observe
 from handlers.cards import refresh_card
+from handlers.errors import error_handler
 from handlers.routing import TelegramPoster
+from handlers.secrets import PrivateTurns
 from handlers.throttle import LocalBudget, RedisBudget, Throttle
 from pbx.mikopbx import MikoPbxClient
 
@@ -235,10 +237,12 @@ def make_dispatcher(services: Services, metrics: Metrics | None = None) -> Dispa
         dispatcher = BoundedDispatcher(max_concurrent=bound)
     if metrics is not None:
         dispatcher.update.outer_middleware(Observe(metrics))
+    dispatcher.update.outer_middleware(PrivateTurns())  # before anything awaits: arrival order
     access = Access(services)
     dispatcher.message.outer_middleware(access)
     dispatcher.callback_query.outer_middleware(access)
     dispatcher.include_routers(*routers())
+    dispatcher.errors.register(error_handler(services))  # no update ends without an answer
     return dispatcher
 
 

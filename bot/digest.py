@@ -15,7 +15,6 @@ import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from html import unescape as html_unescape
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -24,7 +23,7 @@ from pbx.errors import PbxError
 from .commands import number_key
 from .doctor import Evidence, Finding, Severity, diagnose
 from .i18n import t
-from .render import esc
+from .render import lines_of, pbx_error_text, texts
 from .snapshot import SnapshotReader
 from .trace import Tracer
 
@@ -67,6 +66,7 @@ class Digest:
     until: datetime
     reachable: bool = True
     error: str = ""
+    failure: PbxError | None = None  # why the PBX could not be read, when it could not
     numbers: list[NumberLine] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
@@ -98,6 +98,7 @@ class Readings:
     default: Any = None
     records: list[Any] = field(default_factory=list)
     error: str = ""
+    failure: PbxError | None = None
 
 
 async def read(
@@ -110,7 +111,7 @@ async def read(
             reader.read(every_host=True), pbx.registration_statuses(), pbx.default_route()
         )
     except PbxError as exc:
-        return Readings(error=str(exc))
+        return Readings(error=str(exc), failure=exc)
     records = []
     try:
         start, end = (since.astimezone(tz), until.astimezone(tz)) if tz else (since, until)
@@ -136,7 +137,7 @@ def compose(readings: Readings, store: Any, name: str, *, since: datetime, until
         )
     digest.waiting = [r for r in plans.values() if r.status in ("proposed", "approved")]
     if readings.snapshot is None:
-        digest.reachable, digest.error = False, readings.error
+        digest.reachable, digest.error, digest.failure = False, readings.error, readings.failure
         return digest
     records = readings.records
     evidence = Evidence(
@@ -217,21 +218,22 @@ def _duration(minutes: int | None, lang: str) -> str:
     return t("digest.minutes", lang, n=minutes)
 
 
-def number_line(n: NumberLine, lang: str) -> str:
+def number_line(n: NumberLine, lang: str, *, html: bool = True) -> str:
+    _t = texts(html)
     icon = {"registered": "✅", "disabled": "⏸"}.get(n.state, "❌")
     state = t(f"state.{n.state}", lang) + (f" {_duration(n.state_minutes, lang)}" if n.state_minutes else "")
     where = (
-        esc(n.destination)
+        n.destination
         if n.outcome == "dial"
-        else t(f"digest.outcome.{n.outcome}", lang, destination=esc(n.destination))
+        else t(f"digest.outcome.{n.outcome}", lang, destination=n.destination)
     )
-    who = esc(n.login) + (f" ({esc(n.phone)})" if n.phone else "")
-    return t(
+    who = n.login + (f" ({n.phone})" if n.phone else "")
+    return _t(
         "digest.number",
         lang,
         icon=icon,
         number=who,
-        host=esc(n.host),
+        host=n.host,
         state=state,
         destination=where,
         calls=n.calls,
@@ -240,64 +242,67 @@ def number_line(n: NumberLine, lang: str) -> str:
 
 def numbers_table(digest: Digest, lang: str) -> bytes:
     """Every number, one per line (the file a big PBX's digest attaches)."""
-    return "\n".join(html_unescape(number_line(n, lang)) for n in digest.numbers).encode()
+    return "\n".join(number_line(n, lang, html=False) for n in digest.numbers).encode()
 
 
-def render(digest: Digest, lang: str, tz: ZoneInfo) -> str:
-    """The digest as text for a phone (HTML-escaped values); split it with render.split_text."""
+def render(digest: Digest, lang: str, tz: ZoneInfo, *, html: bool = True) -> str:
+    """The digest as text for a phone (`Html` unless html=False); split it with render.split_text."""
+    _t = texts(html)
     period = f"{digest.since.astimezone(tz):%d.%m %H:%M} – {digest.until.astimezone(tz):%d.%m %H:%M}"
-    lines = [t("digest.header", lang, pbx=esc(digest.pbx), period=period)]
-    if not digest.reachable:
-        lines.append(t("digest.unreachable", lang, error=esc(digest.error)))
+    lines = [_t("digest.header", lang, pbx=digest.pbx, period=period)]
+    if digest.failure is not None:
+        lines.append(_t("digest.pbx_failed", lang, error=pbx_error_text(digest.failure, lang, html=html)))
+    elif not digest.reachable:
+        lines.append(_t("digest.unreachable", lang, error=digest.error))
     else:
-        lines.append(t("digest.numbers", lang, n=len(digest.numbers), calls=digest.calls_total))
+        lines.append(_t("digest.numbers", lang, n=len(digest.numbers), calls=digest.calls_total))
         shown = digest.numbers
         if len(shown) > COMPACT_OVER:
             # a big PBX: the numbers that need a look, and the busiest; the full list goes as a file
             trouble = [n for n in shown if not n.ok]
             busiest = sorted((n for n in shown if n.ok and n.calls), key=lambda n: -n.calls)[:TOP_BUSIEST]
-            lines.append(t("digest.compact", lang, ok=len(shown) - len(trouble), trouble=len(trouble)))
+            lines.append(_t("digest.compact", lang, ok=len(shown) - len(trouble), trouble=len(trouble)))
             shown = trouble[:COMPACT_OVER] + busiest
-        lines += [number_line(n, lang) for n in shown]
+        lines += [number_line(n, lang, html=html) for n in shown]
     lines.append("")
     if digest.changes:
-        lines.append(t("digest.changes", lang, n=len(digest.changes)))
+        lines.append(_t("digest.changes", lang, n=len(digest.changes)))
         for c in digest.changes:
             lines.append(
-                t(
+                _t(
                     "digest.change",
                     lang,
                     at=f"{c.at.astimezone(tz):%d.%m %H:%M}",
                     plan=c.plan_id,
                     status=t(f"status.{c.event}", lang),
-                    command=esc(c.command[:80]),
-                    who=esc(c.who),
+                    command=(c.command or "")[:80],
+                    who=c.who,
                 )
             )
     else:
-        lines.append(t("digest.no_changes", lang))
+        lines.append(_t("digest.no_changes", lang))
     if digest.reachable:
         if digest.findings:
-            lines.append(t("digest.findings", lang, n=len(digest.findings)))
+            lines.append(_t("digest.findings", lang, n=len(digest.findings)))
             for f in digest.findings:
-                title = esc(t(f"doctor.{f.code}.title", lang, **f.params))
+                title = t(f"doctor.{f.code}.title", lang, **f.params)  # plain: escaped as a whole below
                 lines.append(f"  {t(f'doctor.severity.{f.severity.value}', lang)} {title}")
         else:
-            lines.append(t("digest.no_findings", lang))
+            lines.append(_t("digest.no_findings", lang))
     if digest.waiting:
-        lines.append(t("digest.waiting", lang, n=len(digest.waiting)))
+        lines.append(_t("digest.waiting", lang, n=len(digest.waiting)))
         for row in digest.waiting:
             lines.append(
-                t(
+                _t(
                     "digest.waiting_plan",
                     lang,
                     plan=row.id,
                     status=t(f"status.{row.status}", lang),
-                    command=esc((row.command or "")[:80]),
-                    who=esc(row.proposer_name),
+                    command=(row.command or "")[:80],
+                    who=row.proposer_name,
                 )
             )
-    return "\n".join(lines)
+    return lines_of(lines, html)
 
 
 def chart_png(digest: Digest, lang: str = "en", *, top: int = 12) -> bytes | None:

@@ -1,37 +1,122 @@
 """Text for people: plan cards, outcomes and errors, in Russian or English.
 
-Plain text here; `html=True` escapes every value taken from the PBX or the
-user for Telegram's HTML parse mode. No secret ever reaches these functions:
-plan records carry no `secret`, and nothing here reads the vault.
+Two forms of one text: plain (`t`, the CLI) and Telegram HTML (`tr`, an `Html`).
+`Html` is the one way markup is made: a catalogue template is formatted with
+every value escaped unless it is `Html` already (made by `tr` or `esc`), so a
+name like `</code>` or `&` from a user or the PBX is shown, never parsed.
+Catalogue texts carry no tags (`<login>` in them is text), so their literal
+parts are escaped too. `html=True` on the functions below gives `Html`.
+No secret ever reaches these functions: plan records carry no `secret`, and
+nothing here reads the vault.
 """
 
 from __future__ import annotations
 
 import html as html_lib
-from collections.abc import Callable
-from typing import Any
+import re
+import string
+from collections.abc import Callable, Iterable
+from typing import Any, SupportsIndex
+
+from pbx.errors import (
+    PbxAuthError,
+    PbxError,
+    PbxForbidden,
+    PbxMalformed,
+    PbxNotFound,
+    PbxRateLimited,
+    PbxTimeout,
+    PbxUnavailable,
+    PbxUnsupported,
+)
 
 from .commands import EXAMPLES, UsageError
 from .executor import ApplyResult
-from .i18n import CATALOGUES, t
+from .i18n import CATALOGUES, t, template
 from .planner import NEW_PREFIX, Plan, PlanError, Step, StepKind
 from .policy import Tally
 
 # Fields an update step shows when they change (the rest are shown only when they do too).
 _HIDDEN = {"id", "secret"}
+# One value from a user or the PBX, as a message shows it at most (a 5,000-character name
+# must not make a one-line answer too long for Telegram).
+MAX_VALUE = 500
 
 
-def esc(value: Any) -> str:
-    """A value for Telegram's HTML parse mode."""
-    return html_lib.escape(str(value), quote=False)
+class Html(str):
+    """Telegram HTML as it stands. Adding or joining plain text to it escapes that text;
+    splitting it keeps the type. Build it with `tr` or `esc`, never `Html(user_text)`."""
+
+    __slots__ = ()
+
+    def __html__(self) -> Html:
+        return self
+
+    def __add__(self, other: str) -> Html:
+        if not isinstance(other, str):
+            return NotImplemented
+        return Html(str.__add__(self, esc(other)))
+
+    def __radd__(self, other: str) -> Html:
+        if not isinstance(other, str):
+            return NotImplemented
+        return Html(str.__add__(esc(other), self))
+
+    def join(self, parts: Iterable[str]) -> Html:
+        return Html(str.join(self, (esc(p) for p in parts)))
+
+    def split(self, sep: str | None = None, maxsplit: SupportsIndex = -1) -> list[Html]:  # type: ignore[override]
+        return [Html(p) for p in str.split(self, sep, maxsplit)]
+
+    def splitlines(self, keepends: bool = False) -> list[Html]:  # type: ignore[override]
+        return [Html(p) for p in str.splitlines(self, keepends)]
+
+    def __repr__(self) -> str:
+        return f"Html({str.__repr__(self)})"
 
 
-def _escape(enabled: bool) -> Callable[[Any], str]:
-    return esc if enabled else str
+def esc(value: Any) -> Html:
+    """A value for Telegram's HTML parse mode (`Html` stays as it is)."""
+    if isinstance(value, Html):
+        return value
+    return Html(html_lib.escape(str(value), quote=False))
+
+
+def clip(text: str, limit: int = MAX_VALUE) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_FORMATTER = string.Formatter()
+
+
+def tr(key: str, lang: str, /, **params: Any) -> Html:
+    """`t` for Telegram: the catalogue text as `Html`, each value escaped (and clipped
+    to MAX_VALUE characters) unless it is `Html` already."""
+    out: list[str] = []
+    for literal, field, spec, conversion in _FORMATTER.parse(template(key, lang)):
+        out.append(html_lib.escape(literal, quote=False))
+        if field is None:
+            continue
+        value, _ = _FORMATTER.get_field(field, (), params)
+        if isinstance(value, Html):  # markup already: as it is
+            out.append(value)
+            continue
+        value = _FORMATTER.convert_field(value, conversion)
+        out.append(html_lib.escape(clip(format(value, spec or "")), quote=False))
+    return Html("".join(out))
+
+
+def texts(html: bool) -> Callable[..., str]:
+    """The catalogue function for a text's form: `tr` (Telegram HTML) or `t` (plain)."""
+    return tr if html else t
+
+
+def lines_of(lines: Iterable[str], html: bool) -> str:
+    return Html("\n").join(lines) if html else "\n".join(lines)
 
 
 def _attrs(value: str) -> str:
-    return " | ".join(line for line in value.splitlines() if line.strip()) or ""
+    return " | ".join(line for line in str(value or "").splitlines() if line.strip()) or ""
 
 
 def _field_name(key: str, lang: str) -> str:
@@ -61,30 +146,28 @@ def step_lines(
     providers: dict[str, str] | None = None,
     html: bool = False,
 ) -> list[str]:
-    esc = _escape(html)
+    _t = texts(html)
     destinations = destinations or {}
     providers = providers or {}
     record = step.after if step.after is not None else (step.before or {})
     empty = t("plan.empty_value", lang)
-    params: dict[str, Any] = {"n": n, "target": esc(step.target), "login": esc(step.login)}
+    params: dict[str, Any] = {"n": n, "target": step.target, "login": step.login}
     if step.kind.on_provider:
         params.update(
-            host=esc(record.get("host", "")),
-            port=record.get("port", ""),
-            transport=esc(record.get("transport", "")),
+            host=record.get("host", ""), port=record.get("port", ""), transport=record.get("transport", "")
         )
     else:
         extension = record.get("extension", "")
         params.update(
-            did=esc(_did(record, lang)),
-            provider=esc(_provider_words(record, lang, providers)),
-            destination=esc(destinations.get(extension, extension)),
+            did=_did(record, lang),
+            provider=_provider_words(record, lang, providers),
+            destination=destinations.get(extension, extension),
         )
-    lines = [t(f"plan.step.{step.kind.value}", lang, **params)]
+    lines = [_t(f"plan.step.{step.kind.value}", lang, **params)]
     if step.kind is StepKind.CREATE_PROVIDER:
-        lines.append(t("plan.secret", lang))  # the password itself never reaches a text
+        lines.append(_t("plan.secret", lang))  # the password itself never reaches a text
         if record.get("manualattributes"):
-            lines.append(t("plan.attrs", lang, value=esc(_attrs(record["manualattributes"]))))
+            lines.append(_t("plan.attrs", lang, value=_attrs(record["manualattributes"])))
     if step.kind in (StepKind.UPDATE_PROVIDER, StepKind.UPDATE_ROUTE):
         before, after = step.before or {}, step.after or {}
         for key in sorted(set(before) | set(after)):
@@ -99,15 +182,15 @@ def step_lines(
             elif key == "extension":
                 old, new = destinations.get(old, old), destinations.get(new, new)
             lines.append(
-                t(
+                _t(
                     "plan.field",
                     lang,
-                    field=esc(_field_name(key, lang)),
-                    before=esc(old if old not in (None, "") else empty),
-                    after=esc(new if new not in (None, "") else empty),
+                    field=_field_name(key, lang),
+                    before=old if old not in (None, "") else empty,
+                    after=new if new not in (None, "") else empty,
                 )
             )
-    lines.append(t(f"plan.reason.{step.reason}", lang))
+    lines.append(_t(f"plan.reason.{step.reason}", lang))
     return lines
 
 
@@ -122,104 +205,103 @@ def plan_text(
     tally: Tally | None = None,
     html: bool = False,
 ) -> str:
-    """The plan card: header, one block per step, notes, approvals."""
-    esc = _escape(html)
+    """The plan card: header, one block per step, notes, approvals (`Html` with html=True)."""
+    _t = texts(html)
     kind = t(f"plan.kind.{plan.kind.value}", lang)
-    head = {"pbx": esc(plan.pbx), "kind": kind, "steps": len(plan.steps)}
+    head = {"pbx": plan.pbx, "kind": kind, "steps": len(plan.steps)}
     if plan_id:
-        lines = [t("plan.header", lang, id=esc(plan_id), **head)]
+        lines = [_t("plan.header", lang, id=plan_id, **head)]
     else:
-        lines = [t("plan.header_draft", lang, **head)]
+        lines = [_t("plan.header_draft", lang, **head)]
     if plan.empty:
-        lines.append(t("plan.empty", lang))
-        return "\n".join(lines)
+        lines.append(_t("plan.empty", lang))
+        return lines_of(lines, html)
     for note in plan.notes:
-        lines.append(t(f"plan.note.{note}", lang, host=esc(plan.host or "")))
+        lines.append(_t(f"plan.note.{note}", lang, host=plan.host or ""))
     for n, step in enumerate(plan.steps, start=1):
         lines += step_lines(n, step, lang, destinations=destinations, providers=providers, html=html)
     if plan.needs_secret:
-        lines.append(t("plan.needs_secret", lang, logins=esc(", ".join(plan.needs_secret))))
+        lines.append(_t("plan.needs_secret", lang, logins=", ".join(plan.needs_secret)))
     if status:
-        lines.append(t("plan.status", lang, status=t(f"status.{status}", lang)))
+        lines.append(_t("plan.status", lang, status=t(f"status.{status}", lang)))
     if tally is not None and status in (None, "proposed"):
-        lines.append(t("plan.approvals", lang, have=tally.have, need=tally.need))
-    return "\n".join(lines)
+        lines.append(_t("plan.approvals", lang, have=tally.have, need=tally.need))
+    return lines_of(lines, html)
 
 
 def outcome_text(
     result: ApplyResult | None, outcome: dict[str, Any], lang: str, *, html: bool = False
 ) -> str:
-    esc = _escape(html)
+    _t = texts(html)
     lines: list[str] = []
     if outcome.get("error") == "interrupted":
-        lines.append(t("outcome.interrupted", lang))
+        lines.append(_t("outcome.interrupted", lang))
         if outcome.get("recovered"):
-            lines.append(t(f"outcome.recovered.{outcome['recovered']}", lang))
+            lines.append(_t(f"outcome.recovered.{outcome['recovered']}", lang))
     elif outcome.get("error"):
         step = (outcome.get("failed_step") or 0) + 1
-        lines.append(t("outcome.error", lang, step=step, error=esc(outcome["error"])))
+        lines.append(_t("outcome.error", lang, step=step, error=outcome["error"]))
         if not outcome.get("leftovers"):
-            lines.append(t("outcome.rolled_back", lang))
+            lines.append(_t("outcome.rolled_back", lang))
     for left in outcome.get("leftovers") or []:
         lines.append(
-            t(
+            _t(
                 "outcome.leftover",
                 lang,
                 step=left["step"] + 1,
-                kind=esc(left["kind"]),
-                record=esc(left["record"]),
+                kind=left["kind"],
+                record=left["record"],
                 now=t(f"leftover.{left.get('now', 'other')}", lang),
-                error=esc(left["error"]),
+                error=left["error"],
             )
         )
     if outcome.get("leftovers"):
-        lines.append(t("outcome.leftover_help", lang))
+        lines.append(_t("outcome.leftover_help", lang))
     if outcome.get("replan_error"):
-        lines.append(t("outcome.replan_failed", lang))
+        lines.append(_t("outcome.replan_failed", lang))
         reason = replan_reason(outcome["replan_error"], lang, html)
-        lines.append(t("outcome.replan_reason", lang, reason=reason))
+        lines.append(_t("outcome.replan_reason", lang, reason=reason))
     registration = outcome.get("registration") or {}
     if registration:
-        lines.append(t("outcome.registration_header", lang))
+        lines.append(_t("outcome.registration_header", lang))
         for login, state in sorted(registration.items()):
-            lines.append(t("outcome.registration", lang, login=esc(login), state=t(f"state.{state}", lang)))
-    return "\n".join(lines)
-
-
-class _Blanks(dict):
-    def __missing__(self, key: str) -> str:
-        return "…"  # a parameter the outcome did not keep (only strings and numbers are kept)
+            lines.append(_t("outcome.registration", lang, login=login, state=t(f"state.{state}", lang)))
+    return lines_of(lines, html)
 
 
 def replan_reason(error: dict[str, Any], lang: str, html: bool = False) -> str:
     """Why a stale plan could not be planned again: `{"code", "params"}` (and `kind`,
-    "plan_error" or "change", when given) as the sentence its error has elsewhere."""
-    esc = _escape(html)
+    "plan_error" or "change", when given) as the sentence its error has elsewhere;
+    "…" for a parameter the outcome did not keep (only strings and numbers are kept)."""
     code = str(error.get("code") or "")
-    params = _Blanks({k: esc(v) for k, v in (error.get("params") or {}).items()})
-    catalogue = CATALOGUES.get(lang, CATALOGUES["en"])
+    params = error.get("params") or {}
     kind = error.get("kind")
     for key in [f"{kind}.{code}"] if kind else [f"plan_error.{code}", f"change.{code}"]:
-        if key in catalogue:
+        if key in CATALOGUES["en"]:
+            fields = {
+                re.match(r"\w*", field or "").group()
+                for _, field, _, _ in _FORMATTER.parse(template(key, lang))
+                if field is not None
+            }
             try:
-                return catalogue[key].format_map(params)
-            except (IndexError, ValueError, AttributeError):
+                return texts(html)(key, lang, **{name: params.get(name, "…") for name in fields})
+            except (IndexError, ValueError, AttributeError, KeyError):
                 break
-    return esc(code or "?")
+    return esc(code or "?") if html else code or "?"
 
 
 def error_text(exc: Exception, lang: str, *, html: bool = False) -> str:
-    """A UsageError, PlanError or ChangeError as a sentence (and the usage line)."""
-    esc = _escape(html)
+    """A UsageError, PlanError, ChangeError or PbxError as a sentence (and the usage line)."""
+    _t = texts(html)
     if isinstance(exc, UsageError):
-        params = {k: esc(v) for k, v in exc.params.items()}
+        params = dict(exc.params)
         if exc.code == "not_a_command":
             params["example"] = EXAMPLES["addnumber"]
-        text = t(f"usage.{exc.code}", lang, **params)
+        text = _t(f"usage.{exc.code}", lang, **params)
         if getattr(exc, "line", None):  # a rule (bot/validate.py) a CSV row breaks: which row
-            text = t("usage.csv_line", lang, line=esc(exc.line), rule=text)
+            text = _t("usage.csv_line", lang, line=exc.line, rule=text)
         if exc.usage:
-            text += "\n" + t("usage.line", lang, usage=esc(exc.usage), example=esc(exc.example))
+            text += "\n" + _t("usage.line", lang, usage=exc.usage, example=exc.example)
         return text
     if isinstance(exc, PlanError):
         params = dict(exc.params)
@@ -227,12 +309,45 @@ def error_text(exc: Exception, lang: str, *, html: bool = False) -> str:
             params["candidates"] = ", ".join(f"{name} ({value})" for name, value in params["candidates"])
         if "hosts" in params:
             params["hosts"] = ", ".join(params["hosts"])
-        return t(f"plan_error.{exc.code}", lang, **{k: esc(v) for k, v in params.items()})
+        return _t(f"plan_error.{exc.code}", lang, **params)
+    if isinstance(exc, PbxError):
+        return pbx_error_text(exc, lang, html=html)
     code = getattr(exc, "code", None)
     params = getattr(exc, "params", {})
     if code is not None:
-        return t(f"change.{code}", lang, **{k: esc(v) for k, v in params.items()})
-    return esc(exc)
+        return _t(f"change.{code}", lang, **params)
+    return esc(clip(str(exc))) if html else str(exc)
+
+
+# "<pbx>: GET /path: ..." as the client words every error of a call
+_WHERE = re.compile(r"^(?P<pbx>.*?): (?P<method>GET|POST|PUT|PATCH|DELETE) (?P<path>\S+?):?(?: |$)")
+
+
+def pbx_error_text(exc: PbxError, lang: str, *, html: bool = False) -> str:
+    """One line for a PBX failure: what kind, and for an unexpected answer, at which call."""
+    _t = texts(html)
+    where = _WHERE.match(str(exc))
+    call = f"{where['method']} {where['path']}" if where else "?"
+    pbx = where["pbx"] if where else ""
+    reason = str(exc)[where.end() :].strip() if where else str(exc)
+    detail = "; ".join(exc.messages) or reason
+    if isinstance(exc, PbxMalformed):
+        return _t("pbx.malformed", lang, call=call)
+    if isinstance(exc, PbxRateLimited):
+        return _t("pbx.rate_limited", lang, pbx=pbx)
+    if isinstance(exc, PbxTimeout):
+        return _t("pbx.timeout", lang, pbx=pbx, call=call)
+    if isinstance(exc, PbxUnavailable):  # unreachable, 5xx, a dropped connection
+        return _t("pbx.unavailable", lang, pbx=pbx, call=call, error=reason)
+    if isinstance(exc, PbxForbidden):
+        return _t("pbx.forbidden", lang, pbx=pbx, call=call)
+    if isinstance(exc, PbxAuthError):
+        return _t("pbx.auth", lang, pbx=pbx)
+    if isinstance(exc, PbxUnsupported):
+        return _t("pbx.unsupported", lang, pbx=pbx)
+    if isinstance(exc, PbxNotFound):
+        return _t("pbx.not_found", lang, call=call, error=detail)
+    return _t("pbx.refused", lang, call=call, error=detail)
 
 
 TELEGRAM_LIMIT = 4096
@@ -244,14 +359,22 @@ def utf16_len(text: str) -> int:
 
 def split_text(text: str, limit: int = TELEGRAM_LIMIT) -> list[str]:
     """Parts of at most `limit` UTF-16 units (Telegram's count), cut at line ends
-    where possible. Cards carry no HTML tags across lines, so any cut is safe."""
+    where possible. Texts carry no HTML tags across lines, so a cut at a line end is
+    safe; a hard cut of one very long line never splits an entity (`&amp;`).
+    `Html` in, `Html` parts out."""
+    markup = isinstance(text, Html)
+    wrap: Callable[[str], str] = Html if markup else str
     parts: list[str] = []
     current = ""
-    for line in text.split("\n"):
+    for line in str(text).split("\n"):
         while utf16_len(line) > limit:  # one very long line: cut it hard
             cut = limit
             while utf16_len(line[:cut]) > limit:
                 cut -= 1
+            if markup:
+                amp = line.rfind("&", max(0, cut - 10), cut)
+                if amp > 0 and ";" not in line[amp:cut]:
+                    cut = amp
             if current:
                 parts.append(current)
                 current = ""
@@ -265,4 +388,4 @@ def split_text(text: str, limit: int = TELEGRAM_LIMIT) -> list[str]:
             current = candidate
     if current or not parts:
         parts.append(current)
-    return [p for p in parts if p.strip()] or [text[:limit]]
+    return [wrap(p) for p in parts if p.strip()] or [wrap(str(text)[:limit])]

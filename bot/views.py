@@ -8,13 +8,13 @@ from pbx.base import Pbx
 from pbx.models import Route
 
 from .i18n import t
-from .render import esc as html_esc
+from .render import texts
 
 
 async def numbers_lines(pbx: Pbx, lang: str, *, html: bool = False) -> list[str]:
     """`/numbers`: accounts by host with their registration state and routes, the
-    "any provider" routes, the default route. Values escaped for HTML on request."""
-    esc = html_esc if html else str
+    "any provider" routes, the default route. `Html` lines on request (values escaped)."""
+    _t = texts(html)
     providers, routes, default, states, destinations = await asyncio.gather(
         pbx.list_providers(),
         pbx.list_routes(),
@@ -27,28 +27,20 @@ async def numbers_lines(pbx: Pbx, lang: str, *, html: bool = False) -> list[str]
 
     def route_line(r: Route) -> str:
         destination = names.get(r.extension, r.extension)
-        return t(
-            "numbers.route", lang, id=r.id, did=esc(r.number or any_number), destination=esc(destination)
-        )
+        return _t("numbers.route", lang, id=r.id, did=r.number or any_number, destination=destination)
 
-    lines = [t("numbers.header", lang, pbx=esc(pbx.name), accounts=len(providers), routes=len(routes))]
+    lines = [_t("numbers.header", lang, pbx=pbx.name, accounts=len(providers), routes=len(routes))]
     for p in sorted(providers, key=lambda p: (p.host, p.username)):
         status = states.get(p.id)
         state = "disabled" if p.disabled else (status.state.value if status else "unknown")
-        account = {"login": esc(p.username or "-"), "host": esc(p.host), "port": p.port, "id": esc(p.id)}
+        account = {"login": p.username or "-", "host": p.host, "port": p.port, "id": p.id}
         lines.append(
-            t(
-                "numbers.account",
-                lang,
-                state=t(f"state.{state}", lang),
-                description=esc(p.description),
-                **account,
-            )
+            _t("numbers.account", lang, state=t(f"state.{state}", lang), description=p.description, **account)
         )
         lines += [route_line(r) for r in routes if r.providerid == p.id]
     any_routes = [r for r in routes if r.any_provider]
     if any_routes:
-        lines.append(t("numbers.any_header", lang))
+        lines.append(_t("numbers.any_header", lang))
         lines += [route_line(r) for r in any_routes]
-    lines.append(t("numbers.default", lang, destination=esc(names.get(default.extension, default.extension))))
+    lines.append(_t("numbers.default", lang, destination=names.get(default.extension, default.extension)))
     return lines

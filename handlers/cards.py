@@ -33,7 +33,7 @@ from aiogram.types import BufferedInputFile, ForceReply, InlineKeyboardButton, I
 from bot.changes import APPLYING, OPEN, Actor, ChangeError, Outcome
 from bot.i18n import t
 from bot.policy import Action, may
-from bot.render import TELEGRAM_LIMIT, esc, outcome_text, plan_text, utf16_len
+from bot.render import TELEGRAM_LIMIT, Html, lines_of, outcome_text, plan_text, tr, utf16_len
 from bot.services import Services
 from storage.tables import PlanRow
 
@@ -84,16 +84,16 @@ async def keyboard(services: Services, row: PlanRow, lang: str) -> InlineKeyboar
 
 
 async def _lines_about(services: Services, row: PlanRow, lang: str) -> list[str]:
-    lines = [t("tg.card.proposer", lang, name=esc(row.proposer_name or str(row.proposer_id)))]
+    lines = [tr("tg.card.proposer", lang, name=row.proposer_name or str(row.proposer_id))]
     approvers = await services.changes.approvers_of(row)
     if approvers:
-        lines.append(t("tg.card.approved_by", lang, names=esc(", ".join(approvers))))
+        lines.append(tr("tg.card.approved_by", lang, names=", ".join(approvers)))
     missing = await services.changes.missing_secrets(row) if row.status in OPEN else []
     if missing:
-        lines.append(t("tg.card.waiting_secret", lang, logins=esc(", ".join(missing))))
+        lines.append(tr("tg.card.waiting_secret", lang, logins=", ".join(missing)))
     if row.status in OPEN:
         expires = row.expires_at.astimezone(services.tz).strftime("%d.%m %H:%M")
-        lines.append(t("tg.card.expires", lang, at=expires))
+        lines.append(tr("tg.card.expires", lang, at=expires))
     return lines
 
 
@@ -118,10 +118,10 @@ async def card_text(
             tally=tally,
             html=True,
         )
-    parts = [body, "\n".join(await _lines_about(services, row, lang))]
+    parts = [body, lines_of(await _lines_about(services, row, lang), html=True)]
     outcome = outcome_text(None, row.outcome, lang, html=True) if row.status not in (*OPEN, APPLYING) else ""
     parts += [p for p in (outcome, extra) if p]
-    return "\n\n".join(p for p in parts if p)
+    return Html("\n\n").join(p for p in parts if p)  # `extra` (plain) is escaped here
 
 
 def _summary(plan: Any, row: PlanRow, lang: str) -> str:
@@ -129,21 +129,21 @@ def _summary(plan: Any, row: PlanRow, lang: str) -> str:
     for step in plan.steps:
         counts[step.kind.value] = counts.get(step.kind.value, 0) + 1
     lines = [
-        t(
+        tr(
             "plan.header",
             lang,
             id=row.id,
-            pbx=esc(row.pbx),
+            pbx=row.pbx,
             kind=t(f"plan.kind.{row.kind}", lang),
             steps=len(plan.steps),
         )
     ]
     for note in plan.notes:
-        lines.append(t(f"plan.note.{note}", lang, host=esc(plan.host or "")))
-    lines += [t(f"tg.count.{kind}", lang, n=n) for kind, n in sorted(counts.items())]
-    lines.append(t("tg.card.full_plan_attached", lang))
-    lines.append(t("plan.status", lang, status=t(f"status.{row.status}", lang)))
-    return "\n".join(lines)
+        lines.append(tr(f"plan.note.{note}", lang, host=plan.host or ""))
+    lines += [tr(f"tg.count.{kind}", lang, n=n) for kind, n in sorted(counts.items())]
+    lines.append(tr("tg.card.full_plan_attached", lang))
+    lines.append(tr("plan.status", lang, status=t(f"status.{row.status}", lang)))
+    return lines_of(lines, html=True)
 
 
 def fits(text: str) -> bool:
@@ -253,7 +253,7 @@ async def tell_released(bot: Bot, row: PlanRow, chat_ids: list[int], lang: str) 
     error = (row.outcome or {}).get("error") or ""
     for chat_id in dict.fromkeys(chat_ids):
         try:
-            await bot.send_message(chat_id, t("tg.delivery.card_released", lang, id=row.id, error=esc(error)))
+            await bot.send_message(chat_id, tr("tg.delivery.card_released", lang, id=row.id, error=error))
             return
         except TelegramAPIError as exc:
             log.info("cannot tell %s that plan %s was released: %s", chat_id, row.id, type(exc).__name__)
@@ -354,7 +354,7 @@ async def ask_secret(bot: Bot, services: Services, row: PlanRow, login: str, lan
     """Ask the proposer, in private, for the SIP password of `login`: a reply to this
     question is that password (a second reply replaces it). False when the bot may
     not write first (the card carries a deep link instead)."""
-    text = t("tg.secret.ask_login", lang, login=esc(login), id=row.id)
+    text = tr("tg.secret.ask_login", lang, login=login, id=row.id)
     return await _prompt(bot, services, row, login, text, t("tg.secret.placeholder", lang, login=login))
 
 
@@ -364,5 +364,5 @@ async def ask_secrets(bot: Bot, services: Services, row: PlanRow, lang: str) -> 
     missing = await services.changes.missing_secrets(row)
     if len(missing) <= 1:
         return bool(missing) and await ask_secret(bot, services, row, missing[0], lang)
-    text = t("tg.secret.ask_plan", lang, logins=esc(", ".join(missing)), id=row.id)
+    text = tr("tg.secret.ask_plan", lang, logins=", ".join(missing), id=row.id)
     return await _prompt(bot, services, row, None, text, t("tg.secret.placeholder", lang, login=missing[0]))

@@ -9,7 +9,7 @@ from aiogram.types import Message
 from bot.changes import Actor
 from bot.i18n import t
 from bot.policy import Action, Role, may
-from bot.render import esc
+from bot.render import Html, lines_of, tr
 from bot.services import Services
 
 from .cards import ask_secrets, refresh_card
@@ -33,17 +33,17 @@ COMMANDS: dict[str, Action] = {
 }
 
 
-def help_text(services: Services, user_id: int, lang: str) -> str:
+def help_text(services: Services, user_id: int, lang: str) -> Html:
     policy = services.settings.policy
-    lines = [t("tg.help.header", lang)]
+    lines = [tr("tg.help.header", lang)]
     lines += [
-        esc(t(f"tg.help.{name}", lang)) for name, action in COMMANDS.items() if may(policy, user_id, action)
+        tr(f"tg.help.{name}", lang) for name, action in COMMANDS.items() if may(policy, user_id, action)
     ]
     if may(policy, user_id, Action.PROPOSE):
-        lines.append(esc(t("tg.help.csv", lang)))
+        lines.append(tr("tg.help.csv", lang))
     if may(policy, user_id, Action.APPROVE):
-        lines.append(t("tg.help.approve", lang))
-    return "\n".join(lines)
+        lines.append(tr("tg.help.approve", lang))
+    return lines_of(lines, html=True)
 
 
 async def start(
@@ -59,7 +59,7 @@ async def start(
             await ask_secrets(bot, services, waiting[0], lang)
             await refresh_card(bot, services, waiting[0])
             return
-    await message.answer(t("tg.start", lang) + "\n\n" + help_text(services, actor.id, lang))
+    await message.answer(tr("tg.start", lang) + "\n\n" + help_text(services, actor.id, lang))
 
 
 async def help_(message: Message, services: Services, actor: Actor, lang: str) -> None:
@@ -68,7 +68,7 @@ async def help_(message: Message, services: Services, actor: Actor, lang: str) -
 
 async def whoami(message: Message, actor: Actor, role: Role, pbx: str | None, lang: str) -> None:
     await message.answer(
-        t(
+        tr(
             "tg.whoami",
             lang,
             id=actor.id,
@@ -86,16 +86,16 @@ async def pbx_(
     name = (command.args or "").strip()
     known = ", ".join(sorted(services.changes.pbxs))
     if not name:
-        await message.answer(t("tg.pbx.current", lang, pbx=pbx or "—", known=known))
+        await message.answer(tr("tg.pbx.current", lang, pbx=pbx or "—", known=known))
         return
     if not may(services.settings.policy, actor.id, Action.CONFIGURE):
-        await message.answer(t("change.not_allowed", lang, action="pbx"))
+        await message.answer(tr("change.not_allowed", lang, action="pbx"))
         return
     if name not in services.changes.pbxs:
-        await message.answer(t("change.unknown_pbx", lang, pbx=name, known=known))
+        await message.answer(tr("change.unknown_pbx", lang, pbx=name, known=known))
         return
     await services.db.bind_chat(message.chat.id, name, title=message.chat.title or "", by=actor.id)
-    await message.answer(t("tg.pbx.bound", lang, pbx=name))
+    await message.answer(tr("tg.pbx.bound", lang, pbx=name))
 
 
 def router() -> Router:

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from aiogram.types import Message
 
-from bot.i18n import t
-from bot.render import split_text
+from bot.render import Html, esc, split_text, tr
 
 
-async def reply(message: Message, text: str) -> None:
-    """Answer in the message's chat, split at 4,096 characters."""
+async def reply(message: Message, text: Html) -> None:
+    """Answer in the message's chat, split at 4,096 characters (`Html`: plain text is escaped)."""
+    text = esc(text)
     for part in split_text(text):
         await message.answer(part)
 
 
 async def need_pbx(message: Message, pbx: str | None, lang: str) -> bool:
     if pbx is None:
-        await message.answer(t("tg.no_pbx", lang))
+        await message.answer(tr("tg.no_pbx", lang))
         return False
     return True

@@ -8,8 +8,7 @@ import re
 
 from aiogram.types import BufferedInputFile, InlineKeyboardMarkup, Message
 
-from bot.i18n import t
-from bot.render import TELEGRAM_LIMIT, split_text, utf16_len
+from bot.render import TELEGRAM_LIMIT, Html, esc, split_text, tr, utf16_len
 
 _TAG = re.compile(r"<[^>]+>")
 
@@ -21,20 +20,21 @@ def plain(text: str) -> str:
 
 async def answer_long(
     message: Message,
-    text: str,
+    text: Html,
     *,
     lang: str,
     filename: str,
     reply_markup: InlineKeyboardMarkup | None = None,
 ) -> None:
     """Answer with `text`; when it is longer than one message: its beginning, a
-    line saying the rest is in the file, and the whole text as `filename`."""
+    line saying the rest is in the file, and the whole text as `filename` (plain text is escaped)."""
+    text = esc(text)
     if utf16_len(text) <= TELEGRAM_LIMIT:
         await message.answer(text, reply_markup=reply_markup)
         return
     total = text.count("\n") + 1
-    probe = t("tg.delivery.rest_in_file", lang, more=total, filename=filename)
+    probe = tr("tg.delivery.rest_in_file", lang, more=total, filename=filename)
     head = split_text(text, TELEGRAM_LIMIT - utf16_len(probe) - 2)[0]
-    note = t("tg.delivery.rest_in_file", lang, more=total - head.count("\n") - 1, filename=filename)
-    await message.answer(f"{head}\n\n{note}", reply_markup=reply_markup)
+    note = tr("tg.delivery.rest_in_file", lang, more=total - head.count("\n") - 1, filename=filename)
+    await message.answer(head + "\n\n" + note, reply_markup=reply_markup)
     await message.answer_document(BufferedInputFile(plain(text).encode(), filename=filename))

@@ -11,7 +11,7 @@ from bot.changes import ENDED, OPEN, Actor, ChangeError, Proposal
 from bot.commands import Intent, UsageError, parse
 from bot.i18n import t
 from bot.planner import PlanError
-from bot.render import error_text, esc
+from bot.render import Html, error_text, lines_of, pbx_error_text, tr
 from bot.services import Services
 from bot.views import numbers_lines
 from pbx.errors import PbxError
@@ -41,24 +41,24 @@ async def propose_and_post(
         await reply(message, error_text(exc, lang, html=True))
         return None
     except PbxError as exc:
-        await reply(message, t("tg.pbx_error", lang, error=error_text(exc, lang, html=True)))
+        await reply(message, pbx_error_text(exc, lang, html=True))
         return None
     if proposal.row is None:
-        await message.answer(t("plan.empty", lang))
+        await message.answer(tr("plan.empty", lang))
         return proposal
     chat_id = message.chat.id
     if message.chat.type == "private":
         groups = await services.approval_chats(pbx)
         if groups:
             chat_id = groups[0]
-            await message.answer(t("tg.card.posted_in_group", lang, id=proposal.row.id))
+            await message.answer(tr("tg.card.posted_in_group", lang, id=proposal.row.id))
     row = await post_card(bot, services, proposal.row, chat_id)
     if row.message_id is None:  # the card could not be posted: the plan is released
         await tell_released(bot, row, [message.chat.id, actor.id], lang)
         return proposal
     missing = await services.changes.missing_secrets(row)
     if missing and not await ask_secret(bot, services, row, missing[0], lang):
-        await message.answer(t("tg.secret.start_me", lang, bot=services.bot_username, id=row.id))
+        await message.answer(tr("tg.secret.start_me", lang, bot=services.bot_username, id=row.id))
     if await services.changes.ready(row):
         await apply_and_report(bot, services, row, actor)
     return proposal
@@ -83,14 +83,14 @@ async def numbers(message: Message, services: Services, pbx: str | None, lang: s
     try:
         lines = await numbers_lines(services.client(pbx), lang, html=True)
     except PbxError as exc:
-        await message.answer(t("tg.pbx_error", lang, error=error_text(exc, lang, html=True)))
+        await message.answer(pbx_error_text(exc, lang, html=True))
         return
-    await answer_long(message, "\n".join(lines), lang=lang, filename=f"numbers-{pbx}.txt")
+    await answer_long(message, lines_of(lines, html=True), lang=lang, filename=f"numbers-{pbx}.txt")
 
 
-def _plan_line(row, lang: str) -> str:
+def _plan_line(row, lang: str) -> Html:
     when = row.updated_at.strftime("%d.%m %H:%M")
-    return t(
+    return tr(
         "tg.plan_line",
         lang,
         id=row.id,
@@ -98,7 +98,7 @@ def _plan_line(row, lang: str) -> str:
         kind=t(f"plan.kind.{row.kind}", lang),
         who=row.proposer_name or row.proposer_id,
         when=when,
-        command=(row.command or "")[:80].replace("<", "&lt;"),
+        command=(row.command or "")[:80],
     )
 
 
@@ -106,8 +106,8 @@ async def plans(message: Message, services: Services, pbx: str | None, lang: str
     if not await need_pbx(message, pbx, lang):
         return
     rows = await services.db.plans(pbx=pbx, status=[*OPEN, "applying"])
-    text = "\n".join([t("tg.plans.header", lang, n=len(rows))] + [_plan_line(r, lang) for r in rows])
-    await answer_long(message, text, lang=lang, filename=f"plans-{pbx}.txt")
+    lines = [tr("tg.plans.header", lang, n=len(rows))] + [_plan_line(r, lang) for r in rows]
+    await answer_long(message, lines_of(lines, html=True), lang=lang, filename=f"plans-{pbx}.txt")
 
 
 async def history(
@@ -118,8 +118,8 @@ async def history(
     arg = (command.args or "").strip()
     n = int(arg) if arg.isdigit() else 10
     rows = await services.db.plans(pbx=pbx, status=ENDED, limit=max(1, min(n, 100)))
-    text = "\n".join([t("tg.history.header", lang, n=len(rows))] + [_plan_line(r, lang) for r in rows])
-    await answer_long(message, text, lang=lang, filename=f"history-{pbx}.txt")
+    lines = [tr("tg.history.header", lang, n=len(rows))] + [_plan_line(r, lang) for r in rows]
+    await answer_long(message, lines_of(lines, html=True), lang=lang, filename=f"history-{pbx}.txt")
 
 
 async def cancel(
@@ -127,7 +127,7 @@ async def cancel(
 ) -> None:
     plan_id = (command.args or "").strip()
     if not plan_id:
-        await message.answer(esc(t("tg.cancel.usage", lang)))
+        await message.answer(tr("tg.cancel.usage", lang))
         return
     try:
         row = await services.changes.cancel(actor, plan_id)
@@ -135,7 +135,7 @@ async def cancel(
         await message.answer(error_text(exc, lang, html=True))
         return
     await refresh_card(bot, services, row)
-    await message.answer(t("tg.cancel.done", lang, id=row.id))
+    await message.answer(tr("tg.cancel.done", lang, id=row.id))
 
 
 def router() -> Router:

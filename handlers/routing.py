@@ -18,7 +18,7 @@ from bot.digest import WEEKDAYS, DigestUsage, parse_digest
 from bot.doctor import Finding, Severity, examine
 from bot.i18n import t
 from bot.policy import Action, may
-from bot.render import error_text, esc
+from bot.render import Html, lines_of, pbx_error_text, tr
 from bot.scheduler import schedule_row
 from bot.services import Services
 from bot.trace import Tracer
@@ -47,26 +47,26 @@ class TelegramPoster:
         await self.bot.send_document(chat_id, BufferedInputFile(data, filename=filename), caption=caption)
 
 
-def doctor_text(pbx: str, findings: list[Finding], lang: str) -> str:
+def doctor_text(pbx: str, findings: list[Finding], lang: str) -> Html:
     if not findings:
-        return t("doctor.clean", lang, pbx=esc(pbx))
+        return tr("doctor.clean", lang, pbx=pbx)
     count = {s: sum(1 for f in findings if f.severity is s) for s in Severity}
-    lines = [
-        t(
+    lines: list[str] = [
+        tr(
             "doctor.header",
             lang,
-            pbx=esc(pbx),
+            pbx=pbx,
             errors=count[Severity.ERROR],
             warnings=count[Severity.WARNING],
             infos=count[Severity.INFO],
         )
     ]
-    for f in findings:
+    for f in findings:  # plain lines, formatted, then escaped as a whole by the join
         lines.append("")
-        title = esc(t(f"doctor.{f.code}.title", lang, **f.params))  # formatted, then escaped as a whole
+        title = t(f"doctor.{f.code}.title", lang, **f.params)
         lines.append(f"{t(f'doctor.severity.{f.severity.value}', lang)} {title}")
-        lines += [f"   {line}" for line in esc(t(f"doctor.{f.code}.why", lang, **f.params)).split("\n")]
-    return "\n".join(lines)
+        lines += [f"   {line}" for line in t(f"doctor.{f.code}.why", lang, **f.params).split("\n")]
+    return lines_of(lines, html=True)
 
 
 def fix_keyboard(findings: list[Finding], lang: str) -> InlineKeyboardMarkup | None:
@@ -94,7 +94,7 @@ async def doctor(message: Message, services: Services, pbx: str | None, lang: st
     try:
         _, findings = await examine(handle.client, handle.reader)
     except PbxError as exc:
-        await message.answer(t("doctor.unreachable", lang, pbx=esc(pbx), error=esc(exc)))
+        await message.answer(pbx_error_text(exc, lang, html=True))
         return
     keyboard = (
         fix_keyboard(findings, lang) if may(services.settings.policy, actor.id, Action.PROPOSE) else None
@@ -116,10 +116,14 @@ async def fix_pressed(
     if pbx is None or query.message is None:
         return
     handle = services.changes.pbxs[pbx]
-    _, findings = await examine(handle.client, handle.reader)
+    try:
+        _, findings = await examine(handle.client, handle.reader)
+    except PbxError as exc:
+        await query.message.answer(pbx_error_text(exc, lang, html=True))
+        return
     finding = next((f for f in findings if f.fix_key == callback_data.key), None)
     if finding is None:
-        await query.message.answer(t("doctor.fix_gone", lang))
+        await query.message.answer(tr("doctor.fix_gone", lang))
         return
     await propose_and_post(
         bot,
@@ -138,7 +142,7 @@ async def trace_(
 ) -> None:
     number = (command.args or "").strip()
     if not number:
-        await message.answer(esc(t("trace.usage", lang)))
+        await message.answer(tr("trace.usage", lang))
         return
     if not await need_pbx(message, pbx, lang):
         return
@@ -148,16 +152,11 @@ async def trace_(
         default = await handle.client.default_route()
         result = Tracer(snapshot, default).trace(number)
     except PbxError as exc:
-        await message.answer(t("tg.pbx_error", lang, error=esc(exc)))
+        await message.answer(pbx_error_text(exc, lang, html=True))
         return
-    except Exception as exc:  # an ambiguous login (PlanError) and the like
-        await message.answer(error_text(exc, lang, html=True))
-        return
-    lines = [t("trace.header", lang, pbx=esc(pbx), number=esc(number))]
-    lines += [
-        t(f"trace.{line.key}", lang, **{k: esc(v) for k, v in line.params.items()}) for line in result.lines
-    ]
-    await answer_long(message, "\n".join(lines), lang=lang, filename="trace.txt")
+    lines = [tr("trace.header", lang, pbx=pbx, number=number)]
+    lines += [tr(f"trace.{line.key}", lang, **line.params) for line in result.lines]
+    await answer_long(message, lines_of(lines, html=True), lang=lang, filename="trace.txt")
 
 
 async def digest(
@@ -167,7 +166,7 @@ async def digest(
         parsed = parse_digest(command.args or "")
     except DigestUsage as exc:
         key = "digest.usage" if exc.code == "usage" else f"digest.{exc.code}"
-        await message.answer(t(key, lang, **exc.params))
+        await message.answer(tr(key, lang, **exc.params))
         return
     if not await need_pbx(message, pbx, lang):
         return
@@ -177,7 +176,7 @@ async def digest(
         await scheduler.run(chat_id, period="now", pbx=pbx, lang=lang)
         return
     if parsed.action != "show" and not may(services.settings.policy, actor.id, Action.CANCEL_OWN):
-        await message.answer(t("change.not_allowed", lang, action="digest"))
+        await message.answer(tr("change.not_allowed", lang, action="digest"))
         return
     if parsed.action in ("daily", "weekly"):
         row = await schedule_row(services, chat_id, pbx, parsed, actor.id)
@@ -185,11 +184,11 @@ async def digest(
         await message.answer(_schedule_text(row, lang))
     elif parsed.action == "off":
         await scheduler.off(chat_id)
-        await message.answer(t("digest.off", lang))
+        await message.answer(tr("digest.off", lang))
     elif parsed.action == "tz":
         row = await services.db.schedule(chat_id)
         if row is None:
-            await message.answer(t("digest.none", lang))
+            await message.answer(tr("digest.none", lang))
             return
         row.timezone = parsed.timezone
         await scheduler.set(row)
@@ -197,26 +196,26 @@ async def digest(
     elif parsed.action == "quiet":
         row = await services.db.schedule(chat_id)
         if row is None:
-            await message.answer(t("digest.none", lang))
+            await message.answer(tr("digest.none", lang))
             return
         row.quiet = bool(parsed.quiet)
         await scheduler.set(row)
         await message.answer(
-            t("digest.quiet", lang, state=t("digest.on" if row.quiet else "digest.off_word", lang))
+            tr("digest.quiet", lang, state=t("digest.on" if row.quiet else "digest.off_word", lang))
         )
     else:
         row = await services.db.schedule(chat_id)
-        await message.answer(_schedule_text(row, lang) if row else t("digest.none", lang))
+        await message.answer(_schedule_text(row, lang) if row else tr("digest.none", lang))
 
 
-def _schedule_text(row, lang: str) -> str:
+def _schedule_text(row, lang: str) -> Html:
     at = f"{row.hour:02d}:{row.minute:02d}"
     quiet = t("digest.quiet_suffix", lang) if row.quiet else ""
     if row.period == "weekly":
         names = [k for k, v in WEEKDAYS.items() if v == row.weekday]
         day = names[1] if lang == "ru" and len(names) > 1 else names[0]
-        return t("digest.scheduled_weekly", lang, day=day, at=at, tz=row.timezone, quiet=quiet)
-    return t("digest.scheduled_daily", lang, at=at, tz=row.timezone, quiet=quiet)
+        return tr("digest.scheduled_weekly", lang, day=day, at=at, tz=row.timezone, quiet=quiet)
+    return tr("digest.scheduled_daily", lang, at=at, tz=row.timezone, quiet=quiet)
 
 
 def router() -> Router:

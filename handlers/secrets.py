@@ -18,16 +18,15 @@ is audited by event name, never with the password.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
-from aiogram import Bot, F, Router
+from aiogram import BaseMiddleware, Bot, F, Router
 from aiogram.exceptions import TelegramBadRequest, TelegramForbiddenError
 from aiogram.filters.callback_data import CallbackData
-from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
+from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, TelegramObject
 
 from bot.changes import OPEN, Actor, ChangeError
 from bot.commands import UsageError, decode_csv, parse_csv
@@ -55,27 +54,35 @@ class SecretPick(CallbackData, prefix="pw"):
     choice: int  # index into the held row's choices, or DROP
 
 
-def one_at_a_time(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+class PrivateTurns(BaseMiddleware):
     """A user's private messages, one at a time in the order they came: two quick
-    passwords go to the first and then the next login, never both to one."""
-    locks: dict[int, tuple[asyncio.Lock, int]] = {}
+    passwords go to the first and then the next login, never both to one. An
+    update middleware, so the turn is taken before anything is awaited."""
 
-    @functools.wraps(handler)
-    async def serial(message: Message, **kwargs: Any) -> Any:
-        user = message.from_user.id if message.from_user else 0
-        lock, users = locks.get(user, (asyncio.Lock(), 0))
-        locks[user] = (lock, users + 1)
+    def __init__(self) -> None:
+        self._locks: dict[int, tuple[asyncio.Lock, int]] = {}
+
+    async def __call__(
+        self,
+        handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
+        event: TelegramObject,
+        data: dict[str, Any],
+    ) -> Any:
+        message = getattr(event, "message", None)
+        if message is None or message.chat.type != "private" or message.from_user is None:
+            return await handler(event, data)
+        user = message.from_user.id
+        lock, users = self._locks.get(user, (asyncio.Lock(), 0))
+        self._locks[user] = (lock, users + 1)
         try:
-            async with lock:
-                return await handler(message, **kwargs)
+            async with lock:  # asyncio.Lock is first come, first served
+                return await handler(event, data)
         finally:
-            lock, users = locks[user]
+            lock, users = self._locks[user]
             if users == 1:
-                del locks[user]
+                del self._locks[user]
             else:
-                locks[user] = (lock, users - 1)
-
-    return serial
+                self._locks[user] = (lock, users - 1)
 
 
 async def _delete(message: Message) -> bool:
@@ -329,7 +336,7 @@ def router() -> Router:
     r = Router(name="secrets")
     # a reply to the bot's question is a password even when it starts with "/" (and no command took it)
     r.message.register(
-        one_at_a_time(private_text),
+        private_text,
         F.chat.type == "private",
         F.text,
         ~F.text.startswith("/") | F.reply_to_message,

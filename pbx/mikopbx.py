@@ -457,7 +457,7 @@ class MikoPbxClient:
 
     async def list_routes(self) -> list[Route]:
         """Every route but the default one (id 1), by priority."""
-        return await self._call("GET", "/incoming-routes", parse=_records(Route))
+        return await self._call("GET", "/incoming-routes", parse=_stored(Route))
 
     async def get_route(self, route_id: int) -> Route:
         return await self._call("GET", f"/incoming-routes/{int(route_id)}", parse=Route.model_validate)
@@ -604,6 +604,18 @@ def _records(model: Any) -> Callable[[Any], list[Any]]:
 
     def parse(data: Any) -> list[Any]:
         return [model.model_validate(_mapping(item)) for item in _list(data)]
+
+    return parse
+
+
+def _stored(model: Any) -> Callable[[Any], list[Any]]:
+    """A list of stored records: each must carry its id (plans name records by it)."""
+
+    def parse(data: Any) -> list[Any]:
+        records = _records(model)(data)
+        if any(record.id in (None, "") for record in records):
+            raise ValueError("a listed record has no id")
+        return records
 
     return parse
 

@@ -74,6 +74,7 @@ class Fault:
     skip: int = 0  # let this many matching calls through first
     message: str = "Simulated failure"
     body: Any = NO_BODY
+    answer: Any = NO_BODY  # the whole JSON answer as it is (a success envelope whose data is "x")
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method.upper() == method) and fnmatch.fnmatchcase(path, self.path)
@@ -324,6 +325,8 @@ class MikoPbxSimulator(LoopbackServer):
     async def _fail(self, request: web.Request, fault: Fault) -> web.StreamResponse:
         if fault.delay:
             await asyncio.sleep(fault.delay)
+        if fault.answer is not NO_BODY:
+            return web.json_response(fault.answer, status=fault.status or 200)
         if fault.drop:
             if request.transport is not None:
                 request.transport.close()

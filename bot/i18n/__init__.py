@@ -24,6 +24,11 @@ def system_language(default: str = DEFAULT_LANGUAGE) -> str:
     return pick_language(os.environ.get("PBXBOT_LANG") or os.environ.get("LANG"), default)
 
 
+def template(key: str, lang: str) -> str:
+    """The catalogue text itself, unformatted (bot.render.tr formats it as Telegram HTML)."""
+    return CATALOGUES.get(lang, CATALOGUES[DEFAULT_LANGUAGE])[key]
+
+
 def t(key: str, lang: str, /, **params: object) -> str:
-    catalogue = CATALOGUES.get(lang, CATALOGUES[DEFAULT_LANGUAGE])
-    return catalogue[key].format(**params)
+    """Plain text (the CLI, button labels, pop-ups); Telegram messages use bot.render.tr."""
+    return template(key, lang).format(**params)

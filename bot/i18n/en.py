@@ -1,4 +1,16 @@
 MESSAGES: dict[str, str] = {
+    # --- render
+    "pbx.malformed": "The PBX answered something unexpected at {call}.",
+    "pbx.rate_limited": "PBX {pbx} asks to slow down (too many requests): try again in a few minutes.",
+    "pbx.timeout": "PBX {pbx} did not answer in time at {call}.",
+    "pbx.unavailable": "PBX {pbx} did not answer at {call} ({error}).",
+    "pbx.forbidden": "PBX {pbx} does not let the bot's API key call {call}: allow that path for the key.",
+    "pbx.auth": "PBX {pbx} refused the bot's API key (or login): check the key in the config.",
+    "pbx.unsupported": "PBX {pbx} has no REST API v3: MikoPBX 2026.1 or later is needed.",
+    "pbx.not_found": "The PBX has no such record ({call}): {error}",
+    "pbx.refused": "The PBX refused {call}: {error}",
+    "tg.error.unexpected": "Something went wrong on my side; the error is logged (update {update}). Check /plans before repeating.",
+    "digest.pbx_failed": "⛔ {error} Numbers and findings are missing from this digest.",
     "numbers.header": "PBX {pbx}: {accounts} SIP account(s), {routes} incoming route(s)",
     "numbers.account": "  {login} @ {host}:{port}  [{state}]  {description}  ({id})",
     "numbers.route": "      route {id}: {did} -> {destination}",

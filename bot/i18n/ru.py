@@ -1,4 +1,16 @@
 MESSAGES: dict[str, str] = {
+    # --- render
+    "pbx.malformed": "АТС ответила что-то неожиданное на {call}.",
+    "pbx.rate_limited": "АТС {pbx} просит снизить темп (слишком много запросов): повторите через несколько минут.",
+    "pbx.timeout": "АТС {pbx} не ответила вовремя на {call}.",
+    "pbx.unavailable": "АТС {pbx} не ответила на {call} ({error}).",
+    "pbx.forbidden": "АТС {pbx} не даёт API-ключу бота вызвать {call}: разрешите ключу этот путь.",
+    "pbx.auth": "АТС {pbx} отказала API-ключу (или логину) бота: проверьте ключ в конфигурации.",
+    "pbx.unsupported": "У АТС {pbx} нет REST API v3: нужна MikoPBX 2026.1 или новее.",
+    "pbx.not_found": "На АТС нет такой записи ({call}): {error}",
+    "pbx.refused": "АТС отказала в {call}: {error}",
+    "tg.error.unexpected": "У меня что-то пошло не так; ошибка записана в журнал (обновление {update}). Проверьте /plans, прежде чем повторять.",
+    "digest.pbx_failed": "⛔ {error} Номеров и находок в этом дайджесте нет.",
     "numbers.header": "АТС {pbx}: SIP-аккаунтов {accounts}, входящих маршрутов {routes}",
     "numbers.account": "  {login} @ {host}:{port}  [{state}]  {description}  ({id})",
     "numbers.route": "      маршрут {id}: {did} -> {destination}",

@@ -1,0 +1,56 @@
+"""The last word on an update no handler finished: the user gets one answer, the log
+gets the update id and the exception (bot/logs.py masks any secret in it).
+
+A PBX failure that reached this far is answered with its one line (what kind of
+failure, at which call); anything else with "something went wrong on my side"
+and the update id to find it in the log. A button press is answered as a pop-up,
+or, when the handler answered it already, with a message in its chat.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiogram import Bot
+from aiogram.exceptions import TelegramAPIError
+from aiogram.types import ErrorEvent
+
+from bot.i18n import pick_language, t
+from bot.render import pbx_error_text, tr
+from bot.services import Services
+from pbx.errors import PbxError
+
+log = logging.getLogger("pbxbot.errors")
+POPUP_LIMIT = 200  # Telegram's limit for a callback answer's text
+
+
+def error_handler(services: Services) -> Callable[..., Awaitable[bool]]:
+    """The `dp.errors` handler (bot/app.py registers it on the Dispatcher)."""
+
+    async def on_error(event: ErrorEvent, bot: Bot) -> bool:
+        update, exc = event.update, event.exception
+        message, query = update.message, update.callback_query
+        kind = update.event_type
+        log.error("update %s (%s) failed: %s", update.update_id, kind, type(exc).__name__, exc_info=exc)
+        user = (query or message).from_user if (query or message) else None
+        lang = pick_language(user.language_code if user else None, services.settings.default_language)
+        pbx = isinstance(exc, PbxError)
+        params = {"update": update.update_id}
+        try:
+            if query is not None:
+                text = pbx_error_text(exc, lang) if pbx else t("tg.error.unexpected", lang, **params)
+                try:
+                    await query.answer(text[:POPUP_LIMIT], show_alert=True)
+                    return True
+                except TelegramAPIError:  # answered already by the handler: say it in the chat
+                    message = query.message
+            if message is not None:
+                unexpected = tr("tg.error.unexpected", lang, **params)
+                html = pbx_error_text(exc, lang, html=True) if pbx else unexpected
+                await bot.send_message(message.chat.id, html)
+        except Exception:  # the answer itself failed (Telegram down, the chat gone): the log has it
+            log.warning("update %s: could not tell the user of the failure", update.update_id, exc_info=True)
+        return True
+
+    return on_error
