@@ -72,10 +72,11 @@ async def serve(target_host: str, target_port: int, delay: float, port: int = 0)
         except OSError:
             client_writer.close()
             return
-        await asyncio.gather(
-            _pump(client_reader, server_writer, delay),
-            _pump(server_reader, client_writer, delay),
-        )
+        with contextlib.suppress(asyncio.CancelledError):  # cancelled when the proxy stops
+            await asyncio.gather(
+                _pump(client_reader, server_writer, delay),
+                _pump(server_reader, client_writer, delay),
+            )
 
     server = await asyncio.start_server(handle, "127.0.0.1", port)
     print(server.sockets[0].getsockname()[1], flush=True)
