@@ -17,7 +17,7 @@ that delays every packet both ways by --db-delay-ms. Redis (127.0.0.1:6379)
 is used in the first empty database of 10-15 (or --redis-db), flushed after.
 
 The users (--users, spread over --groups groups; --roles operators:approvers:viewers
-in per cent, default 40:20:40; every user an English speaker who has started the bot):
+in per cent, default 20:20:60; every user an English speaker who has started the bot):
 - an operator writes `/addnumber zadarma <a login of their own> → IVR` in the
   group, answers the bot's private request for the SIP password (a second or
   three after it comes), and waits for the plan to end (its card showing a
@@ -768,6 +768,7 @@ class Load:
         for at, _ in self.card_events:
             bucket(self.minute(at))["cards"] += 1
         applying: Counter = Counter()
+        api_calls: Counter = Counter()  # PBX calls the audit trail holds per plan
         ended_plans: set[str | None] = set()
         for ev in audit:
             m = self.minute_of(ev.at)
@@ -775,6 +776,8 @@ class Load:
                 bucket(m)["proposed"] += 1
             elif ev.event == "applying":
                 applying[ev.plan_id] += 1
+            elif ev.event == "api_call" and ev.plan_id:
+                api_calls[ev.plan_id] += 1
             if ev.event in ENDED_EVENTS and ev.plan_id not in ended_plans:  # a plan ends once
                 ended_plans.add(ev.plan_id)  # (a stale plan has two: the executor's and the lifecycle's)
                 ended_by.setdefault(m, Counter())[ev.event] += 1
@@ -943,6 +946,10 @@ class Load:
                 "429": sum(1 for at, s in self.sim.calls if at >= self.t0 and s == 429),
                 "blocked": self.sim.blocked(),
                 "accounts_at_end": len(self.sim.state.providers),
+                "audited_calls_per_applied_plan_p50": pct(
+                    [api_calls[p.id] for p in plans.values() if p.status == "applied"], 0.5
+                ),
+                "calls_by_endpoint": dict(self.sim.stats.most_common(12)),
             },
             "telegram": {
                 "429": len(self.tg.refused),
@@ -1009,8 +1016,10 @@ def table(result: dict[str, Any]) -> str:
         f"answered (sent -> answer): {answers}",
         f"answers that came only while the bot was stopping: {result['late_answers']}",
         f"plans: {pl['total']} {pl['by_status']}, cards {pl['cards_posted']}; PBX calls {pbx['calls']},"
-        f" 429s {pbx['429']}, blocked {pbx['blocked']}; Telegram 429s {tg['429']};"
+        f" 429s {pbx['429']}, blocked {pbx['blocked']}, audited calls per applied plan p50"
+        f" {pbx['audited_calls_per_applied_plan_p50']}; Telegram 429s {tg['429']};"
         f" webhook failed attempts {tg['webhook_failed_attempts']}, undelivered {tg['webhook_undelivered']}",
+        f"PBX calls by endpoint: {pbx['calls_by_endpoint']}",
         f"press answers: {result['press_answers']}",
         f"bot log: {result['bot_log']['errors']} ERROR lines, {result['bot_log']['tracebacks']} tracebacks;"
         f" bench loop lag p99 {lag['p99']} ms, max {lag['max']} ms",
@@ -1030,7 +1039,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grace", type=float, default=120.0, help="seconds after it for plans to end (120)")
     p.add_argument("--users", type=int, default=50)
     p.add_argument("--groups", type=int, default=3)
-    p.add_argument("--roles", default="40:20:40", help="operators:approvers:viewers, per cent")
+    p.add_argument("--roles", default="20:20:60", help="operators:approvers:viewers, per cent")
     p.add_argument("--storage", choices=["sqlite", "postgresql"], default="sqlite")
     p.add_argument("--db-delay-ms", type=float, default=0.0, help="added to each packet to/from PostgreSQL")
     p.add_argument("--replicas", type=int, choices=[1, 2], default=1)
