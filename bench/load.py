@@ -754,8 +754,10 @@ class Load:
         audit = store.audit_trail(limit=10_000_000)
         plans = {p.id: p for p in store.plans(limit=10_000_000)}
         minutes = list(range(1, self.minute(self.stopped_at) + 1))
-        run_minutes = int(-(-a.duration // 60))
-        grace_minutes = self.minute(self.ended_at)
+        ran = self.ended_at - self.t0
+
+        def mid(m: int) -> float:  # a minute is labelled by where its middle falls: run, grace, stop
+            return (m - 0.5) * 60
 
         per: dict[int, dict[str, Any]] = {m: defaultdict(int) for m in minutes}
         ended_by: dict[int, Counter] = {m: Counter() for m in minutes}
@@ -801,7 +803,7 @@ class Load:
         rows = []
         for m in sorted(per):
             row = {
-                "minute": m if m <= run_minutes else f"{m} (grace)" if m <= grace_minutes else f"{m} (stop)",
+                "minute": m if mid(m) <= a.duration else f"{m} (grace)" if mid(m) <= ran else f"{m} (stop)",
                 "updates": per[m]["updates"],
                 "cards": per[m]["cards"],
                 "proposed": per[m]["proposed"],
@@ -907,6 +909,8 @@ class Load:
                 "duration_s": a.duration,
                 "grace_s": a.grace,
                 "ran_s": round(self.ended_at - self.t0, 1),
+                "bot_stop_s": round(self.stopped_at - self.ended_at, 1),
+                "bot_exit_codes": [p.returncode for p in self.procs],
                 "users": len(self.users),
                 "roles": dict(Counter(u.role for u in self.users.values())),
                 "groups": a.groups,
@@ -986,7 +990,8 @@ def table(result: dict[str, Any]) -> str:
     roles = ", ".join(f"{v} {k}s" for k, v in c["roles"].items())
     out = [
         f"load: {c['users']} users ({roles}) in {c['groups']} groups for {c['duration_s']:g} s"
-        f" (+ up to {c['grace_s']:g} s grace; ran {c['ran_s']} s); storage {c['storage']},"
+        f" (+ up to {c['grace_s']:g} s grace; ran {c['ran_s']} s, then the bot took {c['bot_stop_s']} s"
+        f" to stop, exit {c['bot_exit_codes']}); storage {c['storage']},"
         f" db delay {c['db_delay_ms']:g} ms, {c['replicas']} replica(s) ({c['mode']});"
         f" PBX rate limit {c['pbx_rate_limit']}, client {c['bot_pbx_client']};"
         f" Telegram limits {c['telegram_limits']}; reads in {c['reads_in']}; think {c['think_s']} s;"
