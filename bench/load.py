@@ -695,6 +695,7 @@ class Load:
         scanner = asyncio.create_task(self.scan())
         lag = asyncio.create_task(self.watch_lag())
         self.t0, self.wall0 = time.monotonic(), time.time()
+        self.load_at_start = os.getloadavg()
         self.end = self.t0 + self.args.duration
         self.grace_end = self.end + self.args.grace
         roles = {"operator": self.operator, "approver": self.approver, "viewer": self.viewer}
@@ -706,6 +707,7 @@ class Load:
         while time.monotonic() < self.grace_end and not self.settled():  # noqa: ASYNC110 (a deadline too)
             await asyncio.sleep(0.5)
         self.ended_at = time.monotonic()
+        self.load_at_end = os.getloadavg()
         self.stop_users.set()
         for task in [*tasks, *self.responders]:
             task.cancel()
@@ -919,7 +921,12 @@ class Load:
                 "replicas": a.replicas,
                 "mode": "webhook" if a.replicas > 1 else "polling",
                 "redis_db": self.redis_db,
-                "pbx_rate_limit": "on: 180/min + 20 burst per client, 300 s block",
+                "pbx_rate_limit": "on: 180/min + 20 burst per client, 300 s block"
+                + (
+                    "; the replicas reach it from one address, as containers behind a host's NAT do"
+                    if a.replicas > 1
+                    else ""
+                ),
                 "bot_pbx_client": "default 165/min",
                 "telegram_limits": "on: 20/min per group, 30/s" if a.telegram_limits else "off",
                 "reads_in": a.reads_in,
@@ -929,6 +936,8 @@ class Load:
                 "reload_wait_s": a.reload_wait if a.reload_wait is not None else "default (15)",
                 "pbx_numbers_at_start": a.numbers,
                 "seed": a.seed,
+                "machine": f"{os.cpu_count()} CPUs, load average {self.load_at_start[0]:.2f} at the start,"
+                f" {self.load_at_end[0]:.2f} at the end (shared with other work)",
             },
             "per_minute": rows,
             "whoami": {
@@ -980,6 +989,13 @@ class Load:
             "bot_log": {
                 "errors": len(re.findall(r"\bERROR\b", logs)),
                 "tracebacks": logs.count("Traceback"),
+                "top_errors": dict(
+                    Counter(
+                        re.sub(r"\b[0-9a-f]{6}\b|\d+", "#", line.split("ERROR", 1)[1])[:160].strip()
+                        for line in logs.splitlines()
+                        if "ERROR" in line
+                    ).most_common(5)
+                ),
             },
             "bench_loop_lag_ms": {"p99": ms(pct(self.lag, 0.99)), "max": ms(max(self.lag, default=0))},
         }
@@ -995,7 +1011,7 @@ def table(result: dict[str, Any]) -> str:
         f" db delay {c['db_delay_ms']:g} ms, {c['replicas']} replica(s) ({c['mode']});"
         f" PBX rate limit {c['pbx_rate_limit']}, client {c['bot_pbx_client']};"
         f" Telegram limits {c['telegram_limits']}; reads in {c['reads_in']}; think {c['think_s']} s;"
-        f" reload_wait {c['reload_wait_s']}",
+        f" reload_wait {c['reload_wait_s']}; {c['machine']}",
         "",
         f"{'minute':>11} {'updates':>7} {'cards':>5} {'prop':>4} {'appl':>4}  {'whoami p50/p95 ms':>21}"
         f" {'pbx':>4} {'429':>3} {'tg429':>5}  ended",
@@ -1026,7 +1042,8 @@ def table(result: dict[str, Any]) -> str:
         f" webhook failed attempts {tg['webhook_failed_attempts']}, undelivered {tg['webhook_undelivered']}",
         f"PBX calls by endpoint: {pbx['calls_by_endpoint']}",
         f"press answers: {result['press_answers']}",
-        f"bot log: {result['bot_log']['errors']} ERROR lines, {result['bot_log']['tracebacks']} tracebacks;"
+        f"bot log: {result['bot_log']['errors']} ERROR lines, {result['bot_log']['tracebacks']} tracebacks"
+        f" {result['bot_log']['top_errors']};"
         f" bench loop lag p99 {lag['p99']} ms, max {lag['max']} ms",
         "",
     ]
