@@ -25,7 +25,11 @@ in per cent, default 20:20:60; every user an English speaker who has started the
 - an approver presses Approve on a card of the group it has not yet pressed;
 - a viewer sends /whoami, /plans or /numbers (40:35:25) in its private chat
   with the bot (--reads-in group: in the group, where they share its 20/min).
-Each user waits for the answer to what they sent (at most --answer-timeout)
+Answers are matched to what was sent by their form (the card shows its login,
+/whoami its user id; /numbers and /plans first come, first served); an error
+or refusal is taken as the answer to the oldest request still waiting in that
+chat, so with --reads-in group the kind an error is counted under is a guess
+(the totals are not). Each user waits for the answer to what they sent (at most --answer-timeout)
 and then thinks for a random --think seconds (seeded by --seed) before acting
 again. When --duration is over, operators and viewers stop; approvers go on
 approving and operators answer password requests for at most --grace (120) seconds,
