@@ -163,7 +163,7 @@ class ServerSettings(_Section):
     housekeeping_seconds: float = Field(default=60.0, gt=0, le=3600)
     # updates handled at once by one process (polling or webhook); one chat's updates wait their
     # turn in memory first, so a busy chat never takes every slot
-    max_concurrent_updates: int = Field(default=16, ge=1, le=1000)
+    max_concurrent_updates: int = Field(default=64, ge=1, le=1000)
     # updates accepted but not finished; beyond it polling stops fetching and the webhook holds
     # its answer (Telegram then sends more slowly)
     max_pending_updates: int = Field(default=1000, ge=1, le=100_000)

@@ -69,7 +69,12 @@ class PrivateTurns(BaseMiddleware):
         data: dict[str, Any],
     ) -> Any:
         message = getattr(event, "message", None)
-        if message is None or message.chat.type != "private" or message.from_user is None:
+        if (
+            message is None
+            or message.chat.type != "private"
+            or message.from_user is None
+            or ((message.text or "").startswith("/") and message.reply_to_message is None)
+        ):  # commands run side by side: a slow /numbers never holds up a /whoami
             return await handler(event, data)
         user = message.from_user.id
         lock, users = self._locks.get(user, (asyncio.Lock(), 0))
