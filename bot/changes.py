@@ -95,6 +95,17 @@ TRANSITIONS: dict[PlanStatus, frozenset[PlanStatus]] = {
     **{status: frozenset() for status in ENDED},
 }
 
+
+class Next(enum.StrEnum):
+    """What a plan needs next, as the core decides it."""
+
+    WAIT_APPROVALS = "wait_approvals"  # the card waits for approvers
+    NEED_SECRET = "need_secret"  # a SIP password is still to come, in private
+    APPLY = "apply"  # approved with all it needs: apply it now
+    RUNNING = "running"  # an apply is running
+    ENDED = "ended"  # nothing more: the card shows the outcome
+
+
 LEASE = timedelta(seconds=60)  # an apply renews its lease every third of this
 
 
@@ -445,9 +456,19 @@ class Changes:
                     continue
         return None
 
+    async def next_step(self, row: PlanRow) -> Next:
+        """What happens to the plan next; the handlers only render and send it."""
+        if row.status == APPLYING:
+            return Next.RUNNING
+        if row.status not in OPEN:
+            return Next.ENDED
+        if await self.missing_secrets(row):
+            return Next.NEED_SECRET
+        return Next.APPLY if row.status == APPROVED else Next.WAIT_APPROVALS
+
     async def ready(self, row: PlanRow) -> bool:
         """Approved, with every password it needs: the next step is to apply it."""
-        return row.status == APPROVED and not await self.missing_secrets(row)
+        return await self.next_step(row) is Next.APPLY
 
     async def approvers_of(self, row: PlanRow) -> list[str]:
         return [

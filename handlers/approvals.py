@@ -9,7 +9,7 @@ import asyncio
 from aiogram import Bot, F, Router
 from aiogram.types import CallbackQuery
 
-from bot.changes import Actor, ChangeError
+from bot.changes import Actor, ChangeError, Next
 from bot.i18n import t
 from bot.render import error_text
 from bot.services import Services
@@ -60,7 +60,7 @@ async def pressed(
         await refresh_card(bot, services, row)
         return
     await refresh_card(bot, services, row)
-    if await changes.ready(row):
+    if await changes.next_step(row) is Next.APPLY:
         await apply_and_report(bot, services, row, actor)
 
 

@@ -7,7 +7,7 @@ from aiogram import Bot, Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
-from bot.changes import ENDED, OPEN, Actor, ChangeError, Proposal
+from bot.changes import ENDED, OPEN, Actor, ChangeError, Next, Proposal
 from bot.commands import Intent, UsageError, parse
 from bot.i18n import t
 from bot.planner import PlanError
@@ -59,7 +59,7 @@ async def propose_and_post(
     missing = await services.changes.missing_secrets(row)
     if missing and not await ask_secret(bot, services, row, missing[0], lang):
         await message.answer(tr("tg.secret.start_me", lang, bot=services.bot_username, id=row.id))
-    if await services.changes.ready(row):
+    if await services.changes.next_step(row) is Next.APPLY:
         await apply_and_report(bot, services, row, actor)
     return proposal
 

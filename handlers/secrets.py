@@ -28,7 +28,7 @@ from aiogram.exceptions import TelegramBadRequest, TelegramForbiddenError
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, TelegramObject
 
-from bot.changes import OPEN, Actor, ChangeError
+from bot.changes import OPEN, Actor, ChangeError, Next
 from bot.commands import UsageError, decode_csv, parse_csv
 from bot.i18n import t
 from bot.render import error_text, esc
@@ -187,7 +187,7 @@ async def _bind(
     if await changes.missing_secrets(row):
         await ask_secrets(bot, services, row, lang)
     await refresh_card(bot, services, row)
-    if await changes.ready(row):
+    if await changes.next_step(row) is Next.APPLY:
         await apply_and_report(bot, services, row, actor)
 
 

@@ -347,3 +347,18 @@ async def test_a_failed_plan_names_its_leftovers_and_undo_finishes_it(changes, s
     assert (await changes.apply(BORIS, undo.row.id)).row.status == "applied"
     after = json.dumps({k: sim.state.dump()[k] for k in ("providers", "routes")}, sort_keys=True)
     assert after == before
+
+
+async def test_the_core_says_what_happens_next(changes, store, sim):
+    from bot.changes import Next
+
+    proposal = await propose(changes, OLGA, "/addnumber zadarma 847900 → IVR")
+    row = proposal.row
+    assert await changes.next_step(row) is Next.NEED_SECRET  # the password first, in private
+    await changes.add_secret(OLGA, row.id, "847900", PASSWORD)
+    row = store.get_plan(row.id)
+    assert await changes.next_step(row) is Next.WAIT_APPROVALS
+    row, _ = await changes.approve(ANNA, row.id)
+    assert await changes.next_step(row) is Next.APPLY
+    outcome = await changes.apply(ANNA, row.id)
+    assert await changes.next_step(outcome.row) is Next.ENDED
