@@ -466,10 +466,6 @@ class Changes:
             return Next.NEED_SECRET
         return Next.APPLY if row.status == APPROVED else Next.WAIT_APPROVALS
 
-    async def ready(self, row: PlanRow) -> bool:
-        """Approved, with every password it needs: the next step is to apply it."""
-        return await self.next_step(row) is Next.APPLY
-
     async def approvers_of(self, row: PlanRow) -> list[str]:
         return [
             a.user_name or str(a.user_id)

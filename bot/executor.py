@@ -118,7 +118,6 @@ class Executor:
         self.verify_interval = verify_interval
         self._on_event = on_event
         self._existing: dict[tuple[str, str], str] = {}  # (host, login) -> account id, as last read
-        self._route_ids: set[int | None] = set()  # routes that existed or that this apply created
         self._created: dict[str, str] = {}  # "@new:<login>" -> the id of the account created for it
         self._known_routes: set[str] = set()  # ids of the routes that existed before the apply
         self._ours: set[str] = set()  # ids of the routes this apply created
@@ -138,9 +137,10 @@ class Executor:
         depends = plan.depends
         snapshot = await depends.read(self.reader)
         self._existing = {
-            (p.host.lower().rstrip("."), p.username): p.id for p in snapshot.providers if p.username
+            _key({"host": p.host, "username": p.username}): p.id for p in snapshot.providers if p.username
         }
-        self._route_ids = {r.id for r in snapshot.routes}
+        # routes that existed before the apply: a created route is never mistaken for one of them
+        self._known_routes = {str(r.id) for r in snapshot.routes if r.id is not None}
         return depends.fingerprint(snapshot)
 
     # ------------------------------------------------------------------ apply
@@ -157,8 +157,6 @@ class Executor:
         if now != plan.fingerprint:
             await self._event("stale", expected=plan.fingerprint, found=now)
             return ApplyResult(ApplyStatus.STALE, fingerprint=now)
-        # Routes that existed before this apply: a created route is never mistaken for one of them.
-        self._known_routes = {str(rid) for rid in self._route_ids if rid is not None}
         await self._event("apply_started", routes=sorted(self._known_routes, key=_int_or_str))
 
         result = ApplyResult(ApplyStatus.APPLIED)

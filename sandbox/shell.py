@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bot.app import running
-from bot.changes import Changes
+from bot.changes import Changes, Next
 from bot.config import load_settings
 from bot.i18n import t
 from pbx.mikopbx import MikoPbxClient
@@ -168,7 +168,7 @@ async def cards_behind(tg: TelegramSandbox, changes: Changes, lang: str) -> bool
     """The bot still owes something for a plan: an apply is about to run or
     running, or a plan's card does not show the plan's status yet."""
     for row in changes.store.plans(limit=20):
-        if row.status == "applying" or await changes.ready(row):
+        if await changes.next_step(row) in (Next.APPLY, Next.RUNNING):
             return True  # running, or all it needs is in and the apply is about to start
         if row.chat_id is None or row.message_id is None:
             continue
