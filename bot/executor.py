@@ -212,7 +212,7 @@ class Executor:
             return await self._write_judged(index, step, secrets)
         finally:
             if step.kind.on_provider:  # kept details of a written account are stale now
-                self.reader.forget([step.target] if step.target else None)
+                self.reader.forget([step.target] if step.target else [])
 
     async def _write_judged(
         self, index: int, step: Step, secrets: Mapping[str, str]
@@ -274,7 +274,7 @@ class Executor:
             return StepState.UNKNOWN, None
         finally:
             if step.kind.on_provider:
-                self.reader.forget([step.target] if step.target else None)
+                self.reader.forget([step.target] if step.target else [])
 
     async def _inspect(self, step: Step) -> tuple[StepState, dict[str, Any] | None]:
         kind = step.kind
@@ -418,7 +418,7 @@ class Executor:
             await self.pbx.create_route(
                 _route({k: v for k, v in (step.before or {}).items() if k != "id"}, {})
             )
-        self.reader.forget([step.target] if kind.on_provider and step.target else None)
+        self.reader.forget([step.target] if kind.on_provider and step.target else [])
 
     # ------------------------------------------------------------------ verify
 

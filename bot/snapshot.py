@@ -239,13 +239,44 @@ class SnapshotReader:
         self.ttl = ttl
         self._clock = clock
         self._details: dict[str, tuple[float, Provider]] = {}
+        # reads under way, shared by whoever wants the same account meanwhile
+        # (two commands at once read a host once); a forced read never joins one
+        self._reading: dict[str, asyncio.Task[tuple[float, Provider]]] = {}
 
-    def forget(self, provider_ids: Iterable[str] | None = None) -> None:
-        """Drop kept details (all of them, or of these accounts): after a write."""
-        if provider_ids is None:
-            self._details.clear()
-        for pid in provider_ids or ():
+    def forget(self, provider_ids: Iterable[str]) -> None:
+        """Drop the kept details of these accounts: after writing them. A created
+        account was never kept, so a write forgets only what it touched."""
+        for pid in provider_ids:
             self._details.pop(pid, None)
+            self._reading.pop(pid, None)
+
+    def clear(self) -> None:
+        """Keep nothing: the next read fetches every account it needs."""
+        self._details.clear()
+
+    def _read_done(self, pid: str, task: asyncio.Task[tuple[float, Provider]]) -> None:
+        if self._reading.get(pid) is task:
+            del self._reading[pid]
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter got it already, or none is left
+
+    async def _detail(self, pid: str, *, forced: bool) -> Provider:
+        """One account's details, read now; a read under way is joined unless `forced`."""
+        task = None if forced else self._reading.get(pid)
+        if task is None:
+            started = self._clock()  # a detail's age counts from when its read began
+
+            async def fetch() -> tuple[float, Provider]:
+                return started, await self.pbx.get_provider(pid)
+
+            task = asyncio.ensure_future(fetch())
+            self._reading[pid] = task
+            task.add_done_callback(lambda done: self._read_done(pid, done))
+        started, detail = await asyncio.shield(task)
+        kept = self._details.get(pid)
+        if kept is None or kept[0] <= started:
+            self._details[pid] = (started, detail)
+        return detail
 
     async def read(
         self,
@@ -287,9 +318,8 @@ class SnapshotReader:
                 kept[summary.id] = entry[1]
             else:
                 wanted.append(summary.id)
-        fetched = await asyncio.gather(*(self.pbx.get_provider(pid) for pid in wanted))
+        fetched = await asyncio.gather(*(self._detail(pid, forced=pid in forced) for pid in wanted))
         for detail in fetched:
-            self._details[detail.id] = (now, detail)
             kept[detail.id] = detail
         return Snapshot(
             pbx=self.pbx.name,

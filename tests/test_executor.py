@@ -4,6 +4,7 @@ simulator's dialplan model (`simulate_call`), as a test call on a real PBX would
 
 from __future__ import annotations
 
+import asyncio
 import copy
 
 import httpx
@@ -223,3 +224,40 @@ async def test_undo_of_a_removal_needs_the_password_again(sim, client):
         await executor(client).apply(undo)
     assert (await executor(client).apply(undo, {"5550001": "p2"})).status is ApplyStatus.APPLIED
     assert [p["secret"] for p in sim.state.providers.values() if p["username"] == "5550001"] == ["p2"]
+
+
+async def test_two_reads_at_once_fetch_each_account_once_and_a_write_forgets_only_its_account(sim, client):
+    """Two commands at once read the host's accounts once (a read under way is
+    joined); an apply that creates an account and edits its sibling makes the
+    next read fetch only what it wrote, not the whole host again."""
+    sim.latency = 0.05  # the two reads overlap
+    reader = SnapshotReader(client)
+    sim.stats.clear()
+    first, second = await asyncio.gather(reader.read(host=ZADARMA), reader.read(host=ZADARMA))
+    assert first.details.keys() == second.details.keys() == {DEMO_PROVIDER_ID}
+    assert sim.stats["GET sip-providers/{id}"] == 1, sim.stats
+    sim.latency = 0.0
+
+    plan = plan_add_number(parse("/addnumber zadarma 847900 → IVR"), await reader.read(host=ZADARMA))
+    result = await executor(client, reader=reader).apply(plan, {"847900": PASSWORD})
+    assert result.status is ApplyStatus.APPLIED, result.error
+    new_id = result.results[0]["id"]
+
+    sim.stats.clear()
+    again = await reader.read(host=ZADARMA)
+    assert again.details[DEMO_PROVIDER_ID].manualattributes == sim.state.providers[DEMO_PROVIDER_ID]["manualattributes"]
+    assert new_id in again.details
+    # the written sibling is read again (its kept copy was forgotten), the new one once; nothing twice
+    assert sim.stats["GET sip-providers/{id}"] == 2, sim.stats
+    sim.stats.clear()
+    await reader.read(host=ZADARMA)
+    assert sim.stats["GET sip-providers/{id}"] == 0, sim.stats
+
+    # a second number on a host under the recipe only creates: the two kept accounts stay kept
+    plan = plan_add_number(parse("/addnumber zadarma 847901 → IVR"), await reader.read(host=ZADARMA))
+    assert [step.kind.value for step in plan.steps] == ["create_provider", "create_route"], plan.steps
+    result = await executor(client, reader=reader).apply(plan, {"847901": PASSWORD})
+    assert result.status is ApplyStatus.APPLIED, result.error
+    sim.stats.clear()
+    assert len((await reader.read(host=ZADARMA)).details) == 3
+    assert sim.stats["GET sip-providers/{id}"] == 1, sim.stats  # the new account only

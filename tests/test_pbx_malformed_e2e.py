@@ -144,7 +144,7 @@ async def test_malformed_answers_never_end_a_handler_silently(world: World, hand
         await settle(w, start)
 
     def act() -> None:
-        handle.reader.forget()  # every run reads the PBX afresh
+        handle.reader.clear()  # every run reads the PBX afresh
         if fix_message is None:
             w.tg.send(ANNA, GROUP, HANDLERS[handler])
         else:
