@@ -112,7 +112,7 @@ class Rig:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "bot.cli",
+            "bot.entry.cli",
             "--config",
             str(config),
             "run",

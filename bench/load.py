@@ -383,7 +383,7 @@ class Load:
                 await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-m",
-                    "bot.cli",
+                    "bot.entry.cli",
                     "--config",
                     str(config),
                     "run",

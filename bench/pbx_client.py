@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 async def start_simulator() -> tuple[asyncio.subprocess.Process, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot.cli", "simulator", "--port", "0", "--api-key", KEY, "--no-rate-limit",
-        stdout=asyncio.subprocess.PIPE,
+        sys.executable, "-m", "bot.entry.cli", "simulator", "--port", "0", "--api-key", KEY,
+        "--no-rate-limit", stdout=asyncio.subprocess.PIPE,
         cwd=str(ROOT),
     )  # fmt: skip
     line = (await asyncio.wait_for(proc.stdout.readline(), timeout=60)).decode()

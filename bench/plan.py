@@ -40,11 +40,11 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bot.changes import LOCAL_ADMIN, Changes, PbxHandle  # noqa: E402
-from bot.commands import parse, parse_csv  # noqa: E402
 from bot.config import PolicySettings  # noqa: E402
-from bot.planner import merge_recipe  # noqa: E402
-from bot.vault import Vault  # noqa: E402
+from bot.plans.changes import LOCAL_ADMIN, Changes, PbxHandle  # noqa: E402
+from bot.plans.commands import parse, parse_csv  # noqa: E402
+from bot.plans.planner import merge_recipe  # noqa: E402
+from bot.plans.vault import Vault  # noqa: E402
 from pbx.mikopbx import MikoPbxClient  # noqa: E402
 from sandbox.demo import DEMO_PROVIDER_ID, DEMO_QUEUE_EXTENSION, PROVIDER_DEFAULTS, demo_state  # noqa: E402
 from storage.db import make_engine, migrate  # noqa: E402
@@ -91,7 +91,7 @@ def seed(n: int, path: Path) -> None:
 
 async def start_simulator(*args: str) -> tuple[asyncio.subprocess.Process, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot.cli", "simulator", "--port", "0", "--api-key", KEY,
+        sys.executable, "-m", "bot.entry.cli", "simulator", "--port", "0", "--api-key", KEY,
         "--registration-delay", "0.05", *args,
         stdout=asyncio.subprocess.PIPE,
         cwd=str(ROOT),

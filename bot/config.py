@@ -206,7 +206,7 @@ class StorageSettings(_Section):
 
     @model_validator(mode="after")
     def _key_file(self) -> StorageSettings:
-        from .vault import check_key
+        from bot.plans.vault import check_key
 
         _value_or_file(self, "secret_key")
         if self.secret_key is not None and not check_key(self.secret_key.get_secret_value()):
@@ -353,7 +353,7 @@ def secret_files(settings: Settings) -> list[tuple[str, Path]]:
         files += [(f"pbx.{name}.api_key_file", profile.api_key_file)]
         files += [(f"pbx.{name}.password_file", profile.password_file)]
     if settings.storage.secret_key is None:
-        from .vault import KEY_FILE
+        from bot.plans.vault import KEY_FILE
 
         files.append(("storage.data_dir", settings.storage.data_dir / KEY_FILE))
     return [(key, path) for key, path in files if path is not None and path.is_file()]

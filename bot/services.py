@@ -4,15 +4,18 @@ change service, storage, and which PBX a chat works on. Free of aiogram."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
+from bot.plans.changes import Changes
 from pbx.base import Pbx
 from storage.aio import AsyncStore
 from storage.repo import Store
 
-from .changes import Changes
 from .config import Settings
+
+if TYPE_CHECKING:  # the entry layer builds the scheduler and hands it over: no import at run time
+    from bot.entry.scheduler import Scheduler
 
 
 @dataclass
@@ -22,7 +25,7 @@ class Services:
     store: Store
     bot_username: str = ""
     refused: set[int] = field(default_factory=set)  # users and chats told "no" once already
-    scheduler: Any = None  # bot.scheduler.Scheduler, once the app has started
+    scheduler: Scheduler | None = None  # once the app has started
 
     @property
     def db(self) -> AsyncStore:

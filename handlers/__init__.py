@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-# isort: off
-import bot.lazy_models  # noqa: F401  (before aiogram: its models are built when used)
-
-# isort: on
 from aiogram import Router
 
 

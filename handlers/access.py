@@ -16,10 +16,10 @@ from typing import Any
 from aiogram import BaseMiddleware
 from aiogram.types import CallbackQuery, Message, TelegramObject
 
-from bot.changes import Actor
-from bot.i18n import pick_language, t
-from bot.policy import role_of
+from bot.plans.changes import Actor
+from bot.plans.policy import role_of
 from bot.services import Services
+from bot.text.i18n import pick_language, t
 from storage.tables import AuditRow
 
 ANONYMOUS_ADMIN_ID = 1087968824  # @GroupAnonymousBot

@@ -9,10 +9,10 @@ import asyncio
 from aiogram import Bot, F, Router
 from aiogram.types import CallbackQuery
 
-from bot.changes import Actor, ChangeError, Next
-from bot.i18n import t
-from bot.render import error_text
+from bot.plans.changes import Actor, ChangeError, Next
 from bot.services import Services
+from bot.text.i18n import t
+from bot.text.render import error_text
 from storage.tables import AuditRow
 
 from .cards import PlanButton, apply_and_report, refresh_card

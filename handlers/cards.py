@@ -30,11 +30,11 @@ from aiogram.exceptions import (
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import BufferedInputFile, ForceReply, InlineKeyboardButton, InlineKeyboardMarkup
 
-from bot.changes import APPLYING, OPEN, Actor, ChangeError, Outcome
-from bot.i18n import t
-from bot.policy import Action, may
-from bot.render import TELEGRAM_LIMIT, Html, lines_of, outcome_text, plan_text, tr, utf16_len
+from bot.plans.changes import APPLYING, OPEN, Actor, ChangeError, Outcome
+from bot.plans.policy import Action, may
 from bot.services import Services
+from bot.text.i18n import t
+from bot.text.render import TELEGRAM_LIMIT, Html, lines_of, outcome_text, plan_text, tr, utf16_len
 from storage.tables import PlanRow
 
 log = logging.getLogger("pbxbot.cards")

@@ -6,11 +6,11 @@ from aiogram import Bot, Router
 from aiogram.filters import Command, CommandObject, CommandStart
 from aiogram.types import Message
 
-from bot.changes import Actor
-from bot.i18n import t
-from bot.policy import Action, Role, may
-from bot.render import Html, lines_of, tr
+from bot.plans.changes import Actor
+from bot.plans.policy import Action, Role, may
 from bot.services import Services
+from bot.text.i18n import t
+from bot.text.render import Html, lines_of, tr
 
 from .cards import ask_secrets, refresh_card
 

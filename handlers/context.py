@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiogram.types import Message
 
-from bot.render import Html, esc, split_text, tr
+from bot.text.render import Html, esc, split_text, tr
 
 
 async def reply(message: Message, text: Html) -> None:

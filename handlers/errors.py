@@ -1,5 +1,5 @@
 """The last word on an update no handler finished: the user gets one answer, the log
-gets the update id and the exception (bot/logs.py masks any secret in it).
+gets the update id and the exception (bot/entry/logs.py masks any secret in it).
 
 A PBX failure that reached this far is answered with its one line (what kind of
 failure, at which call); anything else with "something went wrong on my side"
@@ -16,9 +16,9 @@ from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError
 from aiogram.types import ErrorEvent
 
-from bot.i18n import pick_language, t
-from bot.render import pbx_error_text, tr
 from bot.services import Services
+from bot.text.i18n import pick_language, t
+from bot.text.render import pbx_error_text, tr
 from pbx.errors import PbxError
 
 log = logging.getLogger("pbxbot.errors")
@@ -26,7 +26,7 @@ POPUP_LIMIT = 200  # Telegram's limit for a callback answer's text
 
 
 def error_handler(services: Services) -> Callable[..., Awaitable[bool]]:
-    """The `dp.errors` handler (bot/app.py registers it on the Dispatcher)."""
+    """The `dp.errors` handler (bot/entry/app.py registers it on the Dispatcher)."""
 
     async def on_error(event: ErrorEvent, bot: Bot) -> bool:
         update, exc = event.update, event.exception

@@ -8,7 +8,7 @@ import re
 
 from aiogram.types import BufferedInputFile, InlineKeyboardMarkup, Message
 
-from bot.render import TELEGRAM_LIMIT, Html, esc, split_text, tr, utf16_len
+from bot.text.render import TELEGRAM_LIMIT, Html, esc, split_text, tr, utf16_len
 
 _TAG = re.compile(r"<[^>]+>")
 

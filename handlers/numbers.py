@@ -1,5 +1,5 @@
 """Changes and views: /addnumber, /route, /removenumber, /undo, /numbers,
-/plans, /history, /cancel. Thin: parse, call bot.changes, render, post."""
+/plans, /history, /cancel. Thin: parse, call bot.plans.changes, render, post."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from aiogram import Bot, Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
-from bot.changes import ENDED, OPEN, Actor, ChangeError, Next, Proposal
-from bot.commands import Intent, UsageError, parse
-from bot.i18n import t
-from bot.planner import PlanError
-from bot.render import Html, error_text, lines_of, pbx_error_text, tr
+from bot.plans.changes import ENDED, OPEN, Actor, ChangeError, Next, Proposal
+from bot.plans.commands import Intent, UsageError, parse
+from bot.plans.planner import PlanError
 from bot.services import Services
-from bot.views import numbers_lines
+from bot.text.i18n import t
+from bot.text.render import Html, error_text, lines_of, pbx_error_text, tr
+from bot.text.views import numbers_lines
 from pbx.errors import PbxError
 
 from .cards import apply_and_report, ask_secret, post_card, refresh_card, tell_released

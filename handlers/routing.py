@@ -13,15 +13,14 @@ from aiogram.types import (
     Message,
 )
 
-from bot.changes import Actor
-from bot.digest import WEEKDAYS, DigestUsage, parse_digest
-from bot.doctor import Finding, Severity, examine
-from bot.i18n import t
-from bot.policy import Action, may
-from bot.render import Html, lines_of, pbx_error_text, tr
-from bot.scheduler import schedule_row
+from bot.plans.changes import Actor
+from bot.plans.policy import Action, may
+from bot.routing.digest import WEEKDAYS, DigestUsage, parse_digest, schedule_row
+from bot.routing.doctor import Finding, Severity, examine
+from bot.routing.trace import Tracer
 from bot.services import Services
-from bot.trace import Tracer
+from bot.text.i18n import t
+from bot.text.render import Html, lines_of, pbx_error_text, tr
 from pbx.errors import PbxError
 
 from .context import need_pbx

@@ -28,11 +28,11 @@ from aiogram.exceptions import TelegramBadRequest, TelegramForbiddenError
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, TelegramObject
 
-from bot.changes import OPEN, Actor, ChangeError, Next
-from bot.commands import UsageError, decode_csv, parse_csv
-from bot.i18n import t
-from bot.render import error_text, esc
+from bot.plans.changes import OPEN, Actor, ChangeError, Next
+from bot.plans.commands import UsageError, decode_csv, parse_csv
 from bot.services import Services
+from bot.text.i18n import t
+from bot.text.render import error_text, esc
 from storage.tables import AuditRow, utcnow
 
 from .cards import apply_and_report, ask_secret, ask_secrets, card_language, refresh_card

@@ -24,10 +24,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, TextIO
 
-from bot.app import running
-from bot.changes import Changes, Next
 from bot.config import load_settings
-from bot.i18n import t
+from bot.entry.app import running
+from bot.plans.changes import Changes, Next
+from bot.text.i18n import t
 from pbx.mikopbx import MikoPbxClient
 
 from .demo import demo_state

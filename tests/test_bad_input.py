@@ -1,4 +1,4 @@
-"""Bad local input: the real CLI (`bot.cli.main`) answers with one line, exit 2,
+"""Bad local input: the real CLI (`bot.entry.cli.main`) answers with one line, exit 2,
 no traceback — files, passwords, config values, the data directory and the key;
 plus the private chat's refusal of a password that breaks a rule."""
 
@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from bot.cli import main
 from bot.config import ConfigError, exposed_secret_files, load_settings
-from bot.vault import VaultError
-from bot.wiring import open_store, open_vault
+from bot.entry.cli import main
+from bot.entry.wiring import open_store, open_vault
+from bot.plans.vault import VaultError
 from tests.test_bot_e2e import (
     GROUP,
     OLGA,
@@ -285,14 +285,14 @@ def test_secret_files_readable_by_others_are_a_warning_in_check_and_at_start(tmp
 def test_run_logs_the_warning_at_start(tmp_path, capsys, monkeypatch):
     import contextlib
 
-    import bot.app
+    import bot.entry.app
 
     @contextlib.asynccontextmanager
     async def stopped(settings, **kwargs):
         raise KeyboardInterrupt  # as a Ctrl-C right after the start
         yield
 
-    monkeypatch.setattr(bot.app, "running", stopped)
+    monkeypatch.setattr(bot.entry.app, "running", stopped)
     token = tmp_path / "token"
     token.write_text("123:abc\n", encoding="utf-8")
     token.chmod(0o644)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from bot.app import BotApp, running
 from bot.config import load_settings
+from bot.entry.app import BotApp, running
 from pbx.mikopbx import MikoPbxClient
 from pbx.models import Provider
 from sandbox.demo import DEMO_IVR_EXTENSION, DEMO_PROVIDER_ID, DEMO_QUEUE_EXTENSION

@@ -10,10 +10,10 @@ from datetime import timedelta
 
 import pytest
 
-from bot.changes import LOCAL_ADMIN, Actor, ChangeError, Changes, PbxHandle
-from bot.commands import parse, parse_csv
 from bot.config import PolicySettings
-from bot.vault import Vault
+from bot.plans.changes import LOCAL_ADMIN, Actor, ChangeError, Changes, PbxHandle
+from bot.plans.commands import parse, parse_csv
+from bot.plans.vault import Vault
 from sandbox.demo import DEMO_IVR_EXTENSION, DEMO_PROVIDER_ID, DEMO_QUEUE_EXTENSION
 from storage.tables import utcnow
 
@@ -303,7 +303,7 @@ async def test_a_live_apply_is_never_recovered_and_every_step_landed_is_applied(
 
 
 async def test_the_core_edge_refuses_a_password_that_would_add_pbx_config(changes, store, sim):
-    """propose(secrets=) and add_secret run bot/validate.py: chat, CSV and CLI alike."""
+    """propose(secrets=) and add_secret run bot/plans/validate.py: chat, CSV and CLI alike."""
     bad = "pw1\n[SIP-TRUNK-1](+)\ncontext=internal"
     calls = sum(sim.stats.values())
     with pytest.raises(ChangeError) as err:
@@ -350,7 +350,7 @@ async def test_a_failed_plan_names_its_leftovers_and_undo_finishes_it(changes, s
 
 
 async def test_the_core_says_what_happens_next(changes, store, sim):
-    from bot.changes import Next
+    from bot.plans.changes import Next
 
     proposal = await propose(changes, OLGA, "/addnumber zadarma 847900 → IVR")
     row = proposal.row

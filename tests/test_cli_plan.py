@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from bot.cli import main
+from bot.entry.cli import main
 from sandbox.demo import demo_state
 from sandbox.mikopbx import MikoPbxSimulator
 from tests.conftest import API_KEY

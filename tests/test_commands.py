@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.commands import (
+from bot.plans.commands import (
     AddNumber,
     ListNumbers,
     ProviderTarget,
@@ -19,7 +19,7 @@ from bot.commands import (
     parse,
     parse_csv,
 )
-from bot.destinations import DestinationError, DestinationIndex
+from bot.plans.destinations import DestinationError, DestinationIndex
 from pbx.models import Destination
 
 ZADARMA = ProviderTarget("sip.zadarma.com", 5060, "udp", "zadarma")

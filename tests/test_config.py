@@ -110,7 +110,18 @@ def test_unreadable_files(tmp_path, text, problem):
 def test_cli_prints_problems_without_a_traceback(tmp_path):
     config = write(tmp_path, '[pbx.a]\nurl = "https://pbx"\napi_key = "sekret-key"\ntypo = 1\n')
     run = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "--lang", "en", "--config", str(config), "numbers", "--pbx", "a"],
+        [
+            sys.executable,
+            "-m",
+            "bot.entry.cli",
+            "--lang",
+            "en",
+            "--config",
+            str(config),
+            "numbers",
+            "--pbx",
+            "a",
+        ],
         capture_output=True,
         text=True,
         timeout=60,

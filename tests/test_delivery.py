@@ -18,10 +18,10 @@ import pytest
 from aiogram.exceptions import TelegramRetryAfter
 from aiogram.methods import SendMessage
 
-from bot.app import running
 from bot.config import load_settings
-from bot.planner import merge_recipe
-from bot.render import outcome_text
+from bot.entry.app import running
+from bot.plans.planner import merge_recipe
+from bot.text.render import outcome_text
 from handlers.throttle import LocalBudget, RedisBudget, Throttle
 from sandbox.demo import DEMO_PROVIDER_ID, DEMO_QUEUE_EXTENSION, PROVIDER_DEFAULTS
 from sandbox.telegram import TelegramSandbox
@@ -337,7 +337,7 @@ async def test_one_busy_user_in_a_chat_never_takes_every_slot():
     from aiogram import Bot
     from aiogram.types import Update
 
-    from bot.app import BoundedDispatcher
+    from bot.entry.app import BoundedDispatcher
 
     dispatcher = BoundedDispatcher(max_concurrent=2, ordered=True)
     busy, other = 11, 12

@@ -8,14 +8,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from bot.changes import LOCAL_ADMIN, Changes, PbxHandle
-from bot.commands import parse
 from bot.config import load_settings
-from bot.digest import DigestCommand, DigestUsage, parse_digest, period_bounds
-from bot.render import TELEGRAM_LIMIT, utf16_len
-from bot.scheduler import Scheduler, schedule_row
+from bot.entry.scheduler import Scheduler
+from bot.plans.changes import LOCAL_ADMIN, Changes, PbxHandle
+from bot.plans.commands import parse
+from bot.plans.vault import Vault
+from bot.routing.digest import DigestCommand, DigestUsage, parse_digest, period_bounds, schedule_row
 from bot.services import Services
-from bot.vault import Vault
+from bot.text.render import TELEGRAM_LIMIT, utf16_len
 from pbx.models import Provider, Route
 from storage.tables import utcnow
 from tests.conftest import fast_client

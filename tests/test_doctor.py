@@ -7,11 +7,11 @@ import asyncio
 
 import pytest
 
-from bot.commands import FixHost
-from bot.doctor import Attributes, Severity, did_matches, examine
-from bot.executor import ApplyStatus, Executor
-from bot.planner import plan_fix_host
-from bot.snapshot import SnapshotReader
+from bot.plans.commands import FixHost
+from bot.plans.executor import ApplyStatus, Executor
+from bot.plans.planner import plan_fix_host
+from bot.plans.snapshot import SnapshotReader
+from bot.routing.doctor import Attributes, Severity, did_matches, examine
 from pbx.models import Provider, Route
 from sandbox.demo import DEMO_IVR_EXTENSION, DEMO_PROVIDER_ID, DEMO_QUEUE_EXTENSION
 
@@ -151,7 +151,7 @@ def test_attribute_parsing_and_did_patterns():
 
 @pytest.mark.parametrize("lang", ["ru", "en"])
 def test_every_finding_has_texts(lang):
-    from bot.i18n import CATALOGUES
+    from bot.text.i18n import CATALOGUES
 
     codes_in_doctor = set(
         "shared_host_no_fix mixed_group recipe_without_route dead_bound_route route_provider_missing "

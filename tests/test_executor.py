@@ -10,10 +10,10 @@ import copy
 import httpx
 import pytest
 
-from bot.commands import parse
-from bot.executor import ApplyError, ApplyStatus, Executor
-from bot.planner import Plan, plan_add_number, plan_remove, plan_route, plan_undo
-from bot.snapshot import SnapshotReader
+from bot.plans.commands import parse
+from bot.plans.executor import ApplyError, ApplyStatus, Executor
+from bot.plans.planner import Plan, plan_add_number, plan_remove, plan_route, plan_undo
+from bot.plans.snapshot import SnapshotReader
 from pbx.models import Provider, Route
 from sandbox.demo import DEMO_IVR_EXTENSION, DEMO_PROVIDER_ID, DEMO_QUEUE_EXTENSION
 from tests.conftest import fast_client
@@ -188,7 +188,7 @@ async def test_undo_puts_the_pbx_back_and_refuses_when_records_drifted(sim, clie
     applied = await executor(client).apply(plan, {"847900": PASSWORD})
     await client.patch_route(2, {"extension": "203"}, providerid=None)
     snapshot = await SnapshotReader(client).read(host=plan.host)
-    from bot.planner import PlanError
+    from bot.plans.planner import PlanError
 
     with pytest.raises(PlanError) as err:
         plan_undo(plan.steps, applied.results, snapshot, pbx="demo")

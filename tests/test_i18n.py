@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import re
 
-from bot.i18n import CATALOGUES, pick_language, t
+from bot.text.i18n import CATALOGUES, pick_language, t
 
 
 def test_every_text_exists_in_russian_and_english_with_the_same_placeholders():

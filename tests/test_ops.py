@@ -10,10 +10,10 @@ import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from bot import logs
-from bot.check import run_checks
-from bot.cli import main
 from bot.config import load_settings
+from bot.entry import logs
+from bot.entry.check import run_checks
+from bot.entry.cli import main
 from sandbox.telegram import TelegramSandbox
 from storage.db import MIGRATIONS
 from tests.conftest import API_KEY

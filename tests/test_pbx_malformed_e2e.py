@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bot.logs import Redact, secrets_of
+from bot.entry.logs import Redact, secrets_of
 from handlers.throttle import Throttle
 from pbx.errors import PbxMalformed
 from pbx.models import Provider

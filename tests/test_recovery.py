@@ -61,7 +61,7 @@ async def start(*args: str, log: Path) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "bot.cli",
+        "bot.entry.cli",
         *args,
         cwd=str(ROOT),
         stdin=asyncio.subprocess.DEVNULL,

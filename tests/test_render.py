@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from bot.changes import ChangeError
-from bot.commands import UsageError, parse
-from bot.planner import Plan, PlanError, PlanKind, Step, StepKind
-from bot.render import error_text, outcome_text, plan_text
+from bot.plans.changes import ChangeError
+from bot.plans.commands import UsageError, parse
+from bot.plans.planner import Plan, PlanError, PlanKind, Step, StepKind
+from bot.text.render import error_text, outcome_text, plan_text
 
 PLAN_ERRORS = [
     PlanError("login_exists", login="847706", host="sip.zadarma.com", provider_id="SIP-TRUNK-1"),
@@ -97,7 +97,7 @@ def test_a_card_shows_every_kind_of_step(lang):
 
 
 def test_split_text_keeps_every_line_and_telegrams_limit():
-    from bot.render import TELEGRAM_LIMIT, split_text, utf16_len
+    from bot.text.render import TELEGRAM_LIMIT, split_text, utf16_len
 
     text = "\n".join(f"строка {i} " + "😀" * (i % 7) for i in range(3000)) + "\n" + "x" * 9000
     parts = split_text(text)

@@ -13,16 +13,16 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from bot import digest as digests
-from bot.changes import ChangeError
-from bot.commands import UsageError, parse
 from bot.config import load_settings
-from bot.digest import DigestUsage, parse_digest
-from bot.doctor import Finding, Severity
-from bot.i18n import CATALOGUES, t
-from bot.planner import Plan, PlanError, PlanKind, Step, StepKind
-from bot.policy import Tally
-from bot.render import (
+from bot.plans.changes import ChangeError
+from bot.plans.commands import UsageError, parse
+from bot.plans.planner import Plan, PlanError, PlanKind, Step, StepKind
+from bot.plans.policy import Tally
+from bot.routing import digest as digests
+from bot.routing.digest import DigestUsage, parse_digest
+from bot.routing.doctor import Finding, Severity
+from bot.text.i18n import CATALOGUES, t
+from bot.text.render import (
     MAX_VALUE,
     Html,
     clip,
@@ -34,7 +34,7 @@ from bot.render import (
     split_text,
     tr,
 )
-from bot.views import numbers_lines
+from bot.text.views import numbers_lines
 from handlers.common import help_text
 from handlers.numbers import _plan_line
 from handlers.routing import _schedule_text, doctor_text

@@ -101,7 +101,7 @@ async def cluster(sim, tmp_path):
                 await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-m",
-                    "bot.cli",
+                    "bot.entry.cli",
                     "--config",
                     str(tmp_path / f"replica{i}.toml"),
                     "run",

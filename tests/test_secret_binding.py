@@ -10,9 +10,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import inspect, text
 
-from bot.changes import ChangeError
-from bot.commands import parse_csv
-from bot.vault import Vault
+from bot.plans.changes import ChangeError
+from bot.plans.commands import parse_csv
+from bot.plans.vault import Vault
 from storage.tables import utcnow
 from tests.test_changes import OLGA, Clock, make_changes
 from tests.test_storage import plan_row

@@ -11,8 +11,8 @@ import json
 import logging
 import re
 
-from bot.changes import Actor
-from bot.commands import parse_csv
+from bot.plans.changes import Actor
+from bot.plans.commands import parse_csv
 from tests.test_bot_e2e import ANNA, BORIS, GROUP, OLGA, PASSWORD, World, world  # noqa: F401
 
 OTHER = "Another-555001-pw!"

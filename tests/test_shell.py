@@ -20,7 +20,7 @@ Secret-pw-1
 
 def run_shell(lang: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "bot.cli", "--lang", lang, "shell"],
+        [sys.executable, "-m", "bot.entry.cli", "--lang", lang, "shell"],
         input=SCRIPT,
         capture_output=True,
         text=True,

@@ -102,7 +102,7 @@ async def test_state_file_survives_a_restart(tmp_path):
 async def test_pbxbot_simulator_command_serves_the_demo_pbx(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot.cli", "simulator", "--port", "0", "--api-key", API_KEY,
+        sys.executable, "-m", "bot.entry.cli", "simulator", "--port", "0", "--api-key", API_KEY,
         "--state", str(tmp_path / "s.json"),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
     )  # fmt: skip
@@ -128,7 +128,12 @@ async def test_pbxbot_simulator_command_serves_the_demo_pbx(tmp_path):
 )
 async def test_cli_commands_against_the_sandbox(argv, expected):
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot.cli", *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        sys.executable,
+        "-m",
+        "bot.entry.cli",
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     assert proc.returncode == 0, err.decode()

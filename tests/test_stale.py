@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from bot.changes import Actor, Changes, PbxHandle
-from bot.commands import FixHost, parse
 from bot.config import PolicySettings
-from bot.executor import ApplyStatus, Executor
-from bot.planner import Plan, plan_fix_host, plan_undo
-from bot.snapshot import Depends, SnapshotReader
-from bot.vault import Vault
+from bot.plans.changes import Actor, Changes, PbxHandle
+from bot.plans.commands import FixHost, parse
+from bot.plans.executor import ApplyStatus, Executor
+from bot.plans.planner import Plan, plan_fix_host, plan_undo
+from bot.plans.snapshot import Depends, SnapshotReader
+from bot.plans.vault import Vault
 from pbx.models import Provider, Route
 from sandbox.demo import DEMO_IVR_EXTENSION, DEMO_PROVIDER_ID, DEMO_QUEUE_EXTENSION
 from tests.test_executor import propose

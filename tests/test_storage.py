@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import DBAPIError
 
-from bot.vault import Vault, VaultError
+from bot.plans.vault import Vault, VaultError
 from storage.db import database_url, migrate
 from storage.tables import AuditRow, PlanRow, utcnow
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from bot.i18n import t
-from bot.snapshot import SnapshotReader
-from bot.trace import trace
+from bot.plans.snapshot import SnapshotReader
+from bot.routing.trace import trace
+from bot.text.i18n import t
 from pbx.models import Provider, Route
 from sandbox.demo import DEMO_IVR_EXTENSION, DEMO_PROVIDER_ID, DEMO_QUEUE_EXTENSION
 

@@ -1,4 +1,4 @@
-"""bot/validate.py: every rule refuses what breaks it and accepts what keeps it,
+"""bot/plans/validate.py: every rule refuses what breaks it and accepts what keeps it,
 for any text (hypothesis), and a refusal never carries the password."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from bot import validate
-from bot.changes import ChangeError
-from bot.commands import UsageError, decode_csv, parse, parse_csv
-from bot.render import error_text
-from bot.validate import InputError
+from bot.plans import validate
+from bot.plans.changes import ChangeError
+from bot.plans.commands import UsageError, decode_csv, parse, parse_csv
+from bot.plans.validate import InputError
+from bot.text.render import error_text
 
 SAFE_PUNCT = "".join(c for c in string.punctuation if c != ";")
 GOOD_PASSWORD = st.text(

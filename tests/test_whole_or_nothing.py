@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from bot.commands import AddNumbers, parse, parse_csv
-from bot.executor import ApplyStatus, Executor
-from bot.planner import Plan, plan_add_numbers, plan_undo
-from bot.snapshot import SnapshotReader
+from bot.plans.commands import AddNumbers, parse, parse_csv
+from bot.plans.executor import ApplyStatus, Executor
+from bot.plans.planner import Plan, plan_add_numbers, plan_undo
+from bot.plans.snapshot import SnapshotReader
 from pbx.models import SECRET_MASK
 from sandbox.demo import demo_state
 from sandbox.mikopbx import MikoPbxSimulator

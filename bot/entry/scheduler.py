@@ -12,18 +12,17 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
+from bot.routing import digest as digests
+from bot.services import Services
+from bot.text.i18n import t
+from bot.text.render import split_text
 from storage.tables import DigestScheduleRow, utcnow
-
-from . import digest as digests
-from .i18n import t
-from .render import split_text
-from .services import Services
 
 log = logging.getLogger("pbxbot.scheduler")
 MISFIRE_GRACE = 3600  # a digest up to an hour late still goes out (after a restart, say)
@@ -165,21 +164,3 @@ class Scheduler:
                 await self.poster.png(chat_id, chart, t("digest.chart", lang))
         await store.finish_digest(run_id, posted=True, state=built.state)
         return Outcome(True, "posted", built)
-
-
-async def schedule_row(
-    services: Services, chat_id: int, pbx: str, command: Any, by: int
-) -> DigestScheduleRow:
-    """The row for `/digest daily|weekly ...`, keeping the chat's quiet setting and time zone."""
-    current = await services.db.schedule(chat_id)
-    return DigestScheduleRow(
-        chat_id=chat_id,
-        pbx=pbx,
-        period=command.action,
-        weekday=command.weekday,
-        hour=command.hour,
-        minute=command.minute,
-        timezone=current.timezone if current else services.settings.timezone,
-        quiet=current.quiet if current else False,
-        created_by=by,
-    )

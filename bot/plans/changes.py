@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from bot.config import PolicySettings
 from pbx.base import Pbx
 from pbx.errors import PbxError
 from storage.aio import AsyncStore
@@ -47,7 +48,6 @@ from .commands import (
     intent_from_dict,
     intent_to_dict,
 )
-from .config import PolicySettings
 from .destinations import label
 from .executor import ApplyError, ApplyResult, ApplyStatus, Executor
 from .planner import (

@@ -16,12 +16,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from bot.plans.destinations import label
+from bot.plans.planner import RECIPE_CONTEXT, find_number
+from bot.plans.snapshot import Snapshot
 from pbx.models import Provider, Route
 
-from .destinations import label
-from .doctor import Attributes, did_matches
-from .planner import RECIPE_CONTEXT, find_number
-from .snapshot import Snapshot
+from .rules import Attributes, did_matches
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,9 @@ from dataclasses import dataclass
 
 import phonenumbers
 
+from . import validate
+from .usage import UsageError
+
 DEFAULT_REGION = "RU"
 ARROWS = ("→", "->", "=>", "⇒", "to", "на")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # C0/C1 controls but tab and line ends
@@ -60,42 +63,6 @@ CATALOGUE: tuple[ProviderFamily, ...] = (
     ProviderFamily("uis", "UIS", None, aliases=("uiscom",)),
 )
 _FAMILIES = {alias: f for f in CATALOGUE for alias in (f.name, *f.aliases)}
-
-USAGE = {
-    "addnumber": "/addnumber <provider> <login> [<phone>] → <destination>",
-    "route": "/route <login|phone> → <destination>",
-    "removenumber": "/removenumber <login|phone>",
-    "numbers": "/numbers",
-    "undo": "/undo <plan>",
-}
-EXAMPLES = {
-    "addnumber": "/addnumber zadarma 847900 +7 495 229-30-42 → IVR",
-    "route": "/route 847900 → Sales",
-    "removenumber": "/removenumber 847900",
-    "numbers": "/numbers",
-    "undo": "/undo 7f3a2c",
-}
-
-
-class UsageError(ValueError):
-    """The text is not a valid command. `code` names the problem for the message
-    catalogues; `params` fill it in; `command` picks the usage line shown."""
-
-    def __init__(self, code: str, command: str | None = None, **params: str):
-        self.code = code
-        self.command = command
-        self.params = params
-        usage = f" Usage: {USAGE[command]}" if command in USAGE else ""
-        detail = ", ".join(f"{k}={v!r}" for k, v in params.items())
-        super().__init__(f"{code}{' (' + detail + ')' if detail else ''}.{usage}")
-
-    @property
-    def usage(self) -> str | None:
-        return USAGE.get(self.command or "")
-
-    @property
-    def example(self) -> str | None:
-        return EXAMPLES.get(self.command or "")
 
 
 @dataclass(frozen=True)
@@ -197,8 +164,6 @@ def _split_arrow(rest: str, command: str) -> tuple[str, str]:
 
 
 def parse_provider(text: str) -> ProviderTarget:
-    from . import validate  # validate's errors are UsageErrors: it imports this module
-
     family = _FAMILIES.get(text.lower())
     if family is not None:
         if family.host is None:
@@ -213,14 +178,10 @@ def parse_provider(text: str) -> ProviderTarget:
 
 
 def _login(text: str, command: str) -> str:
-    from . import validate
-
     return validate.sip_login(text, command)
 
 
 def _destination(text: str, command: str) -> str:
-    from . import validate
-
     return validate.destination(text, command)
 
 
@@ -277,10 +238,8 @@ def parse_csv(text: str, provider: str, *, region: str = DEFAULT_REGION) -> tupl
     """A CSV of `login,password,destination[,phone]` (a header row is optional;
     `,` or `;` separated) for one provider: the intent, and the SIP passwords by
     login apart from it, so that the intent never carries a secret. Every field
-    passes bot/validate.py; a refusal names the CSV line and the rule (never the
+    passes bot/plans/validate.py; a refusal names the CSV line and the rule (never the
     password). Spaces around a field are dropped (`a, b, c`), nothing else."""
-    from . import validate
-
     target = parse_provider(provider)
     sample = text[:4096]
     delimiter = ";" if sample.count(";") > sample.count(",") else ","

@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from .config import PolicySettings
+from bot.config import PolicySettings
 
 LOCAL_ADMIN_ID = 0  # the command line on the bot's own machine: `pbxbot plan --apply`
 

@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import Any
 
-from .config import Settings
+from bot.config import Settings
 
 MASK = "***"
 

@@ -2,15 +2,10 @@
 custom Bot API server), Dispatcher with the access middleware and the routers,
 the command menus, and the housekeeping jobs; runs long polling.
 
-The only module in bot/ that imports aiogram.
+The only module in bot/ that imports aiogram (handlers/ holds the routers).
 """
 
 from __future__ import annotations
-
-# isort: off
-from . import lazy_models  # noqa: F401  (before aiogram: its models are built when used)
-
-# isort: on
 
 import asyncio
 import contextlib
@@ -37,6 +32,10 @@ from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_applicati
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from bot.config import ConfigError, Settings
+from bot.plans.changes import Changes, PbxHandle
+from bot.services import Services
+from bot.text.i18n import CATALOGUES, t
 from handlers import routers
 from handlers.access import Access, Observe
 from handlers.cards import refresh_card
@@ -46,13 +45,9 @@ from handlers.secrets import PrivateTurns
 from handlers.throttle import LocalBudget, RedisBudget, Throttle
 from pbx.mikopbx import MikoPbxClient
 
-from .changes import Changes, PbxHandle
-from .config import ConfigError, Settings
-from .i18n import CATALOGUES, t
 from .leader import Leadership
 from .metrics import Metrics
 from .scheduler import Scheduler
-from .services import Services
 from .wiring import open_store, open_vault
 
 log = logging.getLogger("pbxbot.app")

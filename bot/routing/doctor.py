@@ -14,22 +14,21 @@ from __future__ import annotations
 import asyncio
 import enum
 import hashlib
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from bot.plans.commands import FixHost, Intent, normalise_phone, number_key
+from bot.plans.planner import RECIPE_CONTEXT
+from bot.plans.snapshot import Snapshot, SnapshotReader, same_host
 from pbx.errors import PbxError
 from pbx.models import SYSTEM_DESTINATIONS, Provider, RegistrationState, RegistrationStatus, Route
 
-from .commands import FixHost, Intent, normalise_phone, number_key
-from .planner import RECIPE_CONTEXT
-from .snapshot import Snapshot, same_host
+from .rules import Attributes, did_matches
+from .trace import Tracer
 
 # An account saved a moment ago is unregistered until MikoPBX reloads and it registers.
 REGISTRATION_GRACE = 60
-# Sections MikoPBX's pjsip generator reads from extra parameters; anything else is ignored.
-KNOWN_SECTIONS = {"registration-auth", "registration", "endpoint-auth", "aor", "identify", "endpoint"}
 
 
 class Severity(enum.StrEnum):
@@ -67,62 +66,6 @@ class Evidence:
     guest_calls: bool | None = None  # PBXAllowGuestCalls, when the key may read general settings
 
 
-@dataclass(frozen=True)
-class Attributes:
-    """`manualattributes` as MikoPBX's Util::parseIniSettings reads it, plus what it drops."""
-
-    sections: dict[str, dict[str, str]]
-    unknown_sections: list[str]
-    lines_without_value: list[str]
-
-    @classmethod
-    def parse(cls, text: str) -> Attributes:
-        sections: dict[str, dict[str, str]] = {}
-        unknown: list[str] = []
-        dropped: list[str] = []
-        current = ""
-        for raw in (text or "").splitlines():
-            line = raw.strip()
-            if not line or line.startswith((";", "#")):
-                continue
-            if line.startswith("[") and line.endswith("]"):
-                current = line[1:-1].strip()
-                sections.setdefault(current, {})
-                if current not in KNOWN_SECTIONS and current not in unknown:
-                    unknown.append(current)
-                continue
-            key, sep, value = line.partition("=")
-            if not sep or not value.strip():
-                dropped.append(line[:60])
-                continue
-            sections.setdefault(current, {})[key.strip()] = value.strip()
-        return cls(sections, unknown, dropped)
-
-    @property
-    def recipe(self) -> bool:
-        return self.sections.get("endpoint", {}).get("context") == RECIPE_CONTEXT
-
-
-def did_matches(pattern: str, did: str) -> bool:
-    """Asterisk's extension match for a route DID: plain, or a `_`-pattern (X Z N . ! [a-b])."""
-    if not pattern.startswith("_"):
-        return pattern == did
-    out, body, i = [], pattern[1:], 0
-    while i < len(body):
-        ch = body[i]
-        if ch == "[":
-            end = body.find("]", i)
-            end = len(body) if end < 0 else end
-            out.append("[" + re.escape(body[i + 1 : end]).replace("\\-", "-") + "]")
-            i = end
-        else:
-            out.append(
-                {"X": "[0-9]", "Z": "[1-9]", "N": "[2-9]", ".": ".+", "!": ".*"}.get(ch, re.escape(ch))
-            )
-        i += 1
-    return re.fullmatch("".join(out), did) is not None
-
-
 def groups_by_host(accounts: list[Provider]) -> dict[str, list[Provider]]:
     """Enabled accounts that register (or just send) to one host, by host."""
     groups: dict[str, list[Provider]] = defaultdict(list)
@@ -132,7 +75,9 @@ def groups_by_host(accounts: list[Provider]) -> dict[str, list[Provider]]:
     return groups
 
 
-def diagnose(snapshot: Snapshot, evidence: Evidence | None = None, *, tracer: Any = None) -> list[Finding]:
+def diagnose(
+    snapshot: Snapshot, evidence: Evidence | None = None, *, tracer: Tracer | None = None
+) -> list[Finding]:
     """`tracer`: a Tracer of this snapshot and default route, when the caller has one already."""
     evidence = evidence or Evidence()
     accounts = sorted(snapshot.details.values(), key=lambda p: p.id)
@@ -330,11 +275,13 @@ def diagnose(snapshot: Snapshot, evidence: Evidence | None = None, *, tracer: An
 
 
 def _evidence_checks(
-    snapshot: Snapshot, evidence: Evidence, accounts: list[Provider], any_routes: list[Route], tracer: Any
+    snapshot: Snapshot,
+    evidence: Evidence,
+    accounts: list[Provider],
+    any_routes: list[Route],
+    tracer: Tracer | None,
 ) -> list[Finding]:
     """Checks that need more than the records: the default route, general settings, call records."""
-    from .trace import Tracer  # trace imports this module
-
     findings: list[Finding] = []
     # 25: a login no route serves, while the default route rejects calls
     default = evidence.default
@@ -384,7 +331,9 @@ def worst(findings: list[Finding]) -> Severity | None:
     return min((f.severity for f in findings), key=lambda s: s.rank, default=None)
 
 
-async def examine(pbx: Any, reader: Any, *, cdr_limit: int = 2000) -> tuple[Snapshot, list[Finding]]:
+async def examine(
+    pbx: Any, reader: SnapshotReader, *, cdr_limit: int = 2000
+) -> tuple[Snapshot, list[Finding]]:
     """Read what the checks need (every account in full, registration states, the
     DIDs of recent calls) and diagnose. CDR is optional evidence: a PBX that
     refuses it still gets the other checks."""

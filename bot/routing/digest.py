@@ -15,17 +15,25 @@ import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+from bot.plans.commands import number_key
+from bot.plans.snapshot import Snapshot, SnapshotReader
+from bot.text.i18n import t
+from bot.text.render import lines_of, pbx_error_text, texts
 from pbx.errors import PbxError
+from pbx.models import CdrRecord, RegistrationStatus, Route
+from storage.tables import DigestScheduleRow
 
-from .commands import number_key
 from .doctor import Evidence, Finding, Severity, diagnose
-from .i18n import t
-from .render import lines_of, pbx_error_text, texts
-from .snapshot import SnapshotReader
 from .trace import Tracer
+
+if TYPE_CHECKING:
+    from bot.services import Services
+    from storage.aio import AsyncStore
+    from storage.repo import Store
+    from storage.tables import PlanRow
 
 CHANGE_EVENTS = ("applied", "rolled_back", "failed")
 COMPACT_OVER = 40  # more numbers than this: list those in trouble and the busiest, attach the rest
@@ -70,7 +78,7 @@ class Digest:
     numbers: list[NumberLine] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
-    waiting: list[Any] = field(default_factory=list)  # open PlanRows
+    waiting: list[PlanRow] = field(default_factory=list)  # open plans
     calls_by_day: dict[str, dict[date, int]] = field(default_factory=dict)  # login -> day -> calls
     calls_total: int = 0
 
@@ -93,10 +101,10 @@ class Digest:
 class Readings:
     """What a digest reads from the PBX; None when the PBX did not answer."""
 
-    snapshot: Any = None
-    registration: dict[str, Any] = field(default_factory=dict)
-    default: Any = None
-    records: list[Any] = field(default_factory=list)
+    snapshot: Snapshot | None = None
+    registration: dict[str, RegistrationStatus] = field(default_factory=dict)
+    default: Route | None = None
+    records: list[CdrRecord] = field(default_factory=list)
     error: str = ""
     failure: PbxError | None = None
 
@@ -125,7 +133,7 @@ async def read(
     return Readings(snapshot, registration, default, records)
 
 
-def compose(readings: Readings, store: Any, name: str, *, since: datetime, until: datetime) -> Digest:
+def compose(readings: Readings, store: Store, name: str, *, since: datetime, until: datetime) -> Digest:
     """The digest from what was read and the audit trail (no PBX calls here)."""
     digest = Digest(name, since, until)
     plans = {row.id: row for row in store.plans(pbx=name, limit=500)}
@@ -153,7 +161,14 @@ def compose(readings: Readings, store: Any, name: str, *, since: datetime, until
 
 
 async def build(
-    pbx: Any, reader: SnapshotReader, store: Any, name: str, *, since: datetime, until: datetime, tz: ZoneInfo
+    pbx: Any,
+    reader: SnapshotReader,
+    store: Store | AsyncStore,
+    name: str,
+    *,
+    since: datetime,
+    until: datetime,
+    tz: ZoneInfo,
 ) -> Digest:
     """Read the PBX and put the digest together: composing (the audit trail, a
     trace of every number) runs off the event loop, on the store's own threads."""
@@ -162,7 +177,7 @@ async def build(
     return await asyncio.to_thread(compose, readings, sync, name, since=since, until=until)
 
 
-def _numbers(digest: Digest, tracer: Tracer, snapshot: Any, registration: dict, records: list) -> None:
+def _numbers(digest: Digest, tracer: Tracer, snapshot: Snapshot, registration: dict, records: list) -> None:
     key_to_login: dict[str, str] = {}
     for p in snapshot.details.values():
         if p.username:
@@ -405,3 +420,21 @@ def parse_digest(args: str) -> DigestCommand:
     if head == "status" and not rest:
         return DigestCommand("show")
     raise DigestUsage("usage")
+
+
+async def schedule_row(
+    services: Services, chat_id: int, pbx: str, command: DigestCommand, by: int
+) -> DigestScheduleRow:
+    """The row for `/digest daily|weekly ...`, keeping the chat's quiet setting and time zone."""
+    current = await services.db.schedule(chat_id)
+    return DigestScheduleRow(
+        chat_id=chat_id,
+        pbx=pbx,
+        period=command.action,
+        weekday=command.weekday,
+        hour=command.hour,
+        minute=command.minute,
+        timezone=current.timezone if current else services.settings.timezone,
+        quiet=current.quiet if current else False,
+        created_by=by,
+    )

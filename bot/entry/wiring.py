@@ -3,13 +3,12 @@ Shared by the CLI, the bot and the scheduler."""
 
 from __future__ import annotations
 
+from bot.config import PbxProfile, Settings
+from bot.plans.changes import PbxHandle
+from bot.plans.vault import KEY_FILE, Vault
 from pbx.mikopbx import MikoPbxClient
 from storage.db import database_url, make_engine, migrate
 from storage.repo import Store
-
-from .changes import PbxHandle
-from .config import PbxProfile, Settings
-from .vault import KEY_FILE, Vault
 
 
 def open_store(settings: Settings) -> Store:

@@ -46,7 +46,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 
-from .commands import UsageError
+from .usage import UsageError
 
 PASSWORD_MAX = 100  # DataStructure.php: 'secret' => maxLength 100
 PASSWORD_MASK = "XXXXXXXX"  # SaveRecordAction: the masked value keeps the old secret

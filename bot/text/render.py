@@ -18,6 +18,10 @@ import string
 from collections.abc import Callable, Iterable
 from typing import Any, SupportsIndex
 
+from bot.plans.executor import ApplyResult
+from bot.plans.planner import NEW_PREFIX, Plan, PlanError, Step, StepKind
+from bot.plans.policy import Tally
+from bot.plans.usage import EXAMPLES, UsageError
 from pbx.errors import (
     PbxAuthError,
     PbxError,
@@ -30,11 +34,7 @@ from pbx.errors import (
     PbxUnsupported,
 )
 
-from .commands import EXAMPLES, UsageError
-from .executor import ApplyResult
 from .i18n import CATALOGUES, t, template
-from .planner import NEW_PREFIX, Plan, PlanError, Step, StepKind
-from .policy import Tally
 
 # Fields an update step shows when they change (the rest are shown only when they do too).
 _HIDDEN = {"id", "secret"}
@@ -298,7 +298,7 @@ def error_text(exc: Exception, lang: str, *, html: bool = False) -> str:
         if exc.code == "not_a_command":
             params["example"] = EXAMPLES["addnumber"]
         text = _t(f"usage.{exc.code}", lang, **params)
-        if getattr(exc, "line", None):  # a rule (bot/validate.py) a CSV row breaks: which row
+        if getattr(exc, "line", None):  # a rule (bot/plans/validate.py) a CSV row breaks: which row
             text = _t("usage.csv_line", lang, line=exc.line, rule=text)
         if exc.usage:
             text += "\n" + _t("usage.line", lang, usage=exc.usage, example=exc.example)

@@ -37,20 +37,21 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from bot.config import ConfigError, exposed_secret_files, load_settings
+from bot.plans import validate
+from bot.plans.changes import LOCAL_ADMIN, ChangeError, Changes, PbxHandle, Recovery, display_names
+from bot.plans.commands import AddNumber, Intent, UsageError, decode_csv, parse, parse_csv
+from bot.plans.planner import PlanError
+from bot.plans.vault import VaultError
+from bot.text.i18n import system_language, t
+from bot.text.render import error_text, outcome_text, plan_text
+from bot.text.views import numbers_lines
 from pbx.errors import PbxError
 from pbx.mikopbx import MikoPbxClient
 from storage.db import StorageError
 from storage.tables import utcnow
 
-from . import logs, validate
-from .changes import LOCAL_ADMIN, ChangeError, Changes, PbxHandle, Recovery, display_names
-from .commands import AddNumber, Intent, UsageError, decode_csv, parse, parse_csv
-from .config import ConfigError, exposed_secret_files, load_settings
-from .i18n import system_language, t
-from .planner import PlanError
-from .render import error_text, outcome_text, plan_text
-from .vault import VaultError
-from .views import numbers_lines
+from . import logs
 from .wiring import open_store, open_vault
 
 log = logging.getLogger("pbxbot")
@@ -210,7 +211,7 @@ def _read_local_file(path: Path, lang: str, limit: int) -> bytes:
 
 
 def _password_file(path: Path, lang: str) -> str:
-    """The password in a file: UTF-8, one trailing line end dropped, nothing else (bot/validate.py)."""
+    """The password in a file: UTF-8, one trailing line end dropped, nothing else (bot/plans/validate.py)."""
     try:
         text = _read_local_file(path, lang, MAX_PASSWORD_FILE_BYTES).decode("utf-8")
     except UnicodeDecodeError:
@@ -347,10 +348,10 @@ async def _recover(args: argparse.Namespace) -> int:
 async def _routing(args: argparse.Namespace, client: MikoPbxClient) -> int:
     from zoneinfo import ZoneInfo
 
-    from . import digest as digests
-    from .doctor import Severity, examine, worst
-    from .snapshot import SnapshotReader
-    from .trace import Tracer
+    from bot.plans.snapshot import SnapshotReader
+    from bot.routing import digest as digests
+    from bot.routing.doctor import Severity, examine, worst
+    from bot.routing.trace import Tracer
 
     lang = args.lang
     reader = SnapshotReader(client)

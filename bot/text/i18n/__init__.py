@@ -25,10 +25,10 @@ def system_language(default: str = DEFAULT_LANGUAGE) -> str:
 
 
 def template(key: str, lang: str) -> str:
-    """The catalogue text itself, unformatted (bot.render.tr formats it as Telegram HTML)."""
+    """The catalogue text itself, unformatted (bot.text.render.tr formats it as Telegram HTML)."""
     return CATALOGUES.get(lang, CATALOGUES[DEFAULT_LANGUAGE])[key]
 
 
 def t(key: str, lang: str, /, **params: object) -> str:
-    """Plain text (the CLI, button labels, pop-ups); Telegram messages use bot.render.tr."""
+    """Plain text (the CLI, button labels, pop-ups); Telegram messages use bot.text.render.tr."""
     return template(key, lang).format(**params)

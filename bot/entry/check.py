@@ -21,13 +21,12 @@ from typing import Any
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from bot.config import Settings, exposed_secret_files
+from bot.plans.vault import VaultError
+from bot.text.i18n import t
 from pbx.errors import PbxAuthError, PbxError, PbxForbidden, PbxNotFound, PbxUnsupported, PbxValidationError
 from pbx.mikopbx import MikoPbxClient
 from storage.db import StorageError, alembic_config, database_url, make_engine
-
-from .config import Settings, exposed_secret_files
-from .i18n import t
-from .vault import VaultError
 
 # What the bot reads, by the call that proves it may.
 READS = {
@@ -102,7 +101,8 @@ async def check_pbx(name: str, client: MikoPbxClient) -> list[Item]:
 
 def check_files(settings: Settings) -> list[Item]:
     """A warning per secret file other users may read; the vault key opened."""
-    from .vault import KEY_FILE
+    from bot.plans.vault import KEY_FILE
+
     from .wiring import open_vault
 
     items = [

@@ -6,7 +6,7 @@ process that uses a dozen of them. Its models already say `defer_build=True`;
 this keeps them deferred. The namespace aiogram passes is remembered, and when
 pydantic builds a model on first use it calls `model_rebuild()` again, which
 then gets that namespace. Import this before the first `import aiogram`
-(bot/app.py and handlers/ do).
+(bot/entry/__init__.py does, so every entry point has it).
 """
 
 from __future__ import annotations
