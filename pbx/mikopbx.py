@@ -144,6 +144,7 @@ class MikoPbxClient:
         backoff: float = 0.5,
         transport: httpx.AsyncBaseTransport | None = None,
         name: str = "pbx",
+        max_in_flight: int = 16,
     ):
         if (api_key is None) == (login is None or password is None):
             raise ValueError("give an API key, or login and password")
@@ -161,6 +162,10 @@ class MikoPbxClient:
         self._retries = retries
         self._backoff = backoff
         self.limiter = RateLimiter(rate_limit_per_min, burst)
+        # Calls on the wire at once. The rest wait here, not in httpcore's pool,
+        # whose queue is scanned per request: 5,000 detail reads queued there
+        # took minutes of CPU. MikoPBX serves a few PHP workers anyway.
+        self._in_flight = asyncio.Semaphore(max_in_flight)
         self.listeners: list[Callable[[CallRecord], None]] = []
         self._http = httpx.AsyncClient(
             base_url=base,
@@ -264,11 +269,12 @@ class MikoPbxClient:
         while True:
             await self.limiter.acquire()
             headers = await self._auth_header(renew=False) if auth else {}
-            started = time.perf_counter()
             try:
-                response = await self._http.request(
-                    method, path, params=params, json=json, data=form, headers=headers
-                )
+                async with self._in_flight:
+                    started = time.perf_counter()
+                    response = await self._http.request(
+                        method, path, params=params, json=json, data=form, headers=headers
+                    )
             except httpx.TimeoutException as exc:
                 self._emit(CallRecord(method, path, None, _ms(started), "timeout"))
                 # A write may have happened: the caller must read back before deciding.
