@@ -166,6 +166,8 @@ class MikoPbxClient:
         # whose queue is scanned per request: 5,000 detail reads queued there
         # took minutes of CPU. MikoPBX serves a few PHP workers anyway.
         self._in_flight = asyncio.Semaphore(max_in_flight)
+        self._reads: dict[tuple[str, tuple[tuple[str, Any], ...]], tuple[int, asyncio.Task[Any]]] = {}
+        self._epoch = 0  # moves at each write's start and end: reads begun before may not show it
         self.listeners: list[Callable[[CallRecord], None]] = []
         self._http = httpx.AsyncClient(
             base_url=base,
@@ -261,9 +263,47 @@ class MikoPbxClient:
     ) -> Any:
         """One API call: the envelope's `data` (through `parse` when given), or a
         typed PbxError. A `data` that `parse` cannot read is PbxMalformed: the
-        PBX answered, but not in MikoPBX's shape."""
+        PBX answered, but not in MikoPBX's shape.
+
+        A read joins the same read already under way (waiting for the rate
+        limit or on the wire) unless a write of this client began since that
+        one began: what it answers is then as fresh as a read of one's own."""
         if write is None:
             write = method != "GET"
+        if write or method != "GET" or not auth:
+            self._epoch += 1  # reads under way from now on may not show this write
+            try:
+                return await self._exchange(method, path, params, json, form, write, auth, parse)
+            finally:
+                self._epoch += 1
+        key = (path, tuple(sorted((params or {}).items())))
+        shared = self._reads.get(key)
+        if shared is None or shared[0] != self._epoch:
+            task = asyncio.ensure_future(self._exchange(method, path, params, None, None, False, auth, None))
+            shared = (self._epoch, task)
+            self._reads[key] = shared
+            task.add_done_callback(lambda done: self._read_done(key, done))
+        data = await asyncio.shield(shared[1])
+        return data if parse is None else self._parsed(method, path, 200, data, parse)
+
+    def _read_done(self, key: tuple[str, tuple[tuple[str, Any], ...]], task: asyncio.Task[Any]) -> None:
+        if (shared := self._reads.get(key)) is not None and shared[1] is task:
+            del self._reads[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: its waiters have it, or none is left
+
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None,
+        json: Any,
+        form: Mapping[str, str] | None,
+        write: bool,
+        auth: bool,
+        parse: Callable[[Any], Any] | None,
+    ) -> Any:
+        """The call itself: rate limit, auth, retries of what may be retried."""
         attempt = 0
         renewed = False
         while True:
