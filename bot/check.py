@@ -153,24 +153,29 @@ def check_database(settings: Settings) -> list[Item]:
 
 
 async def check_telegram(settings: Settings) -> list[Item]:
-    from .app import make_bot  # aiogram only here
+    from .app import make_bot, telegram_problem, telegram_reason  # aiogram only here
 
     if settings.telegram.token is None:
         return [item(False, "telegram", "no_token")]
-    bot = make_bot(settings)
+    try:
+        bot = make_bot(settings)
+    except Exception as exc:  # aiogram checks the token's form before any call
+        key, params = telegram_problem(exc)
+        return [item(False, "telegram", key, **params)]
     items: list[Item] = []
     try:
         try:
             me = await bot.get_me()
         except Exception as exc:
-            return [item(False, "telegram", "token_refused", error=type(exc).__name__)]
+            key, params = telegram_problem(exc)
+            return [item(False, "telegram", key, **params)]
         items.append(item(True, "telegram", "bot", username=me.username))
         for chat_id, pbx in settings.telegram.groups.items():
             try:
                 member = await bot.get_chat_member(chat_id, me.id)
             except Exception as exc:
                 items.append(
-                    item(False, f"telegram.group {chat_id}", "group_unreachable", error=type(exc).__name__)
+                    item(False, f"telegram.group {chat_id}", "group_unreachable", error=telegram_reason(exc))
                 )
                 continue
             status = getattr(member, "status", "")

@@ -86,7 +86,7 @@ def test_doctor_trace_and_digest_from_the_command_line(capsys):
     assert main(["--lang", "en", "trace", "--sandbox", "847706"]) == 0
     assert "Route 2" in capsys.readouterr().out
     assert main(["--lang", "en", "trace", "--sandbox", "999"]) == 1
-    assert main(["--lang", "ru", "digest", "--sandbox", "--print"]) == 0
+    assert main(["--lang", "ru", "digest", "--sandbox"]) == 0  # prints by default
     assert "Сводка маршрутизации" in capsys.readouterr().out
 
 

@@ -55,4 +55,4 @@ def test_the_unit_and_compose_run_real_commands():
     compose = (DEPLOY / "compose.yaml").read_text()
     assert "pbxbot migrate && exec pbxbot run" in compose and "POSTGRES_PASSWORD_FILE" in compose
     dockerfile = (DEPLOY / "Dockerfile").read_text()
-    assert "USER pbxbot" in dockerfile and "/healthz" in dockerfile
+    assert "USER pbxbot" in dockerfile and 'CMD ["pbxbot", "health"]' in dockerfile

@@ -21,7 +21,13 @@ def pick_language(code: str | None, default: str = DEFAULT_LANGUAGE) -> str:
 
 
 def system_language(default: str = DEFAULT_LANGUAGE) -> str:
-    return pick_language(os.environ.get("PBXBOT_LANG") or os.environ.get("LANG"), default)
+    """The terminal's language: $PBXBOT_LANG, else the locale of messages as POSIX
+    orders it ($LC_ALL, $LC_MESSAGES, $LANG); `default` when none names ru or en."""
+    for name in ("PBXBOT_LANG", "LC_ALL", "LC_MESSAGES", "LANG"):
+        value = os.environ.get(name)
+        if value:
+            return pick_language(value, default)
+    return default
 
 
 def template(key: str, lang: str) -> str:
