@@ -459,3 +459,18 @@ async def test_http_transport_injection_for_unit_tests():
 
     async with fast_client("http://pbx", api_key="k", transport=httpx.MockTransport(handler)) as c:
         assert await c.list_routes() == []
+
+
+async def test_a_ca_bundle_path_becomes_an_ssl_context_without_a_warning(recwarn):
+    import ssl
+
+    import certifi
+
+    from pbx.mikopbx import MikoPbxClient, tls_context
+
+    assert tls_context(True) is True and tls_context(False) is False
+    context = tls_context(certifi.where())
+    assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_REQUIRED
+    async with MikoPbxClient("https://pbx.invalid", api_key="k", verify=certifi.where()):
+        pass
+    assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning)]
