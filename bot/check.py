@@ -29,14 +29,19 @@ from .config import Settings, exposed_secret_files
 from .i18n import t
 from .vault import VaultError
 
-# What the bot reads, by the call that proves it may.
+# The least-privilege API key, the one list: what the bot reads (by the call that proves it
+# may) and writes under /api/v3. The README and deploy/config.example.toml name exactly these
+# (tests/test_deploy.py); `system` is ping and checkAuth.
 READS = {
     "sip-providers": lambda c: c.list_providers(),
     "incoming-routes": lambda c: c.list_routes(),
+    "providers": lambda c: c.registration_statuses(),
     "extensions": lambda c: c.destinations(),
-    "providers:getStatuses": lambda c: c.registration_statuses(),
+    "general-settings": lambda c: c.general_settings(),
     "cdr": lambda c: c.cdr(limit=1),
+    "system": lambda c: c.check_auth(),
 }
+WRITES = ("sip-providers", "incoming-routes")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from pbx.errors import PbxError
+from pbx.errors import PbxAuthError, PbxError, PbxForbidden
 from pbx.models import SYSTEM_DESTINATIONS, Provider, RegistrationState, RegistrationStatus, Route
 
 from .commands import FixHost, Intent, normalise_phone, number_key
@@ -392,6 +392,7 @@ async def examine(pbx: Any, reader: Any, *, cdr_limit: int = 2000) -> tuple[Snap
         reader.read(every_host=True), pbx.registration_statuses(), pbx.default_route()
     )
     evidence = Evidence(registration, default=default)
+    unchecked: list[Finding] = []  # a read the PBX refused: the check it feeds is named, not dropped
     iter_cdr = getattr(pbx, "iter_cdr", None)
     if iter_cdr is not None:
         try:
@@ -402,12 +403,18 @@ async def examine(pbx: Any, reader: Any, *, cdr_limit: int = 2000) -> tuple[Snap
                 cdr_limit -= 1
                 if cdr_limit <= 0:
                     break
-        except PbxError:
-            pass
+        except PbxError as exc:
+            unchecked.append(_unchecked("cdr_unchecked", "cdr", exc))
     general = getattr(pbx, "general_settings", None)
     if general is not None:
         try:
             evidence.guest_calls = str((await general()).get("PBXAllowGuestCalls", "0")) == "1"
-        except PbxError:
-            pass  # a least-privilege key may not read general settings: the check is skipped
-    return snapshot, diagnose(snapshot, evidence)
+        except PbxError as exc:
+            unchecked.append(_unchecked("guest_calls_unchecked", "general-settings", exc))
+    return snapshot, [*diagnose(snapshot, evidence), *unchecked]
+
+
+def _unchecked(code: str, resource: str, exc: PbxError) -> Finding:
+    refused = isinstance(exc, PbxForbidden | PbxAuthError)
+    reason = f"the API key may not read /api/v3/{resource}" if refused else str(exc)
+    return Finding(code, Severity.INFO, resource, {"resource": f"/api/v3/{resource}", "reason": reason})

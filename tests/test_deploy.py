@@ -64,3 +64,24 @@ def test_compose_runs_webhook_mode_on_a_documented_port_and_secrets_are_ignored(
     assert '127.0.0.1:${PBXBOT_PORT:-8080}:8080' in compose and "--scale bot=2" in compose
     ignored = (DEPLOY.parent / ".gitignore").read_text().split()
     assert "/deploy/secrets/" in ignored and "/deploy/config.toml" in ignored
+
+
+def _key_paths(text: str, marker: str) -> set[str]:
+    """The /api/v3 paths after `marker`, on its line and the continuation lines below it."""
+    rows = text[text.index(marker) :].split("\n")
+    found = set(re.findall(r"/api/v3/([a-z-]+)", rows[0]))
+    for row in rows[1:]:
+        if re.search(r"(write|read):", row) or "/api/v3/" not in row:
+            break
+        found |= set(re.findall(r"/api/v3/([a-z-]+)", row))
+    return found
+
+
+def test_one_least_privilege_key_list():
+    from bot.check import READS, WRITES
+
+    readme = (DEPLOY.parent / "README.md").read_text(encoding="utf-8")
+    example = (DEPLOY / "config.example.toml").read_text(encoding="utf-8")
+    for text, write, read in ((readme, "- write:", "- read:"), (example, "#   write:", "#   read:")):
+        assert _key_paths(text, write) == set(WRITES)
+        assert _key_paths(text, read) == set(READS)
