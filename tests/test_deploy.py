@@ -61,7 +61,7 @@ def test_the_unit_and_compose_run_real_commands():
 def test_compose_runs_webhook_mode_on_a_documented_port_and_secrets_are_ignored():
     compose = (DEPLOY / "compose.yaml").read_text()
     assert "PBXBOT_TELEGRAM__MODE: webhook" in compose  # replicas cannot poll
-    assert '127.0.0.1:${PBXBOT_PORT:-8080}:8080' in compose and "--scale bot=2" in compose
+    assert "127.0.0.1:${PBXBOT_PORT:-8080}:8080" in compose and "--scale bot=2" in compose
     ignored = (DEPLOY.parent / ".gitignore").read_text().split()
     assert "/deploy/secrets/" in ignored and "/deploy/config.toml" in ignored
 
