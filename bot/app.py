@@ -170,6 +170,35 @@ class Pulse(BaseRequestMiddleware):
         return result
 
 
+class Refusals(BaseRequestMiddleware):
+    """Counts the requests Telegram refuses (an error answer) in /metrics, by method and code."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+
+    async def __call__(self, make_request: Any, bot: Bot, method: Any) -> Any:
+        try:
+            return await make_request(bot, method)
+        except TelegramAPIError as exc:
+            code = _CODES.get(type(exc).__name__)
+            if code is not None:  # not a network error: Telegram answered, and refused
+                self.metrics.telegram_refused.labels(type(method).__name__, str(code)).inc()
+            raise
+
+
+_CODES = {  # aiogram's exceptions by the status Telegram answered with
+    "TelegramBadRequest": 400,
+    "TelegramUnauthorizedError": 401,
+    "TelegramForbiddenError": 403,
+    "TelegramNotFound": 404,
+    "TelegramConflictError": 409,
+    "TelegramEntityTooLarge": 413,
+    "TelegramRetryAfter": 429,
+    "TelegramMigrateToChat": 400,
+    "TelegramServerError": 500,
+}
+
+
 class _PollingNoise(logging.Filter):
     """aiogram's two lines per failed getUpdates and its "Connection established":
     `Pulse` says it once per episode."""
@@ -556,6 +585,9 @@ async def running(
     services = Services(settings, changes, store)
     throttle = make_throttle(settings)
     bot = make_bot(settings, throttle)
+    bot.session.middleware(Refusals(metrics))
+    if settings.redis.url:  # replicas: another process may edit a card; no memory of what it shows
+        services.shown = None
     dispatcher = make_dispatcher(services, metrics)
     leadership = Leadership(store.engine, interval=leader_interval or settings.server.leader_interval)
     app = BotApp(bot, dispatcher, services, Scheduler(services, TelegramPoster(bot)), metrics, leadership)

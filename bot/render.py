@@ -32,7 +32,7 @@ from pbx.errors import (
 
 from .commands import EXAMPLES, UsageError
 from .executor import ApplyResult
-from .i18n import CATALOGUES, t, template
+from .i18n import CATALOGUES, format_value, t, template
 from .planner import NEW_PREFIX, Plan, PlanError, Step, StepKind
 from .policy import Tally
 
@@ -102,7 +102,7 @@ def tr(key: str, lang: str, /, **params: Any) -> Html:
             out.append(value)
             continue
         value = _FORMATTER.convert_field(value, conversion)
-        out.append(html_lib.escape(clip(format(value, spec or "")), quote=False))
+        out.append(html_lib.escape(clip(format_value(value, spec or "", lang)), quote=False))
     return Html("".join(out))
 
 

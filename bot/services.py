@@ -23,6 +23,9 @@ class Services:
     bot_username: str = ""
     refused: set[int] = field(default_factory=set)  # users and chats told "no" once already
     scheduler: Any = None  # bot.scheduler.Scheduler, once the app has started
+    # what each card shows, as this process last sent it: (chat, message) -> digest of text and
+    # buttons, so a card is never edited to what it already shows (one process; replicas: None)
+    shown: dict[tuple[int, int], str] | None = field(default_factory=dict)
 
     @property
     def db(self) -> AsyncStore:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, tzinfo
+
 from aiogram import Bot, Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
@@ -88,8 +90,10 @@ async def numbers(message: Message, services: Services, pbx: str | None, lang: s
     await answer_long(message, lines_of(lines, html=True), lang=lang, filename=f"numbers-{pbx}.txt")
 
 
-def _plan_line(row, lang: str) -> Html:
-    when = row.updated_at.strftime("%d.%m %H:%M")
+def _plan_line(row, lang: str, tz: tzinfo) -> Html:
+    """One plan in /plans and /history; its time in the configured zone, as on cards and digests."""
+    updated = row.updated_at if row.updated_at.tzinfo else row.updated_at.replace(tzinfo=UTC)  # stored UTC
+    when = updated.astimezone(tz).strftime("%d.%m %H:%M")
     return tr(
         "tg.plan_line",
         lang,
@@ -106,7 +110,7 @@ async def plans(message: Message, services: Services, pbx: str | None, lang: str
     if not await need_pbx(message, pbx, lang):
         return
     rows = await services.db.plans(pbx=pbx, status=[*OPEN, "applying"])
-    lines = [tr("tg.plans.header", lang, n=len(rows))] + [_plan_line(r, lang) for r in rows]
+    lines = [tr("tg.plans.header", lang, n=len(rows))] + [_plan_line(r, lang, services.tz) for r in rows]
     await answer_long(message, lines_of(lines, html=True), lang=lang, filename=f"plans-{pbx}.txt")
 
 
@@ -118,7 +122,7 @@ async def history(
     arg = (command.args or "").strip()
     n = int(arg) if arg.isdigit() else 10
     rows = await services.db.plans(pbx=pbx, status=ENDED, limit=max(1, min(n, 100)))
-    lines = [tr("tg.history.header", lang, n=len(rows))] + [_plan_line(r, lang) for r in rows]
+    lines = [tr("tg.history.header", lang, n=len(rows))] + [_plan_line(r, lang, services.tz) for r in rows]
     await answer_long(message, lines_of(lines, html=True), lang=lang, filename=f"history-{pbx}.txt")
 
 

@@ -204,6 +204,7 @@ class TelegramSandbox(LoopbackServer):
         self.files: dict[str, tuple[str, bytes]] = {}  # file_id -> (path, content)
         self.faults: list[Fault] = []
         self.calls: dict[str, int] = {}
+        self.refused: list[tuple[str, int, str]] = []  # (method, code, description) of refused requests
         self.enforce_limits = enforce_limits
         self.group_limit = group_limit
         self.group_window = group_window
@@ -469,6 +470,7 @@ class TelegramSandbox(LoopbackServer):
             params = await self._params(request)
             result = await handler(params)
         except ApiError as exc:
+            self.refused.append((name, exc.code, exc.description))
             body: dict[str, Any] = {"ok": False, "error_code": exc.code, "description": exc.description}
             if exc.parameters:
                 body["parameters"] = exc.parameters

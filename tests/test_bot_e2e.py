@@ -135,6 +135,20 @@ async def test_the_manual_case_in_a_group_with_two_admins(world: World, caplog):
     assert w.sim.simulate_call(ZADARMA, "847706")["destination"] == DEMO_QUEUE_EXTENSION
     assert w.store.get_plan(plan_id).status == "applied"
 
+    # never an edit to what a card already shows: Telegram refuses those ("message is not modified")
+    assert [r for r in w.tg.refused if "not modified" in r[2]] == []
+    from handlers.cards import refresh_card
+
+    edits, refused = w.tg.calls.get("editMessageText", 0), len(w.tg.refused)
+    await refresh_card(w.app.bot, w.app.services, w.store.get_plan(plan_id))  # nothing changed: no request
+    assert w.tg.calls.get("editMessageText", 0) == edits and len(w.tg.refused) == refused
+    w.tg.inject("sendMessage")  # one 429: a refusal /metrics counts
+    start = w.mark()
+    w.tg.send(ANNA, GROUP, "/whoami")
+    await w.said(GROUP, ".", after=start)
+    metrics = w.app.metrics.render().decode()
+    assert 'pbxbot_telegram_refused_total{code="429",method="SendMessage"} 1.0' in metrics
+
     # no secret (SIP password, API key, bot token) anywhere after a full scenario
     data_dir = w.app.services.settings.storage.data_dir
     places = {
@@ -450,6 +464,8 @@ async def test_digest_now_and_a_schedule(world: World):
     start = w.mark()
     w.tg.send(ANNA, GROUP, "/digest")
     await w.said(GROUP, "Сводка маршрутизации · АТС office", after=start)
+    w.tg.send(ANNA, GROUP, "/digest quiet on")  # before a schedule: not dropped silently
+    await w.said(GROUP, "Не применено: тихий режим .* повторите /digest quiet on", after=start)
     w.tg.send(ANNA, GROUP, "/digest weekly пн 09:30")
     await w.said(GROUP, "каждую неделю, пн, в 09:30 \\(Europe/Moscow\\)", after=start)
     assert w.app.services.scheduler.next_run(GROUP).weekday() == 0

@@ -17,7 +17,7 @@ from tests.conftest import API_KEY
 def test_plan_prints_the_steps_and_writes_nothing(capsys):
     assert main(["--lang", "en", "plan", "--sandbox", "/addnumber zadarma 847900 → IVR"]) == 0
     out = capsys.readouterr().out
-    assert "4 step(s)" in out and "create account 847900 @ sip.zadarma.com:5060" in out
+    assert "4 steps" in out and "create account 847900 @ sip.zadarma.com:5060" in out
     assert "Not applied" in out
 
 
