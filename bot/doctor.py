@@ -1,4 +1,4 @@
-"""The routing doctor: the checks of reference/sip-domain.md §4 that the PBX API
+"""The routing doctor: the checks of docs/ROUTING.md §5 that the PBX API
 can answer, as findings with a severity and, where one exists, a fix intent
 that goes through approval like any plan.
 
