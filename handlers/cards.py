@@ -35,7 +35,7 @@ from bot.changes import APPLYING, OPEN, Actor, ChangeError, Outcome
 from bot.i18n import t
 from bot.policy import Action, may
 from bot.render import TELEGRAM_LIMIT, Html, lines_of, outcome_text, plan_text, tr, utf16_len
-from bot.services import Services
+from bot.services import Services, local_time
 from storage.tables import PlanRow
 
 log = logging.getLogger("pbxbot.cards")
@@ -93,7 +93,7 @@ async def _lines_about(services: Services, row: PlanRow, lang: str) -> list[str]
     if missing:
         lines.append(tr("tg.card.waiting_secret", lang, logins=", ".join(missing)))
     if row.status in OPEN:
-        expires = row.expires_at.astimezone(services.tz).strftime("%d.%m %H:%M")
+        expires = local_time(row.expires_at, await services.tz_of(row.chat_id)).strftime("%d.%m %H:%M")
         lines.append(tr("tg.card.expires", lang, at=expires))
     return lines
 

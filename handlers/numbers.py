@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, tzinfo
+from datetime import tzinfo
 
 from aiogram import Bot, Router
 from aiogram.filters import Command, CommandObject
@@ -14,7 +14,7 @@ from bot.commands import Intent, UsageError, parse
 from bot.i18n import t
 from bot.planner import PlanError
 from bot.render import Html, error_text, lines_of, pbx_error_text, tr
-from bot.services import Services
+from bot.services import Services, local_time
 from bot.views import numbers_lines
 from pbx.errors import PbxError
 
@@ -91,9 +91,8 @@ async def numbers(message: Message, services: Services, pbx: str | None, lang: s
 
 
 def _plan_line(row, lang: str, tz: tzinfo) -> Html:
-    """One plan in /plans and /history; its time in the configured zone, as on cards and digests."""
-    updated = row.updated_at if row.updated_at.tzinfo else row.updated_at.replace(tzinfo=UTC)  # stored UTC
-    when = updated.astimezone(tz).strftime("%d.%m %H:%M")
+    """One plan in /plans and /history; its time in the chat's zone, as on cards and digests."""
+    when = local_time(row.updated_at, tz).strftime("%d.%m %H:%M")
     return tr(
         "tg.plan_line",
         lang,
@@ -110,7 +109,8 @@ async def plans(message: Message, services: Services, pbx: str | None, lang: str
     if not await need_pbx(message, pbx, lang):
         return
     rows = await services.db.plans(pbx=pbx, status=[*OPEN, "applying"])
-    lines = [tr("tg.plans.header", lang, n=len(rows))] + [_plan_line(r, lang, services.tz) for r in rows]
+    tz = await services.tz_of(message.chat.id)
+    lines = [tr("tg.plans.header", lang, n=len(rows))] + [_plan_line(r, lang, tz) for r in rows]
     await answer_long(message, lines_of(lines, html=True), lang=lang, filename=f"plans-{pbx}.txt")
 
 
@@ -122,7 +122,8 @@ async def history(
     arg = (command.args or "").strip()
     n = int(arg) if arg.isdigit() else 10
     rows = await services.db.plans(pbx=pbx, status=ENDED, limit=max(1, min(n, 100)))
-    lines = [tr("tg.history.header", lang, n=len(rows))] + [_plan_line(r, lang, services.tz) for r in rows]
+    tz = await services.tz_of(message.chat.id)
+    lines = [tr("tg.history.header", lang, n=len(rows))] + [_plan_line(r, lang, tz) for r in rows]
     await answer_long(message, lines_of(lines, html=True), lang=lang, filename=f"history-{pbx}.txt")
 
 

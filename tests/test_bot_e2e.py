@@ -9,6 +9,8 @@ import json
 import logging
 import re
 from dataclasses import dataclass
+from datetime import UTC
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -317,6 +319,17 @@ async def test_numbers_plans_cancel_and_history(world: World):
     await w.said(GROUP, "Состояние: отменён", kinds=("edit",), after=start)
     w.tg.send(ANNA, GROUP, "/history 5")
     await w.said(GROUP, f"{plan_id} · отменён", after=start)
+    # the chat's zone (its digest schedule's), as on cards and digests; UTC never leaks
+    w.tg.send(ANNA, GROUP, "/digest daily 09:00")
+    await w.said(GROUP, "09:00", after=start)
+    w.tg.send(ANNA, GROUP, "/digest tz Asia/Kamchatka")  # UTC+12: another date half the day
+    await w.said(GROUP, "Asia/Kamchatka", after=start)
+    mark = w.mark()
+    w.tg.send(ANNA, GROUP, "/history 5")
+    line = await w.said(GROUP, f"{plan_id} · отменён", after=mark)
+    updated = w.store.get_plan(plan_id).updated_at.replace(tzinfo=UTC)
+    kamchatka = updated.astimezone(ZoneInfo("Asia/Kamchatka")).strftime("%d.%m %H:%M")
+    assert kamchatka in line["text"]
     w.tg.send(ANNA, GROUP, "/numbers")
     await w.said(GROUP, "847706 @ sip.zadarma.com", after=start)
 
