@@ -85,3 +85,15 @@ def test_one_least_privilege_key_list():
     for text, write, read in ((readme, "- write:", "- read:"), (example, "#   write:", "#   read:")):
         assert _key_paths(text, write) == set(WRITES)
         assert _key_paths(text, read) == set(READS)
+
+
+def test_the_image_builds_from_what_the_wheel_needs():
+    """setuptools refuses to build without the license file `license-files` names."""
+    import tomllib
+
+    project = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    copied = " ".join(line for line in dockerfile.splitlines() if line.startswith("COPY"))
+    for name in (*project["license-files"], project["readme"], "pyproject.toml"):
+        assert name in copied and (DEPLOY.parent / name).is_file()
+    assert project["license"] == "MIT" and "MIT License" in (DEPLOY.parent / "LICENSE").read_text()
