@@ -4,6 +4,7 @@ change service, storage, and which PBX a chat works on. Free of aiogram."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
@@ -26,6 +27,9 @@ class Services:
     bot_username: str = ""
     refused: set[int] = field(default_factory=set)  # users and chats told "no" once already
     scheduler: Scheduler | None = None  # once the app has started
+    # what each card shows, as this process last sent it: (chat, message) -> digest of text and
+    # buttons, so a card is never edited to what it already shows (one process; replicas: None)
+    shown: dict[tuple[int, int], str] | None = field(default_factory=dict)
 
     @property
     def db(self) -> AsyncStore:
@@ -35,6 +39,15 @@ class Services:
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.settings.timezone)
+
+    async def tz_of(self, chat_id: int | None) -> ZoneInfo:
+        """A chat's time zone: its digest schedule's (`/digest tz`), else the configured one,
+        so cards, /plans, /history and digests of one chat tell the same time."""
+        if chat_id is not None:
+            row = await self.db.schedule(chat_id)
+            if row is not None and row.timezone:
+                return ZoneInfo(row.timezone)
+        return self.tz
 
     def client(self, pbx: str) -> Pbx:
         return self.changes.pbxs[pbx].client
@@ -56,3 +69,8 @@ class Services:
         """Groups where plans of this PBX are approved."""
         chats = [cid for cid, name in self.settings.telegram.groups.items() if name == pbx]
         return chats + [cid for cid in await self.db.chats_of(pbx) if cid not in chats]
+
+
+def local_time(moment: datetime, tz: ZoneInfo) -> datetime:
+    """A stored time in `tz`; the database may hand it back naive, and naive means UTC."""
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(tz)

@@ -11,6 +11,7 @@ logins free), so no plan is ever open with no card. Edits are retried too.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -32,7 +33,7 @@ from aiogram.types import BufferedInputFile, ForceReply, InlineKeyboardButton, I
 
 from bot.plans.changes import APPLYING, OPEN, Actor, ChangeError, Outcome
 from bot.plans.policy import Action, may
-from bot.services import Services
+from bot.services import Services, local_time
 from bot.text.i18n import t
 from bot.text.render import TELEGRAM_LIMIT, Html, lines_of, outcome_text, plan_text, tr, utf16_len
 from storage.tables import PlanRow
@@ -92,7 +93,7 @@ async def _lines_about(services: Services, row: PlanRow, lang: str) -> list[str]
     if missing:
         lines.append(tr("tg.card.waiting_secret", lang, logins=", ".join(missing)))
     if row.status in OPEN:
-        expires = row.expires_at.astimezone(services.tz).strftime("%d.%m %H:%M")
+        expires = local_time(row.expires_at, await services.tz_of(row.chat_id)).strftime("%d.%m %H:%M")
         lines.append(tr("tg.card.expires", lang, at=expires))
     return lines
 
@@ -239,6 +240,7 @@ async def post_card(
             until=until,
             wanted=wanted,
         )
+        _remember(services, (chat_id, message.message_id), _digest(text, markup))
     except (TelegramAPIError, TimeoutError) as exc:
         return await release(services, row, exc)
     except BaseException as exc:  # cancelled (shutdown) or a bug: the plan is not left without a card
@@ -278,6 +280,9 @@ async def refresh_card(
     if not fits(text):
         text = await card_text(services, row, lang, extra=extra, summary=True)
     markup = await keyboard(services, row, lang)
+    where, digest = (row.chat_id, row.message_id), _digest(text, markup)
+    if services.shown is not None and services.shown.get(where) == digest:
+        return  # the card shows exactly this: Telegram would refuse the edit ("not modified")
     try:
         await persist(
             lambda chat: bot.edit_message_text(
@@ -287,12 +292,32 @@ async def refresh_card(
             until=time.monotonic() + patience,
         )
     except TelegramBadRequest as exc:
-        if "not modified" in exc.message:
+        if "not modified" in exc.message:  # another process showed it (replicas keep no memory)
+            _remember(services, where, digest)
             return
         if "not found" in exc.message:
             await post_card(bot, services, row, row.chat_id, lang)
             return
         raise
+    _remember(services, where, digest)
+
+
+SHOWN_LIMIT = 10_000  # cards remembered per process; the oldest are forgotten first
+
+
+def _digest(text: str, markup: InlineKeyboardMarkup | None) -> str:
+    buttons = markup.model_dump_json(exclude_none=True) if markup is not None else ""
+    return hashlib.sha256(f"{text}\0{buttons}".encode()).hexdigest()
+
+
+def _remember(services: Services, where: tuple[int, int], digest: str) -> None:
+    shown = services.shown
+    if shown is None:
+        return
+    shown.pop(where, None)
+    shown[where] = digest
+    while len(shown) > SHOWN_LIMIT:
+        del shown[next(iter(shown))]
 
 
 async def apply_and_report(bot: Bot, services: Services, row: PlanRow, actor: Actor) -> Outcome | None:

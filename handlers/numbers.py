@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from datetime import tzinfo
+
 from aiogram import Bot, Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
@@ -10,7 +12,7 @@ from aiogram.types import Message
 from bot.plans.changes import ENDED, OPEN, Actor, ChangeError, Next, Proposal
 from bot.plans.commands import Intent, UsageError, parse
 from bot.plans.planner import PlanError
-from bot.services import Services
+from bot.services import Services, local_time
 from bot.text.i18n import t
 from bot.text.render import Html, error_text, lines_of, pbx_error_text, tr
 from bot.text.views import numbers_lines
@@ -88,8 +90,9 @@ async def numbers(message: Message, services: Services, pbx: str | None, lang: s
     await answer_long(message, lines_of(lines, html=True), lang=lang, filename=f"numbers-{pbx}.txt")
 
 
-def _plan_line(row, lang: str) -> Html:
-    when = row.updated_at.strftime("%d.%m %H:%M")
+def _plan_line(row, lang: str, tz: tzinfo) -> Html:
+    """One plan in /plans and /history; its time in the chat's zone, as on cards and digests."""
+    when = local_time(row.updated_at, tz).strftime("%d.%m %H:%M")
     return tr(
         "tg.plan_line",
         lang,
@@ -106,7 +109,8 @@ async def plans(message: Message, services: Services, pbx: str | None, lang: str
     if not await need_pbx(message, pbx, lang):
         return
     rows = await services.db.plans(pbx=pbx, status=[*OPEN, "applying"])
-    lines = [tr("tg.plans.header", lang, n=len(rows))] + [_plan_line(r, lang) for r in rows]
+    tz = await services.tz_of(message.chat.id)
+    lines = [tr("tg.plans.header", lang, n=len(rows))] + [_plan_line(r, lang, tz) for r in rows]
     await answer_long(message, lines_of(lines, html=True), lang=lang, filename=f"plans-{pbx}.txt")
 
 
@@ -118,7 +122,8 @@ async def history(
     arg = (command.args or "").strip()
     n = int(arg) if arg.isdigit() else 10
     rows = await services.db.plans(pbx=pbx, status=ENDED, limit=max(1, min(n, 100)))
-    lines = [tr("tg.history.header", lang, n=len(rows))] + [_plan_line(r, lang) for r in rows]
+    tz = await services.tz_of(message.chat.id)
+    lines = [tr("tg.history.header", lang, n=len(rows))] + [_plan_line(r, lang, tz) for r in rows]
     await answer_long(message, lines_of(lines, html=True), lang=lang, filename=f"history-{pbx}.txt")
 
 

@@ -186,8 +186,8 @@ async def digest(
         await message.answer(tr("digest.off", lang))
     elif parsed.action == "tz":
         row = await services.db.schedule(chat_id)
-        if row is None:
-            await message.answer(tr("digest.none", lang))
+        if row is None:  # a setting of a schedule: nothing to keep it in yet, and the user is told so
+            await message.answer(tr("digest.setting_needs_schedule", lang, command=message.text or ""))
             return
         row.timezone = parsed.timezone
         await scheduler.set(row)
@@ -195,7 +195,7 @@ async def digest(
     elif parsed.action == "quiet":
         row = await services.db.schedule(chat_id)
         if row is None:
-            await message.answer(tr("digest.none", lang))
+            await message.answer(tr("digest.setting_needs_schedule", lang, command=message.text or ""))
             return
         row.quiet = bool(parsed.quiet)
         await scheduler.set(row)

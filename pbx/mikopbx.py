@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -126,6 +127,15 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
+def tls_context(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
+    """httpx's `verify`: True (httpx's CA bundle), False (no check), or for a CA bundle
+    at a path (a self-signed PBX) an `ssl.SSLContext` trusting only it: httpx 0.28
+    deprecates passing the path."""
+    if isinstance(verify, bool | ssl.SSLContext):
+        return verify
+    return ssl.create_default_context(cafile=verify)
+
+
 class MikoPbxClient:
     """One MikoPBX, reached with an API key or with login + password (JWT)."""
 
@@ -171,7 +181,7 @@ class MikoPbxClient:
         self.listeners: list[Callable[[CallRecord], None]] = []
         self._http = httpx.AsyncClient(
             base_url=base,
-            verify=verify,
+            verify=tls_context(verify),
             timeout=httpx.Timeout(timeout),
             transport=transport,
             headers={"Accept": "application/json", "User-Agent": "pbxbot"},

@@ -1,5 +1,6 @@
 """How MikoPBX turns provider accounts and incoming routes into Asterisk config,
-and where an inbound INVITE ends up — the model behind `/sandbox/calls:simulate`.
+and where an inbound INVITE ends up — the model behind `/sandbox/calls:simulate`
+(the behaviour it models is explained in docs/ROUTING.md).
 
 Follows mikopbx/Core 2026.1: SIPConf::generateProvidersPj / generateProviderEndpoint /
 getIncomingContextId, IncomingContexts::generate, ExtensionsConf::generatePublicContext,

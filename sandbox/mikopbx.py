@@ -165,6 +165,8 @@ class MikoPbxSimulator(LoopbackServer):
         result = Dialplan(self.state.providers, self.state.routes, self.state.settings).simulate(
             host, to, from_
         )
+        named = self.state.extension_numbers().get(result["destination"] or "")
+        result["destination_name"] = named[1] if named else None  # "Main menu" for 2000
         self._record_cdr(host, to, from_, result)
         return result
 

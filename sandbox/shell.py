@@ -28,6 +28,7 @@ from bot.config import load_settings
 from bot.entry.app import running
 from bot.plans.changes import Changes, Next
 from bot.text.i18n import t
+from bot.text.views import call_text
 from pbx.mikopbx import MikoPbxClient
 
 from .demo import demo_state
@@ -40,12 +41,15 @@ PEOPLE = {
     "boris": (102, "Boris", "approver"),
     "olga": (103, "Olga", "operator"),
 }
-QUIET = 0.6  # seconds without a new bot event: the bot has answered
+PATIENCE = 120.0  # seconds the shell waits for the bot to finish what a line started
 
 
 class Shell:
     def __init__(self, tg: TelegramSandbox, sim: MikoPbxSimulator, lang: str, out: TextIO, busy=None):
         self.busy = busy or _never_busy  # async: True while the bot still owes something for a plan
+        self.handled: set[int] = set()  # updates the bot has handled to the end (`note_handled`)
+        self.woken = asyncio.Event()  # set by every bot event and every handled update
+        tg.listeners.append(lambda _event: self.woken.set())
         self.tg = tg
         self.sim = sim
         self.lang = lang
@@ -97,18 +101,28 @@ class Shell:
             if buttons:
                 self.print("    " + "  ".join(f"[{i}] {b['text']}" for i, b in enumerate(buttons, 1)))
 
+    def note_handled(self, update_id: int) -> None:
+        """The dispatcher has handled an update (its handlers and error handler returned)."""
+        self.handled.add(update_id)
+        self.woken.set()
+
     async def settle(self) -> None:
-        """Wait until the bot has gone quiet, then print what it did."""
+        """Wait for the end of what the line started, by event: the bot has handled the
+        update the line made, and every plan has reached a state that waits for people
+        (or its end) with its card showing that state; then print what the bot did."""
+        update_id = self.tg.last_update_id
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 120
-        seen = len(self.tg.events)
-        quiet_since = loop.time()
-        while loop.time() < deadline:
-            await asyncio.sleep(0.05)
-            if len(self.tg.events) != seen:
-                seen, quiet_since = len(self.tg.events), loop.time()
-            elif loop.time() - quiet_since >= QUIET and not await self.busy():
+        deadline = loop.time() + PATIENCE
+        while True:
+            self.woken.clear()  # before asking: what happens while we ask wakes the wait below
+            if update_id in self.handled and not await self.busy():
                 break
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                self.print(t("shell.still_busy", self.lang, seconds=int(PATIENCE)))
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.woken.wait(), remaining)
         self.show_new()
 
     def _newest_card(self) -> dict[str, Any] | None:
@@ -151,7 +165,7 @@ class Shell:
             await self.settle()
         elif command == "call" and args:
             result = self.sim.simulate_call("sip.zadarma.com", args[0], "+74951234567")
-            self.print(t("tour.result", self.lang, **result))
+            self.print(call_text(result, self.lang))
         else:
             self.print(t("shell.unknown", self.lang))
         return True
@@ -212,6 +226,7 @@ async def run_shell(lang: str, *, stdin: TextIO = sys.stdin, out: TextIO = sys.s
                 ) as app:
                     changes = app.services.changes
                     shell = Shell(tg, sim, lang, out, busy=lambda: cards_behind(tg, changes, lang))
+                    app.dispatcher.handled.append(shell.note_handled)
                     shell.shown = len(tg.events)
                     shell.print(t("shell.welcome", lang))
                     loop = asyncio.get_running_loop()

@@ -198,10 +198,13 @@ class TelegramSandbox(LoopbackServer):
         self.started: set[int] = set()  # users whose private chat with the bot exists
         self.messages: dict[int, dict[int, dict[str, Any]]] = {}  # chat -> message id -> message
         self.events: list[dict[str, Any]] = []  # everything the bot did, in order
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []  # called with each new event
+        self.last_update_id = 0  # the newest update a person's action made
         self.commands: dict[tuple[str, str], list[dict[str, str]]] = {}
         self.files: dict[str, tuple[str, bytes]] = {}  # file_id -> (path, content)
         self.faults: list[Fault] = []
         self.calls: dict[str, int] = {}
+        self.refused: list[tuple[str, int, str]] = []  # (method, code, description) of refused requests
         self.enforce_limits = enforce_limits
         self.group_limit = group_limit
         self.group_window = group_window
@@ -211,6 +214,7 @@ class TelegramSandbox(LoopbackServer):
         self._message_ids: dict[int, itertools.count] = {}
         self._callbacks: dict[str, bool] = {}  # query id -> answered
         self._callback_ids = itertools.count(1)
+        self._polls = 0  # getUpdates requests so far
         self._changed = asyncio.Condition()
         self._sent_at: dict[int, deque[float]] = {}
         self.webhook: dict[str, Any] | None = None  # {"url", "secret_token"} once setWebhook was called
@@ -262,6 +266,7 @@ class TelegramSandbox(LoopbackServer):
 
     def _push(self, kind: str, payload: dict[str, Any]) -> None:
         update = {"update_id": next(self._update_ids), kind: payload}
+        self.last_update_id = update["update_id"]
         if self.webhook is not None:
             task = asyncio.get_running_loop().create_task(self._deliver(update))
             self._deliveries.add(task)
@@ -465,6 +470,7 @@ class TelegramSandbox(LoopbackServer):
             params = await self._params(request)
             result = await handler(params)
         except ApiError as exc:
+            self.refused.append((name, exc.code, exc.description))
             body: dict[str, Any] = {"ok": False, "error_code": exc.code, "description": exc.description}
             if exc.parameters:
                 body["parameters"] = exc.parameters
@@ -543,6 +549,8 @@ class TelegramSandbox(LoopbackServer):
 
     async def _record(self, kind: str, **event: Any) -> None:
         self.events.append({"kind": kind, "at": time.monotonic(), **event})
+        for listener in self.listeners:
+            listener(self.events[-1])
         await self._notify()
 
     async def _bot_message(self, chat: Chat, **content: Any) -> dict[str, Any]:
@@ -597,12 +605,23 @@ class TelegramSandbox(LoopbackServer):
         timeout = float(params.get("timeout") or 0)
         while self._updates and self._updates[0]["update_id"] < offset:
             self._updates.popleft()
+        self._polls += 1  # as Telegram: a newer getUpdates ends the one still waiting with 409
+        mine = self._polls
+        await self._notify()
         if not self._updates and timeout > 0:
             async with self._changed:
                 try:
-                    await asyncio.wait_for(self._changed.wait_for(lambda: bool(self._updates)), timeout)
+                    await asyncio.wait_for(
+                        self._changed.wait_for(lambda: bool(self._updates) or self._polls != mine), timeout
+                    )
                 except TimeoutError:
                     pass
+            if self._polls != mine:
+                raise ApiError(
+                    409,
+                    "Conflict: terminated by other getUpdates request; "
+                    "make sure that only one bot instance is running",
+                )
         return list(itertools.islice(self._updates, limit))
 
     async def _m_sendMessage(self, params: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,8 @@ import json
 import logging
 import re
 from dataclasses import dataclass
+from datetime import UTC
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -134,6 +136,20 @@ async def test_the_manual_case_in_a_group_with_two_admins(world: World, caplog):
     assert (call["outcome"], call["destination"]) == ("dial", DEMO_IVR_EXTENSION)
     assert w.sim.simulate_call(ZADARMA, "847706")["destination"] == DEMO_QUEUE_EXTENSION
     assert w.store.get_plan(plan_id).status == "applied"
+
+    # never an edit to what a card already shows: Telegram refuses those ("message is not modified")
+    assert [r for r in w.tg.refused if "not modified" in r[2]] == []
+    from handlers.cards import refresh_card
+
+    edits, refused = w.tg.calls.get("editMessageText", 0), len(w.tg.refused)
+    await refresh_card(w.app.bot, w.app.services, w.store.get_plan(plan_id))  # nothing changed: no request
+    assert w.tg.calls.get("editMessageText", 0) == edits and len(w.tg.refused) == refused
+    w.tg.inject("sendMessage")  # one 429: a refusal /metrics counts
+    start = w.mark()
+    w.tg.send(ANNA, GROUP, "/whoami")
+    await w.said(GROUP, ".", after=start)
+    metrics = w.app.metrics.render().decode()
+    assert 'pbxbot_telegram_refused_total{code="429",method="SendMessage"} 1.0' in metrics
 
     # no secret (SIP password, API key, bot token) anywhere after a full scenario
     data_dir = w.app.services.settings.storage.data_dir
@@ -303,6 +319,17 @@ async def test_numbers_plans_cancel_and_history(world: World):
     await w.said(GROUP, "Состояние: отменён", kinds=("edit",), after=start)
     w.tg.send(ANNA, GROUP, "/history 5")
     await w.said(GROUP, f"{plan_id} · отменён", after=start)
+    # the chat's zone (its digest schedule's), as on cards and digests; UTC never leaks
+    w.tg.send(ANNA, GROUP, "/digest daily 09:00")
+    await w.said(GROUP, "09:00", after=start)
+    w.tg.send(ANNA, GROUP, "/digest tz Asia/Kamchatka")  # UTC+12: another date half the day
+    await w.said(GROUP, "Asia/Kamchatka", after=start)
+    mark = w.mark()
+    w.tg.send(ANNA, GROUP, "/history 5")
+    line = await w.said(GROUP, f"{plan_id} · отменён", after=mark)
+    updated = w.store.get_plan(plan_id).updated_at.replace(tzinfo=UTC)
+    kamchatka = updated.astimezone(ZoneInfo("Asia/Kamchatka")).strftime("%d.%m %H:%M")
+    assert kamchatka in line["text"]
     w.tg.send(ANNA, GROUP, "/numbers")
     await w.said(GROUP, "847706 @ sip.zadarma.com", after=start)
 
@@ -450,6 +477,8 @@ async def test_digest_now_and_a_schedule(world: World):
     start = w.mark()
     w.tg.send(ANNA, GROUP, "/digest")
     await w.said(GROUP, "Сводка маршрутизации · АТС office", after=start)
+    w.tg.send(ANNA, GROUP, "/digest quiet on")  # before a schedule: not dropped silently
+    await w.said(GROUP, "Не применено: тихий режим .* повторите /digest quiet on", after=start)
     w.tg.send(ANNA, GROUP, "/digest weekly пн 09:30")
     await w.said(GROUP, "каждую неделю, пн, в 09:30 \\(Europe/Moscow\\)", after=start)
     assert w.app.services.scheduler.next_run(GROUP).weekday() == 0

@@ -17,7 +17,7 @@ from tests.conftest import API_KEY
 def test_plan_prints_the_steps_and_writes_nothing(capsys):
     assert main(["--lang", "en", "plan", "--sandbox", "/addnumber zadarma 847900 → IVR"]) == 0
     out = capsys.readouterr().out
-    assert "4 step(s)" in out and "create account 847900 @ sip.zadarma.com:5060" in out
+    assert "4 steps" in out and "create account 847900 @ sip.zadarma.com:5060" in out
     assert "Not applied" in out
 
 
@@ -86,7 +86,7 @@ def test_doctor_trace_and_digest_from_the_command_line(capsys):
     assert main(["--lang", "en", "trace", "--sandbox", "847706"]) == 0
     assert "Route 2" in capsys.readouterr().out
     assert main(["--lang", "en", "trace", "--sandbox", "999"]) == 1
-    assert main(["--lang", "ru", "digest", "--sandbox", "--print"]) == 0
+    assert main(["--lang", "ru", "digest", "--sandbox"]) == 0  # prints by default
     assert "Сводка маршрутизации" in capsys.readouterr().out
 
 

@@ -55,4 +55,45 @@ def test_the_unit_and_compose_run_real_commands():
     compose = (DEPLOY / "compose.yaml").read_text()
     assert "pbxbot migrate && exec pbxbot run" in compose and "POSTGRES_PASSWORD_FILE" in compose
     dockerfile = (DEPLOY / "Dockerfile").read_text()
-    assert "USER pbxbot" in dockerfile and "/healthz" in dockerfile
+    assert "USER pbxbot" in dockerfile and 'CMD ["pbxbot", "health"]' in dockerfile
+
+
+def test_compose_runs_webhook_mode_on_a_documented_port_and_secrets_are_ignored():
+    compose = (DEPLOY / "compose.yaml").read_text()
+    assert "PBXBOT_TELEGRAM__MODE: webhook" in compose  # replicas cannot poll
+    assert "127.0.0.1:${PBXBOT_PORT:-8080}:8080" in compose and "--scale bot=2" in compose
+    ignored = (DEPLOY.parent / ".gitignore").read_text().split()
+    assert "/deploy/secrets/" in ignored and "/deploy/config.toml" in ignored
+
+
+def _key_paths(text: str, marker: str) -> set[str]:
+    """The /api/v3 paths after `marker`, on its line and the continuation lines below it."""
+    rows = text[text.index(marker) :].split("\n")
+    found = set(re.findall(r"/api/v3/([a-z-]+)", rows[0]))
+    for row in rows[1:]:
+        if re.search(r"(write|read):", row) or "/api/v3/" not in row:
+            break
+        found |= set(re.findall(r"/api/v3/([a-z-]+)", row))
+    return found
+
+
+def test_one_least_privilege_key_list():
+    from bot.entry.check import READS, WRITES
+
+    readme = (DEPLOY.parent / "README.md").read_text(encoding="utf-8")
+    example = (DEPLOY / "config.example.toml").read_text(encoding="utf-8")
+    for text, write, read in ((readme, "- write:", "- read:"), (example, "#   write:", "#   read:")):
+        assert _key_paths(text, write) == set(WRITES)
+        assert _key_paths(text, read) == set(READS)
+
+
+def test_the_image_builds_from_what_the_wheel_needs():
+    """setuptools refuses to build without the license file `license-files` names."""
+    import tomllib
+
+    project = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    copied = " ".join(line for line in dockerfile.splitlines() if line.startswith("COPY"))
+    for name in (*project["license-files"], project["readme"], "pyproject.toml"):
+        assert name in copied and (DEPLOY.parent / name).is_file()
+    assert project["license"] == "MIT" and "MIT License" in (DEPLOY.parent / "LICENSE").read_text()

@@ -189,3 +189,18 @@ async def test_an_unreachable_pbx_gets_a_line_and_the_rest_still_goes_out(store,
         outcome = await Scheduler(services, poster).run(CHAT, period="now")
     assert outcome.posted
     assert "did not answer" in poster.all_text and "No changes since the last digest" in poster.all_text
+
+
+def test_the_chart_has_every_day_of_the_week_with_one_day_of_data():
+    from datetime import date, datetime
+
+    from bot.routing.digest import Digest, chart_days, chart_png
+
+    tz = ZoneInfo("Europe/Moscow")
+    since = datetime(2026, 1, 4, 21, 0, tzinfo=ZoneInfo("UTC"))  # 5 Jan 00:00 in Moscow
+    digest = Digest("office", since=since, until=since + timedelta(days=7))
+    digest.calls_by_day = {"847706": {date(2026, 1, 7): 3}}
+    days = chart_days(digest, tz)
+    assert days == [date(2026, 1, 5) + timedelta(days=n) for n in range(7)]  # a week, not years
+    png = chart_png(digest, "en", tz=tz)
+    assert png is not None and png.startswith(b"\x89PNG")

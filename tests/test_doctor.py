@@ -158,7 +158,7 @@ def test_every_finding_has_texts(lang):
         "route_provider_disabled orphan_any_route duplicate_did did_bound_and_any missing_destination "
         "did_format not_registered inbound_shares_host attrs_unknown_section attrs_line_dropped "
         "attrs_line_without_endpoint attrs_context_typo login_falls_to_default guest_calls_reach_any "
-        "cdr_collision".split()
+        "cdr_collision guest_calls_unchecked cdr_unchecked".split()
     )
     for code in codes_in_doctor:
         assert f"doctor.{code}.title" in CATALOGUES[lang] and f"doctor.{code}.why" in CATALOGUES[lang]
@@ -194,3 +194,12 @@ async def test_call_records_show_the_collision(client, sim):
     found = await findings(client)
     collision = next(f for f in found if f.code == "cdr_collision")
     assert collision.severity is Severity.INFO and collision.params == {"login": "847900", "other": "847706"}
+
+
+async def test_a_refused_read_names_the_check_it_skips(client, sim):
+    sim.inject("/general-settings*", status=403, message="Forbidden: this API key may not read it")
+    found = await findings(client)
+    skipped = [f for f in found if f.code == "guest_calls_unchecked"]
+    assert len(skipped) == 1 and skipped[0].severity is Severity.INFO
+    assert skipped[0].params["reason"] == "the API key may not read /api/v3/general-settings"
+    assert "cdr_unchecked" not in codes(found)

@@ -245,7 +245,10 @@ async def test_two_reads_at_once_fetch_each_account_once_and_a_write_forgets_onl
 
     sim.stats.clear()
     again = await reader.read(host=ZADARMA)
-    assert again.details[DEMO_PROVIDER_ID].manualattributes == sim.state.providers[DEMO_PROVIDER_ID]["manualattributes"]
+    assert (
+        again.details[DEMO_PROVIDER_ID].manualattributes
+        == sim.state.providers[DEMO_PROVIDER_ID]["manualattributes"]
+    )
     assert new_id in again.details
     # the written sibling is read again (its kept copy was forgotten), the new one once; nothing twice
     assert sim.stats["GET sip-providers/{id}"] == 2, sim.stats

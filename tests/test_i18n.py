@@ -9,7 +9,7 @@ def test_every_text_exists_in_russian_and_english_with_the_same_placeholders():
     en, ru = CATALOGUES["en"], CATALOGUES["ru"]
     assert set(en) == set(ru)
     for key in en:
-        assert set(re.findall(r"{(\w+)}", en[key])) == set(re.findall(r"{(\w+)}", ru[key])), key
+        assert set(re.findall(r"{(\w+)[:}]", en[key])) == set(re.findall(r"{(\w+)[:}]", ru[key])), key
         assert ru[key].strip(), key
 
 
@@ -20,3 +20,27 @@ def test_language_choice():
     assert pick_language(None) == "ru"
     assert t("numbers.default", "en", destination="Sales") == "  default route -> Sales"
     assert t("numbers.default", "xx", destination="Sales") == "  маршрут по умолчанию -> Sales"
+
+
+def test_plural_forms_follow_each_languages_rules():
+    from babel import Locale
+
+    for lang, catalogue in CATALOGUES.items():
+        categories = set(Locale.parse(lang).plural_form.tags) | {"other"}
+        for key, text in catalogue.items():
+            for spec in re.findall(r"{\w+:plural:([^}]*)}", text):
+                assert {item.split("=")[0] for item in spec.split("|")} == categories, (lang, key)
+    header = "plan.header"
+    ru = [
+        t(header, "ru", id="a", pbx="p", kind="k", steps=n).rsplit("· ", 1)[1] for n in (1, 2, 5, 11, 21, 22)
+    ]
+    assert ru == ["1 шаг", "2 шага", "5 шагов", "11 шагов", "21 шаг", "22 шага"]
+    en = [t(header, "en", id="a", pbx="p", kind="k", steps=n).rsplit("· ", 1)[1] for n in (0, 1, 2)]
+    assert en == ["0 steps", "1 step", "2 steps"]
+    from bot.text.render import tr
+
+    assert str(tr("tg.card.progress", "ru", done=1, total=21)) == "Применяется: 1 из 21 шага…"
+    for lang, catalogue in CATALOGUES.items():
+        assert not [
+            k for k, v in catalogue.items() if re.search(r"\(s\)|\(ов\)|\(а\)|\(и\)", v) and "{" in v
+        ], lang

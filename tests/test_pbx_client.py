@@ -483,3 +483,18 @@ async def test_the_same_read_at_once_is_one_call_but_never_hides_a_write(sim, cl
     assert created.id in {p.id for p in after}
     assert sim.stats["GET sip-providers"] == 2, sim.stats
     await before
+
+
+async def test_a_ca_bundle_path_becomes_an_ssl_context_without_a_warning(recwarn):
+    import ssl
+
+    import certifi
+
+    from pbx.mikopbx import MikoPbxClient, tls_context
+
+    assert tls_context(True) is True and tls_context(False) is False
+    context = tls_context(certifi.where())
+    assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_REQUIRED
+    async with MikoPbxClient("https://pbx.invalid", api_key="k", verify=certifi.where()):
+        pass
+    assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning)]

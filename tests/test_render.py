@@ -103,3 +103,23 @@ def test_split_text_keeps_every_line_and_telegrams_limit():
     parts = split_text(text)
     assert all(0 < utf16_len(p) <= TELEGRAM_LIMIT for p in parts)
     assert "\n".join(parts).replace("\n", "") == text.replace("\n", "")
+
+
+def test_plans_and_history_show_the_configured_zone():
+    from datetime import datetime
+    from types import SimpleNamespace
+    from zoneinfo import ZoneInfo
+
+    from handlers.numbers import _plan_line
+
+    row = SimpleNamespace(
+        id="abc123",
+        status="applied",
+        kind="add",
+        proposer_name="Anna",
+        proposer_id=1,
+        updated_at=datetime(2026, 1, 5, 21, 30),  # naive: stored in UTC
+        command="/addnumber zadarma 847900 → IVR",
+    )
+    assert "06.01 00:30" in str(_plan_line(row, "en", ZoneInfo("Europe/Moscow")))
+    assert "05.01 21:30" in str(_plan_line(row, "en", ZoneInfo("UTC")))

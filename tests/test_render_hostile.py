@@ -368,7 +368,7 @@ def test_handler_texts(lang, value):
         )
         for s in STATUSES
     ]
-    lines = [tr("tg.history.header", lang, n=len(rows))] + [_plan_line(r, lang) for r in rows]
+    lines = [tr("tg.history.header", lang, n=len(rows))] + [_plan_line(r, lang, UTC) for r in rows]
     assert shows(value[:80], "\n".join(telegram_parts(Html("\n").join(lines))))
     for period, weekday in (("daily", None), ("weekly", 0)):
         row = SimpleNamespace(hour=9, minute=0, quiet=True, period=period, weekday=weekday, timezone=value)

@@ -20,7 +20,7 @@ Secret-pw-1
 
 def run_shell(lang: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "bot.entry.cli", "--lang", lang, "shell"],
+        [sys.executable, "-m", "bot.entry.cli", "shell", "--lang", lang],
         input=SCRIPT,
         capture_output=True,
         text=True,
@@ -35,7 +35,7 @@ def test_the_shell_walks_the_manual_case_in_english():
     out = done.stdout
     assert "Send me the SIP password of 847900" in out
     assert "Status: applied" in out and "847900: registered" in out
-    assert "dial -> 2000" in out  # the call to 847900 reaches the IVR
+    assert "→ Main menu (2000)" in out  # the call to 847900 reaches the IVR
     assert (
         "Secret-pw-1" not in out.split(":chat private", 1)[1].split("Secret-pw-1", 1)[1]
     )  # echoed once, never by the bot

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import re
+import subprocess
 import sys
 
 import httpx
@@ -121,12 +122,13 @@ async def test_pbxbot_simulator_command_serves_the_demo_pbx(tmp_path):
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["--lang", "en", "tour"], ["[registered]", "any number -> Sales <2200>", "dial -> 2200"]),
-        (["--lang", "en", "numbers", "--sandbox"], ["[registered]", "any number -> Sales <2200>"]),
+        (["--lang", "en", "tour"], ["[registered]", "any number -> Sales <2200>", "→ Sales (2200): account"]),
+        (["numbers", "--sandbox", "--lang", "en"], ["[registered]", "any number -> Sales <2200>"]),
         (["--lang", "ru", "numbers", "--sandbox"], ["[зарегистрирован]", "любой номер -> Sales <2200>"]),
     ],
 )
 async def test_cli_commands_against_the_sandbox(argv, expected):
+    """Global options before or after the subcommand."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -141,3 +143,42 @@ async def test_cli_commands_against_the_sandbox(argv, expected):
     assert "847706 @ sip.zadarma.com:5060" in text
     for line in expected:
         assert line in text
+
+
+async def test_call_names_the_destination_and_json_on_request():
+    argv = ["call", "--sandbox", "--host", "sip.zadarma.com", "--to", "847706", "--lang", "en"]
+    for extra, check in (
+        ([], "→ Sales (2200): account SIP-TRUNK-"),
+        (["--json"], '"destination_name": "Sales"'),
+    ):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot.entry.cli", *argv, *extra, stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
+        assert proc.returncode == 0 and check in out.decode()
+
+
+async def test_a_closed_pipe_is_quiet():
+    """`pbxbot tour | head -1`: no BrokenPipe traceback."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot.entry.cli",
+        "--lang",
+        "en",
+        "tour",
+        stdout=write,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    os.close(write)
+    _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 141 and b"Traceback" not in err and err == b""
+
+
+def test_version():
+    proc = subprocess.run(
+        [sys.executable, "-m", "bot.entry.cli", "--version"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and proc.stdout.startswith("pbxbot ")

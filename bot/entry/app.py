@@ -10,18 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.session.middlewares.base import BaseRequestMiddleware
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.dispatcher.middlewares.user_context import UserContextMiddleware
 from aiogram.enums import ParseMode
 from aiogram.exceptions import TelegramAPIError
 from aiogram.fsm.storage.base import BaseEventIsolation, DefaultKeyBuilder, StorageKey
+from aiogram.methods import GetUpdates
 from aiogram.types import (
     BotCommand,
     BotCommandScopeAllGroupChats,
@@ -45,6 +48,7 @@ from handlers.secrets import PrivateTurns
 from handlers.throttle import LocalBudget, RedisBudget, Throttle
 from pbx.mikopbx import MikoPbxClient
 
+from .health import BEAT, heartbeat_path, remove_heartbeat, write_heartbeat
 from .leader import Leadership
 from .metrics import Metrics
 from .scheduler import Scheduler
@@ -93,6 +97,114 @@ def make_bot(settings: Settings, throttle: Throttle | None = None) -> Bot:
     session.middleware(throttle or make_throttle(settings))
     defaults = DefaultBotProperties(parse_mode=ParseMode.HTML, link_preview_is_disabled=True)
     return Bot(token.get_secret_value(), session=session, default=defaults)
+
+
+def telegram_problem(exc: BaseException) -> tuple[str, dict[str, str]]:
+    """A failed Telegram call as a catalogue key (`telegram.*`) and its parameters, for
+    one line in `check` and at the start: a malformed or refused token, another poller
+    on the token, Telegram unreachable, or Telegram's own refusal by name."""
+    from aiogram.exceptions import (
+        TelegramConflictError,
+        TelegramNetworkError,
+        TelegramServerError,
+        TelegramUnauthorizedError,
+    )
+    from aiogram.utils.token import TokenValidationError
+
+    if isinstance(exc, TokenValidationError):
+        return "telegram.token_malformed", {}
+    if isinstance(exc, TelegramUnauthorizedError):
+        return "telegram.token_refused", {}
+    if isinstance(exc, TelegramConflictError):
+        return "telegram.conflict", {}
+    if isinstance(exc, TelegramNetworkError | TelegramServerError | TimeoutError | OSError):
+        return "telegram.unreachable", {"error": telegram_reason(exc)}
+    return "telegram.error", {"error": telegram_reason(exc)}
+
+
+def telegram_reason(exc: BaseException) -> str:
+    message = getattr(exc, "message", None) or str(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def telegram_fatal(exc: BaseException) -> bool:
+    """Retrying cannot help: the token is malformed or refused."""
+    return telegram_problem(exc)[0] in ("telegram.token_malformed", "telegram.token_refused")
+
+
+class Pulse(BaseRequestMiddleware):
+    """Watches the polling loop's getUpdates: when Telegram last answered (the heartbeat
+    is written only while it does), and one log line per kind of trouble (another poller
+    on the token, Telegram unreachable; again after `REPEAT` s) instead of aiogram's two
+    per retry; "polling again" once answers come back after a silence."""
+
+    REPEAT = 600.0
+
+    def __init__(self) -> None:
+        self.answered = time.monotonic()  # the start counts as an answer
+        self.silence = 35.0  # seconds without an answer: the bot is not working
+        self.said: dict[str, float] = {}  # trouble key -> when it was logged
+
+    async def __call__(self, make_request: Any, bot: Bot, method: Any) -> Any:
+        if not isinstance(method, GetUpdates):
+            return await make_request(bot, method)
+        try:
+            result = await make_request(bot, method)
+        except Exception as exc:
+            key, params = telegram_problem(exc)
+            now = time.monotonic()
+            if now - self.said.get(key, -self.REPEAT) >= self.REPEAT:
+                self.said[key] = now
+                log.warning("%s", t(key, "en", **params))
+            raise
+        now = time.monotonic()
+        if self.said and now - self.answered >= self.silence:
+            log.warning("%s", t("telegram.polling_again", "en"))
+            self.said.clear()
+        self.answered = now
+        return result
+
+
+class Refusals(BaseRequestMiddleware):
+    """Counts the requests Telegram refuses (an error answer) in /metrics, by method and code."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+
+    async def __call__(self, make_request: Any, bot: Bot, method: Any) -> Any:
+        try:
+            return await make_request(bot, method)
+        except TelegramAPIError as exc:
+            code = _CODES.get(type(exc).__name__)
+            if code is not None:  # not a network error: Telegram answered, and refused
+                self.metrics.telegram_refused.labels(type(method).__name__, str(code)).inc()
+            raise
+
+
+_CODES = {  # aiogram's exceptions by the status Telegram answered with
+    "TelegramBadRequest": 400,
+    "TelegramUnauthorizedError": 401,
+    "TelegramForbiddenError": 403,
+    "TelegramNotFound": 404,
+    "TelegramConflictError": 409,
+    "TelegramEntityTooLarge": 413,
+    "TelegramRetryAfter": 429,
+    "TelegramMigrateToChat": 400,
+    "TelegramServerError": 500,
+}
+
+
+class _PollingNoise(logging.Filter):
+    """aiogram's two lines per failed getUpdates and its "Connection established":
+    `Pulse` says it once per episode."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(
+            ("Failed to fetch updates", "Sleep for", "Connection established")
+        )
+
+
+_POLLING_NOISE = _PollingNoise()
 
 
 class RedisTurns(BaseEventIsolation):
@@ -161,6 +273,7 @@ class BoundedDispatcher(Dispatcher):
         self._turns: dict[tuple[int | None, int | None], list[Any]] = {}
         self.running = 0
         self.peak = 0
+        self.handled: list[Callable[[int], None]] = []  # called with each update's id once it is handled
 
     @contextlib.asynccontextmanager
     async def _turn(self, update: Update) -> AsyncIterator[None]:
@@ -186,6 +299,8 @@ class BoundedDispatcher(Dispatcher):
                 return await super().feed_update(bot, update, **kwargs)
             finally:
                 self.running -= 1
+                for listener in self.handled:
+                    listener(update.update_id)
 
 
 class BoundedRequestHandler(SimpleRequestHandler):
@@ -289,6 +404,9 @@ class BotApp:
     runner: web.AppRunner | None = None
     webhook_handler: SimpleRequestHandler | None = None
     throttle: Throttle | None = None
+    pulse: Pulse = field(default_factory=Pulse)
+    beating: asyncio.Task | None = None
+    polling_timeout: int = 10
 
     async def start(self, *, polling_timeout: int = 10) -> None:
         settings = self.services.settings
@@ -303,6 +421,10 @@ class BotApp:
             await self._serve_webhook()
             return
         await self.bot.delete_webhook(drop_pending_updates=False)
+        self.bot.session.middleware(self.pulse)
+        logging.getLogger("aiogram.dispatcher").addFilter(_POLLING_NOISE)
+        self.polling_timeout = polling_timeout
+        self.pulse.silence = 2 * polling_timeout + 15
         self.task = asyncio.create_task(
             self.dispatcher.start_polling(
                 self.bot,
@@ -313,6 +435,8 @@ class BotApp:
                 tasks_concurrency_limit=settings.server.max_pending_updates,
             )
         )
+        await self._beat_once()  # `pbxbot health` passes from the moment the bot runs
+        self.beating = asyncio.create_task(self._beat())
 
     async def _own(self) -> None:
         await housekeeping(self.bot, self.services)
@@ -353,6 +477,31 @@ class BotApp:
             allowed_updates=self.dispatcher.resolve_used_update_types(),
             drop_pending_updates=False,
         )
+        await self._beat_once()
+        self.beating = asyncio.create_task(self._beat())
+
+    def alive(self) -> bool:
+        """Working: the webhook server runs, or polling runs and Telegram answered
+        getUpdates within twice its long-poll timeout (plus slack)."""
+        if self.runner is not None:
+            return True
+        if self.task is None or self.task.done():
+            return False
+        return time.monotonic() - self.pulse.answered < self.pulse.silence
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(BEAT)
+            await self._beat_once()
+
+    async def _beat_once(self) -> None:
+        if not self.alive():
+            return
+        path = heartbeat_path(self.services.settings)
+        try:
+            await asyncio.to_thread(write_heartbeat, path, mode=self.services.settings.telegram.mode)
+        except OSError as exc:
+            log.warning("the heartbeat %s cannot be written: %s", path, exc)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         try:
@@ -367,6 +516,13 @@ class BotApp:
         return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def stop(self, *, drain_timeout: float = 120.0) -> None:
+        if self.beating is not None:
+            self.beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.beating
+            self.beating = None
+            with contextlib.suppress(OSError):
+                remove_heartbeat(heartbeat_path(self.services.settings))
         await self.leadership.stop()
         self.scheduler.shutdown()
         if self.task is not None:
@@ -405,6 +561,7 @@ async def running(
     **handle,
 ) -> AsyncIterator[BotApp]:
     """The bot with its storage, vault and PBX clients (one per profile unless given), running."""
+    make_bot(settings)  # a missing or malformed token stops here, before the database is touched
     store = open_store(settings)
     metrics = Metrics(store.plans_by_status)
     own: list[MikoPbxClient] = []
@@ -423,6 +580,9 @@ async def running(
     services = Services(settings, changes, store)
     throttle = make_throttle(settings)
     bot = make_bot(settings, throttle)
+    bot.session.middleware(Refusals(metrics))
+    if settings.redis.url:  # replicas: another process may edit a card; no memory of what it shows
+        services.shown = None
     dispatcher = make_dispatcher(services, metrics)
     leadership = Leadership(store.engine, interval=leader_interval or settings.server.leader_interval)
     app = BotApp(bot, dispatcher, services, Scheduler(services, TelegramPoster(bot)), metrics, leadership)

@@ -28,14 +28,19 @@ from pbx.errors import PbxAuthError, PbxError, PbxForbidden, PbxNotFound, PbxUns
 from pbx.mikopbx import MikoPbxClient
 from storage.db import StorageError, alembic_config, database_url, make_engine
 
-# What the bot reads, by the call that proves it may.
+# The least-privilege API key, the one list: what the bot reads (by the call that proves it
+# may) and writes under /api/v3. The README and deploy/config.example.toml name exactly these
+# (tests/test_deploy.py); `system` is ping and checkAuth.
 READS = {
     "sip-providers": lambda c: c.list_providers(),
     "incoming-routes": lambda c: c.list_routes(),
+    "providers": lambda c: c.registration_statuses(),
     "extensions": lambda c: c.destinations(),
-    "providers:getStatuses": lambda c: c.registration_statuses(),
+    "general-settings": lambda c: c.general_settings(),
     "cdr": lambda c: c.cdr(limit=1),
+    "system": lambda c: c.check_auth(),
 }
+WRITES = ("sip-providers", "incoming-routes")
 
 
 @dataclass(frozen=True)
@@ -153,24 +158,29 @@ def check_database(settings: Settings) -> list[Item]:
 
 
 async def check_telegram(settings: Settings) -> list[Item]:
-    from .app import make_bot  # aiogram only here
+    from .app import make_bot, telegram_problem, telegram_reason  # aiogram only here
 
     if settings.telegram.token is None:
         return [item(False, "telegram", "no_token")]
-    bot = make_bot(settings)
+    try:
+        bot = make_bot(settings)
+    except Exception as exc:  # aiogram checks the token's form before any call
+        key, params = telegram_problem(exc)
+        return [item(False, "telegram", key, **params)]
     items: list[Item] = []
     try:
         try:
             me = await bot.get_me()
         except Exception as exc:
-            return [item(False, "telegram", "token_refused", error=type(exc).__name__)]
+            key, params = telegram_problem(exc)
+            return [item(False, "telegram", key, **params)]
         items.append(item(True, "telegram", "bot", username=me.username))
         for chat_id, pbx in settings.telegram.groups.items():
             try:
                 member = await bot.get_chat_member(chat_id, me.id)
             except Exception as exc:
                 items.append(
-                    item(False, f"telegram.group {chat_id}", "group_unreachable", error=type(exc).__name__)
+                    item(False, f"telegram.group {chat_id}", "group_unreachable", error=telegram_reason(exc))
                 )
                 continue
             status = getattr(member, "status", "")

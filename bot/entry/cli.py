@@ -2,16 +2,17 @@
 
 pbxbot simulator [--host H] [--port P] [--seed demo|empty|FILE] [--state FILE] [--api-key K]
 pbxbot numbers   [--pbx NAME | --sandbox]      accounts, registration, routes of one PBX
-pbxbot call      (--pbx NAME | --sandbox) --host HOST --to LOGIN [--from NUMBER]   (sandbox only)
+pbxbot call      --sandbox --host HOST --to LOGIN [--from NUMBER] [--json]   where the call ends up
 pbxbot plan      (--pbx NAME | --sandbox) "<command>" [--apply] [--password-file F]
 pbxbot plan      (--pbx NAME | --sandbox) --csv FILE --provider P [--apply]
 pbxbot recover   [--pbx NAME]                  make plans a dead process left half-applied whole again
 pbxbot doctor    (--pbx NAME | --sandbox)      check the routing; exit 1 on an error (cron, monitoring)
 pbxbot trace     (--pbx NAME | --sandbox) LOGIN  where a call to LOGIN ends up, and why
-pbxbot digest    (--pbx NAME | --sandbox) --print [--weekly]
+pbxbot digest    (--pbx NAME | --sandbox) [--weekly]   print the routing digest
 pbxbot check                                   config, database, each PBX, the bot token; exit 1 on a failure
 pbxbot migrate                                 bring the database to the current schema
 pbxbot run                                     the Telegram bot (config: [telegram], [pbx.*], [policy])
+pbxbot health                                  the running bot alive, its database reachable: exit 0, else 1
 pbxbot shell                                   a terminal chat with the bot (no Telegram account needed)
 pbxbot tour                                    a short look at the demo PBX (no config needed)
 
@@ -19,6 +20,8 @@ Exit status of `plan --apply`: 0 applied, 3 rolled back (the PBX is as it was), 
 left over: the output names them), 1 not applied (stale, the PBX unreachable), 2 bad input.
 `recover`: 0 when every interrupted plan is whole again (applied or rolled back) or none was found,
 4 when records are left over, 1 when a PBX could not be read (the plan stays interrupted).
+
+Global options (before or after the subcommand): --config FILE, --lang ru|en, -v, --log-format.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from bot.config import ConfigError, exposed_secret_files, load_settings
 from bot.plans import validate
@@ -45,7 +49,7 @@ from bot.plans.planner import PlanError
 from bot.plans.vault import VaultError
 from bot.text.i18n import system_language, t
 from bot.text.render import error_text, outcome_text, plan_text
-from bot.text.views import numbers_lines
+from bot.text.views import call_text, numbers_lines
 from pbx.errors import PbxError
 from pbx.mikopbx import MikoPbxClient
 from storage.db import StorageError
@@ -57,15 +61,56 @@ from .wiring import open_store, open_vault
 log = logging.getLogger("pbxbot")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pbxbot")
+    except PackageNotFoundError:  # run from a checkout that is not installed
+        return "unknown"
+
+
+def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """Options accepted before and after the subcommand (`pbxbot --lang en numbers` and
+    `pbxbot numbers --lang en`); the subcommand's copy leaves unset values alone."""
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument("--config", default=default(None), help="TOML config file (default: $PBXBOT_CONFIG)")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default(False),
+        help="debug logging (never shows secrets)",
+    )
+    parser.add_argument(
+        "--lang",
+        choices=("ru", "en"),
+        default=default(None),
+        help="ru or en (default: the locale, $LC_ALL / $LC_MESSAGES / $LANG: Russian for ru_*, else English)",
+    )
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default=default(None), help="default: the config's"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pbxbot", description="Chat-ops for MikoPBX provider accounts and routes"
     )
-    parser.add_argument("--config", help="TOML config file (default: $PBXBOT_CONFIG)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (never shows secrets)")
-    parser.add_argument("--lang", choices=("ru", "en"), default=None, help="ru or en (default: from $LANG)")
-    parser.add_argument("--log-format", choices=("text", "json"), default=None, help="default: the config's")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    _global_options(parser, defaults=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, defaults=False)
     sub = parser.add_subparsers(dest="command", required=True)
+    add_parser = sub.add_parser
+
+    def sub_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return add_parser(name, parents=[common], **kwargs)
+
+    sub.add_parser = sub_parser  # every subcommand takes the global options too
 
     sim = sub.add_parser("simulator", help="run the MikoPBX REST v3 simulator")
     sim.add_argument("--host", default="127.0.0.1")
@@ -96,6 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("--host", dest="source", required=True, help="host the INVITE comes from")
     call.add_argument("--to", required=True, help="Request-URI user: the login or the DID")
     call.add_argument("--from", dest="caller", default="+74951234567")
+    call.add_argument("--json", action="store_true", help="the simulator's answer as JSON")
 
     plan = sub.add_parser("plan", help="plan a change (and apply it at once with --apply)")
     _target(plan)
@@ -117,14 +163,15 @@ def _parser() -> argparse.ArgumentParser:
     trace.add_argument("number", help="a login, or a phone number in an account's note")
     digest = sub.add_parser("digest", help="the routing digest")
     _target(digest)
-    digest.add_argument("--print", action="store_true", required=True, help="print it (posting is the bot's)")
+    digest.add_argument("--print", action="store_true", help="print it (the default; posting is the bot's)")
     digest.add_argument("--weekly", action="store_true", help="cover 7 days instead of 1")
 
     sub.add_parser(
         "check", help="config, database, migrations, each PBX and the bot token; exit 1 on a failure"
     )
     sub.add_parser("migrate", help="bring the database to the current schema")
-    sub.add_parser("run", help="run the Telegram bot (long polling)")
+    sub.add_parser("run", help="run the Telegram bot (long polling, or a webhook server)")
+    sub.add_parser("health", help="is the running bot alive and its database reachable (exit 0 / 1)")
     sub.add_parser("shell", help="a terminal chat with the bot: local Telegram server, demo PBX, SQLite")
     sub.add_parser("tour", help="a short look at the demo PBX in the simulator")
     return parser
@@ -166,6 +213,8 @@ async def _run(args: argparse.Namespace) -> int:
         return await _run_bot(args)
     if args.command == "check":
         return await _check(args)
+    if args.command == "health":
+        return await _health(args)
     if args.command == "migrate":
         open_store(load_settings(args.config))
         return 0
@@ -184,7 +233,11 @@ async def _run(args: argparse.Namespace) -> int:
                 print(t("cli.call_sandbox_only", args.lang), file=sys.stderr)
                 return 2
             result = sim.simulate_call(args.source, args.to, args.caller)
-            print(json.dumps(result, ensure_ascii=False, indent=1))
+            if args.json:
+                print(json.dumps(result, ensure_ascii=False, indent=1))
+            else:
+                print(t("tour.call", args.lang, host=args.source, login=args.to))
+                print(call_text(result, args.lang))
             return 0
     return 2
 
@@ -403,8 +456,19 @@ async def _check(args: argparse.Namespace) -> int:
     return 0 if all(item.ok for item in items) else 1
 
 
+class BotStartError(Exception):
+    """`pbxbot run` cannot start and retrying will not help: one line, exit 2."""
+
+    def __init__(self, code: str, **params: object):
+        super().__init__(code)
+        self.code, self.params = code, params
+
+
+RETRY_FIRST, RETRY_MAX = 1.0, 60.0  # seconds between starts while Telegram is unreachable
+
+
 async def _run_bot(args: argparse.Namespace) -> int:
-    from .app import running
+    from .app import running, telegram_fatal, telegram_problem
 
     settings = load_settings(args.config)
     logs.setup(settings, level=logging.DEBUG if args.verbose else logging.INFO, fmt=args.log_format)
@@ -420,13 +484,37 @@ async def _run_bot(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, stop.set)
-    async with running(settings) as app:
-        log.warning("pbxbot running as @%s", app.services.bot_username)
-        waiter = asyncio.create_task(stop.wait())
-        polling = {app.task} if app.task is not None else set()  # webhook mode: the server runs alone
-        await asyncio.wait({waiter, *polling}, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
+    delay = RETRY_FIRST
+    while not stop.is_set():
+        try:
+            async with running(settings) as app:
+                log.warning("pbxbot running as @%s", app.services.bot_username)
+                waiter = asyncio.create_task(stop.wait())
+                polling = {app.task} if app.task is not None else set()  # webhook: the server runs alone
+                await asyncio.wait({waiter, *polling}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+            return 0
+        except Exception as exc:
+            key, params = telegram_problem(exc)
+            if telegram_fatal(exc):
+                raise BotStartError(key.removeprefix("telegram."), **params) from None
+            if key != "telegram.unreachable":
+                raise
+            log.warning("%s", t("telegram.retrying", "en", seconds=int(delay), **params))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        delay = min(delay * 2, RETRY_MAX)
     return 0
+
+
+async def _health(args: argparse.Namespace) -> int:
+    from .health import check_health
+
+    settings = load_settings(args.config)
+    findings = await asyncio.to_thread(check_health, settings)
+    for f in findings:
+        print(f"{'✓' if f.ok else '✗'} {f.name}: {t(f'health.{f.key}', args.lang, **f.params)}")
+    return 0 if all(f.ok for f in findings) else 1
 
 
 async def _tour(lang: str) -> int:
@@ -441,7 +529,7 @@ async def _tour(lang: str) -> int:
             print("\n".join(await numbers_lines(client, lang)))
             print("\n" + t("tour.call", lang, host="sip.zadarma.com", login="847706"))
             result = sim.simulate_call("sip.zadarma.com", "847706", "+74951234567")
-            print(t("tour.result", lang, **result))
+            print(call_text(result, lang))
     print("\n" + t("tour.next", lang))
     return 0
 
@@ -480,8 +568,16 @@ async def _simulator(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `pbxbot numbers | head`: the reader left, nothing more to say
+        _quiet_stdout()
+        return 141  # as a shell reports a command killed by SIGPIPE
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
-    args.lang = args.lang or system_language()
+    args.lang = args.lang or system_language(default="en")  # the terminal's locale: English unless ru_*
     logs.setup(None, level=logging.DEBUG if args.verbose else logging.WARNING, fmt=args.log_format)
     try:
         return asyncio.run(_run(args))
@@ -495,8 +591,20 @@ def main(argv: list[str] | None = None) -> int:
     except PbxError as exc:
         print(t("cli.pbx_problem", args.lang, problem=exc), file=sys.stderr)
         return 1
+    except BotStartError as exc:  # `run`: a token Telegram refuses, another poller on it
+        print(t(f"telegram.{exc.code}", args.lang, **exc.params), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _quiet_stdout() -> None:
+    """stdout's reader is gone: point stdout at /dev/null so the interpreter's final
+    flush does not complain about the broken pipe."""
+    import os
+
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

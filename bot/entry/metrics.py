@@ -35,6 +35,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.telegram_refused = Counter(
+            "pbxbot_telegram_refused_total",
+            "Telegram Bot API requests Telegram refused (an error answer), by method and code",
+            ["method", "code"],
+            registry=self.registry,
+        )
         self.scheduler_owner = Gauge(
             "pbxbot_scheduler_owner", "1 when this process runs the schedules", registry=self.registry
         )

@@ -159,7 +159,7 @@ class Scheduler:
             table = digests.numbers_table(built, lang)
             await self.poster.document(chat_id, table, f"numbers-{name}.txt", t("digest.all_numbers", lang))
         if period == "weekly":
-            chart = digests.chart_png(built, lang)
+            chart = digests.chart_png(built, lang, tz=tz)
             if chart is not None:
                 await self.poster.png(chat_id, chart, t("digest.chart", lang))
         await store.finish_digest(run_id, posted=True, state=built.state)

@@ -49,7 +49,7 @@ class ProviderFamily:
     aliases: tuple[str, ...] = ()
 
 
-# Hosts confirmed in the MikoPBX docs or public configs (reference/sip-domain.md §3).
+# Hosts confirmed in the MikoPBX docs or public configs (docs/ROUTING.md §4).
 CATALOGUE: tuple[ProviderFamily, ...] = (
     ProviderFamily("zadarma", "Zadarma", "sip.zadarma.com", aliases=("задарма",)),
     ProviderFamily("novofon", "Novofon", "sip.novofon.ru", aliases=("новофон",)),

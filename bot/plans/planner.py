@@ -28,7 +28,7 @@ from .commands import AddNumber, AddNumbers, FixHost, RemoveNumber, RouteNumber
 from .destinations import DestinationError, DestinationIndex, label
 from .snapshot import Depends, Snapshot, has_number, same_host
 
-RECIPE_CONTEXT = "public-direct-dial"
+RECIPE_CONTEXT = "public-direct-dial"  # the recipe and why: docs/ROUTING.md §3
 NEW_PREFIX = "@new:"  # providerid "@new:<login>": the account this plan creates for <login>
 # Settings a new account copies from a sibling on the same host.
 _SIBLING_SETTINGS = (

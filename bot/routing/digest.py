@@ -320,7 +320,19 @@ def render(digest: Digest, lang: str, tz: ZoneInfo, *, html: bool = True) -> str
     return lines_of(lines, html)
 
 
-def chart_png(digest: Digest, lang: str = "en", *, top: int = 12) -> bytes | None:
+def chart_days(digest: Digest, tz: ZoneInfo | None = None) -> list[date]:
+    """Every day of the digest's period (in `tz`) and of its data, in order."""
+
+    def local(moment: datetime) -> date:
+        return (moment.astimezone(tz) if tz is not None and moment.tzinfo else moment).date()
+
+    data = {d for counts in digest.calls_by_day.values() for d in counts}
+    first = min([local(digest.since), *data])
+    last = max([local(digest.until - timedelta(microseconds=1)), *data])
+    return [first + timedelta(days=n) for n in range((last - first).days + 1)]
+
+
+def chart_png(digest: Digest, lang: str = "en", *, top: int = 12, tz: ZoneInfo | None = None) -> bytes | None:
     """Inbound calls per number per day, as a PNG (matplotlib's Agg: no display needed)."""
     if not digest.calls_by_day:
         return None
@@ -329,17 +341,23 @@ def chart_png(digest: Digest, lang: str = "en", *, top: int = 12) -> bytes | Non
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    days = sorted({d for counts in digest.calls_by_day.values() for d in counts})
+    days = chart_days(digest, tz)
     busiest = sorted(digest.calls_by_day, key=lambda login: -sum(digest.calls_by_day[login].values()))[:top]
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     try:
-        for login in busiest:
+        # one group of bars per day of the period, zeros included: one day of data reads as one
+        # day, not as a date axis stretched around a single point
+        width = 0.8 / len(busiest)
+        for i, login in enumerate(busiest):
             counts = digest.calls_by_day[login]
-            ax.plot(days, [counts.get(d, 0) for d in days], marker="o", label=login)
+            xs = [x + (i - (len(busiest) - 1) / 2) * width for x in range(len(days))]
+            ax.bar(xs, [counts.get(d, 0) for d in days], width=width, label=login)
+        ax.set_xticks(range(len(days)), [f"{d:%d.%m}" for d in days])
+        ax.set_xlim(-0.6, len(days) - 0.4)
+        ax.yaxis.get_major_locator().set_params(integer=True)
         ax.set_title(t("digest.chart_title", lang, pbx=digest.pbx))
         ax.set_ylabel(t("digest.chart_calls", lang))
         ax.legend(fontsize="small", ncol=2)
-        fig.autofmt_xdate()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png")
         return buffer.getvalue()

@@ -1,4 +1,4 @@
-"""The routing doctor: the checks of reference/sip-domain.md §4 that the PBX API
+"""The routing doctor: the checks of docs/ROUTING.md §5 that the PBX API
 can answer, as findings with a severity and, where one exists, a fix intent
 that goes through approval like any plan.
 
@@ -21,7 +21,7 @@ from typing import Any
 from bot.plans.commands import FixHost, Intent, normalise_phone, number_key
 from bot.plans.planner import RECIPE_CONTEXT
 from bot.plans.snapshot import Snapshot, SnapshotReader, same_host
-from pbx.errors import PbxError
+from pbx.errors import PbxAuthError, PbxError, PbxForbidden
 from pbx.models import SYSTEM_DESTINATIONS, Provider, RegistrationState, RegistrationStatus, Route
 
 from .rules import Attributes, did_matches
@@ -341,6 +341,7 @@ async def examine(
         reader.read(every_host=True), pbx.registration_statuses(), pbx.default_route()
     )
     evidence = Evidence(registration, default=default)
+    unchecked: list[Finding] = []  # a read the PBX refused: the check it feeds is named, not dropped
     iter_cdr = getattr(pbx, "iter_cdr", None)
     if iter_cdr is not None:
         try:
@@ -351,12 +352,18 @@ async def examine(
                 cdr_limit -= 1
                 if cdr_limit <= 0:
                     break
-        except PbxError:
-            pass
+        except PbxError as exc:
+            unchecked.append(_unchecked("cdr_unchecked", "cdr", exc))
     general = getattr(pbx, "general_settings", None)
     if general is not None:
         try:
             evidence.guest_calls = str((await general()).get("PBXAllowGuestCalls", "0")) == "1"
-        except PbxError:
-            pass  # a least-privilege key may not read general settings: the check is skipped
-    return snapshot, diagnose(snapshot, evidence)
+        except PbxError as exc:
+            unchecked.append(_unchecked("guest_calls_unchecked", "general-settings", exc))
+    return snapshot, [*diagnose(snapshot, evidence), *unchecked]
+
+
+def _unchecked(code: str, resource: str, exc: PbxError) -> Finding:
+    refused = isinstance(exc, PbxForbidden | PbxAuthError)
+    reason = f"the API key may not read /api/v3/{resource}" if refused else str(exc)
+    return Finding(code, Severity.INFO, resource, {"resource": f"/api/v3/{resource}", "reason": reason})

@@ -1,6 +1,6 @@
 """Where does an inbound call to a login end up, and why.
 
-MikoPBX 2026.1 as its source generates it (reference/sip-domain.md §1-2):
+MikoPBX 2026.1 as its source generates it (docs/ROUTING.md §1-2):
 Asterisk identifies the provider's INVITE by source address, taking the first
 identify (accounts in id order) whose match covers the host; the account's
 endpoint context is its own `<id>-incoming`, the shared `<host><port>-incoming`

@@ -34,7 +34,7 @@ from pbx.errors import (
     PbxUnsupported,
 )
 
-from .i18n import CATALOGUES, t, template
+from .i18n import CATALOGUES, format_value, t, template
 
 # Fields an update step shows when they change (the rest are shown only when they do too).
 _HIDDEN = {"id", "secret"}
@@ -102,7 +102,7 @@ def tr(key: str, lang: str, /, **params: Any) -> Html:
             out.append(value)
             continue
         value = _FORMATTER.convert_field(value, conversion)
-        out.append(html_lib.escape(clip(format(value, spec or "")), quote=False))
+        out.append(html_lib.escape(clip(format_value(value, spec or "", lang)), quote=False))
     return Html("".join(out))
 
 

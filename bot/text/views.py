@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from pbx.base import Pbx
 from pbx.models import Route
@@ -44,3 +45,20 @@ async def numbers_lines(pbx: Pbx, lang: str, *, html: bool = False) -> list[str]
         lines += [route_line(r) for r in any_routes]
     lines.append(_t("numbers.default", lang, destination=names.get(default.extension, default.extension)))
     return lines
+
+
+def call_text(result: dict[str, Any], lang: str) -> str:
+    """Where a simulated inbound call ended up (the simulator's `calls:simulate` answer):
+    the destination by name, then the account, context and route that sent it there."""
+    outcome = result["outcome"]
+    if outcome not in ("dial", "default"):
+        return t("call.rejected", lang, reason=result.get("reason") or outcome)
+    return t(
+        f"call.{outcome}",
+        lang,
+        name=result.get("destination_name") or result["destination"],
+        destination=result["destination"],
+        endpoint=result["endpoint"] or t("call.guest", lang),
+        context=result["context"],
+        route=result["route_id"],
+    )

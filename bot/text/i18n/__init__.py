@@ -6,7 +6,11 @@ the default, an unknown key is a bug (KeyError), caught by the catalogue test.
 
 from __future__ import annotations
 
+import functools
 import os
+import string
+from collections.abc import Callable
+from typing import Any
 
 from . import en, ru
 
@@ -21,7 +25,13 @@ def pick_language(code: str | None, default: str = DEFAULT_LANGUAGE) -> str:
 
 
 def system_language(default: str = DEFAULT_LANGUAGE) -> str:
-    return pick_language(os.environ.get("PBXBOT_LANG") or os.environ.get("LANG"), default)
+    """The terminal's language: $PBXBOT_LANG, else the locale of messages as POSIX
+    orders it ($LC_ALL, $LC_MESSAGES, $LANG); `default` when none names ru or en."""
+    for name in ("PBXBOT_LANG", "LC_ALL", "LC_MESSAGES", "LANG"):
+        value = os.environ.get(name)
+        if value:
+            return pick_language(value, default)
+    return default
 
 
 def template(key: str, lang: str) -> str:
@@ -31,4 +41,38 @@ def template(key: str, lang: str) -> str:
 
 def t(key: str, lang: str, /, **params: object) -> str:
     """Plain text (the CLI, button labels, pop-ups); Telegram messages use bot.text.render.tr."""
-    return template(key, lang).format(**params)
+    return _Formatter(lang).vformat(template(key, lang), (), params)
+
+
+PLURAL = "plural:"
+
+
+def format_value(value: object, spec: str, lang: str) -> str:
+    """`format(value, spec)`, and plural forms: `{n:plural:one=шаг|few=шага|many=шагов|other=шага}`
+    picks the word for n by the language's CLDR plural rules (Babel), as gettext's ngettext
+    would: 1 шаг, 2 шага, 5 шагов, 21 шаг; 1 step, 2 steps."""
+    if not spec.startswith(PLURAL):
+        return format(value, spec)
+    forms = dict(item.split("=", 1) for item in spec[len(PLURAL) :].split("|"))
+    category = plural_category(value, lang)
+    return forms.get(category, forms["other"])
+
+
+@functools.cache
+def _plural_rule(lang: str) -> Callable[[Any], str]:
+    from babel import Locale
+
+    return Locale.parse(lang if lang in CATALOGUES else DEFAULT_LANGUAGE).plural_form
+
+
+def plural_category(value: object, lang: str) -> str:
+    """ "one", "few", "many" or "other" for `value` in `lang`."""
+    return _plural_rule(lang)(abs(value) if isinstance(value, int | float) else 0)
+
+
+class _Formatter(string.Formatter):
+    def __init__(self, lang: str):
+        self.lang = lang
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        return format_value(value, format_spec, self.lang)
