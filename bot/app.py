@@ -17,7 +17,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
@@ -54,6 +54,10 @@ from .metrics import Metrics
 from .scheduler import Scheduler
 from .services import Services
 from .wiring import open_store, open_vault
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.lock import Lock
 
 log = logging.getLogger("pbxbot.app")
 
@@ -110,11 +114,11 @@ class RedisTurns(BaseEventIsolation):
         import redis.asyncio as aioredis  # only replicas pay for the redis client
 
         pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=120)
-        self.redis = aioredis.Redis(connection_pool=pool)
+        self.redis: Redis | None = aioredis.Redis(connection_pool=pool)
         self.ttl = ttl
         self.key_builder = DefaultKeyBuilder()
 
-    async def _renew(self, lock: Any) -> None:
+    async def _renew(self, lock: Lock) -> None:
         while True:
             await asyncio.sleep(self.ttl / 3)
             try:
@@ -127,6 +131,7 @@ class RedisTurns(BaseEventIsolation):
     async def lock(self, key: StorageKey) -> AsyncIterator[None]:
         from redis.exceptions import LockError
 
+        assert self.redis is not None, "an update after close()"
         lock = self.redis.lock(name=self.key_builder.build(key, "lock"), timeout=self.ttl, sleep=0.05)
         await lock.acquire()
         renew = asyncio.create_task(self._renew(lock))
@@ -352,6 +357,7 @@ class BotApp:
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
         await web.TCPSite(self.runner, settings.server.host, settings.server.port).start()
+        assert settings.telegram.webhook_url  # Settings refuse mode = webhook without it
         await self.bot.set_webhook(
             settings.telegram.webhook_url,
             secret_token=token,

@@ -36,6 +36,7 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pbx.errors import PbxError
 from pbx.mikopbx import MikoPbxClient
@@ -52,6 +53,9 @@ from .render import error_text, outcome_text, plan_text
 from .vault import VaultError
 from .views import numbers_lines
 from .wiring import open_store, open_vault
+
+if TYPE_CHECKING:
+    from sandbox.mikopbx import MikoPbxSimulator
 
 log = logging.getLogger("pbxbot")
 
@@ -136,7 +140,7 @@ def _target(parser: argparse.ArgumentParser) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _client(args: argparse.Namespace) -> AsyncIterator[tuple[MikoPbxClient, object | None]]:
+async def _client(args: argparse.Namespace) -> AsyncIterator[tuple[MikoPbxClient, MikoPbxSimulator | None]]:
     if args.sandbox:
         from sandbox.demo import demo_state
         from sandbox.mikopbx import MikoPbxSimulator

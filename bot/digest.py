@@ -320,7 +320,8 @@ def chart_png(digest: Digest, lang: str = "en", *, top: int = 12) -> bytes | Non
     try:
         for login in busiest:
             counts = digest.calls_by_day[login]
-            ax.plot(days, [counts.get(d, 0) for d in days], marker="o", label=login)
+            # matplotlib takes dates through its unit converters; its stubs know numbers only
+            ax.plot(days, [counts.get(d, 0) for d in days], marker="o", label=login)  # type: ignore[arg-type]
         ax.set_title(t("digest.chart_title", lang, pbx=digest.pbx))
         ax.set_ylabel(t("digest.chart_calls", lang))
         ax.legend(fontsize="small", ncol=2)
