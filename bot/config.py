@@ -218,6 +218,9 @@ class StorageSettings(_Section):
         return self
 
 
+DEFAULT_APPROVALS = {"add": 1, "route": 1, "remove": 2, "undo": 1, "fix": 1}  # every kind of change
+
+
 class PolicySettings(_Section):
     """Who may do what (Telegram user ids), and how many approvals each kind of change needs."""
 
@@ -226,18 +229,20 @@ class PolicySettings(_Section):
     operators: list[int] = Field(default_factory=list)
     viewers: list[int] = Field(default_factory=list)
     # approvals from approvers other than the proposer, per kind of change
-    approvals: dict[Literal["add", "route", "remove", "undo", "fix"], int] = Field(
-        default_factory=lambda: {"add": 1, "route": 1, "remove": 2, "undo": 1, "fix": 1}
-    )
+    approvals: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_APPROVALS))
     self_approve: bool = False  # a one-admin PBX: the proposer's own approval counts
     expiry_hours: float = Field(default=24.0, gt=0, le=24 * 30)
 
     @field_validator("approvals")
     @classmethod
     def _approvals(cls, value: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(value) - set(DEFAULT_APPROVALS))
+        if unknown:
+            kinds = ", ".join(DEFAULT_APPROVALS)
+            raise ValueError(f"unknown kind {', '.join(unknown)}: the kinds are {kinds}")
         if any(n < 0 or n > 10 for n in value.values()):
             raise ValueError("approvals must be between 0 and 10")
-        return {"add": 1, "route": 1, "remove": 2, "undo": 1, "fix": 1, **value}
+        return {**DEFAULT_APPROVALS, **value}
 
 
 class Settings(BaseSettings):

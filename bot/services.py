@@ -4,7 +4,7 @@ change service, storage, and which PBX a chat works on. Free of aiogram."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
@@ -71,6 +71,6 @@ class Services:
         return chats + [cid for cid in await self.db.chats_of(pbx) if cid not in chats]
 
 
-def local_time(moment: datetime, tz: ZoneInfo) -> datetime:
+def local_time(moment: datetime, tz: tzinfo) -> datetime:
     """A stored time in `tz`; the database may hand it back naive, and naive means UTC."""
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(tz)

@@ -63,9 +63,12 @@ class Access(BaseMiddleware):
 
     async def _migrate(self, message: Message) -> None:
         store = self.services.db
-        old, new = message.chat.id, message.migrate_to_chat_id
-        if new is None:  # the supergroup's side: migrate_from_chat_id
+        if message.migrate_to_chat_id is not None:  # the old group's side
+            old, new = message.chat.id, message.migrate_to_chat_id
+        elif message.migrate_from_chat_id is not None:  # the supergroup's side
             old, new = message.migrate_from_chat_id, message.chat.id
+        else:
+            return
         pbx = await self.services.pbx_of_chat(old, private=False)
         if pbx is not None and await self.services.pbx_of_chat(new, private=False) is None:
             await store.bind_chat(new, pbx, title=message.chat.title or "")

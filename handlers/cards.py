@@ -84,7 +84,7 @@ async def keyboard(services: Services, row: PlanRow, lang: str) -> InlineKeyboar
     return InlineKeyboardMarkup(inline_keyboard=rows)
 
 
-async def _lines_about(services: Services, row: PlanRow, lang: str) -> list[str]:
+async def _lines_about(services: Services, row: PlanRow, lang: str) -> list[Html]:
     lines = [tr("tg.card.proposer", lang, name=row.proposer_name or str(row.proposer_id))]
     approvers = await services.changes.approvers_of(row)
     if approvers:

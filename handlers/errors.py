@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError
-from aiogram.types import ErrorEvent
+from aiogram.types import ErrorEvent, InaccessibleMessage, Message
 
 from bot.services import Services
 from bot.text.i18n import pick_language, t
@@ -30,16 +30,18 @@ def error_handler(services: Services) -> Callable[..., Awaitable[bool]]:
 
     async def on_error(event: ErrorEvent, bot: Bot) -> bool:
         update, exc = event.update, event.exception
-        message, query = update.message, update.callback_query
+        message: Message | InaccessibleMessage | None = update.message
+        query = update.callback_query
         kind = update.event_type
         log.error("update %s (%s) failed: %s", update.update_id, kind, type(exc).__name__, exc_info=exc)
-        user = (query or message).from_user if (query or message) else None
+        source = query or update.message
+        user = source.from_user if source else None
         lang = pick_language(user.language_code if user else None, services.settings.default_language)
-        pbx = isinstance(exc, PbxError)
+        pbx = exc if isinstance(exc, PbxError) else None
         params = {"update": update.update_id}
         try:
             if query is not None:
-                text = pbx_error_text(exc, lang) if pbx else t("tg.error.unexpected", lang, **params)
+                text = pbx_error_text(pbx, lang) if pbx else t("tg.error.unexpected", lang, **params)
                 try:
                     await query.answer(text[:POPUP_LIMIT], show_alert=True)
                     return True
@@ -47,7 +49,7 @@ def error_handler(services: Services) -> Callable[..., Awaitable[bool]]:
                     message = query.message
             if message is not None:
                 unexpected = tr("tg.error.unexpected", lang, **params)
-                html = pbx_error_text(exc, lang, html=True) if pbx else unexpected
+                html = pbx_error_text(pbx, lang, html=True) if pbx else unexpected
                 await bot.send_message(message.chat.id, html)
         except Exception:  # the answer itself failed (Telegram down, the chat gone): the log has it
             log.warning("update %s: could not tell the user of the failure", update.update_id, exc_info=True)

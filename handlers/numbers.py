@@ -7,7 +7,7 @@ from datetime import tzinfo
 
 from aiogram import Bot, Router
 from aiogram.filters import Command, CommandObject
-from aiogram.types import Message
+from aiogram.types import MaybeInaccessibleMessageUnion, Message
 
 from bot.plans.changes import ENDED, OPEN, Actor, ChangeError, Next, Proposal
 from bot.plans.commands import Intent, UsageError, parse
@@ -26,7 +26,7 @@ from .longanswer import answer_long
 async def propose_and_post(
     bot: Bot,
     services: Services,
-    message: Message,
+    message: MaybeInaccessibleMessageUnion,
     actor: Actor,
     pbx: str,
     intent: Intent,
@@ -74,13 +74,13 @@ async def change(
     except UsageError as exc:
         await reply(message, error_text(exc, lang, html=True))
         return
-    if not await need_pbx(message, pbx, lang):
+    if (pbx := await need_pbx(message, pbx, lang)) is None:
         return
     await propose_and_post(bot, services, message, actor, pbx, intent, lang, command=message.text or "")
 
 
 async def numbers(message: Message, services: Services, pbx: str | None, lang: str) -> None:
-    if not await need_pbx(message, pbx, lang):
+    if (pbx := await need_pbx(message, pbx, lang)) is None:
         return
     try:
         lines = await numbers_lines(services.client(pbx), lang, html=True)
@@ -106,7 +106,7 @@ def _plan_line(row, lang: str, tz: tzinfo) -> Html:
 
 
 async def plans(message: Message, services: Services, pbx: str | None, lang: str) -> None:
-    if not await need_pbx(message, pbx, lang):
+    if (pbx := await need_pbx(message, pbx, lang)) is None:
         return
     rows = await services.db.plans(pbx=pbx, status=[*OPEN, "applying"])
     tz = await services.tz_of(message.chat.id)
@@ -117,7 +117,7 @@ async def plans(message: Message, services: Services, pbx: str | None, lang: str
 async def history(
     message: Message, command: CommandObject, services: Services, pbx: str | None, lang: str
 ) -> None:
-    if not await need_pbx(message, pbx, lang):
+    if (pbx := await need_pbx(message, pbx, lang)) is None:
         return
     arg = (command.args or "").strip()
     n = int(arg) if arg.isdigit() else 10

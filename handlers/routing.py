@@ -14,6 +14,7 @@ from aiogram.types import (
 )
 
 from bot.plans.changes import Actor
+from bot.plans.commands import FixHost
 from bot.plans.policy import Action, may
 from bot.routing.digest import WEEKDAYS, DigestUsage, parse_digest, schedule_row
 from bot.routing.doctor import Finding, Severity, examine
@@ -87,7 +88,7 @@ def fix_keyboard(findings: list[Finding], lang: str) -> InlineKeyboardMarkup | N
 
 
 async def doctor(message: Message, services: Services, pbx: str | None, lang: str, actor: Actor) -> None:
-    if not await need_pbx(message, pbx, lang):
+    if (pbx := await need_pbx(message, pbx, lang)) is None:
         return
     handle = services.changes.pbxs[pbx]
     try:
@@ -120,8 +121,10 @@ async def fix_pressed(
     except PbxError as exc:
         await query.message.answer(pbx_error_text(exc, lang, html=True))
         return
-    finding = next((f for f in findings if f.fix_key == callback_data.key), None)
-    if finding is None:
+    fix = next(
+        (f.fix for f in findings if isinstance(f.fix, FixHost) and f.fix_key == callback_data.key), None
+    )
+    if fix is None:
         await query.message.answer(tr("doctor.fix_gone", lang))
         return
     await propose_and_post(
@@ -130,9 +133,9 @@ async def fix_pressed(
         query.message,
         actor,
         pbx,
-        finding.fix,
+        fix,
         lang,
-        command=f"/doctor fix {getattr(finding.fix, 'host', '')}",
+        command=f"/doctor fix {fix.host}",
     )
 
 
@@ -143,7 +146,7 @@ async def trace_(
     if not number:
         await message.answer(tr("trace.usage", lang))
         return
-    if not await need_pbx(message, pbx, lang):
+    if (pbx := await need_pbx(message, pbx, lang)) is None:
         return
     handle = services.changes.pbxs[pbx]
     try:
@@ -167,9 +170,11 @@ async def digest(
         key = "digest.usage" if exc.code == "usage" else f"digest.{exc.code}"
         await message.answer(tr(key, lang, **exc.params))
         return
-    if not await need_pbx(message, pbx, lang):
+    if (pbx := await need_pbx(message, pbx, lang)) is None:
         return
     scheduler = services.scheduler
+    if scheduler is None:  # set when the app starts, before polling or the webhook
+        raise RuntimeError("the scheduler is not running")
     chat_id = message.chat.id
     if parsed.action == "now":
         await scheduler.run(chat_id, period="now", pbx=pbx, lang=lang)

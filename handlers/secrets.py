@@ -26,7 +26,14 @@ from typing import Any
 from aiogram import BaseMiddleware, Bot, F, Router
 from aiogram.exceptions import TelegramBadRequest, TelegramForbiddenError
 from aiogram.filters.callback_data import CallbackData
-from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, TelegramObject
+from aiogram.types import (
+    CallbackQuery,
+    Document,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    Message,
+    TelegramObject,
+)
 
 from bot.plans.changes import OPEN, Actor, ChangeError, Next
 from bot.plans.commands import UsageError, decode_csv, parse_csv
@@ -276,13 +283,13 @@ async def _pasted(
     await ask_secret(bot, services, row, login, proposer_lang)
 
 
-def _refusal(message: Message, pbx: str | None) -> str | None:
+def _refusal(message: Message, doc: Document, pbx: str | None) -> str | None:
     """Why a file is not read (it is deleted all the same), or None."""
     if message.chat.type != "private":
         return "group"
     if pbx is None:
         return "no_pbx"
-    if (message.document.file_size or 0) > MAX_CSV_BYTES:
+    if (doc.file_size or 0) > MAX_CSV_BYTES:
         return "too_big"
     if not (message.caption or "").strip():
         return "no_provider"
@@ -295,7 +302,9 @@ async def document(
     """A CSV of numbers (login,password,destination[,phone]); the caption names the provider.
     Any file is deleted once read or refused: it may hold passwords."""
     doc = message.document
-    reason = _refusal(message, pbx)
+    if doc is None:  # the router passes documents only
+        return
+    reason = _refusal(message, doc, pbx)
     data = None
     try:
         if reason is None:
@@ -318,8 +327,9 @@ async def document(
     if reason == "no_provider":
         await message.answer(t("cli.csv_needs_provider", lang) + yourself)
         return
+    assert data is not None and pbx is not None  # no refusal: the chat has a PBX, the file was read
     try:
-        intent, passwords = parse_csv(decode_csv(data.read()), message.caption.strip())
+        intent, passwords = parse_csv(decode_csv(data.read()), (message.caption or "").strip())
     except UsageError as exc:
         await reply(message, error_text(exc, lang, html=True))
         return

@@ -301,7 +301,8 @@ class Throttle(BaseRequestMiddleware):
         bot: Bot,
         method: TelegramMethod[TelegramType],
     ) -> Response[TelegramType]:
-        if not isinstance(method, _OUTGOING):  # polling, answers to buttons and the like: not counted
+        outgoing = isinstance(method, _OUTGOING)  # (a flag: narrowing `method` would lose its result type)
+        if not outgoing:  # polling, answers to buttons and the like: not counted
             return await make_request(bot, method)
         chat: Any = getattr(method, "chat_id", None)
         chat = chat if isinstance(chat, int) else None

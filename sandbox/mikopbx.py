@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -310,9 +311,7 @@ class MikoPbxSimulator(LoopbackServer):
         self.stats[f"{request.method} {_stat_key(req)}"] += 1
         try:
             result = handler(req)
-            if asyncio.iscoroutine(result):
-                result = await result
-            status, payload = result
+            status, payload = await result if inspect.isawaitable(result) else result
             response = _envelope(status, payload, [], f"{resource}:{action or request.method}")
             if "cookie" in req.extra:  # the refresh token travels as an httpOnly cookie
                 response.set_cookie("refreshToken", req.extra["cookie"], httponly=True, max_age=30 * 86400)
@@ -501,8 +500,8 @@ class MikoPbxSimulator(LoopbackServer):
         return 200, {"events": self.state.registration_history(record)}
 
     def _create_route(self, req: _Request) -> tuple[int, Any]:
-        route_id = req.data.get("id")
-        rid = int(route_id) if str(route_id or "").isdigit() else None
+        route_id = str(req.data.get("id") or "")
+        rid = int(route_id) if route_id.isdigit() else None
         return self.state.save_route(req.data, method="POST", route_id=rid)
 
     def _save_route(self, req: _Request) -> tuple[int, Any]:

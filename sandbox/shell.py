@@ -153,7 +153,7 @@ class Shell:
             card = self._newest_card()
             buttons = self.tg.buttons(self.chat_id, card["message_id"]) if card else []
             index = int(args[0]) - 1
-            if not 0 <= index < len(buttons) or "callback_data" not in buttons[index]:
+            if card is None or not 0 <= index < len(buttons) or "callback_data" not in buttons[index]:
                 self.print(t("shell.no_button", self.lang))
             else:
                 self.tg.press(self.user_id, self.chat_id, card["message_id"], buttons[index]["callback_data"])

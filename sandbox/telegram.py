@@ -25,12 +25,12 @@ import itertools
 import json
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from .server import LoopbackServer
 
@@ -245,7 +245,7 @@ class TelegramSandbox(LoopbackServer):
         title: str,
         members: list[int],
         *,
-        admins: list[int] = (),
+        admins: Iterable[int] = (),
         supergroup: bool = True,
         bot_is_admin: bool = True,
     ) -> Chat:
@@ -265,8 +265,8 @@ class TelegramSandbox(LoopbackServer):
         return next(self._message_ids.setdefault(chat_id, itertools.count(1)))
 
     def _push(self, kind: str, payload: dict[str, Any]) -> None:
-        update = {"update_id": next(self._update_ids), kind: payload}
-        self.last_update_id = update["update_id"]
+        self.last_update_id = next(self._update_ids)
+        update = {"update_id": self.last_update_id, kind: payload}
         if self.webhook is not None:
             task = asyncio.get_running_loop().create_task(self._deliver(update))
             self._deliveries.add(task)
@@ -279,11 +279,16 @@ class TelegramSandbox(LoopbackServer):
         """POST the update to the webhook, as Telegram does; retry while it fails."""
         import aiohttp
 
-        headers = {}
-        if self.webhook.get("secret_token"):
-            headers["X-Telegram-Bot-Api-Secret-Token"] = self.webhook["secret_token"]
         for attempt in range(20):
-            targets = self.webhook_targets or [self.webhook["url"]]
+            webhook = self.webhook
+            if webhook is None:  # deleted meanwhile: the update waits for getUpdates, as Telegram keeps it
+                self._updates.append(update)
+                await self._notify()
+                return
+            headers = {}
+            if webhook.get("secret_token"):
+                headers["X-Telegram-Bot-Api-Secret-Token"] = webhook["secret_token"]
+            targets = self.webhook_targets or [webhook["url"]]
             target = targets[self._next_target % len(targets)]
             self._next_target += 1
             try:
@@ -433,6 +438,10 @@ class TelegramSandbox(LoopbackServer):
             elif ctype.startswith("multipart/"):
                 reader = await request.multipart()
                 async for part in reader:
+                    if not isinstance(part, BodyPartReader) or part.name is None:
+                        raise web.HTTPBadRequest(
+                            text="a multipart part without a name"
+                        )  # (aiogram names each)
                     if part.filename:
                         params[part.name] = {"filename": part.filename, "content": bytes(await part.read())}
                     else:

@@ -78,7 +78,7 @@ class Store:
 
     def release_locks(self, plan_id: str) -> None:
         with self.session() as s:
-            s.exec(delete(LockRow).where(LockRow.plan_id == plan_id))
+            s.exec(delete(LockRow).where(col(LockRow.plan_id) == plan_id))
             s.commit()
 
     def get_plan(self, plan_id: str) -> PlanRow | None:
@@ -91,7 +91,7 @@ class Store:
         with self.session() as s:
             result = s.exec(
                 update(PlanRow)
-                .where(PlanRow.id == plan_id, col(PlanRow.status).in_(list(from_status)))
+                .where(col(PlanRow.id) == plan_id, col(PlanRow.status).in_(list(from_status)))
                 .values(**values)
             )
             s.commit()
@@ -102,7 +102,11 @@ class Store:
         with self.session() as s:
             result = s.exec(
                 update(PlanRow)
-                .where(PlanRow.id == plan_id, PlanRow.status == "applying", PlanRow.lease_owner == owner)
+                .where(
+                    col(PlanRow.id) == plan_id,
+                    col(PlanRow.status) == "applying",
+                    col(PlanRow.lease_owner) == owner,
+                )
                 .values(lease_until=until)
             )
             s.commit()
@@ -120,7 +124,7 @@ class Store:
         with self.session() as s:
             result = s.exec(
                 update(PlanRow)
-                .where(PlanRow.id == plan_id, PlanRow.status == "applying", expired)
+                .where(col(PlanRow.id) == plan_id, col(PlanRow.status) == "applying", expired)
                 .values(lease_owner=owner, lease_until=until)
             )
             s.commit()
@@ -128,7 +132,7 @@ class Store:
 
     def update_plan(self, plan_id: str, **fields: Any) -> None:
         with self.session() as s:
-            s.exec(update(PlanRow).where(PlanRow.id == plan_id).values(updated_at=utcnow(), **fields))
+            s.exec(update(PlanRow).where(col(PlanRow.id) == plan_id).values(updated_at=utcnow(), **fields))
             s.commit()
 
     def plans(
@@ -210,12 +214,12 @@ class Store:
 
     def move_secrets(self, from_plan: str, to_plan: str) -> None:
         with self.session() as s:
-            s.exec(update(SecretRow).where(SecretRow.plan_id == from_plan).values(plan_id=to_plan))
+            s.exec(update(SecretRow).where(col(SecretRow.plan_id) == from_plan).values(plan_id=to_plan))
             s.commit()
 
     def erase_secrets(self, plan_id: str) -> int:
         with self.session() as s:
-            result = s.exec(delete(SecretRow).where(SecretRow.plan_id == plan_id))
+            result = s.exec(delete(SecretRow).where(col(SecretRow.plan_id) == plan_id))
             s.commit()
             return result.rowcount
 
@@ -234,7 +238,7 @@ class Store:
                 return None
             s.exec(
                 update(SecretRow)
-                .where(SecretRow.plan_id == plan_id, SecretRow.login == login)
+                .where(col(SecretRow.plan_id) == plan_id, col(SecretRow.login) == login)
                 .values(token=token, at=utcnow())
             )
             s.commit()
@@ -242,7 +246,9 @@ class Store:
 
     def erase_secret(self, plan_id: str, login: str) -> bool:
         with self.session() as s:
-            result = s.exec(delete(SecretRow).where(SecretRow.plan_id == plan_id, SecretRow.login == login))
+            result = s.exec(
+                delete(SecretRow).where(col(SecretRow.plan_id) == plan_id, col(SecretRow.login) == login)
+            )
             s.commit()
             return result.rowcount == 1
 
@@ -273,7 +279,7 @@ class Store:
         with self.session() as s:
             s.exec(
                 delete(SecretPromptRow).where(
-                    SecretPromptRow.kind == "link", SecretPromptRow.user_id == user_id
+                    col(SecretPromptRow.kind) == "link", col(SecretPromptRow.user_id) == user_id
                 )
             )
             s.add(SecretPromptRow(kind="link", user_id=user_id, plan_id=plan_id))
@@ -289,7 +295,7 @@ class Store:
 
     def drop_prompts(self, plan_id: str) -> int:
         with self.session() as s:
-            result = s.exec(delete(SecretPromptRow).where(SecretPromptRow.plan_id == plan_id))
+            result = s.exec(delete(SecretPromptRow).where(col(SecretPromptRow.plan_id) == plan_id))
             s.commit()
             return result.rowcount
 
@@ -299,11 +305,14 @@ class Store:
         with self.session() as s:
             s.add(row)
             s.commit()
+            assert row.id is not None  # the database numbered it on commit
             return row.id
 
     def set_hold_message(self, hold_id: int, message_id: int) -> None:
         with self.session() as s:
-            s.exec(update(HeldSecretRow).where(HeldSecretRow.id == hold_id).values(message_id=message_id))
+            s.exec(
+                update(HeldSecretRow).where(col(HeldSecretRow.id) == hold_id).values(message_id=message_id)
+            )
             s.commit()
 
     def held(self, hold_id: int) -> HeldSecretRow | None:
@@ -319,13 +328,13 @@ class Store:
             ).first()
             if row is None:
                 return None
-            result = s.exec(delete(HeldSecretRow).where(HeldSecretRow.id == hold_id))
+            result = s.exec(delete(HeldSecretRow).where(col(HeldSecretRow.id) == hold_id))
             s.commit()
             return row if result.rowcount == 1 else None
 
     def purge_held(self, before: datetime) -> int:
         with self.session() as s:
-            result = s.exec(delete(HeldSecretRow).where(HeldSecretRow.at < before))
+            result = s.exec(delete(HeldSecretRow).where(col(HeldSecretRow.at) < before))
             s.commit()
             return result.rowcount
 
@@ -367,7 +376,7 @@ class Store:
 
     def drop_schedule(self, chat_id: int) -> bool:
         with self.session() as s:
-            result = s.exec(delete(DigestScheduleRow).where(DigestScheduleRow.chat_id == chat_id))
+            result = s.exec(delete(DigestScheduleRow).where(col(DigestScheduleRow.chat_id) == chat_id))
             s.commit()
             return result.rowcount == 1
 
@@ -385,7 +394,9 @@ class Store:
 
     def finish_digest(self, run_id: int, *, posted: bool, state: str) -> None:
         with self.session() as s:
-            s.exec(update(DigestRunRow).where(DigestRunRow.id == run_id).values(posted=posted, state=state))
+            s.exec(
+                update(DigestRunRow).where(col(DigestRunRow.id) == run_id).values(posted=posted, state=state)
+            )
             s.commit()
 
     def last_digest(self, chat_id: int, *, before: int | None = None) -> DigestRunRow | None:
@@ -394,7 +405,7 @@ class Store:
             select(DigestRunRow).where(DigestRunRow.chat_id == chat_id).order_by(col(DigestRunRow.id).desc())
         )
         if before is not None:
-            query = query.where(DigestRunRow.id < before)
+            query = query.where(col(DigestRunRow.id) < before)
         with self.session() as s:
             return s.exec(query.limit(1)).first()
 

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
@@ -53,6 +53,10 @@ from .leader import Leadership
 from .metrics import Metrics
 from .scheduler import Scheduler
 from .wiring import open_store, open_vault
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.lock import Lock
 
 log = logging.getLogger("pbxbot.app")
 
@@ -217,11 +221,11 @@ class RedisTurns(BaseEventIsolation):
         import redis.asyncio as aioredis  # only replicas pay for the redis client
 
         pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=120)
-        self.redis = aioredis.Redis(connection_pool=pool)
+        self.redis: Redis | None = aioredis.Redis(connection_pool=pool)
         self.ttl = ttl
         self.key_builder = DefaultKeyBuilder()
 
-    async def _renew(self, lock: Any) -> None:
+    async def _renew(self, lock: Lock) -> None:
         while True:
             await asyncio.sleep(self.ttl / 3)
             try:
@@ -234,6 +238,7 @@ class RedisTurns(BaseEventIsolation):
     async def lock(self, key: StorageKey) -> AsyncIterator[None]:
         from redis.exceptions import LockError
 
+        assert self.redis is not None, "an update after close()"
         lock = self.redis.lock(name=self.key_builder.build(key, "lock"), timeout=self.ttl, sleep=0.05)
         await lock.acquire()
         renew = asyncio.create_task(self._renew(lock))
@@ -326,7 +331,7 @@ class BoundedRequestHandler(SimpleRequestHandler):
             self.pending.release()
 
 
-def make_dispatcher(services: Services, metrics: Metrics | None = None) -> Dispatcher:
+def make_dispatcher(services: Services, metrics: Metrics | None = None) -> BoundedDispatcher:
     """Routers behind the access check, at most `[server] max_concurrent_updates` at
     once; with `[redis] url`, FSM storage and event isolation in Redis (pools of their
     own, blocking, sized for that bound), so webhook replicas handle one chat's
@@ -395,7 +400,7 @@ class BotApp:
     /healthz and /metrics; the schedules run only while this process owns them."""
 
     bot: Bot
-    dispatcher: Dispatcher
+    dispatcher: BoundedDispatcher
     services: Services
     scheduler: Scheduler
     metrics: Metrics
@@ -471,6 +476,7 @@ class BotApp:
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
         await web.TCPSite(self.runner, settings.server.host, settings.server.port).start()
+        assert settings.telegram.webhook_url  # Settings refuse mode = webhook without it
         await self.bot.set_webhook(
             settings.telegram.webhook_url,
             secret_token=token,

@@ -39,7 +39,7 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.config import ConfigError, exposed_secret_files, load_settings
 from bot.plans import validate
@@ -57,6 +57,9 @@ from storage.tables import utcnow
 
 from . import logs
 from .wiring import open_store, open_vault
+
+if TYPE_CHECKING:
+    from sandbox.mikopbx import MikoPbxSimulator
 
 log = logging.getLogger("pbxbot")
 
@@ -110,7 +113,8 @@ def _parser() -> argparse.ArgumentParser:
     def sub_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
         return add_parser(name, parents=[common], **kwargs)
 
-    sub.add_parser = sub_parser  # every subcommand takes the global options too
+    # every subcommand takes the global options too (argparse has no hook for that)
+    sub.add_parser = sub_parser  # type: ignore[method-assign]
 
     sim = sub.add_parser("simulator", help="run the MikoPBX REST v3 simulator")
     sim.add_argument("--host", default="127.0.0.1")
@@ -184,7 +188,7 @@ def _target(parser: argparse.ArgumentParser) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _client(args: argparse.Namespace) -> AsyncIterator[tuple[MikoPbxClient, object | None]]:
+async def _client(args: argparse.Namespace) -> AsyncIterator[tuple[MikoPbxClient, MikoPbxSimulator | None]]:
     if args.sandbox:
         from sandbox.demo import demo_state
         from sandbox.mikopbx import MikoPbxSimulator

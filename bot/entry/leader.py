@@ -44,6 +44,8 @@ class Leadership:
         return got
 
     def _alive(self) -> bool:
+        if self._conn is None:  # dropped: no connection, no lock
+            return False
         try:
             self._conn.execute(text("SELECT 1"))
             self._conn.commit()

@@ -25,7 +25,7 @@ import logging
 import os
 import secrets as _secrets
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -271,10 +271,12 @@ class Changes:
             await self.db.audit(*(self._event("api_call", actor, row, **call, **kw) for call in calls))
             calls.clear()
 
-    async def _move(self, plan_id: str, from_status: Any, to_status: PlanStatus, **fields: Any) -> bool:
+    async def _move(
+        self, plan_id: str, from_status: Iterable[PlanStatus], to_status: PlanStatus, **fields: Any
+    ) -> bool:
         """Compare-and-set a plan's status, from whichever of `from_status` `TRANSITIONS` allows."""
-        given = [from_status] if isinstance(from_status, str) else list(from_status)
-        sources = [s for s in given if to_status in TRANSITIONS[PlanStatus(s)]]
+        given = list(from_status)
+        sources = [s for s in given if to_status in TRANSITIONS[s]]
         if not sources:
             raise AssertionError(f"a plan never moves from {given} to {to_status}")
         return await self.db.transition(plan_id, sources, to_status, **fields)
@@ -536,7 +538,7 @@ class Changes:
         await self._check_open(row)
         return await self._end(row, CANCELLED, actor, reason="cancelled")
 
-    async def _end(self, row: PlanRow, status: str, actor: Actor | None, **outcome: Any) -> PlanRow:
+    async def _end(self, row: PlanRow, status: PlanStatus, actor: Actor | None, **outcome: Any) -> PlanRow:
         """Close an open plan: its locks go, its secrets are erased."""
         if not await self._move(row.id, [*OPEN, APPLYING], status, outcome={**row.outcome, **outcome}):
             current = await self._get(row.id)

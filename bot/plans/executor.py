@@ -217,6 +217,7 @@ class Executor:
     async def _write_judged(
         self, index: int, step: Step, secrets: Mapping[str, str]
     ) -> dict[str, Any] | None:
+        error: Exception
         for attempt in (1, 2):
             try:
                 return await self._do(step, secrets)

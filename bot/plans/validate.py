@@ -41,7 +41,6 @@ Why these rules (MikoPBX = github.com/mikopbx/Core, Asterisk = main/config.c):
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -69,10 +68,14 @@ class InputError(UsageError):
     line: str | None = None
 
 
-@functools.cache
+_ALSO: dict[type[Exception], type[InputError]] = {}
+
+
 def _also(base: type[Exception]) -> type[InputError]:
     """An InputError that is also a `base`: the core's callers catch their own error type."""
-    return type(f"Input{base.__name__}", (InputError, base), {})
+    if base not in _ALSO:
+        _ALSO[base] = type(f"Input{base.__name__}", (InputError, base), {})
+    return _ALSO[base]
 
 
 def _refuse(code: str, command: str | None, also: type[Exception] | None, **params: str) -> InputError:

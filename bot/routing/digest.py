@@ -173,7 +173,7 @@ async def build(
     """Read the PBX and put the digest together: composing (the audit trail, a
     trace of every number) runs off the event loop, on the store's own threads."""
     readings = await read(pbx, reader, since=since, until=until, tz=tz)
-    sync = getattr(store, "sync", store)  # an AsyncStore's Store, or a Store
+    sync = store.sync if hasattr(store, "sync") else store  # an AsyncStore's Store, or a Store
     return await asyncio.to_thread(compose, readings, sync, name, since=since, until=until)
 
 
@@ -340,6 +340,7 @@ def chart_png(digest: Digest, lang: str = "en", *, top: int = 12, tz: ZoneInfo |
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     days = chart_days(digest, tz)
     busiest = sorted(digest.calls_by_day, key=lambda login: -sum(digest.calls_by_day[login].values()))[:top]
@@ -354,7 +355,7 @@ def chart_png(digest: Digest, lang: str = "en", *, top: int = 12, tz: ZoneInfo |
             ax.bar(xs, [counts.get(d, 0) for d in days], width=width, label=login)
         ax.set_xticks(range(len(days)), [f"{d:%d.%m}" for d in days])
         ax.set_xlim(-0.6, len(days) - 0.4)
-        ax.yaxis.get_major_locator().set_params(integer=True)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(t("digest.chart_title", lang, pbx=digest.pbx))
         ax.set_ylabel(t("digest.chart_calls", lang))
         ax.legend(fontsize="small", ncol=2)

@@ -16,7 +16,7 @@ import html as html_lib
 import re
 import string
 from collections.abc import Callable, Iterable
-from typing import Any, SupportsIndex
+from typing import Any, Literal, SupportsIndex, overload
 
 from bot.plans.executor import ApplyResult
 from bot.plans.planner import NEW_PREFIX, Plan, PlanError, Step, StepKind
@@ -111,6 +111,10 @@ def texts(html: bool) -> Callable[..., str]:
     return tr if html else t
 
 
+@overload
+def lines_of(lines: Iterable[str], html: Literal[True]) -> Html: ...
+@overload
+def lines_of(lines: Iterable[str], html: bool) -> str: ...
 def lines_of(lines: Iterable[str], html: bool) -> str:
     return Html("\n").join(lines) if html else "\n".join(lines)
 
@@ -173,7 +177,7 @@ def step_lines(
         for key in sorted(set(before) | set(after)):
             if key in _HIDDEN or before.get(key) == after.get(key):
                 continue
-            old, new = before.get(key), after.get(key)
+            old, new = before.get(key, ""), after.get(key, "")
             if key == "manualattributes":
                 old, new = _attrs(old or ""), _attrs(new or "")
             elif key == "providerid":
@@ -279,7 +283,7 @@ def replan_reason(error: dict[str, Any], lang: str, html: bool = False) -> str:
     for key in [f"{kind}.{code}"] if kind else [f"plan_error.{code}", f"change.{code}"]:
         if key in CATALOGUES["en"]:
             fields = {
-                re.match(r"\w*", field or "").group()
+                re.split(r"\W", field or "", maxsplit=1)[0]
                 for _, field, _, _ in _FORMATTER.parse(template(key, lang))
                 if field is not None
             }
@@ -290,16 +294,21 @@ def replan_reason(error: dict[str, Any], lang: str, html: bool = False) -> str:
     return esc(code or "?") if html else code or "?"
 
 
+@overload
+def error_text(exc: Exception, lang: str, *, html: Literal[True]) -> Html: ...
+@overload
+def error_text(exc: Exception, lang: str, *, html: bool = False) -> str: ...
 def error_text(exc: Exception, lang: str, *, html: bool = False) -> str:
     """A UsageError, PlanError, ChangeError or PbxError as a sentence (and the usage line)."""
     _t = texts(html)
     if isinstance(exc, UsageError):
-        params = dict(exc.params)
+        params: dict[str, Any] = dict(exc.params)
         if exc.code == "not_a_command":
             params["example"] = EXAMPLES["addnumber"]
         text = _t(f"usage.{exc.code}", lang, **params)
-        if getattr(exc, "line", None):  # a rule (bot/plans/validate.py) a CSV row breaks: which row
-            text = _t("usage.csv_line", lang, line=exc.line, rule=text)
+        line = getattr(exc, "line", None)
+        if line:  # a rule (bot/plans/validate.py) a CSV row breaks: which row
+            text = _t("usage.csv_line", lang, line=line, rule=text)
         if exc.usage:
             text += "\n" + _t("usage.line", lang, usage=exc.usage, example=exc.example)
         return text
@@ -323,6 +332,10 @@ def error_text(exc: Exception, lang: str, *, html: bool = False) -> str:
 _WHERE = re.compile(r"^(?P<pbx>.*?): (?P<method>GET|POST|PUT|PATCH|DELETE) (?P<path>\S+?):?(?: |$)")
 
 
+@overload
+def pbx_error_text(exc: PbxError, lang: str, *, html: Literal[True]) -> Html: ...
+@overload
+def pbx_error_text(exc: PbxError, lang: str, *, html: bool = False) -> str: ...
 def pbx_error_text(exc: PbxError, lang: str, *, html: bool = False) -> str:
     """One line for a PBX failure: what kind, and for an unexpected answer, at which call."""
     _t = texts(html)
