@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 
 from bot.plans.changes import Changes
 from pbx.base import Pbx
-from storage.aio import AsyncStore
-from storage.repo import Store
+from storage.aio import AsyncRepos
+from storage.repos import Repos
 
 from .config import Settings
 
@@ -22,13 +22,13 @@ if TYPE_CHECKING:  # the entry layer builds the scheduler and hands it over: no 
 class Services:
     settings: Settings
     changes: Changes
-    store: Store
+    store: Repos
     bot_username: str = ""
     refused: set[int] = field(default_factory=set)  # users and chats told "no" once already
     scheduler: Scheduler | None = None  # once the app has started
 
     @property
-    def db(self) -> AsyncStore:
+    def db(self) -> AsyncRepos:
         """The store, awaited: its calls run off the event loop."""
         return self.changes.db
 
@@ -42,7 +42,7 @@ class Services:
     async def pbx_of_chat(self, chat_id: int, *, private: bool) -> str | None:
         """A chat's PBX: its binding (`/pbx`), the config's groups, or, for a
         private chat, the only PBX there is. None: an unknown chat."""
-        bound = await self.db.chat_pbx(chat_id)
+        bound = await self.db.chats.pbx_of(chat_id)
         if bound is not None and bound in self.changes.pbxs:
             return bound
         configured = self.settings.telegram.groups.get(chat_id)
@@ -55,4 +55,4 @@ class Services:
     async def approval_chats(self, pbx: str) -> list[int]:
         """Groups where plans of this PBX are approved."""
         chats = [cid for cid, name in self.settings.telegram.groups.items() if name == pbx]
-        return chats + [cid for cid in await self.db.chats_of(pbx) if cid not in chats]
+        return chats + [cid for cid in await self.db.chats.groups_of(pbx) if cid not in chats]

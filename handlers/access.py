@@ -68,13 +68,13 @@ class Access(BaseMiddleware):
             old, new = message.migrate_from_chat_id, message.chat.id
         pbx = await self.services.pbx_of_chat(old, private=False)
         if pbx is not None and await self.services.pbx_of_chat(new, private=False) is None:
-            await store.bind_chat(new, pbx, title=message.chat.title or "")
-            await store.audit(AuditRow(pbx=pbx, event="chat_migrated", detail={"from": old, "to": new}))
+            await store.chats.bind(new, pbx, title=message.chat.title or "")
+            await store.audit.add(AuditRow(pbx=pbx, event="chat_migrated", detail={"from": old, "to": new}))
 
     async def _refuse(self, event: TelegramObject, user_id: int, chat_id: int | None, lang: str) -> None:
         services = self.services
         kind = "callback" if isinstance(event, CallbackQuery) else "message"
-        await services.db.audit(
+        await services.db.audit.add(
             AuditRow(actor_id=user_id, event="refused_unknown_user", detail={"chat": chat_id, "kind": kind})
         )
         if isinstance(event, CallbackQuery):

@@ -195,7 +195,7 @@ async def release(services: Services, row: PlanRow, exc: BaseException) -> PlanR
         released = await services.changes.release(row.id, CARD_RELEASED, error=_why(exc))
     except ChangeError:  # it ended meanwhile (cancelled, expired), or is being applied
         log.warning("the card of plan %s could not be posted (%s)", row.id, _why(exc))
-        return await services.db.get_plan(row.id) or row
+        return await services.db.plans.get(row.id) or row
     log.warning("the card of plan %s could not be posted (%s): plan released", row.id, _why(exc))
     return released
 
@@ -210,7 +210,7 @@ async def post_card(
     until = time.monotonic() + max(0.0, _seconds_left(services, row))
 
     async def wanted() -> bool:
-        current = await services.db.get_plan(row.id)
+        current = await services.db.plans.get(row.id)
         return current is not None and current.status in OPEN
 
     try:
@@ -244,8 +244,8 @@ async def post_card(
     except BaseException as exc:  # cancelled (shutdown) or a bug: the plan is not left without a card
         await release(services, row, exc)
         raise
-    await services.db.update_plan(row.id, chat_id=chat_id, message_id=message.message_id)
-    return await services.db.get_plan(row.id)
+    await services.db.plans.update(row.id, chat_id=chat_id, message_id=message.message_id)
+    return await services.db.plans.get(row.id)
 
 
 async def tell_released(bot: Bot, row: PlanRow, chat_ids: list[int], lang: str) -> None:
@@ -270,7 +270,7 @@ async def refresh_card(
 ) -> None:
     """Edit the card in place; "not modified" is success, a lost card is posted again.
     Retried for `patience` seconds while Telegram cannot take it."""
-    row = await services.db.get_plan(row.id) or row
+    row = await services.db.plans.get(row.id) or row
     if row.chat_id is None or row.message_id is None:
         return
     lang = card_language(services, row, lang)
@@ -346,7 +346,7 @@ async def _prompt(
     except (TelegramForbiddenError, TelegramBadRequest) as exc:
         log.info("cannot write to %s first: %s", row.proposer_id, exc.message)
         return False
-    await services.db.add_prompt(row.proposer_id, row.id, login, sent.message_id)
+    await services.db.prompts.ask(row.proposer_id, row.id, login, sent.message_id)
     return True
 
 

@@ -102,7 +102,7 @@ async def _delete(message: Message) -> bool:
 async def _audit(
     services: Services, actor: Actor, event: str, plan_id: str | None = None, **detail: Any
 ) -> None:
-    await services.db.audit(
+    await services.db.audit.add(
         AuditRow(actor_id=actor.id, actor_name=actor.name, plan_id=plan_id, event=event, detail=detail)
     )
 
@@ -112,11 +112,11 @@ async def _candidates(message: Message, services: Services, actor: Actor) -> lis
     store = services.db
     answered = message.reply_to_message
     if answered is not None:
-        prompt = await store.prompt(actor.id, answered.message_id)
+        prompt = await store.prompts.asked(actor.id, answered.message_id)
         if prompt is not None:
             return [(prompt.plan_id, prompt.login)]
     waiting = await services.changes.awaiting_secret(actor.id)
-    linked = await store.link(actor.id)
+    linked = await store.prompts.link(actor.id)
     if any(row.id == linked for row, _ in waiting):
         return [(linked, None)]
     return [(row.id, login) for row, missing in waiting for login in missing]
@@ -148,9 +148,9 @@ async def _hold(
 ) -> None:
     """Several logins wait: keep the password sealed and ask which one it is."""
     store = services.db
-    await store.purge_held(utcnow() - HOLD_FOR)
+    await store.held.purge(utcnow() - HOLD_FOR)
     choices = [[plan_id, login or ""] for plan_id, login in candidates[:MAX_CHOICES]]
-    hold = await store.hold_secret(actor.id, services.changes.vault.seal(password), choices)
+    hold = await store.held.hold(actor.id, services.changes.vault.seal(password), choices)
 
     def button(text: str, choice: int) -> list[InlineKeyboardButton]:
         return [InlineKeyboardButton(text=text, callback_data=SecretPick(hold=hold, choice=choice).pack())]
@@ -163,7 +163,7 @@ async def _hold(
     sent = await message.answer(
         t("tg.secret.which", lang), reply_markup=InlineKeyboardMarkup(inline_keyboard=rows)
     )
-    await store.set_hold_message(hold, sent.message_id)
+    await store.held.set_message(hold, sent.message_id)
     await _audit(services, actor, "secret_held", choices=len(choices))
 
 
@@ -177,13 +177,13 @@ async def _bind(
         login, replaced = await changes.add_secret(actor, plan_id, login, password)
     except (ChangeError, UsageError) as exc:
         if getattr(exc, "code", "") == "plan_closed":
-            await services.db.drop_prompts(plan_id)  # its questions and link point nowhere now
+            await services.db.prompts.drop(plan_id)  # its questions and link point nowhere now
         await _audit(services, actor, "secret_unused", plan_id, reason=getattr(exc, "code", "invalid"))
         await bot.send_message(actor.id, t("tg.secret.unused", lang, why=error_text(exc, lang, html=True)))
         return
     key = "tg.secret.replaced" if replaced else "tg.secret.received"
     await bot.send_message(actor.id, t(key, lang, login=esc(login), id=plan_id))
-    row = await services.db.get_plan(plan_id)
+    row = await services.db.plans.get(plan_id)
     if await changes.missing_secrets(row):
         await ask_secrets(bot, services, row, lang)
     await refresh_card(bot, services, row)
@@ -195,12 +195,12 @@ async def picked(
     query: CallbackQuery, callback_data: SecretPick, bot: Bot, services: Services, actor: Actor, lang: str
 ) -> None:
     store = services.db
-    held = await store.held(callback_data.hold)
+    held = await store.held.get(callback_data.hold)
     fresh = held is not None and held.at >= utcnow() - HOLD_FOR
     valid = callback_data.choice == DROP or (
         held is not None and 0 <= callback_data.choice < len(held.choices)
     )
-    taken = await store.take_held(callback_data.hold, actor.id) if held is not None and valid else None
+    taken = await store.held.take(callback_data.hold, actor.id) if held is not None and valid else None
     if taken is None or not fresh:
         await _audit(services, actor, "secret_pick_gone", hold=callback_data.hold)
         await query.answer(t("tg.secret.pick_gone", lang), show_alert=True)
@@ -249,7 +249,7 @@ async def _pasted(
 ) -> None:
     """The password is exposed: delete it, drop it from its plan, ask the proposer for a new one."""
     deleted = await _delete(message)
-    dropped = row.status in OPEN and await services.db.erase_secret(row.id, login)
+    dropped = row.status in OPEN and await services.db.secrets.erase(row.id, login)
     await _audit(
         services,
         actor,

@@ -163,7 +163,7 @@ async def test_quiet_mode_posts_only_when_something_changed(store, client, sim, 
     scheduler = Scheduler(services, poster)
     row = await schedule_row(services, CHAT, "office", parse_digest("daily 09:00"), 1)
     row.quiet = True
-    services.store.set_schedule(row)
+    services.store.schedules.set(row)
     now = utcnow()
     assert (await scheduler.run(CHAT, period="daily", now=now)).posted  # the first one always
     assert (await scheduler.run(CHAT, period="daily", now=now + timedelta(days=1))).reason == "quiet"

@@ -406,7 +406,7 @@ async def running(
 ) -> AsyncIterator[BotApp]:
     """The bot with its storage, vault and PBX clients (one per profile unless given), running."""
     store = open_store(settings)
-    metrics = Metrics(store.plans_by_status)
+    metrics = Metrics(store.plans.count_by_status)
     own: list[MikoPbxClient] = []
     if clients is None:
         clients = {}

@@ -33,8 +33,8 @@ from typing import Any
 from bot.config import PolicySettings
 from pbx.base import Pbx
 from pbx.errors import PbxError
-from storage.aio import AsyncStore
-from storage.repo import Store
+from storage.aio import AsyncRepos
+from storage.repos import Repos
 from storage.tables import ApprovalRow, AuditRow, PlanRow, utcnow
 
 from .commands import (
@@ -222,7 +222,7 @@ def display_names(plan: Plan, snapshot: Snapshot) -> dict[str, dict[str, str]]:
 class Changes:
     def __init__(
         self,
-        store: Store,
+        store: Repos,
         policy: PolicySettings,
         vault: Vault,
         pbxs: Mapping[str, PbxHandle],
@@ -234,7 +234,7 @@ class Changes:
         self.owner = process_id()
         self.lease = lease
         self.store = store  # synchronous: for tests and code already off the event loop
-        self.db = AsyncStore(store)  # what the core awaits: the database never blocks the event loop
+        self.db = AsyncRepos(store)  # what the core awaits: the database never blocks the event loop
         self.policy = policy
         self.vault = vault
         self.pbxs = pbxs
@@ -251,7 +251,7 @@ class Changes:
     async def _audit(
         self, event: str, actor: Actor | None, row: PlanRow | None = None, **detail: Any
     ) -> None:
-        await self.db.audit(self._event(event, actor, row, **detail))
+        await self.db.audit.add(self._event(event, actor, row, **detail))
 
     def _event(self, event: str, actor: Actor | None, row: PlanRow | None = None, **detail: Any) -> AuditRow:
         return AuditRow(
@@ -268,7 +268,7 @@ class Changes:
         self, calls: list[dict[str, Any]], actor: Actor | None, row: PlanRow | None, **kw
     ) -> None:
         if calls:
-            await self.db.audit(*(self._event("api_call", actor, row, **call, **kw) for call in calls))
+            await self.db.audit.add(*(self._event("api_call", actor, row, **call, **kw) for call in calls))
             calls.clear()
 
     async def _move(self, plan_id: str, from_status: Any, to_status: PlanStatus, **fields: Any) -> bool:
@@ -277,10 +277,10 @@ class Changes:
         sources = [s for s in given if to_status in TRANSITIONS[PlanStatus(s)]]
         if not sources:
             raise AssertionError(f"a plan never moves from {given} to {to_status}")
-        return await self.db.transition(plan_id, sources, to_status, **fields)
+        return await self.db.plans.transition(plan_id, sources, to_status, **fields)
 
     async def _get(self, plan_id: str) -> PlanRow:
-        row = await self.db.get_plan(plan_id)
+        row = await self.db.plans.get(plan_id)
         if row is None:
             raise ChangeError("no_plan", plan=plan_id)
         return row
@@ -304,7 +304,7 @@ class Changes:
         )
 
     async def tally_of(self, row: PlanRow) -> Tally:
-        approvals = await self.db.approvals(row.id, row.version)
+        approvals = await self.db.approvals.of(row.id, row.version)
         approvers = [a.user_id for a in approvals if a.decision == "approve"]
         return tally(self.policy, row.kind, row.proposer_id, approvers)
 
@@ -396,7 +396,7 @@ class Changes:
             raise ChangeError("locked", plan=holder, logins=", ".join(logins[:5]))
         wanted = set(plan.needs_secret)
         if secrets:
-            await self.db.put_secrets(
+            await self.db.secrets.put_all(
                 row.id, self.vault.seal_all({k: v for k, v in secrets.items() if k in wanted})
             )
         await self._audit(
@@ -405,7 +405,7 @@ class Changes:
         count = await self.tally_of(row)
         if count.done:
             await self._promote(row, actor)
-        return Proposal(plan, await self.db.get_plan(row.id), count)
+        return Proposal(plan, await self.db.plans.get(row.id), count)
 
     async def add_secret(
         self, actor: Actor, plan_id: str, login: str | None, password: str
@@ -424,22 +424,24 @@ class Changes:
         password = sip_password(password, also=ChangeError)  # refused with the rule, never echoed
         token = self.vault.seal(password)
         if login is not None:
-            replaced = bool(await self.db.put_secret(plan_id, login, token, replace=True))
+            replaced = bool(await self.db.secrets.put(plan_id, login, token, replace=True))
             await self._audit("secret_replaced" if replaced else "secret_received", actor, row, login=login)
             return login, replaced
         for candidate in await self.missing_secrets(row):
-            if await self.db.put_secret(plan_id, candidate, token, replace=False) is not None:
+            if await self.db.secrets.put(plan_id, candidate, token, replace=False) is not None:
                 await self._audit("secret_received", actor, row, login=candidate)
                 return candidate, False
         raise ChangeError("secrets_complete", plan=plan_id)
 
     async def missing_secrets(self, row: PlanRow) -> list[str]:
-        have = await self.db.secrets(row.id)
+        have = await self.db.secrets.of(row.id)
         return [login for login in row.needs_secret if login not in have]
 
     async def awaiting_secret(self, user_id: int) -> list[tuple[PlanRow, list[str]]]:
         """Open plans of this proposer still waiting for SIP passwords, oldest first."""
-        rows = [r for r in await self.db.plans(status=OPEN, proposer=user_id, limit=500) if r.needs_secret]
+        rows = [
+            r for r in await self.db.plans.find(status=OPEN, proposer=user_id, limit=500) if r.needs_secret
+        ]
         waiting = [(r, await self.missing_secrets(r)) for r in reversed(rows)]
         return [(r, missing) for r, missing in waiting if missing]
 
@@ -447,8 +449,8 @@ class Changes:
         """The plan of this PBX, and the login, whose sealed SIP password `text` is or holds
         as a word: a password pasted where it must not be. Open and applying plans only."""
         words = {text.strip(), *text.split()} - {""}
-        for row in await self.db.plans(pbx=pbx, status=[*OPEN, APPLYING], limit=500):
-            for login, token in (await self.db.secrets(row.id)).items():
+        for row in await self.db.plans.find(pbx=pbx, status=[*OPEN, APPLYING], limit=500):
+            for login, token in (await self.db.secrets.of(row.id)).items():
                 try:
                     if self.vault.matches(token, words):
                         return row, login
@@ -469,7 +471,7 @@ class Changes:
     async def approvers_of(self, row: PlanRow) -> list[str]:
         return [
             a.user_name or str(a.user_id)
-            for a in await self.db.approvals(row.id, row.version)
+            for a in await self.db.approvals.of(row.id, row.version)
             if a.decision == "approve"
         ]
 
@@ -493,13 +495,13 @@ class Changes:
     ) -> tuple[PlanRow, Tally]:
         row = await self._get(plan_id)
         await self._check_open(row, version)
-        approvals = await self.db.approvals(row.id, row.version)
+        approvals = await self.db.approvals.of(row.id, row.version)
         already = [a.user_id for a in approvals if a.decision == "approve"]
         reason = refuse_approval(self.policy, actor.id, row.proposer_id, already)
         if reason is not None:
             await self._audit("approval_refused", actor, row, reason=reason)
             raise ChangeError(reason.removeprefix("policy."), plan=row.id)
-        await self.db.add_approval(
+        await self.db.approvals.add(
             ApprovalRow(
                 plan_id=row.id,
                 version=row.version,
@@ -520,7 +522,7 @@ class Changes:
         if not may(self.policy, actor.id, Action.APPROVE):
             await self._audit("approval_refused", actor, row, reason="policy.not_approver")
             raise ChangeError("not_approver", plan=row.id)
-        await self.db.add_approval(
+        await self.db.approvals.add(
             ApprovalRow(
                 plan_id=row.id, version=row.version, user_id=actor.id, user_name=actor.name, decision="reject"
             )
@@ -541,15 +543,15 @@ class Changes:
         if not await self._move(row.id, [*OPEN, APPLYING], status, outcome={**row.outcome, **outcome}):
             current = await self._get(row.id)
             raise ChangeError("plan_closed", plan=row.id, status=current.status)
-        await self.db.release_locks(row.id)
-        erased = await self.db.erase_secrets(row.id)
+        await self.db.locks.release(row.id)
+        erased = await self.db.secrets.erase_all(row.id)
         await self._audit(status, actor, row, secrets_erased=erased, **outcome)
         return await self._get(row.id)
 
     async def expire(self) -> list[PlanRow]:
         """Close every open plan past its expiry (the scheduler calls this)."""
         ended = []
-        for row in await self.db.due(OPEN, self.clock()):
+        for row in await self.db.plans.due(OPEN, self.clock()):
             try:
                 ended.append(await self._end(row, EXPIRED, None, reason="expired"))
             except ChangeError:
@@ -580,7 +582,7 @@ class Changes:
             raise ChangeError("not_approved", plan=plan_id, status=current.status)
         await self._audit("applying", actor, row, owner=self.owner)
         plan = self.plan_of(row)
-        secrets = self.vault.open_all(await self.db.secrets(row.id))
+        secrets = self.vault.open_all(await self.db.secrets.of(row.id))
         calls: list[dict[str, Any]] = []
 
         async def on_step(name: str, detail: dict[str, Any]) -> None:
@@ -626,7 +628,7 @@ class Changes:
             # the calls made so far and the event, in one transaction, before the executor goes on
             made = [self._event("api_call", actor, row, **call) for call in calls]
             calls.clear()
-            await self.db.audit(*made, self._event(name, actor, row, **detail))
+            await self.db.audit.add(*made, self._event(name, actor, row, **detail))
             if on_step is not None:
                 await on_step(name, detail)
 
@@ -653,7 +655,7 @@ class Changes:
             while True:
                 await asyncio.sleep(self.lease.total_seconds() / 3)
                 until = self.clock() + self.lease
-                if not await self.db.renew_lease(plan_id, self.owner, until):
+                if not await self.db.plans.renew_lease(plan_id, self.owner, until):
                     log.error("plan %s: the apply lease was lost; stopping before the next write", plan_id)
                     executor.halt = True
                     return
@@ -682,7 +684,7 @@ class Changes:
         status = {ApplyStatus.APPLIED: APPLIED, ApplyStatus.ROLLED_BACK: ROLLED_BACK}.get(
             result.status, FAILED
         )
-        await self.db.update_plan(row.id, results=results)
+        await self.db.plans.update(row.id, results=results)
         ended = await self._end(row, status, actor, **outcome)
         return Outcome(ended, result)
 
@@ -690,7 +692,7 @@ class Changes:
         """A stale plan ends; a new version from the same intent is proposed in its
         name, with its passwords moved over, and needs approval again."""
         await self._move(row.id, [APPLYING], STALE, outcome={"found": result.fingerprint})
-        await self.db.release_locks(row.id)
+        await self.db.locks.release(row.id)
         await self._audit(STALE, actor, row, expected=row.fingerprint, found=result.fingerprint)
         proposer = Actor(row.proposer_id, row.proposer_name)
         replacement: Proposal | None = None
@@ -707,17 +709,17 @@ class Changes:
             code = getattr(exc, "code", "")
             params = {k: v for k, v in getattr(exc, "params", {}).items() if isinstance(v, str | int)}
             await self._audit("replan_failed", actor, row, code=code)
-            await self.db.update_plan(
+            await self.db.plans.update(
                 row.id,
                 outcome={"found": result.fingerprint, "replan_error": {"code": code, "params": params}},
             )
-            await self.db.erase_secrets(row.id)
+            await self.db.secrets.erase_all(row.id)
             ended = await self._get(row.id)
             return Outcome(ended, result)
         if replacement.row is not None:
-            await self.db.move_secrets(row.id, replacement.row.id)
-            await self.db.update_plan(row.id, replaced_by=replacement.row.id)
-        await self.db.erase_secrets(row.id)
+            await self.db.secrets.move(row.id, replacement.row.id)
+            await self.db.plans.update(row.id, replaced_by=replacement.row.id)
+        await self.db.secrets.erase_all(row.id)
         return Outcome(await self._get(row.id), result, replacement)
 
     # ------------------------------------------------------------------ recovery
@@ -728,18 +730,18 @@ class Changes:
         apply holds it. Run by the bot at start and by housekeeping, by every CLI
         command that writes, and by `pbxbot recover`."""
         done: list[Recovery] = []
-        for row in await self.db.plans(status=[APPLYING], pbx=pbx, limit=1000):
+        for row in await self.db.plans.find(status=[APPLYING], pbx=pbx, limit=1000):
             if row.pbx not in self.pbxs:
                 continue
             now = self.clock()
             dead = [row.lease_owner] if row.lease_owner and owner_is_dead(row.lease_owner) else []
-            if not await self.db.take_lease(row.id, self.owner, now + self.lease, now, dead):
+            if not await self.db.plans.take_lease(row.id, self.owner, now + self.lease, now, dead):
                 continue  # a live apply holds it, or another process took it a moment ago
             done.append(await self._reconcile(row, previous=row.lease_owner))
         return done
 
     async def _reconcile(self, row: PlanRow, *, previous: str | None) -> Recovery:
-        journal = await self.db.audit_trail(plan_id=row.id, limit=100_000)
+        journal = await self.db.audit.trail(plan_id=row.id, limit=100_000)
         tried = 0
         known_routes: list[str] | None = None
         for event in journal:
@@ -757,7 +759,7 @@ class Changes:
         try:
             await self._pbx(row.pbx).client.list_providers()  # is the PBX there to be read?
         except PbxError as exc:
-            await self.db.renew_lease(row.id, self.owner, self.clock())  # free: try again later
+            await self.db.plans.renew_lease(row.id, self.owner, self.clock())  # free: try again later
             await self._audit("recovery_postponed", None, row, error=str(exc))
             return Recovery(await self._get(row.id), None, postponed=str(exc))
         finally:
@@ -770,16 +772,16 @@ class Changes:
         finally:
             _calls.reset(token)
             await self._flush_calls(calls, None, row)
-        await self.db.update_plan(row.id, card_stale=True)
+        await self.db.plans.update(row.id, card_stale=True)
         outcome = await self._finish(row, None, result, recovered=result.status.value, tried=tried)
         return Recovery(outcome.row, result)
 
     async def cards_to_refresh(self) -> list[PlanRow]:
         """Plans that ended where no card could be edited (`pbxbot recover`)."""
-        return await self.db.plans(card_stale=True, limit=100)
+        return await self.db.plans.find(card_stale=True, limit=100)
 
     async def card_refreshed(self, plan_id: str) -> None:
-        await self.db.update_plan(plan_id, card_stale=False)
+        await self.db.plans.update(plan_id, card_stale=False)
 
     # ------------------------------------------------------------------ undo
 
