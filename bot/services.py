@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from bot.plans.changes import Changes
+from bot.plans.service import Changes
 from pbx.base import Pbx
 from storage.aio import AsyncRepos
 from storage.repos import Repos

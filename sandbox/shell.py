@@ -26,7 +26,8 @@ from typing import Any, TextIO
 
 from bot.config import load_settings
 from bot.entry.app import running
-from bot.plans.changes import Changes, Next
+from bot.plans.changes import Next
+from bot.plans.service import Changes
 from bot.text.i18n import t
 from pbx.mikopbx import MikoPbxClient
 

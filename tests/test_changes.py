@@ -11,8 +11,9 @@ from datetime import timedelta
 import pytest
 
 from bot.config import PolicySettings
-from bot.plans.changes import LOCAL_ADMIN, Actor, ChangeError, Changes, PbxHandle
+from bot.plans.changes import LOCAL_ADMIN, Actor, ChangeError, PbxHandle
 from bot.plans.commands import parse, parse_csv
+from bot.plans.service import Changes
 from bot.plans.vault import Vault
 from sandbox.demo import DEMO_IVR_EXTENSION, DEMO_PROVIDER_ID, DEMO_QUEUE_EXTENSION
 from storage.tables import utcnow

@@ -10,8 +10,9 @@ import pytest
 
 from bot.config import load_settings
 from bot.entry.scheduler import Scheduler
-from bot.plans.changes import LOCAL_ADMIN, Changes, PbxHandle
+from bot.plans.changes import LOCAL_ADMIN, PbxHandle
 from bot.plans.commands import parse
+from bot.plans.service import Changes
 from bot.plans.vault import Vault
 from bot.routing.digest import DigestCommand, DigestUsage, parse_digest, period_bounds, schedule_row
 from bot.services import Services

@@ -33,7 +33,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from bot.config import ConfigError, Settings
-from bot.plans.changes import Changes, PbxHandle
+from bot.plans.changes import PbxHandle
+from bot.plans.service import Changes
 from bot.services import Services
 from bot.text.i18n import CATALOGUES, t
 from handlers import routers
