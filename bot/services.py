@@ -11,6 +11,7 @@ from bot.plans.service import Changes
 from pbx.base import Pbx
 from storage.aio import AsyncRepos
 from storage.repos import Repos
+from storage.tables import DigestScheduleRow
 
 from .config import Settings
 
@@ -51,6 +52,22 @@ class Services:
         if private and len(self.changes.pbxs) == 1:
             return next(iter(self.changes.pbxs))
         return None
+
+    async def bind_chat(self, chat_id: int, pbx: str, *, title: str = "", by: int | None = None) -> None:
+        """`/pbx`: the chat works on this PBX from now on."""
+        await self.db.chats.bind(chat_id, pbx, title=title, by=by)
+
+    async def move_chat(self, old: int, new: int, title: str = "") -> None:
+        """A group became a supergroup (a new id): the new chat keeps the old one's PBX,
+        unless it has one of its own."""
+        pbx = await self.pbx_of_chat(old, private=False)
+        if pbx is not None and await self.pbx_of_chat(new, private=False) is None:
+            await self.db.chats.bind(new, pbx, title=title)
+            await self.changes.record("chat_migrated", pbx=pbx, **{"from": old, "to": new})
+
+    async def schedule_of(self, chat_id: int) -> DigestScheduleRow | None:
+        """The chat's digest schedule, if it has one."""
+        return await self.db.schedules.get(chat_id)
 
     async def approval_chats(self, pbx: str) -> list[int]:
         """Groups where plans of this PBX are approved."""

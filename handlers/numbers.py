@@ -7,7 +7,7 @@ from aiogram import Bot, Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
-from bot.plans.changes import ENDED, OPEN, Actor, ChangeError, Next, Proposal
+from bot.plans.changes import Actor, ChangeError, Next, Proposal
 from bot.plans.commands import Intent, UsageError, parse
 from bot.plans.planner import PlanError
 from bot.services import Services
@@ -105,7 +105,7 @@ def _plan_line(row, lang: str) -> Html:
 async def plans(message: Message, services: Services, pbx: str | None, lang: str) -> None:
     if not await need_pbx(message, pbx, lang):
         return
-    rows = await services.db.plans.find(pbx=pbx, status=[*OPEN, "applying"])
+    rows = await services.changes.open_plans(pbx)
     lines = [tr("tg.plans.header", lang, n=len(rows))] + [_plan_line(r, lang) for r in rows]
     await answer_long(message, lines_of(lines, html=True), lang=lang, filename=f"plans-{pbx}.txt")
 
@@ -117,7 +117,7 @@ async def history(
         return
     arg = (command.args or "").strip()
     n = int(arg) if arg.isdigit() else 10
-    rows = await services.db.plans.find(pbx=pbx, status=ENDED, limit=max(1, min(n, 100)))
+    rows = await services.changes.history(pbx, n)
     lines = [tr("tg.history.header", lang, n=len(rows))] + [_plan_line(r, lang) for r in rows]
     await answer_long(message, lines_of(lines, html=True), lang=lang, filename=f"history-{pbx}.txt")
 

@@ -185,7 +185,7 @@ async def digest(
         await scheduler.off(chat_id)
         await message.answer(tr("digest.off", lang))
     elif parsed.action == "tz":
-        row = await services.db.schedules.get(chat_id)
+        row = await services.schedule_of(chat_id)
         if row is None:
             await message.answer(tr("digest.none", lang))
             return
@@ -193,7 +193,7 @@ async def digest(
         await scheduler.set(row)
         await message.answer(_schedule_text(row, lang))
     elif parsed.action == "quiet":
-        row = await services.db.schedules.get(chat_id)
+        row = await services.schedule_of(chat_id)
         if row is None:
             await message.answer(tr("digest.none", lang))
             return
@@ -203,7 +203,7 @@ async def digest(
             tr("digest.quiet", lang, state=t("digest.on" if row.quiet else "digest.off_word", lang))
         )
     else:
-        row = await services.db.schedules.get(chat_id)
+        row = await services.schedule_of(chat_id)
         await message.answer(_schedule_text(row, lang) if row else tr("digest.none", lang))
 
 
