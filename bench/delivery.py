@@ -42,7 +42,7 @@ from sandbox.demo import DEMO_PROVIDER_ID, demo_state  # noqa: E402
 from sandbox.mikopbx import MikoPbxSimulator  # noqa: E402
 from sandbox.telegram import TelegramSandbox  # noqa: E402
 from storage.db import make_engine, migrate  # noqa: E402
-from storage.repo import Store  # noqa: E402
+from storage.repos import Repos  # noqa: E402
 
 KEY = secrets.token_hex(32)
 TOKEN = f"{700000000 + secrets.randbelow(10**6)}:{secrets.token_urlsafe(24)}"
@@ -185,7 +185,7 @@ async def run(args: argparse.Namespace, data: Path) -> dict:
         got = answered()
         owed["passwords"] = len(everyone)
         owed["files"] = got["files_owed"]
-        plans = Store(engine).plans(limit=10_000)
+        plans = Repos(engine).plans.find(limit=10_000)
         logs = "".join((data / f"replica{i}.log").read_text(errors="replace") for i in range(len(procs)))
         result = {
             "bench": "delivery",

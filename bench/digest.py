@@ -43,7 +43,7 @@ from pbx.mikopbx import MikoPbxClient  # noqa: E402
 from sandbox.demo import load_seed  # noqa: E402
 from sandbox.mikopbx import MikoPbxSimulator  # noqa: E402
 from storage.db import make_engine, migrate  # noqa: E402
-from storage.repo import Store  # noqa: E402
+from storage.repos import Repos  # noqa: E402
 from storage.tables import utcnow  # noqa: E402
 
 KEY = secrets.token_hex(32)
@@ -85,7 +85,7 @@ async def one_size(n: int, runs: int, per_number: int, data: Path) -> dict:
     with_calls(state, per_number, now)
     engine = make_engine(f"sqlite:///{data / f'digest-{n}.db'}")
     migrate(engine)
-    store = Store(engine)
+    store = Repos(engine)
     since, until = now - timedelta(days=7), now
     async with MikoPbxSimulator(state, api_keys=[KEY]) as sim:
         async with MikoPbxClient(

@@ -748,17 +748,17 @@ class Load:
 
     def store(self) -> Any:
         from storage.db import make_engine
-        from storage.repo import Store
+        from storage.repos import Repos
 
         if self.args.storage == "sqlite":
-            return Store(make_engine(f"sqlite:///{self.data / 'data0' / 'pbxbot.db'}"))
-        return Store(make_engine(self.direct_url()))
+            return Repos(make_engine(f"sqlite:///{self.data / 'data0' / 'pbxbot.db'}"))
+        return Repos(make_engine(self.direct_url()))
 
     def figures(self) -> dict[str, Any]:
         a = self.args
         store = self.store()
-        audit = store.audit_trail(limit=10_000_000)
-        plans = {p.id: p for p in store.plans(limit=10_000_000)}
+        audit = store.audit.trail(limit=10_000_000)
+        plans = {p.id: p for p in store.plans.find(limit=10_000_000)}
         minutes = list(range(1, self.minute(self.stopped_at) + 1))
         ran = self.ended_at - self.t0
 
@@ -839,7 +839,7 @@ class Load:
         counted = [r for r in self.requests if r.kind == "press" and r.answer.startswith("Counted")]
         for r in counted:
             _, _, plan_id, version = r.data.split(":")
-            rows_ = store.approvals(plan_id, int(version))
+            rows_ = store.approvals.of(plan_id, int(version))
             if not any(x.user_id == r.user and x.decision == "approve" for x in rows_):
                 lost_approvals.append(f"{plan_id}:{r.user}")
         open_status = ("proposed", "approved", "applying")

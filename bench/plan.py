@@ -41,14 +41,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bot.config import PolicySettings  # noqa: E402
-from bot.plans.changes import LOCAL_ADMIN, Changes, PbxHandle  # noqa: E402
+from bot.plans.changes import LOCAL_ADMIN, PbxHandle  # noqa: E402
 from bot.plans.commands import parse, parse_csv  # noqa: E402
 from bot.plans.planner import merge_recipe  # noqa: E402
+from bot.plans.service import Changes  # noqa: E402
 from bot.plans.vault import Vault  # noqa: E402
 from pbx.mikopbx import MikoPbxClient  # noqa: E402
 from sandbox.demo import DEMO_PROVIDER_ID, DEMO_QUEUE_EXTENSION, PROVIDER_DEFAULTS, demo_state  # noqa: E402
 from storage.db import make_engine, migrate  # noqa: E402
-from storage.repo import Store  # noqa: E402
+from storage.repos import Repos  # noqa: E402
 
 KEY = secrets.token_hex(32)
 HOST = "sip.zadarma.com"
@@ -125,7 +126,7 @@ def changes_for(client: MikoPbxClient, data: Path, **handle) -> Changes:
     migrate(engine)
     policy = PolicySettings(self_approve=True)
     pbx = {client.name: PbxHandle.of(client, reload_wait=0, verify_timeout=10, verify_interval=0.1, **handle)}
-    return Changes(Store(engine), policy, Vault.from_file(data / "secret.key"), pbx)
+    return Changes(Repos(engine), policy, Vault.from_file(data / "secret.key"), pbx)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -208,7 +209,7 @@ async def csv_bench(rows: int, scale: float, data: Path) -> dict:
             outcome = await changes.apply(LOCAL_ADMIN, proposal.row.id, at_once=True)
             elapsed = time.perf_counter() - started
             reads, writes = await counter.read()
-            audit_rows = changes.store.count_audit()
+            audit_rows = changes.store.audit.count()
     finally:
         await counter.http.aclose()
         await stop(proc)

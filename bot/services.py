@@ -8,10 +8,11 @@ from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from bot.plans.changes import Changes
+from bot.plans.service import Changes
 from pbx.base import Pbx
-from storage.aio import AsyncStore
-from storage.repo import Store
+from storage.aio import AsyncRepos
+from storage.repos import Repos
+from storage.tables import DigestScheduleRow
 
 from .config import Settings
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:  # the entry layer builds the scheduler and hands it over: no 
 class Services:
     settings: Settings
     changes: Changes
-    store: Store
+    store: Repos
     bot_username: str = ""
     refused: set[int] = field(default_factory=set)  # users and chats told "no" once already
     scheduler: Scheduler | None = None  # once the app has started
@@ -32,7 +33,7 @@ class Services:
     shown: dict[tuple[int, int], str] | None = field(default_factory=dict)
 
     @property
-    def db(self) -> AsyncStore:
+    def db(self) -> AsyncRepos:
         """The store, awaited: its calls run off the event loop."""
         return self.changes.db
 
@@ -44,7 +45,7 @@ class Services:
         """A chat's time zone: its digest schedule's (`/digest tz`), else the configured one,
         so cards, /plans, /history and digests of one chat tell the same time."""
         if chat_id is not None:
-            row = await self.db.schedule(chat_id)
+            row = await self.db.schedules.get(chat_id)
             if row is not None and row.timezone:
                 return ZoneInfo(row.timezone)
         return self.tz
@@ -55,7 +56,7 @@ class Services:
     async def pbx_of_chat(self, chat_id: int, *, private: bool) -> str | None:
         """A chat's PBX: its binding (`/pbx`), the config's groups, or, for a
         private chat, the only PBX there is. None: an unknown chat."""
-        bound = await self.db.chat_pbx(chat_id)
+        bound = await self.db.chats.pbx_of(chat_id)
         if bound is not None and bound in self.changes.pbxs:
             return bound
         configured = self.settings.telegram.groups.get(chat_id)
@@ -65,10 +66,26 @@ class Services:
             return next(iter(self.changes.pbxs))
         return None
 
+    async def bind_chat(self, chat_id: int, pbx: str, *, title: str = "", by: int | None = None) -> None:
+        """`/pbx`: the chat works on this PBX from now on."""
+        await self.db.chats.bind(chat_id, pbx, title=title, by=by)
+
+    async def move_chat(self, old: int, new: int, title: str = "") -> None:
+        """A group became a supergroup (a new id): the new chat keeps the old one's PBX,
+        unless it has one of its own."""
+        pbx = await self.pbx_of_chat(old, private=False)
+        if pbx is not None and await self.pbx_of_chat(new, private=False) is None:
+            await self.db.chats.bind(new, pbx, title=title)
+            await self.changes.record("chat_migrated", pbx=pbx, **{"from": old, "to": new})
+
+    async def schedule_of(self, chat_id: int) -> DigestScheduleRow | None:
+        """The chat's digest schedule, if it has one."""
+        return await self.db.schedules.get(chat_id)
+
     async def approval_chats(self, pbx: str) -> list[int]:
         """Groups where plans of this PBX are approved."""
         chats = [cid for cid, name in self.settings.telegram.groups.items() if name == pbx]
-        return chats + [cid for cid in await self.db.chats_of(pbx) if cid not in chats]
+        return chats + [cid for cid in await self.db.chats.groups_of(pbx) if cid not in chats]
 
 
 def local_time(moment: datetime, tz: tzinfo) -> datetime:

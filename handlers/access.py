@@ -20,7 +20,6 @@ from bot.plans.changes import Actor
 from bot.plans.policy import role_of
 from bot.services import Services
 from bot.text.i18n import pick_language, t
-from storage.tables import AuditRow
 
 ANONYMOUS_ADMIN_ID = 1087968824  # @GroupAnonymousBot
 
@@ -62,24 +61,15 @@ class Access(BaseMiddleware):
         return await handler(event, data)
 
     async def _migrate(self, message: Message) -> None:
-        store = self.services.db
-        if message.migrate_to_chat_id is not None:  # the old group's side
-            old, new = message.chat.id, message.migrate_to_chat_id
-        elif message.migrate_from_chat_id is not None:  # the supergroup's side
+        old, new = message.chat.id, message.migrate_to_chat_id
+        if new is None:  # the supergroup's side: migrate_from_chat_id
             old, new = message.migrate_from_chat_id, message.chat.id
-        else:
-            return
-        pbx = await self.services.pbx_of_chat(old, private=False)
-        if pbx is not None and await self.services.pbx_of_chat(new, private=False) is None:
-            await store.bind_chat(new, pbx, title=message.chat.title or "")
-            await store.audit(AuditRow(pbx=pbx, event="chat_migrated", detail={"from": old, "to": new}))
+        await self.services.move_chat(old, new, message.chat.title or "")
 
     async def _refuse(self, event: TelegramObject, user_id: int, chat_id: int | None, lang: str) -> None:
         services = self.services
         kind = "callback" if isinstance(event, CallbackQuery) else "message"
-        await services.db.audit(
-            AuditRow(actor_id=user_id, event="refused_unknown_user", detail={"chat": chat_id, "kind": kind})
-        )
+        await services.changes.record("refused_unknown_user", Actor(user_id), chat=chat_id, kind=kind)
         if isinstance(event, CallbackQuery):
             await event.answer(t("tg.unknown_user", lang, id=user_id), show_alert=True)
             return

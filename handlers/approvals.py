@@ -13,7 +13,6 @@ from bot.plans.changes import Actor, ChangeError, Next
 from bot.services import Services
 from bot.text.i18n import t
 from bot.text.render import error_text
-from storage.tables import AuditRow
 
 from .cards import PlanButton, apply_and_report, refresh_card
 
@@ -24,22 +23,20 @@ async def pressed(
     query: CallbackQuery, callback_data: PlanButton, bot: Bot, services: Services, actor: Actor, lang: str
 ) -> None:
     changes = services.changes
-    row = await services.db.get_plan(callback_data.plan)
+    row = await changes.row(callback_data.plan)
     message = query.message
     for _ in range(RECORDING_WAITS):  # pressed the moment the card came: where it is is being recorded
         if row is None or row.message_id is not None:
             break
         await asyncio.sleep(0.1)
-        row = await services.db.get_plan(callback_data.plan)
+        row = await changes.row(callback_data.plan)
     if (
         row is None
         or message is None
         or row.chat_id != message.chat.id
         or row.message_id != message.message_id
     ):
-        await services.db.audit(
-            AuditRow(actor_id=actor.id, event="forged_button", detail={"data": query.data})
-        )
+        await changes.record("forged_button", actor, data=query.data)
         await query.answer(t("tg.button.unknown", lang), show_alert=True)
         return
     try:
@@ -65,9 +62,7 @@ async def pressed(
 
 
 async def unknown_button(query: CallbackQuery, services: Services, actor: Actor, lang: str) -> None:
-    await services.db.audit(
-        AuditRow(actor_id=actor.id, event="forged_button", detail={"data": (query.data or "")[:64]})
-    )
+    await services.changes.record("forged_button", actor, data=(query.data or "")[:64])
     await query.answer(t("tg.button.unknown", lang), show_alert=True)
 
 

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiogram import Bot
 from aiogram.exceptions import (
@@ -36,7 +36,9 @@ from bot.plans.policy import Action, may
 from bot.services import Services, local_time
 from bot.text.i18n import t
 from bot.text.render import TELEGRAM_LIMIT, Html, lines_of, outcome_text, plan_text, tr, utf16_len
-from storage.tables import PlanRow
+
+if TYPE_CHECKING:  # the core hands rows over as plain data
+    from storage.tables import PlanRow
 
 log = logging.getLogger("pbxbot.cards")
 PROGRESS_EVERY = 2.0  # seconds between progress edits of a long apply
@@ -196,7 +198,7 @@ async def release(services: Services, row: PlanRow, exc: BaseException) -> PlanR
         released = await services.changes.release(row.id, CARD_RELEASED, error=_why(exc))
     except ChangeError:  # it ended meanwhile (cancelled, expired), or is being applied
         log.warning("the card of plan %s could not be posted (%s)", row.id, _why(exc))
-        return await services.db.get_plan(row.id) or row
+        return await services.changes.row(row.id) or row
     log.warning("the card of plan %s could not be posted (%s): plan released", row.id, _why(exc))
     return released
 
@@ -211,7 +213,7 @@ async def post_card(
     until = time.monotonic() + max(0.0, _seconds_left(services, row))
 
     async def wanted() -> bool:
-        current = await services.db.get_plan(row.id)
+        current = await services.changes.row(row.id)
         return current is not None and current.status in OPEN
 
     try:
@@ -246,8 +248,7 @@ async def post_card(
     except BaseException as exc:  # cancelled (shutdown) or a bug: the plan is not left without a card
         await release(services, row, exc)
         raise
-    await services.db.update_plan(row.id, chat_id=chat_id, message_id=message.message_id)
-    return await services.db.get_plan(row.id)
+    return await services.changes.card_posted(row.id, chat_id, message.message_id)
 
 
 async def tell_released(bot: Bot, row: PlanRow, chat_ids: list[int], lang: str) -> None:
@@ -272,7 +273,7 @@ async def refresh_card(
 ) -> None:
     """Edit the card in place; "not modified" is success, a lost card is posted again.
     Retried for `patience` seconds while Telegram cannot take it."""
-    row = await services.db.get_plan(row.id) or row
+    row = await services.changes.row(row.id) or row
     if row.chat_id is None or row.message_id is None:
         return
     lang = card_language(services, row, lang)
@@ -371,7 +372,7 @@ async def _prompt(
     except (TelegramForbiddenError, TelegramBadRequest) as exc:
         log.info("cannot write to %s first: %s", row.proposer_id, exc.message)
         return False
-    await services.db.add_prompt(row.proposer_id, row.id, login, sent.message_id)
+    await services.changes.secrets.asked(row.proposer_id, row.id, login, sent.message_id)
     return True
 
 

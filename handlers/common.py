@@ -52,10 +52,10 @@ async def start(
     payload = command.args or ""
     if payload.startswith("pw-"):
         # the card's Password button: the next password this user sends goes to that plan
-        row = await services.db.get_plan(payload[3:])
+        row = await services.changes.row(payload[3:])
         waiting = [r for r, _ in await services.changes.awaiting_secret(actor.id) if row and r.id == row.id]
         if waiting:
-            await services.db.set_link(actor.id, waiting[0].id)
+            await services.changes.secrets.link(actor.id, waiting[0].id)
             await ask_secrets(bot, services, waiting[0], lang)
             await refresh_card(bot, services, waiting[0])
             return
@@ -94,7 +94,7 @@ async def pbx_(
     if name not in services.changes.pbxs:
         await message.answer(tr("change.unknown_pbx", lang, pbx=name, known=known))
         return
-    await services.db.bind_chat(message.chat.id, name, title=message.chat.title or "", by=actor.id)
+    await services.bind_chat(message.chat.id, name, title=message.chat.title or "", by=actor.id)
     await message.answer(tr("tg.pbx.bound", lang, pbx=name))
 
 

@@ -9,7 +9,7 @@ from aiogram import Bot, Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import MaybeInaccessibleMessageUnion, Message
 
-from bot.plans.changes import ENDED, OPEN, Actor, ChangeError, Next, Proposal
+from bot.plans.changes import Actor, ChangeError, Next, Proposal
 from bot.plans.commands import Intent, UsageError, parse
 from bot.plans.planner import PlanError
 from bot.services import Services, local_time
@@ -108,7 +108,7 @@ def _plan_line(row, lang: str, tz: tzinfo) -> Html:
 async def plans(message: Message, services: Services, pbx: str | None, lang: str) -> None:
     if (pbx := await need_pbx(message, pbx, lang)) is None:
         return
-    rows = await services.db.plans(pbx=pbx, status=[*OPEN, "applying"])
+    rows = await services.changes.open_plans(pbx)
     tz = await services.tz_of(message.chat.id)
     lines = [tr("tg.plans.header", lang, n=len(rows))] + [_plan_line(r, lang, tz) for r in rows]
     await answer_long(message, lines_of(lines, html=True), lang=lang, filename=f"plans-{pbx}.txt")
@@ -121,7 +121,7 @@ async def history(
         return
     arg = (command.args or "").strip()
     n = int(arg) if arg.isdigit() else 10
-    rows = await services.db.plans(pbx=pbx, status=ENDED, limit=max(1, min(n, 100)))
+    rows = await services.changes.history(pbx, n)
     tz = await services.tz_of(message.chat.id)
     lines = [tr("tg.history.header", lang, n=len(rows))] + [_plan_line(r, lang, tz) for r in rows]
     await answer_long(message, lines_of(lines, html=True), lang=lang, filename=f"history-{pbx}.txt")

@@ -190,7 +190,7 @@ async def digest(
         await scheduler.off(chat_id)
         await message.answer(tr("digest.off", lang))
     elif parsed.action == "tz":
-        row = await services.db.schedule(chat_id)
+        row = await services.schedule_of(chat_id)
         if row is None:  # a setting of a schedule: nothing to keep it in yet, and the user is told so
             await message.answer(tr("digest.setting_needs_schedule", lang, command=message.text or ""))
             return
@@ -198,7 +198,7 @@ async def digest(
         await scheduler.set(row)
         await message.answer(_schedule_text(row, lang))
     elif parsed.action == "quiet":
-        row = await services.db.schedule(chat_id)
+        row = await services.schedule_of(chat_id)
         if row is None:
             await message.answer(tr("digest.setting_needs_schedule", lang, command=message.text or ""))
             return
@@ -208,7 +208,7 @@ async def digest(
             tr("digest.quiet", lang, state=t("digest.on" if row.quiet else "digest.off_word", lang))
         )
     else:
-        row = await services.db.schedule(chat_id)
+        row = await services.schedule_of(chat_id)
         await message.answer(_schedule_text(row, lang) if row else tr("digest.none", lang))
 
 

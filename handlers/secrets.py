@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
 from typing import Any
 
 from aiogram import BaseMiddleware, Bot, F, Router
@@ -35,12 +34,11 @@ from aiogram.types import (
     TelegramObject,
 )
 
-from bot.plans.changes import OPEN, Actor, ChangeError, Next
+from bot.plans.changes import Actor, ChangeError, Next
 from bot.plans.commands import UsageError, decode_csv, parse_csv
 from bot.services import Services
 from bot.text.i18n import t
 from bot.text.render import error_text, esc
-from storage.tables import AuditRow, utcnow
 
 from .cards import apply_and_report, ask_secret, ask_secrets, card_language, refresh_card
 from .context import need_pbx, reply
@@ -48,8 +46,6 @@ from .numbers import propose_and_post
 
 log = logging.getLogger("pbxbot.secrets")
 MAX_CSV_BYTES = 2 * 1024 * 1024
-HOLD_FOR = timedelta(hours=1)  # a password waiting for its user to pick the plan is erased after this
-MAX_CHOICES = 8  # buttons under "which plan?"
 GROUP_GUESS_CHARS = 64  # a proposer's one-line group message this short may be the password they owe
 DROP = -1  # the "it was not a password" button
 
@@ -109,30 +105,15 @@ async def _delete(message: Message) -> bool:
 async def _audit(
     services: Services, actor: Actor, event: str, plan_id: str | None = None, **detail: Any
 ) -> None:
-    await services.db.audit(
-        AuditRow(actor_id=actor.id, actor_name=actor.name, plan_id=plan_id, event=event, detail=detail)
-    )
-
-
-async def _candidates(message: Message, services: Services, actor: Actor) -> list[tuple[str, str | None]]:
-    """(plan, login) pairs this password may be for; login None: the plan's next missing one."""
-    store = services.db
-    answered = message.reply_to_message
-    if answered is not None:
-        prompt = await store.prompt(actor.id, answered.message_id)
-        if prompt is not None:
-            return [(prompt.plan_id, prompt.login)]
-    waiting = await services.changes.awaiting_secret(actor.id)
-    linked = await store.link(actor.id)
-    if any(row.id == linked for row, _ in waiting):
-        return [(linked, None)]
-    return [(row.id, login) for row, missing in waiting for login in missing]
+    await services.changes.record(event, actor, plan_id=plan_id, **detail)
 
 
 async def private_text(message: Message, bot: Bot, services: Services, actor: Actor, lang: str) -> None:
     deleted = await _delete(message)  # first: a password must not stay in the chat, used or not
     password = message.text or ""  # as typed: the validator refuses outer spaces rather than guess
-    candidates = await _candidates(message, services, actor)
+    answered = message.reply_to_message
+    replied_to = answered.message_id if answered is not None else None
+    candidates = await services.changes.secrets.candidates(actor.id, replied_to)
     if not candidates:
         await _audit(services, actor, "secret_unused", reason="nothing_waiting", deleted=deleted)
         await message.answer(t("tg.secret.nothing_waiting", lang))
@@ -154,10 +135,8 @@ async def _hold(
     lang: str,
 ) -> None:
     """Several logins wait: keep the password sealed and ask which one it is."""
-    store = services.db
-    await store.purge_held(utcnow() - HOLD_FOR)
-    choices = [[plan_id, login or ""] for plan_id, login in candidates[:MAX_CHOICES]]
-    hold = await store.hold_secret(actor.id, services.changes.vault.seal(password), choices)
+    secrets = services.changes.secrets
+    hold, choices = await secrets.hold(actor.id, password, candidates)
 
     def button(text: str, choice: int) -> list[InlineKeyboardButton]:
         return [InlineKeyboardButton(text=text, callback_data=SecretPick(hold=hold, choice=choice).pack())]
@@ -170,7 +149,7 @@ async def _hold(
     sent = await message.answer(
         t("tg.secret.which", lang), reply_markup=InlineKeyboardMarkup(inline_keyboard=rows)
     )
-    await store.set_hold_message(hold, sent.message_id)
+    await secrets.hold_asked_in(hold, sent.message_id)
     await _audit(services, actor, "secret_held", choices=len(choices))
 
 
@@ -184,13 +163,13 @@ async def _bind(
         login, replaced = await changes.add_secret(actor, plan_id, login, password)
     except (ChangeError, UsageError) as exc:
         if getattr(exc, "code", "") == "plan_closed":
-            await services.db.drop_prompts(plan_id)  # its questions and link point nowhere now
+            await changes.secrets.forget_prompts(plan_id)
         await _audit(services, actor, "secret_unused", plan_id, reason=getattr(exc, "code", "invalid"))
         await bot.send_message(actor.id, t("tg.secret.unused", lang, why=error_text(exc, lang, html=True)))
         return
     key = "tg.secret.replaced" if replaced else "tg.secret.received"
     await bot.send_message(actor.id, t(key, lang, login=esc(login), id=plan_id))
-    row = await services.db.get_plan(plan_id)
+    row = await changes.row(plan_id)
     if await changes.missing_secrets(row):
         await ask_secrets(bot, services, row, lang)
     await refresh_card(bot, services, row)
@@ -201,14 +180,10 @@ async def _bind(
 async def picked(
     query: CallbackQuery, callback_data: SecretPick, bot: Bot, services: Services, actor: Actor, lang: str
 ) -> None:
-    store = services.db
-    held = await store.held(callback_data.hold)
-    fresh = held is not None and held.at >= utcnow() - HOLD_FOR
-    valid = callback_data.choice == DROP or (
-        held is not None and 0 <= callback_data.choice < len(held.choices)
-    )
-    taken = await store.take_held(callback_data.hold, actor.id) if held is not None and valid else None
-    if taken is None or not fresh:
+    secrets = services.changes.secrets
+    choice = None if callback_data.choice == DROP else callback_data.choice
+    taken = await secrets.take_held(callback_data.hold, actor.id, choice)
+    if taken is None:
         await _audit(services, actor, "secret_pick_gone", hold=callback_data.hold)
         await query.answer(t("tg.secret.pick_gone", lang), show_alert=True)
         return
@@ -227,7 +202,7 @@ async def picked(
     if callback_data.choice == DROP:
         return
     await _audit(services, actor, "secret_picked", plan_id, login=login)
-    password = services.changes.vault.open(taken.token)
+    password = secrets.open(taken)
     await _bind(bot, services, actor, plan_id, login or None, password, lang)
 
 
@@ -256,7 +231,7 @@ async def _pasted(
 ) -> None:
     """The password is exposed: delete it, drop it from its plan, ask the proposer for a new one."""
     deleted = await _delete(message)
-    dropped = row.status in OPEN and await services.db.erase_secret(row.id, login)
+    dropped = await services.changes.secrets.drop_exposed(row, login)
     await _audit(
         services,
         actor,

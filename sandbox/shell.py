@@ -26,7 +26,8 @@ from typing import Any, TextIO
 
 from bot.config import load_settings
 from bot.entry.app import running
-from bot.plans.changes import Changes, Next
+from bot.plans.changes import Next
+from bot.plans.service import Changes
 from bot.text.i18n import t
 from bot.text.views import call_text
 from pbx.mikopbx import MikoPbxClient
@@ -181,7 +182,7 @@ async def _never_busy() -> bool:
 async def cards_behind(tg: TelegramSandbox, changes: Changes, lang: str) -> bool:
     """The bot still owes something for a plan: an apply is about to run or
     running, or a plan's card does not show the plan's status yet."""
-    for row in changes.store.plans(limit=20):
+    for row in changes.store.plans.find(limit=20):
         if await changes.next_step(row) in (Next.APPLY, Next.RUNNING):
             return True  # running, or all it needs is in and the apply is about to start
         if row.chat_id is None or row.message_id is None:

@@ -11,7 +11,7 @@ from pbx.mikopbx import MikoPbxClient
 from sandbox.demo import demo_state
 from sandbox.mikopbx import MikoPbxSimulator
 from storage.db import make_engine, migrate
-from storage.repo import Store
+from storage.repos import Repos
 
 API_KEY = secrets.token_hex(32)
 
@@ -90,4 +90,4 @@ def engine(request, tmp_path):
 
 @pytest.fixture
 def store(engine):
-    return Store(engine)
+    return Repos(engine)

@@ -333,4 +333,4 @@ async def test_a_csv_in_private_with_a_bad_password_names_the_line_and_the_rule(
     w.tg.send_document(OLGA, OLGA, "numbers.csv", data, "zadarma")
     refusal = await w.said(OLGA, r"CSV, строка 4: .*перевод строки", after=start)
     assert "pw1" not in refusal["text"] and "SIP-TRUNK" not in refusal["text"]
-    assert not w.store.plans(limit=10)
+    assert not w.store.plans.find(limit=10)

@@ -135,14 +135,14 @@ async def test_the_manual_case_in_a_group_with_two_admins(world: World, caplog):
     call = w.sim.simulate_call(ZADARMA, "847900")
     assert (call["outcome"], call["destination"]) == ("dial", DEMO_IVR_EXTENSION)
     assert w.sim.simulate_call(ZADARMA, "847706")["destination"] == DEMO_QUEUE_EXTENSION
-    assert w.store.get_plan(plan_id).status == "applied"
+    assert w.store.plans.get(plan_id).status == "applied"
 
     # never an edit to what a card already shows: Telegram refuses those ("message is not modified")
     assert [r for r in w.tg.refused if "not modified" in r[2]] == []
     from handlers.cards import refresh_card
 
     edits, refused = w.tg.calls.get("editMessageText", 0), len(w.tg.refused)
-    await refresh_card(w.app.bot, w.app.services, w.store.get_plan(plan_id))  # nothing changed: no request
+    await refresh_card(w.app.bot, w.app.services, w.store.plans.get(plan_id))  # nothing changed: no request
     assert w.tg.calls.get("editMessageText", 0) == edits and len(w.tg.refused) == refused
     w.tg.inject("sendMessage")  # one 429: a refusal /metrics counts
     start = w.mark()
@@ -157,7 +157,7 @@ async def test_the_manual_case_in_a_group_with_two_admins(world: World, caplog):
         "bot messages": json.dumps(w.tg.events, default=str),
         "chats": json.dumps(w.tg.messages, default=str),
         "logs": caplog.text,
-        "audit": json.dumps([e.model_dump(mode="json") for e in w.store.audit_trail()], default=str),
+        "audit": json.dumps([e.model_dump(mode="json") for e in w.store.audit.trail()], default=str),
         "database": b"".join(f.read_bytes() for f in data_dir.glob("pbxbot.db*")).decode("latin-1"),
     }
     for secret in (PASSWORD, API_KEY, TOKEN, TOKEN.split(":")[1]):
@@ -174,12 +174,12 @@ async def test_a_user_not_in_the_config_is_refused_once_and_audited(world: World
     w.tg.send(VIKTOR, GROUP, "/whoami")  # a later event: the stranger's second message was handled before it
     await w.said(GROUP, "viewer", after=start)
     deadline = asyncio.get_running_loop().time() + 30  # its audit row is written off the event loop
-    while [e.event for e in w.store.audit_trail()].count("refused_unknown_user") < 2:
+    while [e.event for e in w.store.audit.trail()].count("refused_unknown_user") < 2:
         assert asyncio.get_running_loop().time() < deadline, "the second refusal was never audited"
         await asyncio.sleep(0.05)
     refusals = [e for e in w.tg.events[start:] if "only for the admins" in (e.get("text") or "")]
     assert len(refusals) == 1
-    assert [e.event for e in w.store.audit_trail()].count("refused_unknown_user") == 2
+    assert [e.event for e in w.store.audit.trail()].count("refused_unknown_user") == 2
     assert w.sim.reads() == 0  # nothing read from the PBX for them
 
 
@@ -211,8 +211,8 @@ async def test_forged_and_replayed_buttons(world: World):
     # an old version of the plan
     w.tg.press(BORIS, GROUP, card["message_id"], f"pl:a:{plan_id}:7")
     await w.tg.wait_for(lambda e: e["kind"] == "answer" and "old version" in (e["text"] or ""), after=start)
-    assert w.store.get_plan(plan_id).status == "proposed"
-    assert [e.event for e in w.store.audit_trail()].count("forged_button") == 2
+    assert w.store.plans.get(plan_id).status == "proposed"
+    assert [e.event for e in w.store.audit.trail()].count("forged_button") == 2
 
     # an operator cannot approve; a replay after the end says the plan is closed
     w.press(OLGA, "Одобрить")
@@ -247,7 +247,7 @@ async def test_concurrent_approvals_apply_exactly_once(sim, tmp_path):
                     return lambda e: sum(1 for x in tg.events[start:] if x["kind"] == "answer") >= n
 
                 await tg.wait_for(answered(3), after=start)  # every press got its answer
-                trail = [e.event for e in app.services.store.audit_trail(plan_id=plan_id)]
+                trail = [e.event for e in app.services.store.audit.trail(plan_id=plan_id)]
                 assert trail.count("applying") == 1 and trail.count("applied") == 1
     assert [p["username"] for p in sim.state.providers.values()].count("847900") == 1
 
@@ -291,7 +291,7 @@ async def test_a_stale_plan_gets_a_new_card_and_is_never_applied_blind(world: Wo
     await w.said(GROUP, "устарел", kinds=("edit",), after=start)
     new_card = await w.said(GROUP, r"План \w{6}", after=start)
     new_id = re.search(r"План (\w{6})", new_card["text"]).group(1)
-    assert new_id != plan_id and w.store.get_plan(new_id).version == 2
+    assert new_id != plan_id and w.store.plans.get(new_id).version == 2
     assert "set_var=A=1" in new_card["text"]  # the new version merges what is there now
     w.press(BORIS, "Одобрить", message=w.tg.messages[GROUP][new_card["message_id"]])
     await w.said(GROUP, "Состояние: применён", kinds=("edit",), after=start)
@@ -327,7 +327,7 @@ async def test_numbers_plans_cancel_and_history(world: World):
     mark = w.mark()
     w.tg.send(ANNA, GROUP, "/history 5")
     line = await w.said(GROUP, f"{plan_id} · отменён", after=mark)
-    updated = w.store.get_plan(plan_id).updated_at.replace(tzinfo=UTC)
+    updated = w.store.plans.get(plan_id).updated_at.replace(tzinfo=UTC)
     kamchatka = updated.astimezone(ZoneInfo("Asia/Kamchatka")).strftime("%d.%m %H:%M")
     assert kamchatka in line["text"]
     w.tg.send(ANNA, GROUP, "/numbers")
@@ -389,7 +389,7 @@ async def test_an_anonymous_admin_is_asked_to_write_as_themselves(world: World):
     start = w.mark()
     w.tg.send(ANNA, GROUP, "/addnumber zadarma 847900 → IVR", anonymous=True)
     await w.said(GROUP, "от своего имени", after=start)
-    assert w.store.plans() == [] and w.sim.reads() == 0
+    assert w.store.plans.find() == [] and w.sim.reads() == 0
 
 
 async def test_a_mention_of_the_bot_works_and_a_failed_apply_says_what_happened(world: World):

@@ -11,8 +11,9 @@ from datetime import timedelta
 import pytest
 
 from bot.config import PolicySettings
-from bot.plans.changes import LOCAL_ADMIN, Actor, ChangeError, Changes, PbxHandle
+from bot.plans.changes import LOCAL_ADMIN, Actor, ChangeError, PbxHandle
 from bot.plans.commands import parse, parse_csv
+from bot.plans.service import Changes
 from bot.plans.vault import Vault
 from sandbox.demo import DEMO_IVR_EXTENSION, DEMO_PROVIDER_ID, DEMO_QUEUE_EXTENSION
 from storage.tables import utcnow
@@ -53,7 +54,7 @@ async def propose(changes, actor, text, secrets=None):
 
 
 def events(store, plan_id):
-    return [e.event for e in store.audit_trail(plan_id=plan_id) if e.event != "api_call"]
+    return [e.event for e in store.audit.trail(plan_id=plan_id) if e.event != "api_call"]
 
 
 async def test_propose_approve_apply_with_an_audit_trail(changes, store, sim):
@@ -73,10 +74,10 @@ async def test_propose_approve_apply_with_an_audit_trail(changes, store, sim):
     trail = events(store, row.id)
     assert trail[:4] == ["proposed", "approval", "approved", "applying"]
     assert trail.count("step_applied") == 4 and trail[-2:] == ["verified", "applied"]
-    calls = [e.detail for e in store.audit_trail(plan_id=row.id) if e.event == "api_call"]
+    calls = [e.detail for e in store.audit.trail(plan_id=row.id) if e.event == "api_call"]
     assert {"method": "POST", "path": "/sip-providers", "status": 201} in calls
-    assert store.secrets(row.id) == {} and store.lock_holder("demo", ["847900"]) is None
-    who = {e.event: e.actor_name for e in store.audit_trail(plan_id=row.id)}
+    assert store.secrets.of(row.id) == {} and store.locks.holder("demo", ["847900"]) is None
+    who = {e.event: e.actor_name for e in store.audit.trail(plan_id=row.id)}
     assert (who["proposed"], who["approval"], who["applying"]) == ("olga", "anna", "anna")
 
 
@@ -85,8 +86,8 @@ async def test_no_secret_reaches_audit_rows_logs_or_plans(changes, store, engine
     proposal = await propose(changes, OLGA, "/addnumber zadarma 847900 → IVR", {"847900": PASSWORD})
     await changes.approve(ANNA, proposal.row.id)
     await changes.apply(ANNA, proposal.row.id)
-    dumped = json.dumps([e.model_dump(mode="json") for e in store.audit_trail()], ensure_ascii=False)
-    dumped += json.dumps(store.get_plan(proposal.row.id).model_dump(mode="json"), ensure_ascii=False)
+    dumped = json.dumps([e.model_dump(mode="json") for e in store.audit.trail()], ensure_ascii=False)
+    dumped += json.dumps(store.plans.get(proposal.row.id).model_dump(mode="json"), ensure_ascii=False)
     assert PASSWORD not in dumped and PASSWORD not in caplog.text
     from sqlalchemy import text
 
@@ -157,7 +158,7 @@ async def test_a_stale_plan_is_replanned_never_applied_blind(changes, store, cli
     new = outcome.replacement.row
     assert outcome.row.replaced_by == new.id and new.version == 2 and new.status == "proposed"
     assert new.proposer_id == OLGA.id
-    assert store.secrets(proposal.row.id) == {} and list(store.secrets(new.id)) == ["847900"]
+    assert store.secrets.of(proposal.row.id) == {} and list(store.secrets.of(new.id)) == ["847900"]
     with pytest.raises(ChangeError):
         await changes.approve(ANNA, proposal.row.id)  # approvals belong to one version
     await changes.approve(BORIS, new.id)
@@ -173,7 +174,7 @@ async def test_plans_expire_and_let_go_of_locks_and_secrets(changes, store, cloc
     clock.now += timedelta(hours=2)
     (expired,) = await changes.expire()
     assert expired.id == proposal.row.id and expired.status == "expired"
-    assert store.secrets(expired.id) == {} and store.lock_holder("demo", ["847900"]) is None
+    assert store.secrets.of(expired.id) == {} and store.locks.holder("demo", ["847900"]) is None
     with pytest.raises(ChangeError) as err:
         await changes.approve(ANNA, expired.id)
     assert err.value.code == "plan_closed"
@@ -217,7 +218,7 @@ async def test_a_failed_step_ends_rolled_back_with_the_error(changes, sim):
 async def test_an_empty_plan_stores_nothing(changes, store):
     proposal = await propose(changes, OLGA, f"/route 847706 → {DEMO_QUEUE_EXTENSION}")
     assert proposal.plan.empty and proposal.row is None
-    assert store.plans() == []
+    assert store.plans.find() == []
 
 
 async def test_a_csv_becomes_one_plan_and_the_passwords_stay_apart(changes, store, sim):
@@ -255,7 +256,7 @@ async def test_a_plan_interrupted_mid_apply_is_rolled_back_once_its_lease_expire
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert store.get_plan(proposal.row.id).status == "applying"
+    assert store.plans.get(proposal.row.id).status == "applying"
     assert await changes.recover() == []  # its lease holds: it may still be running elsewhere
 
     clock.now += changes.lease + timedelta(seconds=1)
@@ -266,7 +267,7 @@ async def test_a_plan_interrupted_mid_apply_is_rolled_back_once_its_lease_expire
     assert row.card_stale  # the bot edits the card at its next housekeeping
     after = json.dumps({k: sim.state.dump()[k] for k in ("providers", "routes")}, sort_keys=True)
     assert after == before
-    assert store.lock_holder("demo", ["847900"]) is None and store.secrets(row.id) == {}
+    assert store.locks.holder("demo", ["847900"]) is None and store.secrets.of(row.id) == {}
     trail = events(store, row.id)
     assert trail.index("recovery_started") < trail.index("rolled_back")
     assert await changes.recover() == []  # whole: nothing left to do
@@ -295,7 +296,7 @@ async def test_a_live_apply_is_never_recovered_and_every_step_landed_is_applied(
     proposal = await propose(changes, OLGA, "/addnumber zadarma 847901 → 201", {"847901": PASSWORD})
     await changes.approve(ANNA, proposal.row.id)
     done = await changes.apply(ANNA, proposal.row.id)
-    store.update_plan(done.row.id, status="applying", lease_owner="gone:1:x", lease_until=clock.now)
+    store.plans.update(done.row.id, status="applying", lease_owner="gone:1:x", lease_until=clock.now)
     clock.now += timedelta(seconds=1)
     (recovered,) = await other.recover()
     assert recovered.row.status == "applied" and recovered.row.outcome["recovered"] == "applied"
@@ -309,7 +310,7 @@ async def test_the_core_edge_refuses_a_password_that_would_add_pbx_config(change
     with pytest.raises(ChangeError) as err:
         await propose(changes, OLGA, "/addnumber zadarma 847900 → IVR", {"847900": bad})
     assert err.value.code == "password_control" and bad not in str(err.value)
-    assert not store.plans(limit=10)  # refused before the PBX is read or a plan stored
+    assert not store.plans.find(limit=10)  # refused before the PBX is read or a plan stored
     assert sum(sim.stats.values()) == calls
     proposal = await propose(changes, OLGA, "/addnumber zadarma 847900 → IVR")
     for password, code in (
@@ -320,9 +321,9 @@ async def test_the_core_edge_refuses_a_password_that_would_add_pbx_config(change
         with pytest.raises(ChangeError) as err:
             await changes.add_secret(OLGA, proposal.row.id, "847900", password)
         assert err.value.code == code
-    assert await changes.missing_secrets(store.get_plan(proposal.row.id)) == ["847900"]
+    assert await changes.missing_secrets(store.plans.get(proposal.row.id)) == ["847900"]
     await changes.add_secret(OLGA, proposal.row.id, "847900", PASSWORD)
-    assert await changes.missing_secrets(store.get_plan(proposal.row.id)) == []
+    assert await changes.missing_secrets(store.plans.get(proposal.row.id)) == []
 
 
 async def test_a_failed_plan_names_its_leftovers_and_undo_finishes_it(changes, store, sim):
@@ -356,7 +357,7 @@ async def test_the_core_says_what_happens_next(changes, store, sim):
     row = proposal.row
     assert await changes.next_step(row) is Next.NEED_SECRET  # the password first, in private
     await changes.add_secret(OLGA, row.id, "847900", PASSWORD)
-    row = store.get_plan(row.id)
+    row = store.plans.get(row.id)
     assert await changes.next_step(row) is Next.WAIT_APPROVALS
     row, _ = await changes.approve(ANNA, row.id)
     assert await changes.next_step(row) is Next.APPLY

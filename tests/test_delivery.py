@@ -210,7 +210,7 @@ async def test_three_busy_groups_under_telegrams_limit_lose_no_update_and_no_car
                 return {e["chat_id"] for e in asks}
 
             await until(answered, timeout=180, what="every card, password request and /plans answer")
-            rows = app.services.store.plans(limit=1000)
+            rows = app.services.store.plans.find(limit=1000)
             assert len(rows) == total and {r.status for r in rows} == {"proposed"}
             for row in rows:  # every proposed plan has its card, where the bot says it is
                 assert row.message_id is not None
@@ -239,8 +239,8 @@ async def test_a_card_is_retried_past_the_throttles_patience_and_counted(sim, tm
                 timeout=60,
             )
             store, plan_id = app.services.store, PLAN.search(card["text"]).group(1)
-            await until(lambda: store.get_plan(plan_id).message_id is not None, what="the card remembered")
-            row = store.get_plan(plan_id)
+            await until(lambda: store.plans.get(plan_id).message_id is not None, what="the card remembered")
+            row = store.plans.get(plan_id)
             assert row.status == "proposed" and row.message_id == card["message_id"]
             assert app.throttle.retried == 2  # the throttle gave up at once; the card did not
             sent = [e for e in tg.events if e["chat_id"] == group and e["kind"] in ("send", "document")]
@@ -268,12 +268,12 @@ async def test_a_card_that_cannot_be_posted_releases_its_plan(sim, tmp_path):
                     timeout=60,
                 )
                 assert "chat not found" in told["text"] and "занят" not in told["text"]
-            rows = store.plans(limit=10)
+            rows = store.plans.find(limit=10)
             assert len(rows) == 2
             for row in rows:
                 assert row.status == "cancelled" and row.message_id is None
                 assert row.outcome["reason"] == "card_undeliverable"
-            assert store.lock_holder("office", ["847900"]) is None
+            assert store.locks.holder("office", ["847900"]) is None
 
 
 # ---------------------------------------------------------------------- concurrency

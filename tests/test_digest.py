@@ -10,8 +10,9 @@ import pytest
 
 from bot.config import load_settings
 from bot.entry.scheduler import Scheduler
-from bot.plans.changes import LOCAL_ADMIN, Changes, PbxHandle
+from bot.plans.changes import LOCAL_ADMIN, PbxHandle
 from bot.plans.commands import parse
+from bot.plans.service import Changes
 from bot.plans.vault import Vault
 from bot.routing.digest import DigestCommand, DigestUsage, parse_digest, period_bounds, schedule_row
 from bot.services import Services
@@ -163,7 +164,7 @@ async def test_quiet_mode_posts_only_when_something_changed(store, client, sim, 
     scheduler = Scheduler(services, poster)
     row = await schedule_row(services, CHAT, "office", parse_digest("daily 09:00"), 1)
     row.quiet = True
-    services.store.set_schedule(row)
+    services.store.schedules.set(row)
     now = utcnow()
     assert (await scheduler.run(CHAT, period="daily", now=now)).posted  # the first one always
     assert (await scheduler.run(CHAT, period="daily", now=now + timedelta(days=1))).reason == "quiet"

@@ -22,7 +22,7 @@ import pytest
 from sandbox.demo import DEMO_IVR_EXTENSION, DEMO_QUEUE_EXTENSION
 from sandbox.telegram import TelegramSandbox
 from storage.db import make_engine
-from storage.repo import Store
+from storage.repos import Repos
 from tests.conftest import API_KEY
 from tests.test_whole_or_nothing import canonical
 
@@ -85,16 +85,16 @@ async def run(*args: str, log: Path) -> tuple[int, str]:
     return code, _tail(log, mark)
 
 
-def store_of(tmp_path: Path) -> Store | None:
+def store_of(tmp_path: Path) -> Repos | None:
     db = tmp_path / "data" / "pbxbot.db"
-    return Store(make_engine(f"sqlite:///{db}")) if db.exists() else None
+    return Repos(make_engine(f"sqlite:///{db}")) if db.exists() else None
 
 
-def journal(store: Store | None) -> list[tuple[str, dict]]:
+def journal(store: Repos | None) -> list[tuple[str, dict]]:
     if store is None:
         return []
     try:
-        return [(e.event, e.detail) for e in store.audit_trail(limit=10_000)]
+        return [(e.event, e.detail) for e in store.audit.trail(limit=10_000)]
     except Exception:  # the process is still creating its tables
         return []
 
@@ -125,7 +125,7 @@ async def test_a_killed_cli_apply_is_made_whole_by_pbxbot_recover(sim, tmp_path,
         "--config", config, "--lang", "en", "plan", "--pbx", "office", COMMAND, "--apply",
         "--password-file", str(password), log=log,
     )  # fmt: skip
-    store: Store | None = None
+    store: Repos | None = None
 
     def reached() -> bool:
         nonlocal store
@@ -142,14 +142,14 @@ async def test_a_killed_cli_apply_is_made_whole_by_pbxbot_recover(sim, tmp_path,
     # while the apply is alive, recovery leaves it alone
     code, out = await run("--config", config, "--lang", "en", "recover", log=log)
     assert code == 0 and "No interrupted plans" in out, out
-    assert [r.status for r in store.plans(limit=5)] == ["applying"]
+    assert [r.status for r in store.plans.find(limit=5)] == ["applying"]
 
     apply.kill()  # SIGKILL: nothing of the CLI's own clean-up runs
     assert await asyncio.wait_for(apply.wait(), 60) == -9
     sim.faults.clear()
 
     code, out = await run("--config", config, "--lang", "en", "recover", log=log)
-    (row,) = store.plans(limit=5)
+    (row,) = store.plans.find(limit=5)
     if step == 4 or (step == 3 and when == "after"):  # every write had landed: applied, nothing undone
         assert code == 0 and row.status == "applied" and "applied" in out, out
         assert sim.simulate_call(ZADARMA, "847900")["destination"] == DEMO_IVR_EXTENSION
@@ -160,7 +160,7 @@ async def test_a_killed_cli_apply_is_made_whole_by_pbxbot_recover(sim, tmp_path,
     assert row.card_stale and row.outcome["recovered"] == row.status
     events = [name for name, _ in journal(store)]
     assert events.index("recovery_started") < events.index(row.status)
-    assert store.lock_holder("office", ["847900"]) is None and store.secrets(row.id) == {}
+    assert store.locks.holder("office", ["847900"]) is None and store.secrets.of(row.id) == {}
     code, out = await run("--config", config, "--lang", "en", "recover", log=log)
     assert code == 0 and "No interrupted plans" in out
     assert PASSWORD not in _tail(log, 0)
@@ -226,7 +226,7 @@ async def test_a_bot_killed_mid_apply_puts_the_pbx_back_when_it_starts_again(sim
             bot.kill()
             assert await asyncio.wait_for(bot.wait(), 60) == -9
             sim.faults.clear()
-            assert store.get_plan(plan_id).status == "applying"
+            assert store.plans.get(plan_id).status == "applying"
 
             mark = len(tg.events)
             bot = await start("--config", config, "run", log=log)
@@ -245,6 +245,6 @@ async def test_a_bot_killed_mid_apply_puts_the_pbx_back_when_it_starts_again(sim
                 await asyncio.wait_for(bot.wait(), 120)
     assert "Status: rolled back" in edit["text"] or "rolled back" in edit["text"].lower(), edit["text"]
     assert canonical(sim) == before
-    row = store.get_plan(plan_id)
+    row = store.plans.get(plan_id)
     assert row.status == "rolled_back" and not row.card_stale
     assert PASSWORD not in _tail(log, 0)

@@ -25,7 +25,7 @@ from sqlalchemy import text
 
 from sandbox.telegram import TelegramSandbox
 from storage.db import make_engine, migrate
-from storage.repo import Store
+from storage.repos import Repos
 from tests.conftest import API_KEY, PG_URL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,7 +122,7 @@ async def cluster(sim, tmp_path):
                 return tg.webhook is not None
 
             await wait_until(healthy, timeout=120, what="both replicas healthy")
-            yield tg, ports, procs, Store(engine), http, tmp_path
+            yield tg, ports, procs, Repos(engine), http, tmp_path
         for proc in procs:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
@@ -173,7 +173,7 @@ async def test_two_webhook_replicas_share_the_work_and_act_once(cluster, sim):
     await tg.wait_for(
         lambda e: e["kind"] == "edit" and "Состояние: применён" in (e["text"] or ""), after=mark, timeout=120
     )
-    trail = [e.event for e in store.audit_trail(plan_id=plan_id)]
+    trail = [e.event for e in store.audit.trail(plan_id=plan_id)]
     assert trail.count("applying") == 1 and trail.count("applied") == 1
     assert [p["username"] for p in sim.state.providers.values()].count("847900") == 1
     assert sim.simulate_call("sip.zadarma.com", "847900")["destination"] == "2000"

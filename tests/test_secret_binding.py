@@ -32,12 +32,12 @@ def test_the_migration_creates_the_prompt_and_hold_tables(engine):
 def test_one_login_takes_one_password_unless_it_replaces(store, vault):
     row = plan_row()
     store.add_plan(row)
-    assert store.put_secret(row.id, "847900", vault.seal(PASSWORD), replace=False) is False
-    assert store.put_secret(row.id, "847900", vault.seal(OTHER), replace=False) is None  # taken
-    assert vault.open_all(store.secrets(row.id)) == {"847900": PASSWORD}
-    assert store.put_secret(row.id, "847900", vault.seal(OTHER), replace=True) is True
-    assert vault.open_all(store.secrets(row.id)) == {"847900": OTHER}
-    assert store.erase_secret(row.id, "847900") and store.secrets(row.id) == {}
+    assert store.secrets.put(row.id, "847900", vault.seal(PASSWORD), replace=False) is False
+    assert store.secrets.put(row.id, "847900", vault.seal(OTHER), replace=False) is None  # taken
+    assert vault.open_all(store.secrets.of(row.id)) == {"847900": PASSWORD}
+    assert store.secrets.put(row.id, "847900", vault.seal(OTHER), replace=True) is True
+    assert vault.open_all(store.secrets.of(row.id)) == {"847900": OTHER}
+    assert store.secrets.erase(row.id, "847900") and store.secrets.of(row.id) == {}
 
 
 def test_eight_writers_at_once_one_login_one_winner(store, vault):
@@ -45,7 +45,7 @@ def test_eight_writers_at_once_one_login_one_winner(store, vault):
     store.add_plan(row)
     tokens = [vault.seal(f"pw-{i}") for i in range(8)]
     with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda tok: store.put_secret(row.id, "847900", tok, replace=False), tokens))
+        results = list(pool.map(lambda tok: store.secrets.put(row.id, "847900", tok, replace=False), tokens))
     assert results.count(False) == 1 and results.count(None) == 7
 
 
@@ -53,24 +53,24 @@ def test_prompts_links_and_held_passwords(store, vault, engine):
     a, b = plan_row(), plan_row()
     store.add_plan(a)
     store.add_plan(b)
-    store.add_prompt(7, a.id, "847900", 11)
-    store.add_prompt(7, b.id, None, 12)
-    assert (store.prompt(7, 11).plan_id, store.prompt(7, 11).login) == (a.id, "847900")
-    assert (store.prompt(7, 12).plan_id, store.prompt(7, 12).login) == (b.id, None)
-    assert store.prompt(8, 11) is None  # another user's reply to that message id means nothing
-    store.set_link(7, a.id)
-    store.set_link(7, b.id)
-    assert store.link(7) == b.id and store.link(8) is None
+    store.prompts.ask(7, a.id, "847900", 11)
+    store.prompts.ask(7, b.id, None, 12)
+    assert (store.prompts.asked(7, 11).plan_id, store.prompts.asked(7, 11).login) == (a.id, "847900")
+    assert (store.prompts.asked(7, 12).plan_id, store.prompts.asked(7, 12).login) == (b.id, None)
+    assert store.prompts.asked(8, 11) is None  # another user's reply to that message id means nothing
+    store.prompts.set_link(7, a.id)
+    store.prompts.set_link(7, b.id)
+    assert store.prompts.link(7) == b.id and store.prompts.link(8) is None
 
-    hold = store.hold_secret(7, vault.seal(PASSWORD), [[a.id, "847900"], [b.id, "555001"]])
+    hold = store.held.hold(7, vault.seal(PASSWORD), [[a.id, "847900"], [b.id, "555001"]])
     with engine.connect() as conn:
         assert PASSWORD not in conn.execute(text("SELECT token FROM held_secrets")).scalar_one()
-    assert store.take_held(hold, 8) is None  # not theirs
-    taken = store.take_held(hold, 7)
+    assert store.held.take(hold, 8) is None  # not theirs
+    taken = store.held.take(hold, 7)
     assert vault.open(taken.token) == PASSWORD and taken.choices[1] == [b.id, "555001"]
-    assert store.take_held(hold, 7) is None  # once
-    old = store.hold_secret(7, vault.seal(PASSWORD), [])
-    assert store.purge_held(utcnow() + timedelta(seconds=1)) == 1 and store.held(old) is None
+    assert store.held.take(hold, 7) is None  # once
+    old = store.held.hold(7, vault.seal(PASSWORD), [])
+    assert store.held.purge(utcnow() + timedelta(seconds=1)) == 1 and store.held.get(old) is None
 
 
 def test_the_vault_compares_candidates_with_the_sealed_value(vault):
@@ -93,8 +93,8 @@ async def test_the_next_password_goes_to_the_next_missing_login_and_a_named_one_
     with pytest.raises(ChangeError) as exc:
         await changes.add_secret(OLGA, row.id, None, "a third")
     assert exc.value.code == "secrets_complete"
-    assert changes.vault.open_all(changes.store.secrets(row.id)) == {"900201": OTHER, "900202": OTHER}
-    trail = [e.event for e in changes.store.audit_trail(plan_id=row.id)]
+    assert changes.vault.open_all(changes.store.secrets.of(row.id)) == {"900201": OTHER, "900202": OTHER}
+    trail = [e.event for e in changes.store.audit.trail(plan_id=row.id)]
     assert trail.count("secret_received") == 2 and trail.count("secret_replaced") == 1
 
 

@@ -42,11 +42,11 @@ async def deleted(w: World, message: dict, after: int) -> None:
 
 def sealed(w: World, plan_id: str) -> dict[str, str]:
     vault = w.app.services.changes.vault
-    return {login: vault.open(token) for login, token in w.store.secrets(plan_id).items()}
+    return {login: vault.open(token) for login, token in w.store.secrets.of(plan_id).items()}
 
 
 def events(w: World) -> list[str]:
-    return [e.event for e in w.store.audit_trail(limit=10_000)]
+    return [e.event for e in w.store.audit.trail(limit=10_000)]
 
 
 def assert_nowhere(w: World, caplog, *secrets: str) -> None:
@@ -56,7 +56,7 @@ def assert_nowhere(w: World, caplog, *secrets: str) -> None:
         "bot events": json.dumps(w.tg.events, default=str, ensure_ascii=False),
         "chats": json.dumps(w.tg.messages, default=str, ensure_ascii=False),
         "audit": json.dumps(
-            [e.model_dump(mode="json") for e in w.store.audit_trail(limit=10_000)], ensure_ascii=False
+            [e.model_dump(mode="json") for e in w.store.audit.trail(limit=10_000)], ensure_ascii=False
         ),
         "logs": caplog.text,
         "database": b"".join(f.read_bytes() for f in data_dir.glob("pbxbot.db*")).decode("latin-1"),
@@ -138,7 +138,7 @@ async def test_with_nothing_to_tell_plans_apart_the_bot_asks_which_and_holds_it_
     picked = await w.said(OLGA, f"Выбран 555001 \\(план {plan_b}\\)", kinds=("edit",), after=start)
     assert not picked.get("markup")  # the buttons are gone
     assert sealed(w, plan_b) == {"555001": OTHER} and sealed(w, plan_a) == {}
-    assert w.store.held(int(buttons[1]["callback_data"].split(":")[1])) is None  # erased once picked
+    assert w.store.held.get(int(buttons[1]["callback_data"].split(":")[1])) is None  # erased once picked
 
     mark = w.mark()
     w.tg.press(OLGA, OLGA, question["message_id"], buttons[0]["callback_data"])  # a second press
@@ -162,7 +162,7 @@ async def test_two_quick_replies_to_one_login_question_the_second_replaces_the_f
     await w.said(OLGA, f"847900 получен.*{plan_id}", after=start)
     await w.said(OLGA, f"847900 заменён новым.*{plan_id}", after=start)
     assert sealed(w, plan_id) == {"847900": OTHER}
-    trail = [e.event for e in w.store.audit_trail(plan_id=plan_id)]
+    trail = [e.event for e in w.store.audit.trail(plan_id=plan_id)]
     assert trail.count("secret_received") == 1 and trail.count("secret_replaced") == 1
     assert_nowhere(w, caplog, PASSWORD, OTHER)
 
@@ -205,8 +205,8 @@ async def test_a_password_nobody_waits_for_is_deleted_and_not_used(world: World,
     late = w.tg.send(OLGA, OLGA, PASSWORD, reply_to=prompt["message_id"])  # a reply after /cancel
     await deleted(w, late, mark)
     await w.said(OLGA, f"не использовал его. План {plan_id}", after=mark)
-    assert w.store.secrets(plan_id) == {}
-    assert [e.detail.get("reason") for e in w.store.audit_trail() if e.event == "secret_unused"] == [
+    assert w.store.secrets.of(plan_id) == {}
+    assert [e.detail.get("reason") for e in w.store.audit.trail() if e.event == "secret_unused"] == [
         "nothing_waiting",
         "plan_closed",
     ]
@@ -228,9 +228,9 @@ async def test_another_member_pasting_a_sealed_password_in_the_group(world: Worl
     # exposed: erased from the plan, the card waits again, Olga is asked for a new one
     await w.said(OLGA, f"SIP-пароль для 847900 \\(план {plan_id}\\) отправили в группу", after=mark)
     await w.said(OLGA, f"Пришлите SIP-пароль для 847900 \\(план {plan_id}\\)", after=mark)
-    assert w.store.secrets(plan_id) == {}
+    assert w.store.secrets.of(plan_id) == {}
     await w.said(GROUP, "Ждём SIP-пароль для 847900", kinds=("edit",), after=mark)
-    row = next(e for e in w.store.audit_trail() if e.event == "secret_pasted_in_group")
+    row = next(e for e in w.store.audit.trail() if e.event == "secret_pasted_in_group")
     assert row.actor_id == BORIS and row.detail["dropped"] and not row.detail["by_proposer"]
 
     # an ordinary message of the same member stays
@@ -265,7 +265,7 @@ async def test_a_csv_too_big_to_read_is_deleted_all_the_same(world: World, caplo
     sent = w.tg.send_document(OLGA, OLGA, "numbers.csv", content, "zadarma")
     await deleted(w, sent, start)
     await w.said(OLGA, "Файл слишком большой .* Я его удалил", after=start)
-    audit = next(e for e in w.store.audit_trail() if e.event == "file_deleted")
+    audit = next(e for e in w.store.audit.trail() if e.event == "file_deleted")
     assert audit.detail["reason"] == "too_big" and audit.detail["deleted"] is True
-    assert w.store.plans() == []
+    assert w.store.plans.find() == []
     assert_nowhere(w, caplog, "Big-pw-000001")

@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 
 from bot.config import PolicySettings
-from bot.plans.changes import Actor, Changes, PbxHandle
+from bot.plans.changes import Actor, PbxHandle
 from bot.plans.commands import FixHost, parse
 from bot.plans.executor import ApplyStatus, Executor
 from bot.plans.planner import Plan, plan_fix_host, plan_undo
+from bot.plans.service import Changes
 from bot.plans.snapshot import Depends, SnapshotReader
 from bot.plans.vault import Vault
 from pbx.models import Provider, Route

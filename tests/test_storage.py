@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from datetime import timedelta
 
 import pytest
@@ -12,6 +13,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import DBAPIError
 
 from bot.plans.vault import Vault, VaultError
+from storage.aio import AsyncRepos
 from storage.db import database_url, migrate
 from storage.tables import AuditRow, PlanRow, utcnow
 
@@ -41,7 +43,7 @@ def test_migrations_create_every_table_and_run_twice(engine):
 def test_a_plan_round_trips_with_its_json_and_aware_times(store):
     row = plan_row(summary={"logins": ["847900"], "destination": "Главное меню"})
     assert store.add_plan(row, ["847900"]) is None
-    loaded = store.get_plan(row.id)
+    loaded = store.plans.get(row.id)
     assert len(row.id) == 6 and loaded.summary["destination"] == "Главное меню"
     assert loaded.steps[0]["after"]["username"] == "847900"
     assert loaded.expires_at.tzinfo is not None and loaded.expires_at > utcnow()
@@ -52,19 +54,19 @@ def test_two_open_plans_cannot_lock_one_login(store):
     assert store.add_plan(first, ["847706", "847900"]) is None
     second = plan_row()
     assert store.add_plan(second, ["847900", "847901"]) == first.id
-    assert store.get_plan(second.id) is None  # nothing of it stored
+    assert store.plans.get(second.id) is None  # nothing of it stored
     assert store.add_plan(plan_row(pbx="branch"), ["847900"]) is None  # another PBX: free
-    store.release_locks(first.id)
+    store.locks.release(first.id)
     assert store.add_plan(plan_row(), ["847900"]) is None
 
 
 def test_transition_is_compare_and_set(store):
     row = plan_row()
     store.add_plan(row)
-    assert store.transition(row.id, ["proposed"], "approved")
-    assert not store.transition(row.id, ["proposed"], "approved")  # someone else won
-    assert store.transition(row.id, ["approved"], "applying")
-    assert store.get_plan(row.id).status == "applying"
+    assert store.plans.transition(row.id, ["proposed"], "approved")
+    assert not store.plans.transition(row.id, ["proposed"], "approved")  # someone else won
+    assert store.plans.transition(row.id, ["approved"], "applying")
+    assert store.plans.get(row.id).status == "applying"
 
 
 def test_expiry_finds_open_plans_past_their_time(store):
@@ -72,28 +74,28 @@ def test_expiry_finds_open_plans_past_their_time(store):
     new = plan_row()
     store.add_plan(old)
     store.add_plan(new)
-    assert [r.id for r in store.due(["proposed"], utcnow())] == [old.id]
+    assert [r.id for r in store.plans.due(["proposed"], utcnow())] == [old.id]
 
 
 def test_the_audit_trail_is_append_only_in_the_database(store, engine):
-    store.audit(AuditRow(event="proposed", detail={"steps": 4}), AuditRow(event="approval"))
-    assert [e.event for e in store.audit_trail()] == ["proposed", "approval"]
+    store.audit.add(AuditRow(event="proposed", detail={"steps": 4}), AuditRow(event="approval"))
+    assert [e.event for e in store.audit.trail()] == ["proposed", "approval"]
     for statement in ("UPDATE audit_events SET event = 'forged'", "DELETE FROM audit_events"):
         with pytest.raises(DBAPIError), engine.begin() as conn:
             conn.execute(text(statement))
-    assert store.count_audit() == 2
+    assert store.audit.count() == 2
 
 
 def test_secrets_are_sealed_at_rest_and_erased(store, engine, tmp_path):
     vault = Vault.from_file(tmp_path / "secret.key")
     row = plan_row()
     store.add_plan(row)
-    store.put_secrets(row.id, vault.seal_all({"847900": "pa55-word"}))
+    store.secrets.put_all(row.id, vault.seal_all({"847900": "pa55-word"}))
     with engine.connect() as conn:
         raw = conn.execute(text("SELECT token FROM secrets")).scalar_one()
     assert "pa55" not in raw
-    assert vault.open_all(store.secrets(row.id)) == {"847900": "pa55-word"}
-    assert store.erase_secrets(row.id) == 1 and store.secrets(row.id) == {}
+    assert vault.open_all(store.secrets.of(row.id)) == {"847900": "pa55-word"}
+    assert store.secrets.erase_all(row.id) == 1 and store.secrets.of(row.id) == {}
 
 
 def test_the_generated_key_file_is_private_and_stable(tmp_path):
@@ -111,3 +113,33 @@ def test_default_database_is_sqlite_under_the_data_dir(tmp_path):
     url = database_url(None, tmp_path / "data")
     assert url == f"sqlite:///{(tmp_path / 'data' / 'pbxbot.db').resolve()}"
     assert database_url("postgresql+psycopg://x@h/db", tmp_path) == "postgresql+psycopg://x@h/db"
+
+
+def test_several_repos_write_in_one_transaction_or_not_at_all(store):
+    row = plan_row()
+    assert store.add_plan(row, ["847900"]) is None
+    with pytest.raises(RuntimeError), store.transaction() as tx:
+        tx.plans.update(row.id, status="cancelled")
+        tx.locks.release(row.id)
+        assert tx.locks.holder("office", ["847900"]) is None  # seen inside the transaction
+        raise RuntimeError("the block fails")
+    assert store.plans.get(row.id).status == "proposed"  # neither write landed
+    assert store.locks.holder("office", ["847900"]) == row.id
+    with store.transaction() as tx:
+        tx.plans.update(row.id, status="cancelled")
+        tx.locks.release(row.id)
+    assert store.plans.get(row.id).status == "cancelled"
+    assert store.locks.holder("office", ["847900"]) is None
+
+
+async def test_the_repos_awaited_run_off_the_event_loop(store):
+    db = AsyncRepos(store, threads=2)
+    try:
+        row = plan_row()
+        assert await db.add_plan(row, ["847900"]) is None
+        assert (await db.plans.get(row.id)).id == row.id
+        assert await db.locks.holder("office", ["847900"]) == row.id
+        assert await db.run(threading.current_thread) is not threading.current_thread()
+        assert db.plans is db.plans  # each repo wrapped once
+    finally:
+        db.close()

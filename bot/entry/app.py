@@ -36,7 +36,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from bot.config import ConfigError, Settings
-from bot.plans.changes import Changes, PbxHandle
+from bot.plans.changes import PbxHandle
+from bot.plans.service import Changes
 from bot.services import Services
 from bot.text.i18n import CATALOGUES, t
 from handlers import routers
@@ -569,7 +570,7 @@ async def running(
     """The bot with its storage, vault and PBX clients (one per profile unless given), running."""
     make_bot(settings)  # a missing or malformed token stops here, before the database is touched
     store = open_store(settings)
-    metrics = Metrics(store.plans_by_status)
+    metrics = Metrics(store.plans.count_by_status)
     own: list[MikoPbxClient] = []
     if clients is None:
         clients = {}

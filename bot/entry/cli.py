@@ -43,9 +43,10 @@ from typing import TYPE_CHECKING, Any
 
 from bot.config import ConfigError, exposed_secret_files, load_settings
 from bot.plans import validate
-from bot.plans.changes import LOCAL_ADMIN, ChangeError, Changes, PbxHandle, Recovery, display_names
+from bot.plans.changes import LOCAL_ADMIN, ChangeError, PbxHandle, Recovery, display_names
 from bot.plans.commands import AddNumber, Intent, UsageError, decode_csv, parse, parse_csv
 from bot.plans.planner import PlanError
+from bot.plans.service import Changes
 from bot.plans.vault import VaultError
 from bot.text.i18n import system_language, t
 from bot.text.render import error_text, outcome_text, plan_text

@@ -19,7 +19,7 @@ from typing import Any
 
 from bot.config import Settings
 from storage.db import database_url, make_engine
-from storage.repo import Store
+from storage.repos import Repos
 
 BEAT = 10.0  # seconds between heartbeats
 STALE = 60.0  # a heartbeat older than this: the bot is not working (or not running)
@@ -65,7 +65,7 @@ def database_finding(settings: Settings) -> Finding:
     """A plain `SELECT 1`: no migration, no lock (the check runs every 30 s)."""
     engine = make_engine(database_url(settings.storage.url, settings.storage.data_dir))
     try:
-        Store(engine).ping()
+        Repos(engine).ping()
     except Exception as exc:
         return Finding(False, "database", "database_down", {"error": type(exc).__name__})
     finally:

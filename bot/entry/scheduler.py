@@ -52,7 +52,7 @@ class Scheduler:
     async def start(
         self, housekeeping: Callable[[], Awaitable[None]] | None = None, *, every: float = 60.0
     ) -> None:
-        for row in await self.services.db.schedules():
+        for row in await self.services.db.schedules.all():
             self._job(row)
         if housekeeping is not None:
             self.aps.add_job(
@@ -73,7 +73,7 @@ class Scheduler:
 
     async def sync(self) -> None:
         """Follow schedules set or dropped by other processes (the owner runs this every minute)."""
-        rows = {f"digest:{row.chat_id}": row for row in await self.services.db.schedules()}
+        rows = {f"digest:{row.chat_id}": row for row in await self.services.db.schedules.all()}
         for job in self.aps.get_jobs():
             if job.id.startswith("digest:") and job.id not in rows:
                 job.remove()
@@ -103,14 +103,14 @@ class Scheduler:
 
     async def set(self, row: DigestScheduleRow) -> None:
         row.updated_at = utcnow()
-        await self.services.db.set_schedule(row)
+        await self.services.db.schedules.set(row)
         self._job(row)
 
     async def off(self, chat_id: int) -> bool:
         job = self.aps.get_job(f"digest:{chat_id}")
         if job is not None:
             job.remove()
-        return await self.services.db.drop_schedule(chat_id)
+        return await self.services.db.schedules.drop(chat_id)
 
     def next_run(self, chat_id: int) -> datetime | None:
         job = self.aps.get_job(f"digest:{chat_id}")
@@ -131,17 +131,17 @@ class Scheduler:
         """One digest for a chat: take the (chat, period) row, build, post (or stay quiet)."""
         services = self.services
         store = services.db
-        schedule = await store.schedule(chat_id)
+        schedule = await store.schedules.get(chat_id)
         name = pbx or (schedule.pbx if schedule else await services.pbx_of_chat(chat_id, private=chat_id > 0))
         if name is None or name not in services.changes.pbxs:
             return Outcome(False, "no_pbx")
         tz = ZoneInfo(schedule.timezone if schedule else services.settings.timezone)
         now = now or utcnow()
         since, until, key = digests.period_bounds(period, now, tz)
-        run_id = await store.claim_digest(chat_id, key)
+        run_id = await store.digests.claim(chat_id, key)
         if run_id is None:
             return Outcome(False, "taken")
-        last = await store.last_digest(chat_id, before=run_id)
+        last = await store.digests.last(chat_id, before=run_id)
         if last is not None and last.posted and period != "now" and last.at > since - timedelta(days=7):
             since = last.at  # "what changed since the last digest"
         handle = services.changes.pbxs[name]
@@ -150,7 +150,7 @@ class Scheduler:
         )
         quiet = schedule is not None and schedule.quiet and period != "now"
         if quiet and not built.wrong and not built.changes and last is not None and last.state == built.state:
-            await store.finish_digest(run_id, posted=False, state=built.state)
+            await store.digests.finish(run_id, posted=False, state=built.state)
             return Outcome(False, "quiet", built)
         lang = lang or services.settings.default_language
         for part in split_text(digests.render(built, lang, tz)):
@@ -162,5 +162,5 @@ class Scheduler:
             chart = digests.chart_png(built, lang, tz=tz)
             if chart is not None:
                 await self.poster.png(chat_id, chart, t("digest.chart", lang))
-        await store.finish_digest(run_id, posted=True, state=built.state)
+        await store.digests.finish(run_id, posted=True, state=built.state)
         return Outcome(True, "posted", built)

@@ -8,14 +8,14 @@ from bot.plans.changes import PbxHandle
 from bot.plans.vault import KEY_FILE, Vault
 from pbx.mikopbx import MikoPbxClient
 from storage.db import database_url, make_engine, migrate
-from storage.repo import Store
+from storage.repos import Repos
 
 
-def open_store(settings: Settings) -> Store:
+def open_store(settings: Settings) -> Repos:
     """The database of the settings, migrated to the head revision."""
     engine = make_engine(database_url(settings.storage.url, settings.storage.data_dir))
     migrate(engine)
-    return Store(engine)
+    return Repos(engine)
 
 
 def open_vault(settings: Settings) -> Vault:

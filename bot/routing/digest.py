@@ -31,8 +31,8 @@ from .trace import Tracer
 
 if TYPE_CHECKING:
     from bot.services import Services
-    from storage.aio import AsyncStore
-    from storage.repo import Store
+    from storage.aio import AsyncRepos
+    from storage.repos import Repos
     from storage.tables import PlanRow
 
 CHANGE_EVENTS = ("applied", "rolled_back", "failed")
@@ -133,11 +133,11 @@ async def read(
     return Readings(snapshot, registration, default, records)
 
 
-def compose(readings: Readings, store: Store, name: str, *, since: datetime, until: datetime) -> Digest:
+def compose(readings: Readings, store: Repos, name: str, *, since: datetime, until: datetime) -> Digest:
     """The digest from what was read and the audit trail (no PBX calls here)."""
     digest = Digest(name, since, until)
-    plans = {row.id: row for row in store.plans(pbx=name, limit=500)}
-    for e in store.audit_since(name, since, CHANGE_EVENTS):
+    plans = {row.id: row for row in store.plans.find(pbx=name, limit=500)}
+    for e in store.audit.since(name, since, CHANGE_EVENTS):
         row = plans.get(e.plan_id or "")
         who = e.actor_name or str(e.actor_id or "")
         digest.changes.append(
@@ -163,7 +163,7 @@ def compose(readings: Readings, store: Store, name: str, *, since: datetime, unt
 async def build(
     pbx: Any,
     reader: SnapshotReader,
-    store: Store | AsyncStore,
+    store: Repos | AsyncRepos,
     name: str,
     *,
     since: datetime,
@@ -173,7 +173,7 @@ async def build(
     """Read the PBX and put the digest together: composing (the audit trail, a
     trace of every number) runs off the event loop, on the store's own threads."""
     readings = await read(pbx, reader, since=since, until=until, tz=tz)
-    sync = store.sync if hasattr(store, "sync") else store  # an AsyncStore's Store, or a Store
+    sync = getattr(store, "sync", store)  # an AsyncRepos's Repos, or Repos
     return await asyncio.to_thread(compose, readings, sync, name, since=since, until=until)
 
 
@@ -445,7 +445,7 @@ async def schedule_row(
     services: Services, chat_id: int, pbx: str, command: DigestCommand, by: int
 ) -> DigestScheduleRow:
     """The row for `/digest daily|weekly ...`, keeping the chat's quiet setting and time zone."""
-    current = await services.db.schedule(chat_id)
+    current = await services.db.schedules.get(chat_id)
     return DigestScheduleRow(
         chat_id=chat_id,
         pbx=pbx,

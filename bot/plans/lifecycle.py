@@ -1,0 +1,448 @@
+"""A plan's life: propose, approve, apply, cancel, expire, undo.
+
+    proposed -> approved -> applying -> applied | rolled_back | failed
+    proposed | approved -> cancelled | expired
+    applying -> stale (the PBX changed under the plan; a new version is proposed)
+
+Every status change goes through `Ledger.move` and the one `TRANSITIONS` table.
+Every step is an audit event; every API call made for a plan is one too (method,
+path, status: never a body). A live apply holds a lease on its plan (`lease.py`);
+SIP passwords come through `secrets.py` and are erased when the plan ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import timedelta
+from typing import Any
+
+from pbx.errors import PbxError
+from storage.tables import ApprovalRow, PlanRow
+
+from .changes import (
+    APPLIED,
+    APPLYING,
+    APPROVED,
+    CANCELLED,
+    ENDED,
+    EXPIRED,
+    FAILED,
+    OPEN,
+    PROPOSED,
+    ROLLED_BACK,
+    STALE,
+    Actor,
+    ChangeError,
+    Ledger,
+    Next,
+    Outcome,
+    Proposal,
+    api_calls,
+    display_names,
+)
+from .commands import (
+    AddNumber,
+    AddNumbers,
+    FixHost,
+    Intent,
+    RemoveNumber,
+    RouteNumber,
+    Undo,
+    intent_from_dict,
+    intent_to_dict,
+)
+from .executor import ApplyError, ApplyResult, ApplyStatus, Executor
+from .lease import Lease
+from .planner import (
+    Plan,
+    PlanError,
+    Step,
+    plan_add_numbers,
+    plan_fix_host,
+    plan_remove,
+    plan_route,
+    plan_undo,
+)
+from .policy import LOCAL_ADMIN_ID, Action, Tally, may, refuse_approval, refuse_cancel
+from .secrets import Secrets
+from .snapshot import Snapshot
+from .validate import sip_passwords
+
+
+class Lifecycle:
+    def __init__(self, ledger: Ledger, secrets: Secrets, lease: Lease, *, default_extension: str = "busy"):
+        self.ledger = ledger
+        self.db = ledger.db
+        self.secrets = secrets
+        self.lease = lease
+        self.default_extension = default_extension
+
+    async def plan(self, pbx: str, intent: Intent) -> tuple[Plan, Snapshot]:
+        """Read the PBX and plan, storing nothing (what `pbxbot plan` shows)."""
+        handle = self.ledger.handle(pbx)
+        if isinstance(intent, AddNumber):
+            intent = AddNumbers(intent.provider, (intent,))
+        if isinstance(intent, AddNumbers):
+            snapshot = await handle.reader.read(host=intent.provider.host)
+            return plan_add_numbers(intent, snapshot, default_extension=self.default_extension), snapshot
+        if isinstance(intent, RouteNumber):
+            snapshot = await handle.reader.read(number=intent.number)
+            return plan_route(intent, snapshot), snapshot
+        if isinstance(intent, RemoveNumber):
+            snapshot = await handle.reader.read(number=intent.number)
+            return plan_remove(intent, snapshot), snapshot
+        if isinstance(intent, FixHost):
+            snapshot = await handle.reader.read(host=intent.host)
+            return plan_fix_host(intent, snapshot, default_extension=self.default_extension), snapshot
+        if isinstance(intent, Undo):
+            original = await self.ledger.get(intent.plan_id)
+            if original.status not in (APPLIED, FAILED) or not original.results:
+                raise ChangeError("undo_not_applied", plan=original.id, status=original.status)
+            if original.pbx != pbx:
+                raise ChangeError("undo_other_pbx", plan=original.id, pbx=original.pbx)
+            snapshot = await handle.reader.read(host=original.host, fresh=True)
+            steps = [Step.from_dict(s) for s in original.steps]
+            results = {int(k): v for k, v in original.results.items()}
+            return plan_undo(steps, results, snapshot, pbx=pbx), snapshot
+        raise ChangeError("not_a_change")
+
+    async def propose(
+        self,
+        actor: Actor,
+        pbx: str,
+        intent: Intent,
+        *,
+        secrets: Mapping[str, str] | None = None,
+        command: str = "",
+        chat_id: int | None = None,
+        version: int = 1,
+    ) -> Proposal:
+        await self.ledger.require(actor, Action.PROPOSE)
+        secrets = sip_passwords(secrets, also=ChangeError)  # one validator for chat, CSV and CLI
+        calls: list[dict[str, Any]] = []
+        token = api_calls.set(calls)
+        try:
+            plan, snapshot = await self.plan(pbx, intent)
+            plan.summary["names"] = display_names(plan, snapshot)
+        except PlanError as exc:
+            await self.ledger.audit("plan_refused", actor, None, pbx=pbx, code=exc.code, command=command)
+            raise
+        finally:
+            api_calls.reset(token)
+            await self.ledger.flush_calls(calls, actor, None, pbx=pbx)
+        if plan.empty:
+            await self.ledger.audit("plan_empty", actor, None, pbx=pbx, command=command)
+            return Proposal(plan, None)
+        now = self.ledger.clock()
+        row = PlanRow(
+            id="",
+            pbx=pbx,
+            kind=plan.kind.value,
+            status=PROPOSED,
+            version=version,
+            command=command,
+            intent=intent_to_dict(intent),
+            proposer_id=actor.id,
+            proposer_name=actor.name,
+            chat_id=chat_id,
+            created_at=now,
+            updated_at=now,
+            expires_at=now + timedelta(hours=self.ledger.policy.expiry_hours),
+            fingerprint=plan.fingerprint,
+            host=plan.host,
+            steps=[s.to_dict() for s in plan.steps],
+            notes=plan.notes,
+            summary=plan.summary,
+            needs_secret=plan.needs_secret,
+            undo_of=intent.plan_id if isinstance(intent, Undo) else None,
+        )
+        holder = await self.db.add_plan(row, plan.logins)
+        if holder is not None:
+            logins = plan.logins
+            await self.ledger.audit(
+                "plan_locked_out", actor, None, pbx=pbx, holder=holder, logins=logins[:20]
+            )
+            raise ChangeError("locked", plan=holder, logins=", ".join(logins[:5]))
+        if secrets:
+            await self.secrets.seal(row, secrets)
+        await self.ledger.audit(
+            "proposed", actor, row, kind=row.kind, steps=len(plan.steps), command=command, version=version
+        )
+        count = await self.ledger.tally_of(row)
+        if count.done:
+            await self.promote(row, actor)
+        return Proposal(plan, await self.db.plans.get(row.id), count)
+
+    async def next_step(self, row: PlanRow) -> Next:
+        """What happens to the plan next; the handlers only render and send it."""
+        if row.status == APPLYING:
+            return Next.RUNNING
+        if row.status not in OPEN:
+            return Next.ENDED
+        if await self.secrets.missing(row):
+            return Next.NEED_SECRET
+        return Next.APPLY if row.status == APPROVED else Next.WAIT_APPROVALS
+
+    async def approvers_of(self, row: PlanRow) -> list[str]:
+        return [
+            a.user_name or str(a.user_id)
+            for a in await self.db.approvals.of(row.id, row.version)
+            if a.decision == "approve"
+        ]
+
+    async def promote(self, row: PlanRow, actor: Actor) -> None:
+        if await self.ledger.move(row.id, [PROPOSED], APPROVED):
+            await self.ledger.audit("approved", actor, row, version=row.version)
+
+    async def check_open(self, row: PlanRow, version: int | None = None) -> None:
+        if row.status in OPEN and self.ledger.clock() >= row.expires_at:
+            await self.end(row, EXPIRED, None)
+            raise ChangeError("expired", plan=row.id)
+        if row.status not in OPEN:
+            raise ChangeError("plan_closed", plan=row.id, status=row.status)
+        if version is not None and version != row.version:
+            raise ChangeError("old_version", plan=row.id, version=version)
+
+    async def approve(
+        self, actor: Actor, plan_id: str, *, version: int | None = None
+    ) -> tuple[PlanRow, Tally]:
+        row = await self.ledger.get(plan_id)
+        await self.check_open(row, version)
+        approvals = await self.db.approvals.of(row.id, row.version)
+        already = [a.user_id for a in approvals if a.decision == "approve"]
+        reason = refuse_approval(self.ledger.policy, actor.id, row.proposer_id, already)
+        if reason is not None:
+            await self.ledger.audit("approval_refused", actor, row, reason=reason)
+            raise ChangeError(reason.removeprefix("policy."), plan=row.id)
+        await self.db.approvals.add(
+            ApprovalRow(
+                plan_id=row.id,
+                version=row.version,
+                user_id=actor.id,
+                user_name=actor.name,
+                decision="approve",
+            )
+        )
+        await self.ledger.audit("approval", actor, row, version=row.version)
+        count = await self.ledger.tally_of(row)
+        if count.done:
+            await self.promote(row, actor)
+        return await self.ledger.get(plan_id), count
+
+    async def reject(self, actor: Actor, plan_id: str) -> PlanRow:
+        row = await self.ledger.get(plan_id)
+        await self.check_open(row)
+        if not may(self.ledger.policy, actor.id, Action.APPROVE):
+            await self.ledger.audit("approval_refused", actor, row, reason="policy.not_approver")
+            raise ChangeError("not_approver", plan=row.id)
+        await self.db.approvals.add(
+            ApprovalRow(
+                plan_id=row.id, version=row.version, user_id=actor.id, user_name=actor.name, decision="reject"
+            )
+        )
+        return await self.end(row, CANCELLED, actor, reason="rejected")
+
+    async def cancel(self, actor: Actor, plan_id: str) -> PlanRow:
+        row = await self.ledger.get(plan_id)
+        reason = refuse_cancel(self.ledger.policy, actor.id, row.proposer_id)
+        if reason is not None:
+            await self.ledger.audit("cancel_refused", actor, row, reason=reason)
+            raise ChangeError(reason.removeprefix("policy."), plan=row.id)
+        await self.check_open(row)
+        return await self.end(row, CANCELLED, actor, reason="cancelled")
+
+    async def end(self, row: PlanRow, status: str, actor: Actor | None, **outcome: Any) -> PlanRow:
+        """Close an open plan: its locks go, its secrets are erased."""
+        if not await self.ledger.move(row.id, [*OPEN, APPLYING], status, outcome={**row.outcome, **outcome}):
+            current = await self.ledger.get(row.id)
+            raise ChangeError("plan_closed", plan=row.id, status=current.status)
+        await self.db.locks.release(row.id)
+        erased = await self.db.secrets.erase_all(row.id)
+        await self.ledger.audit(status, actor, row, secrets_erased=erased, **outcome)
+        return await self.ledger.get(row.id)
+
+    async def expire(self) -> list[PlanRow]:
+        """Close every open plan past its expiry (the scheduler calls this)."""
+        ended = []
+        for row in await self.db.plans.due(OPEN, self.ledger.clock()):
+            try:
+                ended.append(await self.end(row, EXPIRED, None, reason="expired"))
+            except ChangeError:
+                continue  # approved or applied a moment ago
+        return ended
+
+    async def apply(
+        self,
+        actor: Actor,
+        plan_id: str,
+        *,
+        at_once: bool = False,
+        progress: Callable[[PlanRow, int, int], Awaitable[None]] | None = None,
+    ) -> Outcome:
+        """Apply an approved plan. `at_once`: the local admin applies a proposed
+        plan without approvals (`pbxbot plan --apply`), audited as such."""
+        row = await self.ledger.get(plan_id)
+        await self.check_open(row)
+        if at_once:
+            if actor.id != LOCAL_ADMIN_ID:
+                raise ChangeError("not_allowed", action="apply_at_once")
+            if await self.ledger.move(row.id, [PROPOSED], APPROVED):
+                await self.ledger.audit("approved_at_once", actor, row)
+        if not await self.ledger.move(row.id, [APPROVED], APPLYING, **self.lease.fields()):
+            current = await self.ledger.get(plan_id)
+            raise ChangeError("not_approved", plan=plan_id, status=current.status)
+        await self.ledger.audit("applying", actor, row, owner=self.lease.owner)
+        plan = self.ledger.plan_of(row)
+        secrets = await self.secrets.opened(row)
+        calls: list[dict[str, Any]] = []
+
+        async def on_step(name: str, detail: dict[str, Any]) -> None:
+            if progress is not None and name == "step_applied":
+                await progress(row, detail["step"] + 1, len(plan.steps))
+
+        executor = self.executor(row, actor, calls, on_step)
+        token = api_calls.set(calls)
+        try:
+            async with self.lease.held(row.id, executor):
+                result = await executor.apply(plan, secrets)
+        except ApplyError as exc:
+            await self.ledger.move(row.id, [APPLYING], APPROVED, lease_owner=None, lease_until=None)
+            await self.ledger.audit("apply_refused", actor, row, error=str(exc))
+            raise ChangeError(
+                "secret_missing", plan=row.id, logins=", ".join(await self.secrets.missing(row))
+            ) from exc
+        except PbxError as exc:
+            # the stale check could not read the PBX: nothing was written
+            await self.ledger.move(row.id, [APPLYING], APPROVED, lease_owner=None, lease_until=None)
+            await self.ledger.audit("apply_refused", actor, row, error=str(exc))
+            raise ChangeError("pbx_unreachable", plan=row.id, error=str(exc)) from exc
+        finally:
+            api_calls.reset(token)
+            await self.ledger.flush_calls(calls, actor, row)
+        del secrets
+        if result.status is ApplyStatus.STALE:
+            return await self.replan(row, actor, result)
+        return await self.finish(row, actor, result)
+
+    def executor(
+        self,
+        row: PlanRow,
+        actor: Actor | None,
+        calls: list[dict[str, Any]],
+        on_step: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None,
+    ) -> Executor:
+        """An executor for this plan whose every event is journaled in the audit
+        trail before the next write (`step_intent` before, `step_applied` after)."""
+        handle = self.ledger.handle(row.pbx)
+
+        async def on_event(name: str, detail: dict[str, Any]) -> None:
+            # the calls made so far and the event, in one transaction, before the executor goes on
+            made = [self.ledger.event("api_call", actor, row, **call) for call in calls]
+            calls.clear()
+            await self.db.audit.add(*made, self.ledger.event(name, actor, row, **detail))
+            if on_step is not None:
+                await on_step(name, detail)
+
+        return Executor(
+            handle.client,
+            reader=handle.reader,
+            reload_wait=handle.reload_wait,
+            verify_timeout=handle.verify_timeout,
+            verify_interval=handle.verify_interval,
+            on_event=on_event,
+        )
+
+    async def finish(self, row: PlanRow, actor: Actor | None, result: ApplyResult, **extra: Any) -> Outcome:
+        """End an applying plan as the PBX now is: applied, rolled back, or failed
+        with its leftovers (kept as the results an /undo reverts)."""
+        outcome = {
+            "error": result.error,
+            "failed_step": result.failed_step,
+            "leftovers": [vars(left) for left in result.leftovers],
+            "registration": result.registration,
+            **extra,
+        }
+        results = {str(k): v for k, v in result.results.items()}
+        if result.status is not ApplyStatus.APPLIED:  # keep what is still on the PBX, for /undo
+            results = {str(left.step): left.state or {} for left in result.leftovers}
+        status = {ApplyStatus.APPLIED: APPLIED, ApplyStatus.ROLLED_BACK: ROLLED_BACK}.get(
+            result.status, FAILED
+        )
+        await self.db.plans.update(row.id, results=results)
+        ended = await self.end(row, status, actor, **outcome)
+        return Outcome(ended, result)
+
+    async def replan(self, row: PlanRow, actor: Actor, result: ApplyResult) -> Outcome:
+        """A stale plan ends; a new version from the same intent is proposed in its
+        name, with its passwords moved over, and needs approval again."""
+        await self.ledger.move(row.id, [APPLYING], STALE, outcome={"found": result.fingerprint})
+        await self.db.locks.release(row.id)
+        await self.ledger.audit(STALE, actor, row, expected=row.fingerprint, found=result.fingerprint)
+        proposer = Actor(row.proposer_id, row.proposer_name)
+        replacement: Proposal | None = None
+        try:
+            replacement = await self.propose(
+                proposer,
+                row.pbx,
+                intent_from_dict(row.intent),
+                command=row.command,
+                chat_id=row.chat_id,
+                version=row.version + 1,
+            )
+        except (PlanError, ChangeError) as exc:
+            code = getattr(exc, "code", "")
+            params = {k: v for k, v in getattr(exc, "params", {}).items() if isinstance(v, str | int)}
+            await self.ledger.audit("replan_failed", actor, row, code=code)
+            await self.db.plans.update(
+                row.id,
+                outcome={"found": result.fingerprint, "replan_error": {"code": code, "params": params}},
+            )
+            await self.db.secrets.erase_all(row.id)
+            ended = await self.ledger.get(row.id)
+            return Outcome(ended, result)
+        if replacement.row is not None:
+            await self.db.secrets.move(row.id, replacement.row.id)
+            await self.db.plans.update(row.id, replaced_by=replacement.row.id)
+        await self.db.secrets.erase_all(row.id)
+        return Outcome(await self.ledger.get(row.id), result, replacement)
+
+    async def undo(
+        self,
+        actor: Actor,
+        plan_id: str,
+        *,
+        secrets: Mapping[str, str] | None = None,
+        chat_id: int | None = None,
+    ) -> Proposal:
+        """The inverse of an applied plan, proposed like any plan."""
+        original = await self.ledger.get(plan_id)
+        return await self.propose(
+            actor, original.pbx, Undo(plan_id), secrets=secrets, command=f"/undo {plan_id}", chat_id=chat_id
+        )
+
+    async def release(self, plan_id: str, reason: str, **detail: Any) -> PlanRow:
+        """Cancel an open plan nobody can act on (its card could not be posted), with the
+        reason; its locks go and its secrets are erased. ChangeError when it already ended."""
+        row = await self.ledger.get(plan_id)
+        if row.status not in OPEN:
+            raise ChangeError("plan_closed", plan=row.id, status=row.status)
+        return await self.end(row, CANCELLED, None, reason=reason, **detail)
+
+    # ------------------------------------------------------------------ what the handlers read
+
+    async def row(self, plan_id: str) -> PlanRow | None:
+        """The plan as stored now; None when there is no such plan."""
+        return await self.db.plans.get(plan_id)
+
+    async def open_plans(self, pbx: str) -> list[PlanRow]:
+        """The PBX's plans not ended yet (applying ones too), newest first."""
+        return await self.db.plans.find(pbx=pbx, status=[*OPEN, APPLYING])
+
+    async def history(self, pbx: str, n: int) -> list[PlanRow]:
+        """The PBX's last `n` ended plans (1 to 100), newest first."""
+        return await self.db.plans.find(pbx=pbx, status=ENDED, limit=max(1, min(n, 100)))
+
+    async def card_posted(self, plan_id: str, chat_id: int, message_id: int) -> PlanRow | None:
+        """Where the plan's card is: its buttons are honoured there only."""
+        await self.db.plans.update(plan_id, chat_id=chat_id, message_id=message_id)
+        return await self.db.plans.get(plan_id)

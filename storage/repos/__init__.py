@@ -1,0 +1,155 @@
+"""The repositories: the only code that reads or writes the tables, one a kind
+of record, handed out by `Repos` (as Latand/tgbot_template_v3's `RequestsRepo`
+hands out one repo a table):
+
+    repos = Repos(engine)
+    repos.plans.get(plan_id)
+    repos.audit.add(AuditRow(...))
+    with repos.transaction() as tx:  # several repos, one commit
+        tx.plans.add(row)
+        tx.locks.take(row.pbx, logins, row.id)
+
+Each call on its own is one short transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import secrets as _secrets
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from ..tables import PlanRow
+from .approvals import ApprovalRepo
+from .audit import AuditRepo
+from .base import Repo
+from .chats import ChatRepo
+from .digests import DigestRepo
+from .held import HeldSecretRepo
+from .locks import LockRepo
+from .plans import PlanRepo
+from .prompts import PromptRepo
+from .schedules import ScheduleRepo
+from .secrets import SecretRepo
+
+RepoT = TypeVar("RepoT", bound=Repo)
+
+PLAN_ID_BYTES = 3  # six hex digits: short enough to type in `/undo 7f3a2c`
+
+__all__ = [
+    "PLAN_ID_BYTES",
+    "ApprovalRepo",
+    "AuditRepo",
+    "ChatRepo",
+    "DigestRepo",
+    "HeldSecretRepo",
+    "LockRepo",
+    "PlanRepo",
+    "PromptRepo",
+    "Repo",
+    "Repos",
+    "ScheduleRepo",
+    "SecretRepo",
+]
+
+
+class Repos:
+    """One repository per kind of record, all on one engine (or, from
+    `transaction()`, on one session)."""
+
+    def __init__(self, engine: Engine, session: Session | None = None):
+        self.engine = engine
+        self._session = session
+
+    def _repo(self, kind: type[RepoT]) -> RepoT:
+        return kind(self.engine, self._session)
+
+    @functools.cached_property
+    def plans(self) -> PlanRepo:
+        return self._repo(PlanRepo)
+
+    @functools.cached_property
+    def locks(self) -> LockRepo:
+        return self._repo(LockRepo)
+
+    @functools.cached_property
+    def approvals(self) -> ApprovalRepo:
+        return self._repo(ApprovalRepo)
+
+    @functools.cached_property
+    def audit(self) -> AuditRepo:
+        return self._repo(AuditRepo)
+
+    @functools.cached_property
+    def secrets(self) -> SecretRepo:
+        return self._repo(SecretRepo)
+
+    @functools.cached_property
+    def prompts(self) -> PromptRepo:
+        return self._repo(PromptRepo)
+
+    @functools.cached_property
+    def held(self) -> HeldSecretRepo:
+        return self._repo(HeldSecretRepo)
+
+    @functools.cached_property
+    def chats(self) -> ChatRepo:
+        return self._repo(ChatRepo)
+
+    @functools.cached_property
+    def schedules(self) -> ScheduleRepo:
+        return self._repo(ScheduleRepo)
+
+    @functools.cached_property
+    def digests(self) -> DigestRepo:
+        return self._repo(DigestRepo)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Repos]:
+        """Repos sharing one session: committed when the block ends, rolled back when it raises."""
+        if self._session is not None:  # already inside one
+            yield self
+            return
+        with Session(self.engine, expire_on_commit=False) as s:
+            try:
+                yield Repos(self.engine, s)
+                s.commit()
+            except BaseException:
+                s.rollback()  # rows inserted in the block become new again (they may be added anew)
+                raise
+
+    # ------------------------------------------------------------------ across repos
+
+    def add_plan(self, row: PlanRow, logins: Iterable[str] = ()) -> str | None:
+        """Insert the plan with a fresh id and lock its logins, in one transaction.
+        Returns None, or the id of the open plan that holds one of the logins."""
+        logins = sorted(set(logins))
+        for _ in range(20):
+            row.id = _secrets.token_hex(PLAN_ID_BYTES)
+            try:
+                with self.transaction() as tx:
+                    if tx.plans.get(row.id) is not None:
+                        continue
+                    holder = tx.locks.holder(row.pbx, logins)
+                    if holder is not None:
+                        return holder
+                    tx.plans.add(row)
+                    tx.locks.take(row.pbx, logins, row.id)
+            except IntegrityError:
+                holder = self.locks.holder(row.pbx, logins)
+                if holder is not None:
+                    return holder
+                continue  # an id collision with a concurrent insert: draw again
+            return None
+        raise RuntimeError("could not draw a free plan id")
+
+    # ------------------------------------------------------------------ health
+
+    def ping(self) -> bool:
+        with Session(self.engine) as s:
+            return s.exec(select(1)).one() == 1
