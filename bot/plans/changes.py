@@ -31,6 +31,7 @@ from datetime import timedelta
 from typing import Any
 
 from bot.config import PolicySettings
+from bot.errors import ChangeError
 from pbx.base import Pbx
 from pbx.errors import PbxError
 from storage.aio import AsyncStore
@@ -143,15 +144,6 @@ class Actor:
 
 
 LOCAL_ADMIN = Actor(LOCAL_ADMIN_ID, "local admin")
-
-
-class ChangeError(Exception):
-    """A refused or impossible request; `code` is a message-catalogue key under `change.`."""
-
-    def __init__(self, code: str, **params: Any):
-        self.code = code
-        self.params = params
-        super().__init__(f"{code}: {params}")
 
 
 @dataclass

@@ -46,7 +46,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 
-from .usage import UsageError
+from bot.errors import InputError
 
 PASSWORD_MAX = 100  # DataStructure.php: 'secret' => maxLength 100
 PASSWORD_MASK = "XXXXXXXX"  # SaveRecordAction: the masked value keeps the old secret
@@ -60,13 +60,6 @@ _LOGIN = re.compile(r"[A-Za-z0-9_.+-]+")
 _MIKOPBX_PATTERN = re.compile(r"[.|!NXZ0-9\[\]\-]+")
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _PORT = re.compile(r"[0-9]{1,5}")
-
-
-class InputError(UsageError):
-    """A value breaks one of the rules above; `code` (`usage.<code>`) names the rule.
-    `line` is set for a CSV row: the refusal names it."""
-
-    line: str | None = None
 
 
 @functools.cache
