@@ -20,9 +20,6 @@ HANDLERS_REACHING_DOWN = {
     ("handlers.approvals", "storage.tables"),  # AuditRow
     ("handlers.cards", "storage.tables"),  # PlanRow
     ("handlers.secrets", "storage.tables"),  # AuditRow, utcnow
-    ("handlers.errors", "pbx.errors"),  # PbxError
-    ("handlers.numbers", "pbx.errors"),  # PbxError
-    ("handlers.routing", "pbx.errors"),  # PbxError
 }
 
 
