@@ -316,7 +316,7 @@ async def apply_and_report(bot: Bot, services: Services, row: PlanRow, actor: Ac
 
     try:
         outcome = await services.changes.apply(actor, row.id, progress=progress)
-    except ChangeError as exc:
+    except ChangeError as exc:  # the card shows where the plan is; any other refusal goes on to be answered
         await refresh_card(bot, services, row)
         if exc.code in ("not_approved", "plan_closed"):
             return None  # another press, or another process, is applying it
