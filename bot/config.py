@@ -29,6 +29,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from bot.errors import ConfigError
+
 ENV_PREFIX = "PBXBOT_"
 CONFIG_ENV = "PBXBOT_CONFIG"
 
@@ -36,14 +38,6 @@ CONFIG_ENV = "PBXBOT_CONFIG"
 MIKOPBX_RATE_LIMIT_PER_MIN = 180
 DEFAULT_RATE_LIMIT_PER_MIN = 165
 SUPPORTED_DATABASES = ("sqlite", "postgresql+psycopg")
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; `problems` holds one line per problem."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
 
 
 class _Section(BaseModel):

@@ -16,6 +16,7 @@ from typing import Any
 from aiogram import BaseMiddleware
 from aiogram.types import CallbackQuery, Message, TelegramObject
 
+from bot.errors import expected
 from bot.plans.changes import Actor
 from bot.plans.policy import role_of
 from bot.services import Services
@@ -81,7 +82,8 @@ class Access(BaseMiddleware):
 
 
 class Observe(BaseMiddleware):
-    """Counts updates by type and outcome, and times them (for /metrics)."""
+    """Counts updates by type and outcome, and times them (for /metrics). A refusal
+    (bot/errors.py, or the PBX's) the error handler answers counts as handled."""
 
     def __init__(self, metrics: Any):
         self.metrics = metrics
@@ -99,6 +101,10 @@ class Observe(BaseMiddleware):
             result = await handler(event, data)
             outcome = "handled"
             return result
+        except Exception as exc:
+            if expected(exc):
+                outcome = "handled"
+            raise
         finally:
             self.metrics.updates.labels(kind, outcome).inc()
             self.metrics.update_seconds.labels(kind).observe(time.perf_counter() - started)

@@ -28,7 +28,6 @@ from aiogram.exceptions import (
     TelegramRetryAfter,
     TelegramServerError,
 )
-from aiogram.filters.callback_data import CallbackData
 from aiogram.types import BufferedInputFile, ForceReply, InlineKeyboardButton, InlineKeyboardMarkup
 
 from bot.plans.changes import APPLYING, OPEN, Actor, ChangeError, Outcome
@@ -40,18 +39,14 @@ from bot.text.render import TELEGRAM_LIMIT, Html, lines_of, outcome_text, plan_t
 if TYPE_CHECKING:  # the core hands rows over as plain data
     from storage.tables import PlanRow
 
+from .buttons import PlanAction, PlanButton
+
 log = logging.getLogger("pbxbot.cards")
 PROGRESS_EVERY = 2.0  # seconds between progress edits of a long apply
 EDIT_PATIENCE = 600.0  # seconds an edit of a card is retried while Telegram cannot take it
 CARD_RELEASED = "card_undeliverable"  # the reason a plan is cancelled when its card cannot be posted
 _TRANSIENT = (TelegramRetryAfter, TelegramServerError, TelegramNetworkError, TimeoutError)
 T = TypeVar("T")
-
-
-class PlanButton(CallbackData, prefix="pl"):
-    action: str  # a: approve (apply when alone), r: reject, c: cancel
-    plan: str
-    version: int
 
 
 def card_language(services: Services, row: PlanRow, lang: str | None = None) -> str:
@@ -69,16 +64,18 @@ async def keyboard(services: Services, row: PlanRow, lang: str) -> InlineKeyboar
     if row.status not in OPEN:
         return None
 
-    def button(action: str, key: str) -> InlineKeyboardButton:
+    def button(action: PlanAction, key: str) -> InlineKeyboardButton:
         data = PlanButton(action=action, plan=row.id, version=row.version).pack()
         return InlineKeyboardButton(text=t(key, lang), callback_data=data)
 
     if await alone(services, row):
-        rows = [[button("a", "tg.button.apply"), button("c", "tg.button.cancel")]]
+        rows = [
+            [button(PlanAction.APPROVE, "tg.button.apply"), button(PlanAction.CANCEL, "tg.button.cancel")]
+        ]
     else:
         rows = [
-            [button("a", "tg.button.approve"), button("r", "tg.button.reject")],
-            [button("c", "tg.button.cancel")],
+            [button(PlanAction.APPROVE, "tg.button.approve"), button(PlanAction.REJECT, "tg.button.reject")],
+            [button(PlanAction.CANCEL, "tg.button.cancel")],
         ]
     if await services.changes.missing_secrets(row) and services.bot_username:
         url = f"https://t.me/{services.bot_username}?start=pw-{row.id}"
@@ -345,7 +342,7 @@ async def apply_and_report(bot: Bot, services: Services, row: PlanRow, actor: Ac
 
     try:
         outcome = await services.changes.apply(actor, row.id, progress=progress)
-    except ChangeError as exc:
+    except ChangeError as exc:  # the card shows where the plan is; any other refusal goes on to be answered
         await refresh_card(bot, services, row)
         if exc.code in ("not_approved", "plan_closed"):
             return None  # another press, or another process, is applying it

@@ -1,10 +1,15 @@
-"""The last word on an update no handler finished: the user gets one answer, the log
-gets the update id and the exception (bot/entry/logs.py masks any secret in it).
+"""The one answer to an update no handler finished (`dp.errors`).
 
-A PBX failure that reached this far is answered with its one line (what kind of
-failure, at which call); anything else with "something went wrong on my side"
-and the update id to find it in the log. A button press is answered as a pop-up,
-or, when the handler answered it already, with a message in its chat.
+Handlers do not catch the core's refusals. An error of the tree (bot/errors.py)
+or of the PBX that leaves a handler lands here and is answered once, worded by
+`render.error_text` (escaped by construction): as a pop-up when it came from a
+button press not answered yet, else in the chat, split at Telegram's limit.
+The log gets one line with the update id (info for a refusal, warning for the
+PBX's failure, which carries the call but never a body or a secret).
+
+Anything else is a bug: the user hears "something went wrong on my side" with
+the update id, and the log gets the update id and the exception
+(bot/entry/logs.py masks any secret in it).
 """
 
 from __future__ import annotations
@@ -14,15 +19,20 @@ from collections.abc import Awaitable, Callable
 
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError
-from aiogram.types import ErrorEvent, InaccessibleMessage, Message
+from aiogram.types import CallbackQuery, ErrorEvent
 
+from bot.errors import BotError, expected
 from bot.services import Services
 from bot.text.i18n import pick_language, t
-from bot.text.render import pbx_error_text, tr
-from pbx.errors import PbxError
+from bot.text.render import error_text, split_text, tr
 
 log = logging.getLogger("pbxbot.errors")
 POPUP_LIMIT = 200  # Telegram's limit for a callback answer's text
+
+
+async def popup(query: CallbackQuery, text: str) -> None:
+    """A press's answer as a pop-up (plain text, cut at Telegram's limit)."""
+    await query.answer(text[:POPUP_LIMIT], show_alert=True)
 
 
 def error_handler(services: Services) -> Callable[..., Awaitable[bool]]:
@@ -30,29 +40,37 @@ def error_handler(services: Services) -> Callable[..., Awaitable[bool]]:
 
     async def on_error(event: ErrorEvent, bot: Bot) -> bool:
         update, exc = event.update, event.exception
-        message: Message | InaccessibleMessage | None = update.message
-        query = update.callback_query
-        kind = update.event_type
-        log.error("update %s (%s) failed: %s", update.update_id, kind, type(exc).__name__, exc_info=exc)
-        source = query or update.message
-        user = source.from_user if source else None
+        message, query = update.message, update.callback_query
+        kind, update_id = update.event_type, update.update_id
+        told = expected(exc)
+        if isinstance(exc, BotError):
+            log.info("update %s (%s) refused: %s %s", update_id, kind, type(exc).__name__, exc.code)
+        elif told:
+            log.warning("update %s (%s): the PBX failed: %s", update_id, kind, exc)
+        else:
+            log.error("update %s (%s) failed: %s", update_id, kind, type(exc).__name__, exc_info=exc)
+        user = (query or message).from_user if (query or message) else None
         lang = pick_language(user.language_code if user else None, services.settings.default_language)
-        pbx = exc if isinstance(exc, PbxError) else None
-        params = {"update": update.update_id}
         try:
+            where = message  # the message whose chat hears of it
             if query is not None:
-                text = pbx_error_text(pbx, lang) if pbx else t("tg.error.unexpected", lang, **params)
+                text = error_text(exc, lang) if told else t("tg.error.unexpected", lang, update=update_id)
                 try:
-                    await query.answer(text[:POPUP_LIMIT], show_alert=True)
+                    await popup(query, text)
                     return True
                 except TelegramAPIError:  # answered already by the handler: say it in the chat
-                    message = query.message
-            if message is not None:
-                unexpected = tr("tg.error.unexpected", lang, **params)
-                html = pbx_error_text(pbx, lang, html=True) if pbx else unexpected
-                await bot.send_message(message.chat.id, html)
+                    where = query.message
+            if where is not None:
+                html = (
+                    error_text(exc, lang, html=True)
+                    if told
+                    else tr("tg.error.unexpected", lang, update=update_id)
+                )
+                topic = where.message_thread_id if getattr(where, "is_topic_message", None) else None
+                for part in split_text(html):  # in its topic, as Message.answer sends
+                    await bot.send_message(where.chat.id, part, message_thread_id=topic)
         except Exception:  # the answer itself failed (Telegram down, the chat gone): the log has it
-            log.warning("update %s: could not tell the user of the failure", update.update_id, exc_info=True)
+            log.warning("update %s: could not tell the user of the failure", update_id, exc_info=True)
         return True
 
     return on_error

@@ -1,5 +1,6 @@
 """Changes and views: /addnumber, /route, /removenumber, /undo, /numbers,
-/plans, /history, /cancel. Thin: parse, call bot.plans.changes, render, post."""
+/plans, /history, /cancel. Thin: parse, call bot.plans.changes, render, post;
+a refusal raised on the way is answered by handlers/errors.py."""
 
 from __future__ import annotations
 
@@ -9,17 +10,15 @@ from aiogram import Bot, Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import MaybeInaccessibleMessageUnion, Message
 
-from bot.plans.changes import Actor, ChangeError, Next, Proposal
-from bot.plans.commands import Intent, UsageError, parse
-from bot.plans.planner import PlanError
+from bot.plans.changes import Actor, Next, Proposal
+from bot.plans.commands import Intent, parse
 from bot.services import Services, local_time
 from bot.text.i18n import t
-from bot.text.render import Html, error_text, lines_of, pbx_error_text, tr
+from bot.text.render import Html, lines_of, tr
 from bot.text.views import numbers_lines
-from pbx.errors import PbxError
 
 from .cards import apply_and_report, ask_secret, post_card, refresh_card, tell_released
-from .context import need_pbx, reply
+from .context import need_pbx
 from .longanswer import answer_long
 
 
@@ -34,17 +33,11 @@ async def propose_and_post(
     *,
     command: str,
     secrets: dict[str, str] | None = None,
-) -> Proposal | None:
+) -> Proposal:
     """Propose, then post the card: in this chat, or, for a plan proposed in a
-    private chat, in the PBX's approval group when there is one."""
-    try:
-        proposal = await services.changes.propose(actor, pbx, intent, secrets=secrets, command=command)
-    except (UsageError, PlanError, ChangeError) as exc:
-        await reply(message, error_text(exc, lang, html=True))
-        return None
-    except PbxError as exc:
-        await reply(message, pbx_error_text(exc, lang, html=True))
-        return None
+    private chat, in the PBX's approval group when there is one. A refusal (the
+    core's or the PBX's) is answered by handlers/errors.py."""
+    proposal = await services.changes.propose(actor, pbx, intent, secrets=secrets, command=command)
     if proposal.row is None:
         await message.answer(tr("plan.empty", lang))
         return proposal
@@ -69,11 +62,7 @@ async def propose_and_post(
 async def change(
     message: Message, bot: Bot, services: Services, actor: Actor, pbx: str | None, lang: str
 ) -> None:
-    try:
-        intent = parse(message.text or "")
-    except UsageError as exc:
-        await reply(message, error_text(exc, lang, html=True))
-        return
+    intent = parse(message.text or "")
     if (pbx := await need_pbx(message, pbx, lang)) is None:
         return
     await propose_and_post(bot, services, message, actor, pbx, intent, lang, command=message.text or "")
@@ -82,11 +71,7 @@ async def change(
 async def numbers(message: Message, services: Services, pbx: str | None, lang: str) -> None:
     if (pbx := await need_pbx(message, pbx, lang)) is None:
         return
-    try:
-        lines = await numbers_lines(services.client(pbx), lang, html=True)
-    except PbxError as exc:
-        await message.answer(pbx_error_text(exc, lang, html=True))
-        return
+    lines = await numbers_lines(services.client(pbx), lang, html=True)
     await answer_long(message, lines_of(lines, html=True), lang=lang, filename=f"numbers-{pbx}.txt")
 
 
@@ -134,11 +119,7 @@ async def cancel(
     if not plan_id:
         await message.answer(tr("tg.cancel.usage", lang))
         return
-    try:
-        row = await services.changes.cancel(actor, plan_id)
-    except ChangeError as exc:
-        await message.answer(error_text(exc, lang, html=True))
-        return
+    row = await services.changes.cancel(actor, plan_id)
     await refresh_card(bot, services, row)
     await message.answer(tr("tg.cancel.done", lang, id=row.id))
 

@@ -1,10 +1,10 @@
-"""/doctor (with Fix buttons), /trace, /digest."""
+"""/doctor (with Fix buttons), /trace, /digest. A refusal (a /digest that does not
+parse, the PBX failing) is answered by handlers/errors.py."""
 
 from __future__ import annotations
 
 from aiogram import Bot, Router
 from aiogram.filters import Command, CommandObject
-from aiogram.filters.callback_data import CallbackData
 from aiogram.types import (
     BufferedInputFile,
     CallbackQuery,
@@ -16,21 +16,17 @@ from aiogram.types import (
 from bot.plans.changes import Actor
 from bot.plans.commands import FixHost
 from bot.plans.policy import Action, may
-from bot.routing.digest import WEEKDAYS, DigestUsage, parse_digest, schedule_row
+from bot.routing.digest import WEEKDAYS, parse_digest, schedule_row
 from bot.routing.doctor import Finding, Severity, examine
 from bot.routing.trace import Tracer
 from bot.services import Services
 from bot.text.i18n import t
-from bot.text.render import Html, lines_of, pbx_error_text, tr
-from pbx.errors import PbxError
+from bot.text.render import Html, lines_of, tr
 
+from .buttons import FixButton
 from .context import need_pbx
 from .longanswer import answer_long
 from .numbers import propose_and_post
-
-
-class FixButton(CallbackData, prefix="fx"):
-    key: str  # sha1 of the host, 10 hex: the finding is found again when pressed
 
 
 class TelegramPoster:
@@ -91,11 +87,7 @@ async def doctor(message: Message, services: Services, pbx: str | None, lang: st
     if (pbx := await need_pbx(message, pbx, lang)) is None:
         return
     handle = services.changes.pbxs[pbx]
-    try:
-        _, findings = await examine(handle.client, handle.reader)
-    except PbxError as exc:
-        await message.answer(pbx_error_text(exc, lang, html=True))
-        return
+    _, findings = await examine(handle.client, handle.reader)
     keyboard = (
         fix_keyboard(findings, lang) if may(services.settings.policy, actor.id, Action.PROPOSE) else None
     )
@@ -116,11 +108,7 @@ async def fix_pressed(
     if pbx is None or query.message is None:
         return
     handle = services.changes.pbxs[pbx]
-    try:
-        _, findings = await examine(handle.client, handle.reader)
-    except PbxError as exc:
-        await query.message.answer(pbx_error_text(exc, lang, html=True))
-        return
+    _, findings = await examine(handle.client, handle.reader)
     fix = next(
         (f.fix for f in findings if isinstance(f.fix, FixHost) and f.fix_key == callback_data.key), None
     )
@@ -149,13 +137,9 @@ async def trace_(
     if (pbx := await need_pbx(message, pbx, lang)) is None:
         return
     handle = services.changes.pbxs[pbx]
-    try:
-        snapshot = await handle.reader.read(number=number)
-        default = await handle.client.default_route()
-        result = Tracer(snapshot, default).trace(number)
-    except PbxError as exc:
-        await message.answer(pbx_error_text(exc, lang, html=True))
-        return
+    snapshot = await handle.reader.read(number=number)
+    default = await handle.client.default_route()
+    result = Tracer(snapshot, default).trace(number)
     lines = [tr("trace.header", lang, pbx=pbx, number=number)]
     lines += [tr(f"trace.{line.key}", lang, **line.params) for line in result.lines]
     await answer_long(message, lines_of(lines, html=True), lang=lang, filename="trace.txt")
@@ -164,12 +148,7 @@ async def trace_(
 async def digest(
     message: Message, command: CommandObject, services: Services, actor: Actor, pbx: str | None, lang: str
 ) -> None:
-    try:
-        parsed = parse_digest(command.args or "")
-    except DigestUsage as exc:
-        key = "digest.usage" if exc.code == "usage" else f"digest.{exc.code}"
-        await message.answer(tr(key, lang, **exc.params))
-        return
+    parsed = parse_digest(command.args or "")
     if (pbx := await need_pbx(message, pbx, lang)) is None:
         return
     scheduler = services.scheduler

@@ -24,7 +24,6 @@ from typing import Any
 
 from aiogram import BaseMiddleware, Bot, F, Router
 from aiogram.exceptions import TelegramBadRequest, TelegramForbiddenError
-from aiogram.filters.callback_data import CallbackData
 from aiogram.types import (
     CallbackQuery,
     Document,
@@ -34,27 +33,21 @@ from aiogram.types import (
     TelegramObject,
 )
 
-from bot.plans.changes import Actor, ChangeError, Next
-from bot.plans.commands import UsageError, decode_csv, parse_csv
+from bot.errors import BotError
+from bot.plans.changes import Actor, Next
+from bot.plans.commands import decode_csv, parse_csv
 from bot.services import Services
 from bot.text.i18n import t
 from bot.text.render import error_text, esc
 
+from .buttons import DROP, SecretPick
 from .cards import apply_and_report, ask_secret, ask_secrets, card_language, refresh_card
-from .context import need_pbx, reply
+from .context import need_pbx
 from .numbers import propose_and_post
 
 log = logging.getLogger("pbxbot.secrets")
 MAX_CSV_BYTES = 2 * 1024 * 1024
 GROUP_GUESS_CHARS = 64  # a proposer's one-line group message this short may be the password they owe
-DROP = -1  # the "it was not a password" button
-
-
-class SecretPick(CallbackData, prefix="pw"):
-    """Which waiting login a held password goes to: ids only, never the password."""
-
-    hold: int
-    choice: int  # index into the held row's choices, or DROP
 
 
 class PrivateTurns(BaseMiddleware):
@@ -161,10 +154,10 @@ async def _bind(
     changes = services.changes
     try:
         login, replaced = await changes.add_secret(actor, plan_id, login, password)
-    except (ChangeError, UsageError) as exc:
-        if getattr(exc, "code", "") == "plan_closed":
-            await changes.secrets.forget_prompts(plan_id)
-        await _audit(services, actor, "secret_unused", plan_id, reason=getattr(exc, "code", "invalid"))
+    except BotError as exc:  # not the error handler's answer: the refusal is audited and said as "not used"
+        if exc.code == "plan_closed":
+            await changes.secrets.forget_prompts(plan_id)  # its questions and link point nowhere now
+        await _audit(services, actor, "secret_unused", plan_id, reason=exc.code)
         await bot.send_message(actor.id, t("tg.secret.unused", lang, why=error_text(exc, lang, html=True)))
         return
     key = "tg.secret.replaced" if replaced else "tg.secret.received"
@@ -303,11 +296,7 @@ async def document(
         await message.answer(t("cli.csv_needs_provider", lang) + yourself)
         return
     assert data is not None and pbx is not None  # no refusal: the chat has a PBX, the file was read
-    try:
-        intent, passwords = parse_csv(decode_csv(data.read()), (message.caption or "").strip())
-    except UsageError as exc:
-        await reply(message, error_text(exc, lang, html=True))
-        return
+    intent, passwords = parse_csv(decode_csv(data.read()), (message.caption or "").strip())
     await propose_and_post(
         bot,
         services,

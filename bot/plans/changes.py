@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.config import PolicySettings
+from bot.errors import ChangeError
 from pbx.base import Pbx
 from storage.aio import AsyncRepos
 from storage.repos import Repos
@@ -81,15 +82,6 @@ class Actor:
 
 
 LOCAL_ADMIN = Actor(LOCAL_ADMIN_ID, "local admin")
-
-
-class ChangeError(Exception):
-    """A refused or impossible request; `code` is a message-catalogue key under `change.`."""
-
-    def __init__(self, code: str, **params: Any):
-        self.code = code
-        self.params = params
-        super().__init__(f"{code}: {params}")
 
 
 @dataclass

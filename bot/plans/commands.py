@@ -22,8 +22,9 @@ from dataclasses import dataclass
 
 import phonenumbers
 
+from bot.errors import UsageError
+
 from . import validate
-from .usage import UsageError
 
 DEFAULT_REGION = "RU"
 ARROWS = ("→", "->", "=>", "⇒", "to", "на")

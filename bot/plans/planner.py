@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bot.errors import PlanError
 from pbx.models import Destination, Provider, Route
 
 from .commands import AddNumber, AddNumbers, FixHost, RemoveNumber, RouteNumber
@@ -133,15 +134,6 @@ class Plan:
     def depends(self) -> Depends:
         """What the plan's reasoning read (kept in the summary, so it is stored with the plan)."""
         return Depends.from_dict(self.summary.get("depends") or {})
-
-
-class PlanError(Exception):
-    """A conflict found before anything is written. `code` names it for the catalogues."""
-
-    def __init__(self, code: str, **params: Any):
-        self.code = code
-        self.params = params
-        super().__init__(f"{code}: {params}")
 
 
 def merge_recipe(manualattributes: str) -> str:

@@ -1,5 +1,5 @@
-"""What a command looks like, and the error that shows it: `UsageError`, raised
-by the grammar (commands) and the input rules (validate) alike."""
+"""What a command looks like: the usage line and an example per command, shown
+under a `bot.errors.UsageError` (raised by the grammar and the input rules alike)."""
 
 from __future__ import annotations
 
@@ -17,24 +17,3 @@ EXAMPLES = {
     "numbers": "/numbers",
     "undo": "/undo 7f3a2c",
 }
-
-
-class UsageError(ValueError):
-    """The text is not a valid command. `code` names the problem for the message
-    catalogues; `params` fill it in; `command` picks the usage line shown."""
-
-    def __init__(self, code: str, command: str | None = None, **params: str):
-        self.code = code
-        self.command = command
-        self.params = params
-        usage = f" Usage: {USAGE[command]}" if command in USAGE else ""
-        detail = ", ".join(f"{k}={v!r}" for k, v in params.items())
-        super().__init__(f"{code}{' (' + detail + ')' if detail else ''}.{usage}")
-
-    @property
-    def usage(self) -> str | None:
-        return USAGE.get(self.command or "")
-
-    @property
-    def example(self) -> str | None:
-        return EXAMPLES.get(self.command or "")

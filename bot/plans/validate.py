@@ -41,11 +41,12 @@ Why these rules (MikoPBX = github.com/mikopbx/Core, Asterisk = main/config.c):
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Mapping
 
-from .usage import UsageError
+from bot.errors import InputError
 
 PASSWORD_MAX = 100  # DataStructure.php: 'secret' => maxLength 100
 PASSWORD_MASK = "XXXXXXXX"  # SaveRecordAction: the masked value keeps the old secret
@@ -61,21 +62,10 @@ _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _PORT = re.compile(r"[0-9]{1,5}")
 
 
-class InputError(UsageError):
-    """A value breaks one of the rules above; `code` (`usage.<code>`) names the rule.
-    `line` is set for a CSV row: the refusal names it."""
-
-    line: str | None = None
-
-
-_ALSO: dict[type[Exception], type[InputError]] = {}
-
-
+@functools.cache
 def _also(base: type[Exception]) -> type[InputError]:
     """An InputError that is also a `base`: the core's callers catch their own error type."""
-    if base not in _ALSO:
-        _ALSO[base] = type(f"Input{base.__name__}", (InputError, base), {})
-    return _ALSO[base]
+    return type(f"Input{base.__name__}", (InputError, base), {})
 
 
 def _refuse(code: str, command: str | None, also: type[Exception] | None, **params: str) -> InputError:

@@ -12,26 +12,12 @@ import hmac
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import ClassVar
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from bot.errors import VaultError
+
 KEY_FILE = "secret.key"
-
-
-class VaultError(Exception):
-    """`code` (catalogue `cli.<code>`) and `params` say what is wrong, in words a CLI can show."""
-
-    _TEXT: ClassVar[dict[str, str]] = {
-        "vault_bad_key": "{where}: not a Fernet key (32 url-safe base64-encoded bytes)",
-        "vault_unreadable": "cannot read or create the secret key file {path}: {error}",
-        "vault_wrong_key": "a stored secret does not open with this key",
-    }
-
-    def __init__(self, code: str, **params: str):
-        self.code = code
-        self.params = params
-        super().__init__(self._TEXT[code].format(**params))
 
 
 def check_key(key: str | bytes) -> bool:

@@ -18,6 +18,7 @@ from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+from bot.errors import DigestUsage
 from bot.plans.commands import number_key
 from bot.plans.snapshot import Snapshot, SnapshotReader
 from bot.text.i18n import t
@@ -383,13 +384,6 @@ WEEKDAYS = {
     "mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6,
     "пн": 0, "вт": 1, "ср": 2, "чт": 3, "пт": 4, "сб": 5, "вс": 6,
 }  # fmt: skip
-
-
-class DigestUsage(ValueError):
-    def __init__(self, code: str, **params: str):
-        self.code = code
-        self.params = params
-        super().__init__(f"{code}: {params}")
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,11 @@ import string
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, SupportsIndex, overload
 
+from bot.errors import BotError, ConfigError, InputError, PlanError, UsageError
 from bot.plans.executor import ApplyResult
-from bot.plans.planner import NEW_PREFIX, Plan, PlanError, Step, StepKind
+from bot.plans.planner import NEW_PREFIX, Plan, Step, StepKind
 from bot.plans.policy import Tally
-from bot.plans.usage import EXAMPLES, UsageError
+from bot.plans.usage import EXAMPLES
 from pbx.errors import (
     PbxAuthError,
     PbxError,
@@ -299,33 +300,30 @@ def error_text(exc: Exception, lang: str, *, html: Literal[True]) -> Html: ...
 @overload
 def error_text(exc: Exception, lang: str, *, html: bool = False) -> str: ...
 def error_text(exc: Exception, lang: str, *, html: bool = False) -> str:
-    """A UsageError, PlanError, ChangeError or PbxError as a sentence (and the usage line)."""
+    """An error of the tree (bot/errors.py) or of the PBX as its sentence: the one
+    place an error is worded for a person. A command's refusal gets its usage line,
+    a CSV row's its line number. Anything else (a bug) is shown in its own words."""
     _t = texts(html)
-    if isinstance(exc, UsageError):
-        params: dict[str, Any] = dict(exc.params)
-        if exc.code == "not_a_command":
-            params["example"] = EXAMPLES["addnumber"]
-        text = _t(f"usage.{exc.code}", lang, **params)
-        line = getattr(exc, "line", None)
-        if line:  # a rule (bot/plans/validate.py) a CSV row breaks: which row
-            text = _t("usage.csv_line", lang, line=line, rule=text)
-        if exc.usage:
-            text += "\n" + _t("usage.line", lang, usage=exc.usage, example=exc.example)
-        return text
+    if isinstance(exc, PbxError):
+        return pbx_error_text(exc, lang, html=html)
+    if not isinstance(exc, BotError):
+        return esc(clip(str(exc))) if html else str(exc)
+    if isinstance(exc, ConfigError):
+        return lines_of([_t(exc.key, lang, problem=problem) for problem in exc.problems], html)
+    params = dict(exc.params)
     if isinstance(exc, PlanError):
-        params = dict(exc.params)
         if "candidates" in params:
             params["candidates"] = ", ".join(f"{name} ({value})" for name, value in params["candidates"])
         if "hosts" in params:
             params["hosts"] = ", ".join(params["hosts"])
-        return _t(f"plan_error.{exc.code}", lang, **params)
-    if isinstance(exc, PbxError):
-        return pbx_error_text(exc, lang, html=html)
-    code = getattr(exc, "code", None)
-    params = getattr(exc, "params", {})
-    if code is not None:
-        return _t(f"change.{code}", lang, **params)
-    return esc(clip(str(exc))) if html else str(exc)
+    if isinstance(exc, UsageError) and exc.code == "not_a_command":
+        params["example"] = EXAMPLES["addnumber"]
+    text = _t(exc.key, lang, **params)
+    if isinstance(exc, InputError) and exc.line:  # a rule (bot/plans/validate.py) a CSV row breaks
+        text = _t("usage.csv_line", lang, line=exc.line, rule=text)
+    if isinstance(exc, UsageError) and exc.usage:
+        text += "\n" + _t("usage.line", lang, usage=exc.usage, example=exc.example)
+    return text
 
 
 # "<pbx>: GET /path: ..." as the client words every error of a call

@@ -160,6 +160,7 @@ MESSAGES: dict[str, str] = {
     "tg.button.rejected": "Rejected.",
     "tg.button.counted": "Counted: {have} of {need}.",
     "tg.button.unknown": "This button belongs to no plan here.",
+    "tg.button.outdated": "This button is outdated: the bot has changed since it was posted. Give the command again.",
     "tg.cancel.done": "Plan {id} cancelled.",
     "tg.cancel.usage": "Usage: /cancel <plan>",
     # --- delivery

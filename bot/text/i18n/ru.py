@@ -160,6 +160,7 @@ MESSAGES: dict[str, str] = {
     "tg.button.rejected": "Отклонено.",
     "tg.button.counted": "Учтено: {have} из {need}.",
     "tg.button.unknown": "Эта кнопка не относится ни к одному плану здесь.",
+    "tg.button.outdated": "Эта кнопка устарела: бот изменился с тех пор, как она появилась. Повторите команду.",
     "tg.cancel.done": "План {id} отменён.",
     "tg.cancel.usage": "Формат: /cancel <план>",
     # --- delivery
