@@ -14,12 +14,11 @@ from bot.plans.commands import (
     RouteNumber,
     Undo,
     UsageError,
-    normalise_phone,
-    number_key,
     parse,
     parse_csv,
 )
 from bot.plans.destinations import DestinationError, DestinationIndex
+from bot.routing.rules import normalise_phone, number_key
 from pbx.models import Destination
 
 ZADARMA = ProviderTarget("sip.zadarma.com", 5060, "udp", "zadarma")

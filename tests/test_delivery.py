@@ -20,7 +20,7 @@ from aiogram.methods import SendMessage
 
 from bot.config import load_settings
 from bot.entry.app import running
-from bot.plans.planner import merge_recipe
+from bot.routing.rules import merge_recipe
 from bot.text.render import outcome_text
 from handlers.throttle import LocalBudget, RedisBudget, Throttle
 from sandbox.demo import DEMO_PROVIDER_ID, DEMO_QUEUE_EXTENSION, PROVIDER_DEFAULTS

@@ -11,7 +11,8 @@ from bot.plans.commands import FixHost
 from bot.plans.executor import ApplyStatus, Executor
 from bot.plans.planner import plan_fix_host
 from bot.plans.snapshot import SnapshotReader
-from bot.routing.doctor import Attributes, Severity, did_matches, examine
+from bot.routing.doctor import Severity, examine
+from bot.routing.rules import Attributes, did_matches
 from pbx.models import Provider, Route
 from sandbox.demo import DEMO_IVR_EXTENSION, DEMO_PROVIDER_ID, DEMO_QUEUE_EXTENSION
 

@@ -18,7 +18,6 @@ from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from bot.plans.commands import number_key
 from bot.plans.snapshot import Snapshot, SnapshotReader
 from bot.text.i18n import t
 from bot.text.render import lines_of, pbx_error_text, texts
@@ -27,6 +26,7 @@ from pbx.models import CdrRecord, RegistrationStatus, Route
 from storage.tables import DigestScheduleRow
 
 from .doctor import Evidence, Finding, Severity, diagnose
+from .rules import number_key
 from .trace import Tracer
 
 if TYPE_CHECKING:

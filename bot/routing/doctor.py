@@ -18,13 +18,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.plans.commands import FixHost, Intent, normalise_phone, number_key
-from bot.plans.planner import RECIPE_CONTEXT
-from bot.plans.snapshot import Snapshot, SnapshotReader, same_host
+from bot.plans.commands import FixHost, Intent
+from bot.plans.snapshot import Snapshot, SnapshotReader
 from pbx.errors import PbxError
 from pbx.models import SYSTEM_DESTINATIONS, Provider, RegistrationState, RegistrationStatus, Route
 
-from .rules import Attributes, did_matches
+from .rules import RECIPE_CONTEXT, Attributes, did_matches, host_key, normalise_phone, number_key, same_host
 from .trace import Tracer
 
 # An account saved a moment ago is unregistered until MikoPBX reloads and it registers.
@@ -53,7 +52,7 @@ class Finding:
     def fix_key(self) -> str | None:
         """A short stable key of the fix, for a button's callback data."""
         if isinstance(self.fix, FixHost):
-            return hashlib.sha1(self.fix.host.lower().encode()).hexdigest()[:10]
+            return hashlib.sha1(host_key(self.fix.host).encode()).hexdigest()[:10]
         return None
 
 
@@ -71,7 +70,7 @@ def groups_by_host(accounts: list[Provider]) -> dict[str, list[Provider]]:
     groups: dict[str, list[Provider]] = defaultdict(list)
     for account in accounts:
         if not account.disabled and account.registration_type != "inbound" and account.host:
-            groups[account.host.strip().rstrip(".").lower()].append(account)
+            groups[host_key(account.host)].append(account)
     return groups
 
 
@@ -134,7 +133,7 @@ def diagnose(
                     )
                 )
             elif pid in attrs and attrs[pid].recipe:
-                host = by_id[pid].host.strip().rstrip(".").lower()
+                host = host_key(by_id[pid].host)
                 findings.append(
                     Finding(
                         "dead_bound_route",
