@@ -11,7 +11,7 @@ from bot.plans.commands import FixHost
 from bot.plans.executor import ApplyStatus, Executor
 from bot.plans.planner import plan_fix_host
 from bot.plans.snapshot import SnapshotReader
-from bot.routing.doctor import Severity, examine
+from bot.routing.doctor import CHECKS, Severity, examine
 from bot.routing.rules import Attributes, did_matches
 from pbx.models import Provider, Route
 from sandbox.demo import DEMO_IVR_EXTENSION, DEMO_PROVIDER_ID, DEMO_QUEUE_EXTENSION
@@ -195,3 +195,8 @@ async def test_call_records_show_the_collision(client, sim):
     found = await findings(client)
     collision = next(f for f in found if f.code == "cdr_collision")
     assert collision.severity is Severity.INFO and collision.params == {"login": "847900", "other": "847706"}
+
+
+def test_every_check_is_a_named_function_saying_what_it_finds_and_why():
+    assert len({check.__name__ for check in CHECKS}) == len(CHECKS)
+    assert all(check.__doc__ and len(check.__doc__.split()) >= 8 for check in CHECKS)
