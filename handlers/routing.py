@@ -16,11 +16,12 @@ from aiogram.types import (
 from bot.plans.changes import Actor
 from bot.plans.policy import Action, may
 from bot.routing.digest import WEEKDAYS, DigestUsage, parse_digest, schedule_row
-from bot.routing.doctor import Finding, Severity, examine
+from bot.routing.doctor import Finding, examine
 from bot.routing.trace import Tracer
 from bot.services import Services
 from bot.text.i18n import t
-from bot.text.render import Html, lines_of, pbx_error_text, tr
+from bot.text.render import Html, pbx_error_text, tr
+from bot.text.views import doctor_text, trace_text
 from pbx.errors import PbxError
 
 from .context import need_pbx
@@ -44,28 +45,6 @@ class TelegramPoster:
 
     async def document(self, chat_id: int, data: bytes, filename: str, caption: str) -> None:
         await self.bot.send_document(chat_id, BufferedInputFile(data, filename=filename), caption=caption)
-
-
-def doctor_text(pbx: str, findings: list[Finding], lang: str) -> Html:
-    if not findings:
-        return tr("doctor.clean", lang, pbx=pbx)
-    count = {s: sum(1 for f in findings if f.severity is s) for s in Severity}
-    lines: list[str] = [
-        tr(
-            "doctor.header",
-            lang,
-            pbx=pbx,
-            errors=count[Severity.ERROR],
-            warnings=count[Severity.WARNING],
-            infos=count[Severity.INFO],
-        )
-    ]
-    for f in findings:  # plain lines, formatted, then escaped as a whole by the join
-        lines.append("")
-        title = t(f"doctor.{f.code}.title", lang, **f.params)
-        lines.append(f"{t(f'doctor.severity.{f.severity.value}', lang)} {title}")
-        lines += [f"   {line}" for line in t(f"doctor.{f.code}.why", lang, **f.params).split("\n")]
-    return lines_of(lines, html=True)
 
 
 def fix_keyboard(findings: list[Finding], lang: str) -> InlineKeyboardMarkup | None:
@@ -153,9 +132,9 @@ async def trace_(
     except PbxError as exc:
         await message.answer(pbx_error_text(exc, lang, html=True))
         return
-    lines = [tr("trace.header", lang, pbx=pbx, number=number)]
-    lines += [tr(f"trace.{line.key}", lang, **line.params) for line in result.lines]
-    await answer_long(message, lines_of(lines, html=True), lang=lang, filename="trace.txt")
+    await answer_long(
+        message, trace_text(pbx, number, result, lang, html=True), lang=lang, filename="trace.txt"
+    )
 
 
 async def digest(
