@@ -64,7 +64,7 @@ async def test_a_route_bound_to_an_account_under_the_recipe_is_dead(client):
 
 
 async def test_routes_bound_to_a_disabled_or_missing_provider(client, sim):
-    await client.set_provider_disabled(DEMO_PROVIDER_ID, True)
+    sim.state.set_provider_disabled(DEMO_PROVIDER_ID, True)
     assert codes(await findings(client)) == ["route_provider_disabled"]
     sim.state.routes[2]["provider"] = "SIP-TRUNK-DEADBEEF"
     assert codes(await findings(client)) == ["route_provider_missing"]
@@ -102,7 +102,7 @@ async def test_an_account_that_does_not_register(client, sim):
     sim.reject_credentials(ZADARMA, "847706")
     await client.patch_provider(DEMO_PROVIDER_ID, {"note": "touched"})  # re-registers, and is refused
     deadline = asyncio.get_running_loop().time() + 30
-    while (await client.provider_status(DEMO_PROVIDER_ID)).state.value != "rejected":
+    while (await client.registration_statuses())[DEMO_PROVIDER_ID].state.value != "rejected":
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.02)
     (finding,) = await findings(client)
