@@ -4,7 +4,6 @@ shows the right form.
     /addnumber <provider> <login> [<phone>] → <destination>
     /route <login|phone> → <destination>
     /removenumber <login|phone>
-    /numbers
     /undo <plan>
 
 Arrows `→`, `->`, `=>` and the words `to` / `на` all work: phone keyboards
@@ -98,11 +97,6 @@ class RemoveNumber:
 
 
 @dataclass(frozen=True)
-class ListNumbers:
-    pass
-
-
-@dataclass(frozen=True)
 class Undo:
     plan_id: str
 
@@ -122,7 +116,7 @@ class FixHost:
     host: str
 
 
-Intent = AddNumber | AddNumbers | RouteNumber | RemoveNumber | ListNumbers | Undo | FixHost
+Intent = AddNumber | AddNumbers | RouteNumber | RemoveNumber | Undo | FixHost
 
 CSV_COLUMNS = ("login", "password", "destination", "phone")
 MAX_CSV_ROWS = 5000
@@ -201,8 +195,8 @@ def parse(text: str, *, region: str = DEFAULT_REGION) -> Intent:
         if not rest:
             raise UsageError("missing_number", command)
         return RemoveNumber(_number(rest, command, region))
-    if command == "numbers":
-        return ListNumbers()
+    if command == "numbers":  # a view (handlers/numbers.py, `pbxbot numbers`), not a change
+        raise UsageError("not_a_change", None)
     if command == "undo":
         if not _PLAN_ID.fullmatch(rest):
             raise UsageError("missing_plan", command)
@@ -284,5 +278,5 @@ def intent_from_dict(data: dict) -> Intent:
     if kind == "AddNumbers":
         rows = tuple(intent_from_dict({"type": "AddNumber", **row}) for row in data["rows"])
         return AddNumbers(ProviderTarget(**data["provider"]), rows)  # type: ignore[arg-type]
-    simple = {cls.__name__: cls for cls in (RouteNumber, RemoveNumber, ListNumbers, Undo, FixHost)}
+    simple = {cls.__name__: cls for cls in (RouteNumber, RemoveNumber, Undo, FixHost)}
     return simple[kind](**data)
