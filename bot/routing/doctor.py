@@ -106,6 +106,15 @@ class Facts:
     def hosts(self) -> dict[str, list[Provider]]:
         return groups_by_host(self.accounts)
 
+    @cached_property
+    def routes_by_number(self) -> dict[tuple[str | None, str], list[Route]]:
+        """Routes with a DID by (account or None for "any", number key), in a stable order."""
+        by_key: dict[tuple[str | None, str], list[Route]] = defaultdict(list)
+        for route in self.snapshot.routes:
+            if route.number:
+                by_key[(route.providerid, number_key(route.number))].append(route)
+        return dict(sorted(by_key.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])))
+
     def who(self, p: Provider) -> str:
         return p.username or p.id
 
@@ -207,18 +216,10 @@ def any_route_matching_nothing(f: Facts) -> Iterator[Finding]:
             )
 
 
-def _routes_by_key(f: Facts) -> dict[tuple[str | None, str], list[Route]]:
-    by_key: dict[tuple[str | None, str], list[Route]] = defaultdict(list)
-    for route in f.snapshot.routes:
-        if route.number:
-            by_key[(route.providerid, number_key(route.number))].append(route)
-    return dict(sorted(by_key.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])))
-
-
 def duplicate_did(f: Facts) -> Iterator[Finding]:
     """Two routes of one account (or two "any" routes) for one number: only the
     first by priority ever runs, the other misleads whoever reads the list."""
-    for (_, key), routes in _routes_by_key(f).items():
+    for (_, key), routes in f.routes_by_number.items():
         if len(routes) > 1:
             yield Finding(
                 "duplicate_did",
@@ -231,7 +232,7 @@ def duplicate_did(f: Facts) -> Iterator[Finding]:
 def did_bound_and_any(f: Facts) -> Iterator[Finding]:
     """A number with a bound route and an "any provider" route: which one runs
     depends on the account's context, so a change to the recipe moves the call."""
-    by_key = _routes_by_key(f)
+    by_key = f.routes_by_number
     for (pid, key), routes in by_key.items():
         if pid is not None and (None, key) in by_key:
             both = ", ".join(str(r.id) for r in routes + by_key[(None, key)])
