@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
-from bot.plans.planner import merge_recipe  # noqa: E402
+from bot.routing.rules import merge_recipe  # noqa: E402
 from sandbox.demo import DEMO_PROVIDER_ID, demo_state  # noqa: E402
 from sandbox.mikopbx import MikoPbxSimulator  # noqa: E402
 from sandbox.telegram import TelegramSandbox  # noqa: E402

@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.plan import seed  # noqa: E402
-from bot.plans.commands import normalise_phone  # noqa: E402
 from bot.plans.snapshot import SnapshotReader  # noqa: E402
 from bot.routing import digest as digests  # noqa: E402
+from bot.routing.rules import normalise_phone  # noqa: E402
 from bot.text.render import split_text  # noqa: E402
 from pbx.mikopbx import MikoPbxClient  # noqa: E402
 from sandbox.demo import load_seed  # noqa: E402

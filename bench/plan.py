@@ -43,9 +43,9 @@ sys.path.insert(0, str(ROOT))
 from bot.config import PolicySettings  # noqa: E402
 from bot.plans.changes import LOCAL_ADMIN, PbxHandle  # noqa: E402
 from bot.plans.commands import parse, parse_csv  # noqa: E402
-from bot.plans.planner import merge_recipe  # noqa: E402
 from bot.plans.service import Changes  # noqa: E402
 from bot.plans.vault import Vault  # noqa: E402
+from bot.routing.rules import merge_recipe  # noqa: E402
 from pbx.mikopbx import MikoPbxClient  # noqa: E402
 from sandbox.demo import DEMO_PROVIDER_ID, DEMO_QUEUE_EXTENSION, PROVIDER_DEFAULTS, demo_state  # noqa: E402
 from storage.db import make_engine, migrate  # noqa: E402

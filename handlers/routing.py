@@ -17,11 +17,12 @@ from bot.plans.changes import Actor
 from bot.plans.commands import FixHost
 from bot.plans.policy import Action, may
 from bot.routing.digest import WEEKDAYS, parse_digest, schedule_row
-from bot.routing.doctor import Finding, Severity, examine
+from bot.routing.doctor import Finding, examine
 from bot.routing.trace import Tracer
 from bot.services import Services
 from bot.text.i18n import t
-from bot.text.render import Html, lines_of, tr
+from bot.text.render import Html, tr
+from bot.text.views import doctor_text, trace_text
 
 from .buttons import FixButton
 from .context import need_pbx
@@ -41,28 +42,6 @@ class TelegramPoster:
 
     async def document(self, chat_id: int, data: bytes, filename: str, caption: str) -> None:
         await self.bot.send_document(chat_id, BufferedInputFile(data, filename=filename), caption=caption)
-
-
-def doctor_text(pbx: str, findings: list[Finding], lang: str) -> Html:
-    if not findings:
-        return tr("doctor.clean", lang, pbx=pbx)
-    count = {s: sum(1 for f in findings if f.severity is s) for s in Severity}
-    lines: list[str] = [
-        tr(
-            "doctor.header",
-            lang,
-            pbx=pbx,
-            errors=count[Severity.ERROR],
-            warnings=count[Severity.WARNING],
-            infos=count[Severity.INFO],
-        )
-    ]
-    for f in findings:  # plain lines, formatted, then escaped as a whole by the join
-        lines.append("")
-        title = t(f"doctor.{f.code}.title", lang, **f.params)
-        lines.append(f"{t(f'doctor.severity.{f.severity.value}', lang)} {title}")
-        lines += [f"   {line}" for line in t(f"doctor.{f.code}.why", lang, **f.params).split("\n")]
-    return lines_of(lines, html=True)
 
 
 def fix_keyboard(findings: list[Finding], lang: str) -> InlineKeyboardMarkup | None:
@@ -140,9 +119,9 @@ async def trace_(
     snapshot = await handle.reader.read(number=number)
     default = await handle.client.default_route()
     result = Tracer(snapshot, default).trace(number)
-    lines = [tr("trace.header", lang, pbx=pbx, number=number)]
-    lines += [tr(f"trace.{line.key}", lang, **line.params) for line in result.lines]
-    await answer_long(message, lines_of(lines, html=True), lang=lang, filename="trace.txt")
+    await answer_long(
+        message, trace_text(pbx, number, result, lang, html=True), lang=lang, filename="trace.txt"
+    )
 
 
 async def digest(

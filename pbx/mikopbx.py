@@ -44,17 +44,11 @@ from .errors import (
 )
 from .models import (
     ANY_PROVIDER,
-    ActiveCall,
-    CallQueue,
     CdrPage,
     CdrRecord,
     Destination,
-    Employee,
-    IvrMenu,
     Provider,
-    ProviderCallStats,
     ProviderSummary,
-    RegistrationEvent,
     RegistrationStatus,
     Route,
     strip_html,
@@ -440,14 +434,6 @@ class MikoPbxClient:
     async def get_provider(self, provider_id: str) -> Provider:
         return await self._call("GET", f"/sip-providers/{_id(provider_id)}", parse=Provider.model_validate)
 
-    async def provider_template(self) -> Provider:
-        return await self._call("GET", "/sip-providers:getDefault", parse=Provider.model_validate)
-
-    async def copy_provider(self, provider_id: str) -> Provider:
-        """An unsaved copy (empty id) of an account, as the web UI's "copy" makes it."""
-        path = f"/sip-providers/{_id(provider_id)}:copy"
-        return await self._call("GET", path, parse=Provider.model_validate)
-
     async def create_provider(self, provider: Provider, *, secret: str) -> Provider:
         body = provider.payload(secret=secret)
         return await self._call("POST", "/sip-providers", json=body, parse=_saved(Provider))
@@ -469,33 +455,6 @@ class MikoPbxClient:
 
     async def delete_provider(self, provider_id: str) -> None:
         await self._call("DELETE", f"/sip-providers/{_id(provider_id)}")
-
-    async def set_provider_disabled(self, provider_id: str, disabled: bool) -> None:
-        await self._call(
-            "POST", f"/sip-providers/{_id(provider_id)}:updateStatus", json={"disabled": disabled}
-        )
-
-    async def force_check(self, provider_id: str) -> RegistrationStatus:
-        return await self._call(
-            "POST", f"/sip-providers/{_id(provider_id)}:forceCheck", parse=_status_of(provider_id)
-        )
-
-    async def provider_status(self, provider_id: str) -> RegistrationStatus:
-        return await self._call(
-            "GET", f"/sip-providers/{_id(provider_id)}:getStatus", parse=_status_of(provider_id)
-        )
-
-    async def provider_history(
-        self, provider_id: str, *, date_from: str | None = None, date_to: str | None = None
-    ) -> list[RegistrationEvent]:
-        params = {k: v for k, v in (("dateFrom", date_from), ("dateTo", date_to)) if v}
-
-        def events(data: Any) -> list[RegistrationEvent]:
-            items = data.get("events", []) if isinstance(data, Mapping) else data or []
-            return [RegistrationEvent.from_wire(e) for e in _list(items)]
-
-        path = f"/sip-providers/{_id(provider_id)}:getHistory"
-        return await self._call("GET", path, params=params, parse=events)
 
     async def registration_statuses(self, *, force: bool = False) -> dict[str, RegistrationStatus]:
         """Registration state of every SIP account, by provider id (states normalised)."""
@@ -521,13 +480,6 @@ class MikoPbxClient:
     async def default_route(self) -> Route:
         return await self._call("GET", "/incoming-routes:getDefaultRoute", parse=Route.model_validate)
 
-    async def route_template(self) -> Route:
-        return await self._call("GET", "/incoming-routes:getDefault", parse=Route.model_validate)
-
-    async def copy_route(self, route_id: int) -> Route:
-        path = f"/incoming-routes/{int(route_id)}:copy"
-        return await self._call("POST", path, parse=Route.model_validate)
-
     async def create_route(self, route: Route) -> Route:
         body = route.payload()
         body.pop("id", None)
@@ -551,42 +503,10 @@ class MikoPbxClient:
     async def delete_route(self, route_id: int) -> None:
         await self._call("DELETE", f"/incoming-routes/{int(route_id)}")
 
-    async def change_priority(self, priorities: Mapping[int, int]) -> int:
-        body = {"priorities": {str(k): int(v) for k, v in priorities.items()}}
-        return await self._call(
-            "POST",
-            "/incoming-routes:changePriority",
-            json=body,
-            parse=lambda data: int(_mapping(data or {}).get("updated", 0)),
-        )
-
-    async def unique_dids(self, providerid: str) -> list[str]:
-        return await self._call(
-            "GET",
-            "/incoming-routes:getUniqueDIDs",
-            params={"providerid": providerid},
-            parse=lambda data: [
-                str(_mapping(item).get("value", "")) for item in _list(data) if _mapping(item).get("value")
-            ],
-        )
-
-    # ------------------------------------------------------------------ destinations
-
     async def destinations(self) -> list[Destination]:
         """Every routable destination in one call (what the route form offers)."""
         params = {"type": "routing"}
         return await self._call("GET", "/extensions:getForSelect", params=params, parse=_records(Destination))
-
-    async def call_queues(self) -> list[CallQueue]:
-        return await self._call("GET", "/call-queues", parse=_records(CallQueue))
-
-    async def ivr_menus(self) -> list[IvrMenu]:
-        return await self._call("GET", "/ivr-menu", parse=_records(IvrMenu))
-
-    async def employees(self) -> list[Employee]:
-        return await self._call("GET", "/employees", parse=_records(Employee))
-
-    # ------------------------------------------------------------------ calls
 
     async def cdr(
         self,
@@ -626,19 +546,6 @@ class MikoPbxClient:
             if not page.has_more or not page.records:
                 return
             offset += len(page.records)
-
-    async def cdr_stats_by_provider(
-        self, *, date_from: str, date_to: str, provider: str | None = None
-    ) -> list[ProviderCallStats]:
-        params = {"dateFrom": date_from, "dateTo": date_to}
-        if provider:
-            params["provider"] = provider
-        return await self._call(
-            "GET", "/cdr:getStatsByProvider", params=params, parse=_records(ProviderCallStats)
-        )
-
-    async def active_calls(self) -> list[ActiveCall]:
-        return await self._call("GET", "/pbx-status:getActiveCalls", parse=_records(ActiveCall))
 
 
 def _mapping(data: Any) -> Mapping[str, Any]:
@@ -686,10 +593,6 @@ def _saved(model: Any) -> Callable[[Any], Any]:
         return record
 
     return parse
-
-
-def _status_of(provider_id: str) -> Callable[[Any], RegistrationStatus]:
-    return lambda data: RegistrationStatus.from_wire({"id": provider_id, **_mapping(data or {})})
 
 
 def _provider_summaries(data: Any) -> list[ProviderSummary]:

@@ -197,52 +197,6 @@ class Destination(_Model):
             return DestinationType.OTHER
 
 
-class QueueMember(_Model):
-    extension: str
-    priority: int = 0
-
-
-class CallQueue(_Model):
-    id: str
-    name: str = ""
-    extension: str = ""
-    strategy: str = ""
-    members: list[QueueMember] = Field(default_factory=list)
-
-    @field_validator("members", mode="before")
-    @classmethod
-    def _members(cls, value: Any) -> Any:
-        return [m if isinstance(m, dict) else {"extension": str(m)} for m in value or []]
-
-
-class IvrAction(_Model):
-    digits: str
-    extension: str
-
-
-class IvrMenu(_Model):
-    id: str
-    name: str = ""
-    extension: str = ""
-    timeout: int = 7
-    number_of_repeat: int = 3
-    timeout_extension: str = ""
-    actions: list[IvrAction] = Field(default_factory=list)
-
-
-class Employee(_Model):
-    id: str
-    number: str = ""
-    name: str = Field(default="", alias="user_username")
-    email: str = Field(default="", alias="user_email")
-    mobile_number: str = ""
-
-    @field_validator("id", mode="before")
-    @classmethod
-    def _id(cls, value: Any) -> str:
-        return str(value)
-
-
 class RegistrationState(enum.StrEnum):
     """MikoPBX reports `registered`, `REGISTERED` or `OK` depending on the account
     type; these are the normalised values."""
@@ -290,19 +244,8 @@ class RegistrationStatus(_Model):
         return cls.model_validate({**data, "state": RegistrationState.parse(raw), "raw_state": raw})
 
 
-class RegistrationEvent(_Model):
-    timestamp: str = ""
-    previous_state: str = Field(default="", alias="previousState")
-    new_state: str = Field(default="", alias="newState")
-    state: RegistrationState = RegistrationState.UNKNOWN
-
-    @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> RegistrationEvent:
-        return cls.model_validate({**data, "state": RegistrationState.parse(str(data.get("newState", "")))})
-
-
 class _Call(_Model):
-    """What a call record and an active call share."""
+    """A call as MikoPBX reports it."""
 
     start: str = ""
     answer: str = ""
@@ -333,18 +276,3 @@ class CdrPage(_Model):
     limit: int
     offset: int
     has_more: bool
-
-
-class ProviderCallStats(_Model):
-    provider: str
-    provider_name: str = Field(default="", alias="providerName")
-    direction: str = ""
-    total_calls: int = Field(default=0, alias="totalCalls")
-    answered_calls: int = Field(default=0, alias="answeredCalls")
-    total_duration: int = Field(default=0, alias="totalDuration")
-    total_billsec: int = Field(default=0, alias="totalBillsec")
-
-
-class ActiveCall(_Call):
-    src_name: str = ""
-    dst_name: str = ""

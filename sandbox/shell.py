@@ -1,6 +1,6 @@
 """`pbxbot shell`: a terminal chat with the bot, no Telegram account needed.
 
-The real bot (aiogram polling loop) talks to sandbox/telegram.py; the PBX is
+The real bot (aiogram polling loop) talks to sandbox/telegram/; the PBX is
 the simulator's demo PBX; storage is SQLite in a temporary directory. You
 type as one of three admins, in the group or in your private chat:
 

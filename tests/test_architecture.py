@@ -144,6 +144,12 @@ def test_the_core_imports_neither_handlers_nor_the_entry_room():
     assert not found, found
 
 
+def test_the_routing_rules_are_the_floor_of_the_core():
+    """bot/plans reads bot/routing/rules.py, so rules may import nothing of ours but pbx."""
+    found = _offences(lambda m, t: m == "bot.routing.rules" and _under(t, "bot", "handlers", "storage"))
+    assert not found, found
+
+
 def test_handlers_do_not_import_the_entry_room():
     found = _offences(lambda m, t: _under(m, "handlers") and _under(t, "bot.entry"))
     assert not found, found

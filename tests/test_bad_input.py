@@ -16,9 +16,9 @@ from bot.config import ConfigError, exposed_secret_files, load_settings
 from bot.entry.cli import main
 from bot.entry.wiring import open_store, open_vault
 from bot.plans.vault import VaultError
+from tests.personas import OLGA
 from tests.test_bot_e2e import (
     GROUP,
-    OLGA,
     World,
     world,  # noqa: F401 (the fixture)
 )

@@ -21,10 +21,10 @@ from pbx.models import Provider
 from sandbox.demo import DEMO_IVR_EXTENSION, DEMO_PROVIDER_ID, DEMO_QUEUE_EXTENSION
 from sandbox.telegram import TelegramSandbox
 from tests.conftest import API_KEY, fast_client
+from tests.personas import ANNA, BORIS, GLEB, GROUP_ADMINS, OLGA, STRANGER, VIKTOR, meet, policy
 
 TOKEN = "123456789:AAE_sandbox-token-never-in-logs_x1"
 GROUP = -1001000000001
-ANNA, BORIS, OLGA, VIKTOR, STRANGER = 1, 2, 3, 4, 99  # admin, approver, operator, viewer, nobody
 PASSWORD = "Zx-847900-secret!"
 ZADARMA = "sip.zadarma.com"
 
@@ -63,13 +63,13 @@ class World:
         self.tg.press(user, chat_id, message["message_id"], button["callback_data"])
 
 
-def settings_for(tmp_path, sim_url: str, tg_url: str, **policy):
+def settings_for(tmp_path, sim_url: str, tg_url: str, **roles):
     return load_settings(
         None,
         pbx={"office": {"url": sim_url, "api_key": API_KEY, "reload_wait": 0}},
         telegram={"token": TOKEN, "api_base": tg_url, "groups": {GROUP: "office"}},
         storage={"data_dir": str(tmp_path / "data")},
-        policy={"admins": [ANNA], "approvers": [BORIS], "operators": [OLGA], "viewers": [VIKTOR], **policy},
+        policy={**policy(ANNA, BORIS, OLGA, VIKTOR), **roles},
         default_language="ru",
     )
 
@@ -77,12 +77,8 @@ def settings_for(tmp_path, sim_url: str, tg_url: str, **policy):
 @pytest.fixture
 async def world(sim, tmp_path):
     async with TelegramSandbox(TOKEN) as tg:
-        tg.add_user(ANNA, "Anna", username="anna", language_code="ru")
-        tg.add_user(BORIS, "Boris", username="boris", language_code="en")
-        tg.add_user(OLGA, "Olga", username="olga", language_code="ru")
-        tg.add_user(VIKTOR, "Viktor", language_code="en")
-        tg.add_user(STRANGER, "Mallory", language_code="en")
-        tg.add_group(GROUP, "PBX admins", [ANNA, BORIS, OLGA, VIKTOR, STRANGER], admins=[ANNA, BORIS])
+        meet(tg, ANNA, BORIS, OLGA, VIKTOR, STRANGER)
+        tg.add_group(GROUP, "PBX admins", [ANNA, BORIS, OLGA, VIKTOR, STRANGER], admins=GROUP_ADMINS)
         async with fast_client(sim.url, name="office") as client:
             settings = settings_for(tmp_path, sim.url, tg.url)
             async with running(
@@ -229,17 +225,16 @@ async def test_forged_and_replayed_buttons(world: World):
 
 async def test_concurrent_approvals_apply_exactly_once(sim, tmp_path):
     async with TelegramSandbox(TOKEN) as tg:
-        for uid, name in ((ANNA, "Anna"), (BORIS, "Boris"), (OLGA, "Olga"), (5, "Gleb")):
-            tg.add_user(uid, name)
-        tg.add_group(GROUP, "PBX admins", [ANNA, BORIS, OLGA, 5], admins=[ANNA, BORIS])
+        meet(tg, ANNA, BORIS, OLGA, GLEB, profiles=False)
+        tg.add_group(GROUP, "PBX admins", [ANNA, BORIS, OLGA, GLEB], admins=GROUP_ADMINS)
         async with fast_client(sim.url, name="office") as client:
-            settings = settings_for(tmp_path, sim.url, tg.url, approvers=[BORIS, 5])
+            settings = settings_for(tmp_path, sim.url, tg.url, approvers=[BORIS, GLEB])
             async with running(settings, clients={"office": client}, polling_timeout=1, verify_timeout=5,
                                verify_interval=0.05) as app:  # fmt: skip
                 w = World(tg, app, sim, client)
                 plan_id = await propose_with_password(w)
                 start = w.mark()
-                for user in (ANNA, BORIS, 5):  # three approvers press at once; one is needed
+                for user in (ANNA, BORIS, GLEB):  # three approvers press at once; one is needed
                     w.press(user, "Одобрить")
                 await w.said(GROUP, "Состояние: применён", kinds=("edit",), after=start)
 

@@ -11,16 +11,20 @@ from datetime import timedelta
 import pytest
 
 from bot.config import PolicySettings
-from bot.plans.changes import LOCAL_ADMIN, Actor, ChangeError, PbxHandle
+from bot.plans.changes import LOCAL_ADMIN, ChangeError, PbxHandle
 from bot.plans.commands import parse, parse_csv
 from bot.plans.service import Changes
 from bot.plans.vault import Vault
 from sandbox.demo import DEMO_IVR_EXTENSION, DEMO_PROVIDER_ID, DEMO_QUEUE_EXTENSION
 from storage.tables import utcnow
+from tests import personas
+from tests.personas import actor
 
-ADMIN, ANNA, BORIS = Actor(1, "admin"), Actor(2, "anna"), Actor(3, "boris")  # admin, approvers
-OLGA, VIKTOR = Actor(4, "olga"), Actor(5, "viktor")  # operator, viewer
-STRANGER = Actor(99, "stranger")
+# Anna administers, Boris and Gleb approve, Olga proposes, Viktor looks on, Mallory is nobody.
+ANNA, BORIS, GLEB, OLGA, VIKTOR, STRANGER = (
+    actor(p)
+    for p in (personas.ANNA, personas.BORIS, personas.GLEB, personas.OLGA, personas.VIKTOR, personas.STRANGER)
+)
 PASSWORD = "Sip-Pa55-847900"
 ZADARMA = "sip.zadarma.com"
 
@@ -39,7 +43,8 @@ def clock():
 
 
 def make_changes(store, client, clock, tmp_path, **policy) -> Changes:
-    settings = PolicySettings(admins=[1], approvers=[2, 3], operators=[4], viewers=[5], **policy)
+    roles = personas.policy(personas.ANNA, personas.BORIS, personas.GLEB, personas.OLGA, personas.VIKTOR)
+    settings = PolicySettings(**{**roles, **policy})
     handle = PbxHandle.of(client, reload_wait=0, verify_timeout=5, verify_interval=0.05)
     return Changes(store, settings, Vault.from_file(tmp_path / "secret.key"), {"demo": handle}, clock=clock)
 
@@ -63,9 +68,9 @@ async def test_propose_approve_apply_with_an_audit_trail(changes, store, sim):
     assert row.status == "proposed" and (proposal.tally.have, proposal.tally.need) == (0, 1)
     assert sim.writes() == 0
 
-    row, tally = await changes.approve(ANNA, row.id)
+    row, tally = await changes.approve(BORIS, row.id)
     assert row.status == "approved" and tally.done
-    outcome = await changes.apply(ANNA, row.id)
+    outcome = await changes.apply(BORIS, row.id)
     assert outcome.row.status == "applied", outcome.row.outcome
     assert outcome.row.outcome["registration"] == {"847900": "registered", "847706": "registered"}
     assert sim.simulate_call(ZADARMA, "847900")["destination"] == DEMO_IVR_EXTENSION
@@ -78,14 +83,14 @@ async def test_propose_approve_apply_with_an_audit_trail(changes, store, sim):
     assert {"method": "POST", "path": "/sip-providers", "status": 201} in calls
     assert store.secrets.of(row.id) == {} and store.locks.holder("demo", ["847900"]) is None
     who = {e.event: e.actor_name for e in store.audit.trail(plan_id=row.id)}
-    assert (who["proposed"], who["approval"], who["applying"]) == ("olga", "anna", "anna")
+    assert (who["proposed"], who["approval"], who["applying"]) == ("olga", "boris", "boris")
 
 
 async def test_no_secret_reaches_audit_rows_logs_or_plans(changes, store, engine, caplog):
     caplog.set_level(logging.DEBUG)
     proposal = await propose(changes, OLGA, "/addnumber zadarma 847900 → IVR", {"847900": PASSWORD})
-    await changes.approve(ANNA, proposal.row.id)
-    await changes.apply(ANNA, proposal.row.id)
+    await changes.approve(BORIS, proposal.row.id)
+    await changes.apply(BORIS, proposal.row.id)
     dumped = json.dumps([e.model_dump(mode="json") for e in store.audit.trail()], ensure_ascii=False)
     dumped += json.dumps(store.plans.get(proposal.row.id).model_dump(mode="json"), ensure_ascii=False)
     assert PASSWORD not in dumped and PASSWORD not in caplog.text
@@ -104,35 +109,35 @@ async def test_policy_roles_and_approval_counts(changes, store):
     with pytest.raises(ChangeError):
         await propose(changes, STRANGER, "/addnumber zadarma 847900 → IVR")
 
-    proposal = await propose(changes, ANNA, "/addnumber zadarma 847900 → IVR", {"847900": "x"})
+    proposal = await propose(changes, BORIS, "/addnumber zadarma 847900 → IVR", {"847900": "x"})
     with pytest.raises(ChangeError) as err:
-        await changes.approve(ANNA, proposal.row.id)
+        await changes.approve(BORIS, proposal.row.id)
     assert err.value.code == "own_plan"
     with pytest.raises(ChangeError) as err:
         await changes.approve(OLGA, proposal.row.id)
     assert err.value.code == "not_approver"
     with pytest.raises(ChangeError) as err:
-        await changes.apply(ANNA, proposal.row.id)
+        await changes.apply(BORIS, proposal.row.id)
     assert err.value.code == "not_approved"
-    await changes.cancel(ANNA, proposal.row.id)
+    await changes.cancel(BORIS, proposal.row.id)
 
     removal = await propose(changes, OLGA, "/removenumber 847706")
-    row, tally = await changes.approve(ANNA, removal.row.id)
+    row, tally = await changes.approve(BORIS, removal.row.id)
     assert row.status == "proposed" and (tally.have, tally.need) == (1, 2)
     with pytest.raises(ChangeError) as err:
-        await changes.approve(ANNA, removal.row.id)
+        await changes.approve(BORIS, removal.row.id)
     assert err.value.code == "already_approved"
-    row, tally = await changes.approve(BORIS, removal.row.id)
+    row, tally = await changes.approve(GLEB, removal.row.id)
     assert row.status == "approved"
     assert "approval_refused" in events(store, removal.row.id)
 
 
 async def test_a_one_admin_pbx_approves_its_own_plans(store, client, clock, tmp_path):
     changes = make_changes(store, client, clock, tmp_path, self_approve=True)
-    proposal = await propose(changes, ADMIN, "/route 847706 → IVR")
-    row, tally = await changes.approve(ADMIN, proposal.row.id)
+    proposal = await propose(changes, ANNA, "/route 847706 → IVR")
+    row, tally = await changes.approve(ANNA, proposal.row.id)
     assert row.status == "approved" and tally.done
-    assert (await changes.apply(ADMIN, row.id)).row.status == "applied"
+    assert (await changes.apply(ANNA, row.id)).row.status == "applied"
 
 
 async def test_locks_name_the_holder_and_free_on_cancel(changes):
@@ -141,28 +146,28 @@ async def test_locks_name_the_holder_and_free_on_cancel(changes):
         await propose(changes, OLGA, "/route 847706 → 201")
     assert err.value.code == "locked" and err.value.params["plan"] == first.row.id
     with pytest.raises(ChangeError) as err:
-        await changes.cancel(BORIS, first.row.id)  # not his plan, not an admin
+        await changes.cancel(GLEB, first.row.id)  # not his plan, not an admin
     assert err.value.code == "not_yours"
-    await changes.cancel(ADMIN, first.row.id)
+    await changes.cancel(ANNA, first.row.id)
     second = await propose(changes, OLGA, "/route 847706 → 201")
     assert second.row.status == "proposed"
 
 
 async def test_a_stale_plan_is_replanned_never_applied_blind(changes, store, client, sim):
     proposal = await propose(changes, OLGA, "/addnumber zadarma 847900 → IVR", {"847900": PASSWORD})
-    await changes.approve(ANNA, proposal.row.id)
+    await changes.approve(BORIS, proposal.row.id)
     await client.patch_provider(DEMO_PROVIDER_ID, {"manualattributes": "[endpoint]\nset_var=A=1"})
     sim.stats.clear()
-    outcome = await changes.apply(ANNA, proposal.row.id)
+    outcome = await changes.apply(BORIS, proposal.row.id)
     assert outcome.row.status == "stale" and sim.writes() == 0
     new = outcome.replacement.row
     assert outcome.row.replaced_by == new.id and new.version == 2 and new.status == "proposed"
     assert new.proposer_id == OLGA.id
     assert store.secrets.of(proposal.row.id) == {} and list(store.secrets.of(new.id)) == ["847900"]
     with pytest.raises(ChangeError):
-        await changes.approve(ANNA, proposal.row.id)  # approvals belong to one version
-    await changes.approve(BORIS, new.id)
-    assert (await changes.apply(BORIS, new.id)).row.status == "applied"
+        await changes.approve(BORIS, proposal.row.id)  # approvals belong to one version
+    await changes.approve(GLEB, new.id)
+    assert (await changes.apply(GLEB, new.id)).row.status == "applied"
     attrs = sim.state.providers[DEMO_PROVIDER_ID]["manualattributes"]
     assert attrs == "[endpoint]\nset_var=A=1\ncontext=public-direct-dial"
 
@@ -176,7 +181,7 @@ async def test_plans_expire_and_let_go_of_locks_and_secrets(changes, store, cloc
     assert expired.id == proposal.row.id and expired.status == "expired"
     assert store.secrets.of(expired.id) == {} and store.locks.holder("demo", ["847900"]) is None
     with pytest.raises(ChangeError) as err:
-        await changes.approve(ANNA, expired.id)
+        await changes.approve(BORIS, expired.id)
     assert err.value.code == "plan_closed"
 
 
@@ -184,20 +189,20 @@ async def test_approving_a_plan_past_its_expiry_expires_it(changes, clock):
     proposal = await propose(changes, OLGA, "/route 847706 → IVR")
     clock.now += timedelta(hours=25)
     with pytest.raises(ChangeError) as err:
-        await changes.approve(ANNA, proposal.row.id)
+        await changes.approve(BORIS, proposal.row.id)
     assert err.value.code == "expired"
 
 
 async def test_undo_goes_through_approval_and_restores_the_pbx(changes, store, sim):
     before = json.dumps({k: sim.state.dump()[k] for k in ("providers", "routes")}, sort_keys=True)
     proposal = await propose(changes, OLGA, "/addnumber zadarma 847900 → IVR", {"847900": PASSWORD})
-    await changes.approve(ANNA, proposal.row.id)
-    await changes.apply(ANNA, proposal.row.id)
+    await changes.approve(BORIS, proposal.row.id)
+    await changes.apply(BORIS, proposal.row.id)
 
     undo = await changes.propose(OLGA, "demo", parse(f"/undo {proposal.row.id}"))
     assert undo.row.kind == "undo" and undo.row.undo_of == proposal.row.id and undo.row.status == "proposed"
-    await changes.approve(BORIS, undo.row.id)
-    assert (await changes.apply(BORIS, undo.row.id)).row.status == "applied"
+    await changes.approve(GLEB, undo.row.id)
+    assert (await changes.apply(GLEB, undo.row.id)).row.status == "applied"
     after = json.dumps({k: sim.state.dump()[k] for k in ("providers", "routes")}, sort_keys=True)
     assert after == before
     with pytest.raises(ChangeError) as err:
@@ -207,9 +212,9 @@ async def test_undo_goes_through_approval_and_restores_the_pbx(changes, store, s
 
 async def test_a_failed_step_ends_rolled_back_with_the_error(changes, sim):
     proposal = await propose(changes, OLGA, "/addnumber zadarma 847900 → IVR", {"847900": PASSWORD})
-    await changes.approve(ANNA, proposal.row.id)
+    await changes.approve(BORIS, proposal.row.id)
     sim.inject("/incoming-routes", method="POST", status=422, message="Simulated refusal")
-    outcome = await changes.apply(ANNA, proposal.row.id)
+    outcome = await changes.apply(BORIS, proposal.row.id)
     assert outcome.row.status == "rolled_back"
     assert outcome.row.outcome["failed_step"] == 3 and "Simulated refusal" in outcome.row.outcome["error"]
     assert [p["username"] for p in sim.state.providers.values()] == ["847706"]
@@ -225,8 +230,8 @@ async def test_a_csv_becomes_one_plan_and_the_passwords_stay_apart(changes, stor
     intent, passwords = parse_csv("login,password,destination\n847900,p1,IVR\n847901,p2,201\n", "zadarma")
     proposal = await changes.propose(OLGA, "demo", intent, secrets=passwords, command="CSV")
     assert "p1" not in json.dumps(proposal.row.intent)
-    await changes.approve(ANNA, proposal.row.id)
-    assert (await changes.apply(ANNA, proposal.row.id)).row.status == "applied"
+    await changes.approve(BORIS, proposal.row.id)
+    assert (await changes.apply(BORIS, proposal.row.id)).row.status == "applied"
     for login, destination in (
         ("847706", DEMO_QUEUE_EXTENSION),
         ("847900", DEMO_IVR_EXTENSION),
@@ -246,9 +251,9 @@ async def test_the_local_admin_applies_at_once_and_operators_cannot(changes):
 async def test_a_plan_interrupted_mid_apply_is_rolled_back_once_its_lease_expires(changes, store, sim, clock):
     before = json.dumps({k: sim.state.dump()[k] for k in ("providers", "routes")}, sort_keys=True)
     proposal = await propose(changes, OLGA, "/addnumber zadarma 847900 → IVR", {"847900": PASSWORD})
-    await changes.approve(ANNA, proposal.row.id)
+    await changes.approve(BORIS, proposal.row.id)
     sim.inject("/incoming-routes/*", method="PUT", delay=30)  # step 3 hangs: the process "dies" there
-    task = asyncio.create_task(changes.apply(ANNA, proposal.row.id))
+    task = asyncio.create_task(changes.apply(BORIS, proposal.row.id))
     deadline = asyncio.get_running_loop().time() + 30
     while events(store, proposal.row.id).count("step_intent") < 3:
         assert asyncio.get_running_loop().time() < deadline, "the first two steps never landed"
@@ -281,10 +286,10 @@ async def test_a_live_apply_is_never_recovered_and_every_step_landed_is_applied(
     """Another process's housekeeping while the apply runs leaves it alone; a plan
     whose process died after its last write is found applied, not undone."""
     proposal = await propose(changes, OLGA, "/addnumber zadarma 847900 → IVR", {"847900": PASSWORD})
-    await changes.approve(ANNA, proposal.row.id)
+    await changes.approve(BORIS, proposal.row.id)
     other = make_changes(store, changes.pbxs["demo"].client, clock, tmp_path)
     sim.inject("/incoming-routes", method="POST", delay=1.0)  # the last step takes a while
-    task = asyncio.create_task(changes.apply(ANNA, proposal.row.id))
+    task = asyncio.create_task(changes.apply(BORIS, proposal.row.id))
     deadline = asyncio.get_running_loop().time() + 30
     while events(store, proposal.row.id).count("step_intent") < 4:
         assert asyncio.get_running_loop().time() < deadline
@@ -294,8 +299,8 @@ async def test_a_live_apply_is_never_recovered_and_every_step_landed_is_applied(
 
     # a plan whose process died after its last write: every step stands as planned
     proposal = await propose(changes, OLGA, "/addnumber zadarma 847901 → 201", {"847901": PASSWORD})
-    await changes.approve(ANNA, proposal.row.id)
-    done = await changes.apply(ANNA, proposal.row.id)
+    await changes.approve(BORIS, proposal.row.id)
+    done = await changes.apply(BORIS, proposal.row.id)
     store.plans.update(done.row.id, status="applying", lease_owner="gone:1:x", lease_until=clock.now)
     clock.now += timedelta(seconds=1)
     (recovered,) = await other.recover()
@@ -332,10 +337,10 @@ async def test_a_failed_plan_names_its_leftovers_and_undo_finishes_it(changes, s
     takes writes again, /undo brings it back to exactly as before."""
     before = json.dumps({k: sim.state.dump()[k] for k in ("providers", "routes")}, sort_keys=True)
     proposal = await propose(changes, OLGA, "/addnumber zadarma 847900 → IVR", {"847900": PASSWORD})
-    await changes.approve(ANNA, proposal.row.id)
+    await changes.approve(BORIS, proposal.row.id)
     sim.inject("/incoming-routes", method="POST", status=422, count=2)
     sim.inject("/incoming-routes/*", method="PUT", status=403, count=3, skip=1)
-    outcome = await changes.apply(ANNA, proposal.row.id)
+    outcome = await changes.apply(BORIS, proposal.row.id)
     row = outcome.row
     assert row.status == "failed"
     (left,) = row.outcome["leftovers"]
@@ -344,8 +349,8 @@ async def test_a_failed_plan_names_its_leftovers_and_undo_finishes_it(changes, s
     sim.faults.clear()
     undo = await changes.undo(OLGA, row.id)
     assert [s.kind.value for s in undo.plan.steps] == ["update_route"]
-    await changes.approve(BORIS, undo.row.id)
-    assert (await changes.apply(BORIS, undo.row.id)).row.status == "applied"
+    await changes.approve(GLEB, undo.row.id)
+    assert (await changes.apply(GLEB, undo.row.id)).row.status == "applied"
     after = json.dumps({k: sim.state.dump()[k] for k in ("providers", "routes")}, sort_keys=True)
     assert after == before
 
@@ -359,7 +364,7 @@ async def test_the_core_says_what_happens_next(changes, store, sim):
     await changes.add_secret(OLGA, row.id, "847900", PASSWORD)
     row = store.plans.get(row.id)
     assert await changes.next_step(row) is Next.WAIT_APPROVALS
-    row, _ = await changes.approve(ANNA, row.id)
+    row, _ = await changes.approve(BORIS, row.id)
     assert await changes.next_step(row) is Next.APPLY
-    outcome = await changes.apply(ANNA, row.id)
+    outcome = await changes.apply(BORIS, row.id)
     assert await changes.next_step(outcome.row) is Next.ENDED

@@ -20,16 +20,16 @@ from aiogram.methods import SendMessage
 
 from bot.config import load_settings
 from bot.entry.app import running
-from bot.plans.planner import merge_recipe
+from bot.routing.rules import merge_recipe
 from bot.text.render import outcome_text
 from handlers.throttle import LocalBudget, RedisBudget, Throttle
 from sandbox.demo import DEMO_PROVIDER_ID, DEMO_QUEUE_EXTENSION, PROVIDER_DEFAULTS
 from sandbox.telegram import TelegramSandbox
 from tests.conftest import API_KEY, fast_client
+from tests.personas import ANNA, OLGA, meet
 
 TOKEN = "123456789:AAE_delivery-token-never-in-logs_x9"
 GROUPS = [-1001000000101, -1001000000102, -1001000000103]
-ADMIN = 1
 REDIS_URL = os.environ.get("PBXBOT_TEST_REDIS", "redis://127.0.0.1:6379/9")
 PLAN = re.compile(r"План (\w{6})")
 
@@ -77,7 +77,7 @@ def settings_for(tmp_path, sim_url: str, tg_url: str, operators: list[int], grou
         pbx={"office": {"url": sim_url, "api_key": API_KEY, "reload_wait": 0}},
         telegram=telegram,
         storage={"data_dir": str(tmp_path / "data")},
-        policy={"admins": [ADMIN], "operators": operators},
+        policy={"admins": [ANNA], "operators": operators},
         default_language="ru",
         **sections,
     )
@@ -184,11 +184,11 @@ async def test_three_busy_groups_under_telegrams_limit_lose_no_update_and_no_car
     users = {g: [100 + 10 * n + i for i in range(per_group)] for n, g in enumerate(GROUPS)}
     everyone = [u for group in users.values() for u in group]
     async with TelegramSandbox(TOKEN, enforce_limits=True, group_limit=5, group_window=2.0) as tg:
-        for uid in [ADMIN, *everyone]:
+        for uid in [ANNA, *everyone]:
             tg.add_user(uid, f"User{uid}")
             tg.started.add(uid)
         for g in GROUPS:
-            tg.add_group(g, f"Group {g}", [ADMIN, *users[g]], admins=[ADMIN])
+            tg.add_group(g, f"Group {g}", [ANNA, *users[g]], admins=[ANNA])
         settings = settings_for(
             tmp_path, sim.url, tg.url, everyone, telegram={"group_limit": 5, "group_window": 2.0}
         )
@@ -225,15 +225,15 @@ async def test_three_busy_groups_under_telegrams_limit_lose_no_update_and_no_car
 
 async def test_a_card_is_retried_past_the_throttles_patience_and_counted(sim, tmp_path):
     with_recipe(sim)
-    group, olga = GROUPS[0], 3
+    group = GROUPS[0]
     async with TelegramSandbox(TOKEN) as tg:
-        tg.add_user(olga, "Olga")
-        tg.started.add(olga)
-        tg.add_group(group, "PBX admins", [olga])
-        settings = settings_for(tmp_path, sim.url, tg.url, [olga], telegram={"retry_patience": 0})
+        meet(tg, OLGA, profiles=False)
+        tg.started.add(OLGA)
+        tg.add_group(group, "PBX admins", [OLGA])
+        settings = settings_for(tmp_path, sim.url, tg.url, [OLGA], telegram={"retry_patience": 0})
         async with bot_on(tg, sim, settings) as app:
             tg.inject("sendMessage", count=2, retry_after=1)
-            tg.send(olga, group, "/addnumber zadarma 847900 → IVR")
+            tg.send(OLGA, group, "/addnumber zadarma 847900 → IVR")
             card = await tg.wait_for(
                 lambda e: e["kind"] == "send" and e["chat_id"] == group and PLAN.search(e["text"] or ""),
                 timeout=60,
@@ -252,16 +252,16 @@ async def test_a_card_that_cannot_be_posted_releases_its_plan(sim, tmp_path):
     """The approval group is gone (the bot was removed): the plan is cancelled with the
     reason, its login free again, and the proposer is told."""
     with_recipe(sim)
-    olga, gone = 3, -1009999999999
+    gone = -1009999999999
     async with TelegramSandbox(TOKEN) as tg:
-        tg.add_user(olga, "Olga")
-        tg.started.add(olga)
-        settings = settings_for(tmp_path, sim.url, tg.url, [olga], groups=[gone])
+        meet(tg, OLGA, profiles=False)
+        tg.started.add(OLGA)
+        settings = settings_for(tmp_path, sim.url, tg.url, [OLGA], groups=[gone])
         async with bot_on(tg, sim, settings) as app:
             store = app.services.store
             for _ in range(2):  # the second proposal is not refused: the login is not locked
                 mark = len(tg.events)
-                tg.send(olga, olga, "/addnumber zadarma 847900 → IVR")
+                tg.send(OLGA, OLGA, "/addnumber zadarma 847900 → IVR")
                 told = await tg.wait_for(
                     lambda e: e["kind"] == "send" and "не удалось опубликовать" in (e["text"] or ""),
                     after=mark,
@@ -378,11 +378,11 @@ async def test_numbers_on_300_accounts_in_a_group_is_one_message_and_a_file(sim,
     with_recipe(sim, logins=300)
     group = GROUPS[0]
     async with TelegramSandbox(TOKEN) as tg:
-        tg.add_user(ADMIN, "Anna")
-        tg.add_group(group, "PBX admins", [ADMIN], admins=[ADMIN])
+        meet(tg, ANNA, profiles=False)
+        tg.add_group(group, "PBX admins", [ANNA], admins=[ANNA])
         async with bot_on(tg, sim, settings_for(tmp_path, sim.url, tg.url, [])):
             mark = len(tg.events)
-            tg.send(ADMIN, group, "/numbers")
+            tg.send(ANNA, group, "/numbers")
             document = await tg.wait_for(
                 lambda e: e["kind"] == "document" and e["chat_id"] == group, after=mark, timeout=60
             )

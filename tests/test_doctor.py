@@ -11,7 +11,8 @@ from bot.plans.commands import FixHost
 from bot.plans.executor import ApplyStatus, Executor
 from bot.plans.planner import plan_fix_host
 from bot.plans.snapshot import SnapshotReader
-from bot.routing.doctor import Attributes, Severity, did_matches, examine
+from bot.routing.doctor import CHECKS, Severity, examine
+from bot.routing.rules import Attributes, did_matches
 from pbx.models import Provider, Route
 from sandbox.demo import DEMO_IVR_EXTENSION, DEMO_PROVIDER_ID, DEMO_QUEUE_EXTENSION
 
@@ -63,7 +64,7 @@ async def test_a_route_bound_to_an_account_under_the_recipe_is_dead(client):
 
 
 async def test_routes_bound_to_a_disabled_or_missing_provider(client, sim):
-    await client.set_provider_disabled(DEMO_PROVIDER_ID, True)
+    sim.state.set_provider_disabled(DEMO_PROVIDER_ID, True)
     assert codes(await findings(client)) == ["route_provider_disabled"]
     sim.state.routes[2]["provider"] = "SIP-TRUNK-DEADBEEF"
     assert codes(await findings(client)) == ["route_provider_missing"]
@@ -101,7 +102,7 @@ async def test_an_account_that_does_not_register(client, sim):
     sim.reject_credentials(ZADARMA, "847706")
     await client.patch_provider(DEMO_PROVIDER_ID, {"note": "touched"})  # re-registers, and is refused
     deadline = asyncio.get_running_loop().time() + 30
-    while (await client.provider_status(DEMO_PROVIDER_ID)).state.value != "rejected":
+    while (await client.registration_statuses())[DEMO_PROVIDER_ID].state.value != "rejected":
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.02)
     (finding,) = await findings(client)
@@ -203,3 +204,8 @@ async def test_a_refused_read_names_the_check_it_skips(client, sim):
     assert len(skipped) == 1 and skipped[0].severity is Severity.INFO
     assert skipped[0].params["reason"] == "the API key may not read /api/v3/general-settings"
     assert "cdr_unchecked" not in codes(found)
+
+
+def test_every_check_is_a_named_function_saying_what_it_finds_and_why():
+    assert len({check.__name__ for check in CHECKS}) == len(CHECKS)
+    assert all(check.__doc__ and len(check.__doc__.split()) >= 8 for check in CHECKS)

@@ -7,7 +7,8 @@ import asyncio
 import html
 
 from handlers.throttle import Throttle
-from tests.test_bot_e2e import ANNA, BORIS, GROUP, OLGA, World, propose_with_password
+from tests.personas import ANNA, BORIS, OLGA
+from tests.test_bot_e2e import GROUP, World, propose_with_password
 from tests.test_bot_e2e import world as world
 
 NAME = "</code><b>"

@@ -17,6 +17,7 @@ from bot.entry.cli import main
 from sandbox.telegram import TelegramSandbox
 from storage.db import MIGRATIONS
 from tests.conftest import API_KEY
+from tests.personas import ANNA, meet
 
 TOKEN = "555666777:AAE-check-token-secret-part"
 GROUP = -1003000000001
@@ -25,7 +26,7 @@ GROUP = -1003000000001
 @pytest.fixture
 async def tg():
     async with TelegramSandbox(TOKEN) as server:
-        server.add_user(1, "Anna")
+        meet(server, ANNA, profiles=False)
         yield server
 
 
@@ -40,7 +41,7 @@ def settings_for(sim_url: str, tg_url: str, tmp_path, **overrides):
 
 
 async def test_check_reports_each_item_and_fails_on_any(sim, tg, tmp_path):
-    tg.add_group(GROUP, "PBX admins", [1], admins=[1], bot_is_admin=False)
+    tg.add_group(GROUP, "PBX admins", [ANNA], admins=[ANNA], bot_is_admin=False)
     items = {i.name: i for i in await run_checks(settings_for(sim.url, tg.url, tmp_path))}
     assert items["config"].ok and items["database"].ok
     assert not items["database.migrations"].ok and "pbxbot migrate" in items["database.migrations"].detail

@@ -99,7 +99,7 @@ async def test_pbx_without_v3_is_told_apart_from_a_wrong_key():
 async def test_list_hides_disabled_accounts_unless_asked_and_keeps_sip_only(sim, client):
     sim.state.providers["IAX-1"] = {**sim.state.providers[DEMO_PROVIDER_ID], "id": "IAX-1", "type": "IAX"}
     created = await client.create_provider(zadarma("847900"), secret=NEW_SECRET)
-    await client.set_provider_disabled(created.id, True)
+    sim.state.set_provider_disabled(created.id, True)
 
     everything = await client.list_providers()
     assert {p.username for p in everything} == {"847706", "847900"}
@@ -141,10 +141,10 @@ async def test_patch_changes_only_the_given_fields(sim, client):
 
 
 async def test_template_says_UDP_but_writes_need_lower_case(sim, client):
-    template = await client.provider_template()
-    assert template.transport == "udp"  # the model lower-cases MikoPBX's "UDP"
     raw = await client._call("GET", "/sip-providers:getDefault")
     assert raw["transport"] == "UDP"
+    template = Provider.model_validate(raw)
+    assert template.transport == "udp"  # the model lower-cases MikoPBX's "UDP"
     body = {**raw, "description": "raw", "username": "1", "secret": "s", "host": "h"}
     with pytest.raises(PbxValidationError) as err:
         await client._call("POST", "/sip-providers", json=body)
@@ -152,13 +152,6 @@ async def test_template_says_UDP_but_writes_need_lower_case(sim, client):
 
     template.description, template.username, template.host = "From template", "847901", "sip.zadarma.com"
     assert (await client.create_provider(template, secret="s")).transport == "udp"
-
-
-async def test_copy_is_an_unsaved_template_of_an_account(client):
-    copy = await client.copy_provider(DEMO_PROVIDER_ID)
-    assert copy.id == "" and copy.description == "copy of Zadarma 847706" and copy.username == "847706_copy"
-    assert copy.host == "sip.zadarma.com"
-    assert len(await client.list_providers()) == 1
 
 
 async def test_required_fields_come_back_as_field_errors(client):
@@ -213,13 +206,8 @@ async def test_registration_states_are_normalised(sim, client):
     assert states[inbound.id].state is RegistrationState.UNREGISTERED
     assert states[inbound.id].raw_state == "UNREGISTERED"
 
-    assert (await client.provider_status(good.id)).state.good
-    assert (await client.force_check(bad.id)).state is RegistrationState.REJECTED
-    history = await client.provider_history(good.id)
-    assert [e.state for e in history] == [RegistrationState.UNREGISTERED, RegistrationState.REGISTERED]
-
-    await client.set_provider_disabled(good.id, True)
-    assert (await client.provider_status(good.id)).state is RegistrationState.OFF
+    sim.state.set_provider_disabled(good.id, True)
+    assert (await client.registration_statuses(force=True))[good.id].state is RegistrationState.OFF
 
 
 # ---------------------------------------------------------------- routes
@@ -274,18 +262,6 @@ async def test_delete_and_missing_routes(client):
         await client.patch_route(2, {"timeout": 1}, providerid=None)
 
 
-async def test_change_priority_and_copy_and_template(client):
-    second = await client.create_route(Route(rulename="b", number="847900", extension="201"))
-    assert await client.change_priority({2: 5, second.id: 4, 1: 1}) == 2
-    assert [r.id for r in await client.list_routes()] == [second.id, 2]
-    assert (await client.default_route()).priority == 9999
-
-    copy = await client.copy_route(2)
-    assert copy.id is None and copy.priority == 6
-    template = await client.route_template()
-    assert template.id is None and template.any_provider and template.timeout == 120
-
-
 async def test_schema_limits_of_a_route(client):
     with pytest.raises(PbxValidationError) as err:
         await client.create_route(Route(rulename="x", number="1", extension="201", timeout=9000))
@@ -295,21 +271,16 @@ async def test_schema_limits_of_a_route(client):
 # ---------------------------------------------------------------- destinations and calls
 
 
-async def test_destinations_queues_ivr_employees(client):
+async def test_destinations_name_queues_and_ivr_menus(client):
     destinations = {d.value: d for d in await client.destinations()}
     assert destinations[DEMO_QUEUE_EXTENSION].name == "Sales <2200>"
     assert destinations[DEMO_QUEUE_EXTENSION].type == "QUEUE"
     assert destinations[DEMO_IVR_EXTENSION].type == "IVR_MENU"
     assert {"201", "202", "203", "busy", "hangup"} <= set(destinations)
     assert "did2user" not in destinations
-    [queue] = await client.call_queues()
-    assert queue.name == "Sales" and [m.extension for m in queue.members] == ["201", "202"]
-    [menu] = await client.ivr_menus()
-    assert menu.name == "Main menu" and menu.extension == DEMO_IVR_EXTENSION
-    assert [e.number for e in await client.employees()] == ["201", "202", "203"]
 
 
-async def test_cdr_pages_stats_and_unique_dids(sim, client):
+async def test_cdr_pages(sim, client):
     for i in range(7):
         sim.simulate_call("sip.zadarma.com", "847706" if i % 2 else "74951112233", f"+7495000000{i}")
     page = await client.cdr(limit=3)
@@ -318,13 +289,6 @@ async def test_cdr_pages_stats_and_unique_dids(sim, client):
     assert len(everything) == 7 and len({r.id for r in everything}) == 7
     assert {r.from_account for r in everything} == {DEMO_PROVIDER_ID}
     assert len((await client.cdr(did="847706")).records) == 3
-
-    today = everything[0].start[:10]
-    [stats] = await client.cdr_stats_by_provider(date_from=today, date_to=today)
-    assert stats.provider == DEMO_PROVIDER_ID and stats.total_calls == 7 and stats.answered_calls == 7
-    # the login itself is left out of the DIDs seen for the account
-    assert await client.unique_dids(DEMO_PROVIDER_ID) == ["74951112233"]
-    assert await client.active_calls() == []
 
 
 # ---------------------------------------------------------------- failures

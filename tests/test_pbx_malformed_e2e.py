@@ -21,7 +21,8 @@ from pbx.errors import PbxMalformed
 from pbx.models import Provider
 from sandbox.demo import DEMO_PROVIDER_ID
 from tests.conftest import API_KEY
-from tests.test_bot_e2e import ANNA, GROUP, ZADARMA, World
+from tests.personas import ANNA
+from tests.test_bot_e2e import GROUP, ZADARMA, World
 from tests.test_bot_e2e import world as world
 
 OPTIONAL = {"GET cdr", "GET general-settings"}

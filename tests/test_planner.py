@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from bot.plans.commands import parse
-from bot.plans.planner import PlanError, has_recipe, merge_recipe, new_ref, plan_add_number
+from bot.plans.planner import PlanError, new_ref, plan_add_number
 from bot.plans.snapshot import read_snapshot
+from bot.routing.rules import has_recipe, merge_recipe
 from pbx.models import Provider, Route
 from sandbox.demo import DEMO_IVR_EXTENSION, DEMO_PROVIDER_ID, DEMO_QUEUE_EXTENSION
 

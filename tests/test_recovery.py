@@ -24,6 +24,7 @@ from sandbox.telegram import TelegramSandbox
 from storage.db import make_engine
 from storage.repos import Repos
 from tests.conftest import API_KEY
+from tests.personas import ANNA, BORIS, GROUP_ADMINS, OLGA, meet
 from tests.test_whole_or_nothing import canonical
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,7 +168,6 @@ async def test_a_killed_cli_apply_is_made_whole_by_pbxbot_recover(sim, tmp_path,
 
 
 GROUP = -1003000000001
-ANNA, BORIS, OLGA = 1, 2, 3
 TOKEN = "123456789:AAH_recovery-test-token"
 
 
@@ -178,9 +178,8 @@ async def test_a_bot_killed_mid_apply_puts_the_pbx_back_when_it_starts_again(sim
     before = canonical(sim)
     log = tmp_path / "bot.log"
     async with TelegramSandbox(TOKEN) as tg:
-        for uid, name in ((ANNA, "Anna"), (BORIS, "Boris"), (OLGA, "Olga")):
-            tg.add_user(uid, name)
-        tg.add_group(GROUP, "PBX admins", [ANNA, BORIS, OLGA], admins=[ANNA, BORIS])
+        meet(tg, ANNA, BORIS, OLGA, profiles=False)
+        tg.add_group(GROUP, "PBX admins", [ANNA, BORIS, OLGA], admins=GROUP_ADMINS)
         tg.started.add(OLGA)
         config = str(
             write_config(

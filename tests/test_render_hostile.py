@@ -34,10 +34,10 @@ from bot.text.render import (
     split_text,
     tr,
 )
-from bot.text.views import numbers_lines
+from bot.text.views import doctor_text, numbers_lines
 from handlers.common import help_text
 from handlers.numbers import _plan_line
-from handlers.routing import _schedule_text, doctor_text
+from handlers.routing import _schedule_text
 from pbx import errors as pbx_errors
 from pbx.models import Destination, ProviderSummary, RegistrationState, RegistrationStatus, Route
 from sandbox.telegram import MAX_TEXT, ApiError, plain_text, utf16_len

@@ -27,12 +27,12 @@ from sandbox.telegram import TelegramSandbox
 from storage.db import make_engine, migrate
 from storage.repos import Repos
 from tests.conftest import API_KEY, PG_URL
+from tests.personas import ANNA, BORIS, GROUP_ADMINS, OLGA, meet
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "987654321:AAH_replica-test-token-xyz"
 SECRET = "wh-" + secrets.token_hex(8)
 GROUP = -1002000000001
-ANNA, BORIS, OLGA = 1, 2, 3
 PASSWORD = "Replica-pw-847900"
 REDIS_URL = os.environ.get("PBXBOT_TEST_REDIS", "redis://127.0.0.1:6379/9")
 
@@ -69,9 +69,8 @@ async def cluster(sim, tmp_path):
     procs: list[asyncio.subprocess.Process] = []
     # Telegram's group limit on, scaled to 6 messages per 2 s: the replicas share one budget
     async with TelegramSandbox(TOKEN, enforce_limits=True, group_limit=6, group_window=2.0) as tg:
-        for uid, name in ((ANNA, "Anna"), (BORIS, "Boris"), (OLGA, "Olga")):
-            tg.add_user(uid, name)
-        tg.add_group(GROUP, "PBX admins", [ANNA, BORIS, OLGA], admins=[ANNA, BORIS])
+        meet(tg, ANNA, BORIS, OLGA, profiles=False)
+        tg.add_group(GROUP, "PBX admins", [ANNA, BORIS, OLGA], admins=GROUP_ADMINS)
         tg.started.add(OLGA)
         ports = [free_port(), free_port()]
         tg.webhook_targets = [f"http://127.0.0.1:{p}/telegram" for p in ports]

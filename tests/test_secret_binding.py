@@ -14,10 +14,12 @@ from bot.plans.changes import ChangeError
 from bot.plans.commands import parse_csv
 from bot.plans.vault import Vault
 from storage.tables import utcnow
-from tests.test_changes import OLGA, Clock, make_changes
+from tests import personas
+from tests.test_changes import Clock, make_changes
 from tests.test_storage import plan_row
 
 PASSWORD, OTHER = "Sip-Pa55-847900", "Other pw 555"
+OLGA = personas.actor(personas.OLGA)  # the operator, as Changes sees her
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ import re
 
 from bot.plans.changes import Actor
 from bot.plans.commands import parse_csv
-from tests.test_bot_e2e import ANNA, BORIS, GROUP, OLGA, PASSWORD, World, world  # noqa: F401
+from tests.personas import ANNA, BORIS, OLGA
+from tests.test_bot_e2e import GROUP, PASSWORD, World, world  # noqa: F401
 
 OTHER = "Another-555001-pw!"
 

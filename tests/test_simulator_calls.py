@@ -132,7 +132,7 @@ async def test_unknown_source_host_finds_no_endpoint(sim):
 
 
 async def test_disabled_account_takes_no_calls(sim, client):
-    await client.set_provider_disabled(DEMO_PROVIDER_ID, True)
+    sim.state.set_provider_disabled(DEMO_PROVIDER_ID, True)
     assert (await call(sim, "847706"))["endpoint"] is None
 
 

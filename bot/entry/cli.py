@@ -50,7 +50,7 @@ from bot.plans.service import Changes
 from bot.plans.vault import VaultError
 from bot.text.i18n import system_language, t
 from bot.text.render import error_text, outcome_text, plan_text
-from bot.text.views import call_text, numbers_lines
+from bot.text.views import call_text, doctor_report, numbers_lines, trace_text
 from pbx.errors import PbxError
 from pbx.mikopbx import MikoPbxClient
 from storage.db import StorageError
@@ -415,20 +415,12 @@ async def _routing(args: argparse.Namespace, client: MikoPbxClient) -> int:
     reader = SnapshotReader(client)
     if args.command == "doctor":
         _, findings = await examine(client, reader)
-        if not findings:
-            print(t("doctor.clean", lang, pbx=client.name))
-        for f in findings:
-            print(f"[{f.severity.value}] {t(f'doctor.{f.code}.title', lang, **f.params)}")
-            print(
-                "\n".join(f"    {line}" for line in t(f"doctor.{f.code}.why", lang, **f.params).split("\n"))
-            )
+        print(doctor_report(client.name, findings, lang))
         return 1 if worst(findings) is Severity.ERROR else 0
     if args.command == "trace":
         snapshot = await reader.read(number=args.number)
         result = Tracer(snapshot, await client.default_route()).trace(args.number)
-        print(t("trace.header", lang, pbx=client.name, number=args.number))
-        for line in result.lines:
-            print(t(f"trace.{line.key}", lang, **line.params))
+        print(trace_text(client.name, args.number, result, lang))
         return 0 if result.outcome == "dial" else 1
     with tempfile.TemporaryDirectory(prefix="pbxbot-") as tmp:
         # the sandbox's digest has no history: an empty database of its own

@@ -35,7 +35,9 @@ class Poster(Protocol):
 
 
 @dataclass
-class Outcome:
+class DigestRun:
+    """What one scheduled digest run did."""
+
     posted: bool
     reason: str  # posted | taken (another run has this period) | quiet (nothing new)
     digest: digests.Digest | None = None
@@ -127,20 +129,20 @@ class Scheduler:
         lang: str | None = None,
         now: datetime | None = None,
         stamp: str = "",  # the schedule row's version the job was made from (see sync)
-    ) -> Outcome:
+    ) -> DigestRun:
         """One digest for a chat: take the (chat, period) row, build, post (or stay quiet)."""
         services = self.services
         store = services.db
         schedule = await store.schedules.get(chat_id)
         name = pbx or (schedule.pbx if schedule else await services.pbx_of_chat(chat_id, private=chat_id > 0))
         if name is None or name not in services.changes.pbxs:
-            return Outcome(False, "no_pbx")
+            return DigestRun(False, "no_pbx")
         tz = ZoneInfo(schedule.timezone if schedule else services.settings.timezone)
         now = now or utcnow()
         since, until, key = digests.period_bounds(period, now, tz)
         run_id = await store.digests.claim(chat_id, key)
         if run_id is None:
-            return Outcome(False, "taken")
+            return DigestRun(False, "taken")
         last = await store.digests.last(chat_id, before=run_id)
         if last is not None and last.posted and period != "now" and last.at > since - timedelta(days=7):
             since = last.at  # "what changed since the last digest"
@@ -151,7 +153,7 @@ class Scheduler:
         quiet = schedule is not None and schedule.quiet and period != "now"
         if quiet and not built.wrong and not built.changes and last is not None and last.state == built.state:
             await store.digests.finish(run_id, posted=False, state=built.state)
-            return Outcome(False, "quiet", built)
+            return DigestRun(False, "quiet", built)
         lang = lang or services.settings.default_language
         for part in split_text(digests.render(built, lang, tz)):
             await self.poster.text(chat_id, part)
@@ -163,4 +165,4 @@ class Scheduler:
             if chart is not None:
                 await self.poster.png(chat_id, chart, t("digest.chart", lang))
         await store.digests.finish(run_id, posted=True, state=built.state)
-        return Outcome(True, "posted", built)
+        return DigestRun(True, "posted", built)

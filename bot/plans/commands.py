@@ -4,7 +4,6 @@ shows the right form.
     /addnumber <provider> <login> [<phone>] → <destination>
     /route <login|phone> → <destination>
     /removenumber <login|phone>
-    /numbers
     /undo <plan>
 
 Arrows `→`, `->`, `=>` and the words `to` / `на` all work: phone keyboards
@@ -15,18 +14,15 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import io
 import re
 from dataclasses import dataclass
 
-import phonenumbers
-
 from bot.errors import UsageError
+from bot.routing.rules import DEFAULT_REGION, normalise_phone
 
 from . import validate
 
-DEFAULT_REGION = "RU"
 ARROWS = ("→", "->", "=>", "⇒", "to", "на")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # C0/C1 controls but tab and line ends
 _PLAN_ID = re.compile(r"[A-Za-z0-9]{4,32}")
@@ -101,11 +97,6 @@ class RemoveNumber:
 
 
 @dataclass(frozen=True)
-class ListNumbers:
-    pass
-
-
-@dataclass(frozen=True)
 class Undo:
     plan_id: str
 
@@ -125,32 +116,10 @@ class FixHost:
     host: str
 
 
-Intent = AddNumber | AddNumbers | RouteNumber | RemoveNumber | ListNumbers | Undo | FixHost
+Intent = AddNumber | AddNumbers | RouteNumber | RemoveNumber | Undo | FixHost
 
 CSV_COLUMNS = ("login", "password", "destination", "phone")
 MAX_CSV_ROWS = 5000
-
-
-@functools.lru_cache(maxsize=65536)  # pure, and a digest asks for every login and every call's DID
-def normalise_phone(text: str, region: str = DEFAULT_REGION) -> str | None:
-    """E.164 for a valid phone number ("+7(495)229-30-42", "84952293042" and
-    "74952293042" are one number), None for anything else — logins such as
-    847706 are never turned into fake numbers."""
-    cleaned = re.sub(r"[\s()\-.]", "", text)
-    if not re.fullmatch(r"\+?\d{5,17}", cleaned):
-        return None
-    try:
-        number = phonenumbers.parse(cleaned, region)
-    except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_valid_number(number):
-        return None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-
-
-def number_key(text: str, region: str = DEFAULT_REGION) -> str:
-    """The key two spellings of one number share: E.164 for a phone, the text itself for a login."""
-    return normalise_phone(text, region) or text.strip()
 
 
 def _split_arrow(rest: str, command: str) -> tuple[str, str]:
@@ -226,8 +195,8 @@ def parse(text: str, *, region: str = DEFAULT_REGION) -> Intent:
         if not rest:
             raise UsageError("missing_number", command)
         return RemoveNumber(_number(rest, command, region))
-    if command == "numbers":
-        return ListNumbers()
+    if command == "numbers":  # a view (handlers/numbers.py, `pbxbot numbers`), not a change
+        raise UsageError("not_a_change", None)
     if command == "undo":
         if not _PLAN_ID.fullmatch(rest):
             raise UsageError("missing_plan", command)
@@ -309,5 +278,5 @@ def intent_from_dict(data: dict) -> Intent:
     if kind == "AddNumbers":
         rows = tuple(intent_from_dict({"type": "AddNumber", **row}) for row in data["rows"])
         return AddNumbers(ProviderTarget(**data["provider"]), rows)  # type: ignore[arg-type]
-    simple = {cls.__name__: cls for cls in (RouteNumber, RemoveNumber, ListNumbers, Undo, FixHost)}
+    simple = {cls.__name__: cls for cls in (RouteNumber, RemoveNumber, Undo, FixHost)}
     return simple[kind](**data)

@@ -33,12 +33,13 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from bot.routing.rules import host_key, same_host
 from pbx.base import Pbx
 from pbx.errors import PbxError, PbxNotFound
 from pbx.models import Provider, RegistrationState, Route
 
 from .planner import NEW_PREFIX, Plan, Step, StepKind, provider_record, route_record
-from .snapshot import SnapshotReader, same_host
+from .snapshot import SnapshotReader
 
 log = logging.getLogger("pbxbot.executor")
 
@@ -468,7 +469,7 @@ async def _tolerate_missing(call: Awaitable[None]) -> None:
 
 def _key(record: Mapping[str, Any] | None) -> tuple[str, str]:
     record = record or {}
-    return (str(record.get("host", "")).lower().rstrip("."), str(record.get("username", "")))
+    return (host_key(str(record.get("host", ""))), str(record.get("username", "")))
 
 
 def _rid(step: Step, record: Mapping[str, Any] | None) -> str:
@@ -496,8 +497,9 @@ def _route(record: Mapping[str, Any] | None, created: Mapping[str, str], route_i
 _ASSIGNED = {"id", "secret", "priority"}
 
 
-def _same(now: Mapping[str, Any], expected: Mapping[str, Any] | None) -> bool:
-    """`now` holds every field the plan wrote, with the planned value."""
+def _holds(now: Mapping[str, Any], expected: Mapping[str, Any] | None) -> bool:
+    """`now` holds every field of `expected` with its value (but those MikoPBX
+    assigns itself); fields `expected` does not name may differ."""
     expected = expected or {}
     return all(now.get(k) == v for k, v in expected.items() if k not in _ASSIGNED)
 
@@ -505,9 +507,9 @@ def _same(now: Mapping[str, Any], expected: Mapping[str, Any] | None) -> bool:
 def _judge(
     now: Mapping[str, Any], after: Mapping[str, Any] | None, before: Mapping[str, Any] | None
 ) -> StepState:
-    if after is not None and _same(now, after):
+    if after is not None and _holds(now, after):
         return StepState.AS_PLANNED
-    if before is not None and _same(now, before):
+    if before is not None and _holds(now, before):
         return StepState.AS_BEFORE
     return StepState.OTHER
 

@@ -17,19 +17,18 @@ records what its reasoning read (`Depends`): the stale check compares exactly th
 from __future__ import annotations
 
 import enum
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from bot.errors import PlanError
+from bot.routing.rules import has_number, has_recipe, merge_recipe, same_host
 from pbx.models import Destination, Provider, Route
 
 from .commands import AddNumber, AddNumbers, FixHost, RemoveNumber, RouteNumber
 from .destinations import DestinationError, DestinationIndex, label
-from .snapshot import Depends, Snapshot, has_number, same_host
+from .snapshot import Depends, Snapshot
 
-RECIPE_CONTEXT = "public-direct-dial"  # the recipe and why: docs/ROUTING.md §3
 NEW_PREFIX = "@new:"  # providerid "@new:<login>": the account this plan creates for <login>
 # Settings a new account copies from a sibling on the same host.
 _SIBLING_SETTINGS = (
@@ -134,43 +133,6 @@ class Plan:
     def depends(self) -> Depends:
         """What the plan's reasoning read (kept in the summary, so it is stored with the plan)."""
         return Depends.from_dict(self.summary.get("depends") or {})
-
-
-def merge_recipe(manualattributes: str) -> str:
-    """Put `context=public-direct-dial` into `[endpoint]`, keeping every other
-    section and line; an older `context=` in `[endpoint]` is replaced."""
-    lines = manualattributes.replace("\r\n", "\n").split("\n") if manualattributes.strip() else []
-    out: list[str] = []
-    section = ""
-    placed = False
-    for line in lines:
-        stripped = line.strip()
-        if stripped.startswith("[") and stripped.endswith("]"):
-            if section == "endpoint" and not placed:
-                out.append(f"context={RECIPE_CONTEXT}")
-                placed = True
-            section = stripped[1:-1].strip()
-        elif section == "endpoint" and stripped.partition("=")[0].strip() == "context":
-            if not placed:
-                out.append(f"context={RECIPE_CONTEXT}")
-                placed = True
-            continue
-        out.append(line)
-    while out and not out[-1].strip():
-        out.pop()
-    if section == "endpoint" and not placed:
-        out.append(f"context={RECIPE_CONTEXT}")
-        placed = True
-    if not placed:
-        if out:
-            out.append("")
-        out += ["[endpoint]", f"context={RECIPE_CONTEXT}"]
-    return "\n".join(out)
-
-
-@functools.lru_cache(maxsize=4096)  # a host of 5,000 accounts holds a handful of distinct texts
-def has_recipe(manualattributes: str) -> bool:
-    return merge_recipe(manualattributes) == manualattributes.replace("\r\n", "\n").rstrip("\n")
 
 
 def provider_record(p: Provider) -> dict[str, Any]:
@@ -475,7 +437,9 @@ def plan_remove(intent: RemoveNumber, snapshot: Snapshot) -> Plan:
 # ---------------------------------------------------------------------- undo
 
 
-def _same(record: dict[str, Any] | None, expected: dict[str, Any] | None) -> bool:
+def _unchanged(record: dict[str, Any] | None, expected: dict[str, Any] | None) -> bool:
+    """`record` is still as `expected` (the result a step left): equal in every field
+    but the volatile ones, none added or lost."""
     if record is None or expected is None:
         return record is expected
     keys = (set(record) | set(expected)) - _VOLATILE
@@ -529,7 +493,7 @@ def plan_undo(
         left = results.get(index) or {}
         rid = str(left.get("id") or step.target)
         current = (providers if step.kind.on_provider else routes).get(rid)
-        if current is None or not _same(current, left):
+        if current is None or not _unchanged(current, left):
             raise PlanError("undo_drifted", record=rid or step.login)
         if step.kind is StepKind.CREATE_PROVIDER:
             steps.append(Step(StepKind.DELETE_PROVIDER, current, None, "undo", rid, step.login))

@@ -20,19 +20,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from bot.routing.rules import accounts_of_number, host_key, same_host
 from pbx.base import Pbx
 from pbx.models import Destination, Provider, ProviderSummary, Route
-
-from .commands import number_key
-
-
-def host_key(host: str) -> str:
-    # MikoPBX compares host strings as written; a trailing dot or case is the same server.
-    return host.strip().rstrip(".").lower()
-
-
-def same_host(a: str, b: str) -> bool:
-    return host_key(a) == host_key(b)
 
 
 def sorted_by_id(records: dict[str, Provider]) -> list[Provider]:
@@ -294,7 +284,7 @@ class SnapshotReader:
             self.pbx.list_providers(), self.pbx.list_routes(), self.pbx.destinations()
         )
         matching = accounts_of_number(providers, number) if number is not None else []
-        if host is None and len({p.host.lower() for p in matching}) == 1:
+        if host is None and len({host_key(p.host) for p in matching}) == 1:
             host = matching[0].host
         # several hosts have this login: read those accounts, and let the planner say so
         on_host = [p for p in providers if same_host(p.host, host)] if host is not None else matching
@@ -329,18 +319,6 @@ class SnapshotReader:
             details=kept,
             host=host,
         )
-
-
-def has_number(account: Provider | ProviderSummary, number: str) -> bool:
-    """The account's login is `number`, or its note holds that phone number."""
-    if account.username == number:
-        return True
-    key = number_key(number)
-    return key.startswith("+") and bool(account.note) and number_key(account.note) == key
-
-
-def accounts_of_number(providers: Iterable[ProviderSummary], number: str) -> list[ProviderSummary]:
-    return [p for p in providers if has_number(p, number)]
 
 
 async def read_snapshot(pbx: Pbx, *, host: str | None = None, number: str | None = None) -> Snapshot:

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from bot.errors import DigestUsage
-from bot.plans.commands import number_key
 from bot.plans.snapshot import Snapshot, SnapshotReader
 from bot.text.i18n import t
 from bot.text.render import lines_of, pbx_error_text, texts
@@ -28,6 +27,7 @@ from pbx.models import CdrRecord, RegistrationStatus, Route
 from storage.tables import DigestScheduleRow
 
 from .doctor import Evidence, Finding, Severity, diagnose
+from .rules import number_key
 from .trace import Tracer
 
 if TYPE_CHECKING:

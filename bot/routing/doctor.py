@@ -15,16 +15,18 @@ import asyncio
 import enum
 import hashlib
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
-from bot.plans.commands import FixHost, Intent, normalise_phone, number_key
-from bot.plans.planner import RECIPE_CONTEXT
-from bot.plans.snapshot import Snapshot, SnapshotReader, same_host
+from bot.plans.commands import FixHost, Intent
+from bot.plans.snapshot import Snapshot, SnapshotReader
+from pbx.base import Pbx
 from pbx.errors import PbxAuthError, PbxError, PbxForbidden
 from pbx.models import SYSTEM_DESTINATIONS, Provider, RegistrationState, RegistrationStatus, Route
 
-from .rules import Attributes, did_matches
+from .rules import RECIPE_CONTEXT, Attributes, did_matches, host_key, normalise_phone, number_key, same_host
 from .trace import Tracer
 
 # An account saved a moment ago is unregistered until MikoPBX reloads and it registers.
@@ -53,7 +55,7 @@ class Finding:
     def fix_key(self) -> str | None:
         """A short stable key of the fix, for a button's callback data."""
         if isinstance(self.fix, FixHost):
-            return hashlib.sha1(self.fix.host.lower().encode()).hexdigest()[:10]
+            return hashlib.sha1(host_key(self.fix.host).encode()).hexdigest()[:10]
         return None
 
 
@@ -71,260 +73,345 @@ def groups_by_host(accounts: list[Provider]) -> dict[str, list[Provider]]:
     groups: dict[str, list[Provider]] = defaultdict(list)
     for account in accounts:
         if not account.disabled and account.registration_type != "inbound" and account.host:
-            groups[account.host.strip().rstrip(".").lower()].append(account)
+            groups[host_key(account.host)].append(account)
     return groups
+
+
+@dataclass
+class Facts:
+    """What every check reads: the snapshot and the evidence, indexed once."""
+
+    snapshot: Snapshot
+    evidence: Evidence
+    tracer: Tracer | None = None  # of this snapshot and default route, when the caller has one
+
+    @cached_property
+    def accounts(self) -> list[Provider]:
+        """Every account in full, by id."""
+        return sorted(self.snapshot.details.values(), key=lambda p: p.id)
+
+    @cached_property
+    def attrs(self) -> dict[str, Attributes]:
+        return {p.id: Attributes.parse(p.manualattributes) for p in self.accounts}
+
+    @cached_property
+    def by_id(self) -> dict[str, Provider]:
+        return {p.id: p for p in self.accounts}
+
+    @cached_property
+    def any_routes(self) -> list[Route]:
+        return self.snapshot.any_routes()
+
+    @cached_property
+    def hosts(self) -> dict[str, list[Provider]]:
+        return groups_by_host(self.accounts)
+
+    @cached_property
+    def routes_by_number(self) -> dict[tuple[str | None, str], list[Route]]:
+        """Routes with a DID by (account or None for "any", number key), in a stable order."""
+        by_key: dict[tuple[str | None, str], list[Route]] = defaultdict(list)
+        for route in self.snapshot.routes:
+            if route.number:
+                by_key[(route.providerid, number_key(route.number))].append(route)
+        return dict(sorted(by_key.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])))
+
+    def who(self, p: Provider) -> str:
+        return p.username or p.id
+
+
+Check = Callable[[Facts], Iterable[Finding]]
+
+
+def shared_host_without_the_recipe(f: Facts) -> Iterator[Finding]:
+    """A host with several logins where no account, or only some, has the recipe.
+    Without it the provider's calls for every login land in the first account's
+    context (calls for the others go astray); with it on only some, the rest lose theirs."""
+    for host, members in f.hosts.items():
+        with_recipe = [p for p in members if f.attrs[p.id].recipe]
+        if len(members) < 2:
+            continue
+        if not with_recipe:
+            names = ", ".join(f.who(p) for p in members)
+            yield Finding(
+                "shared_host_no_fix", Severity.WARNING, host, {"host": host, "logins": names}, FixHost(host)
+            )
+        elif len(with_recipe) < len(members):
+            missing = ", ".join(f.who(p) for p in members if p not in with_recipe)
+            yield Finding(
+                "mixed_group", Severity.ERROR, host, {"host": host, "logins": missing}, FixHost(host)
+            )
+
+
+def recipe_login_without_a_route(f: Facts) -> Iterator[Finding]:
+    """A login under the recipe that no "any provider" route matches: its calls
+    go to public-direct-dial, find no route there, and are lost."""
+    any_exact = {r.number for r in f.any_routes if r.number and not r.number.startswith("_")}
+    any_patterns = [r.number for r in f.any_routes if r.number.startswith("_")]
+    if any(not r.number for r in f.any_routes):
+        return  # a catch-all "any" route takes every login
+    for host, members in f.hosts.items():
+        for p in members:
+            if not f.attrs[p.id].recipe or not p.username:
+                continue
+            if p.username not in any_exact and not any(did_matches(d, p.username) for d in any_patterns):
+                yield Finding(
+                    "recipe_without_route",
+                    Severity.ERROR,
+                    p.username,
+                    {"login": p.username, "host": host},
+                    FixHost(host),
+                )
+
+
+def route_to_a_missing_account(f: Facts) -> Iterator[Finding]:
+    """A route bound to an account that is gone or disabled: it can never match a call."""
+    listed = {p.id: p for p in f.snapshot.providers}
+    for route in f.snapshot.routes:
+        pid = route.providerid
+        if pid is None:
+            continue
+        provider = f.by_id.get(pid) or listed.get(pid)
+        if provider is None or provider.disabled:
+            state = "missing" if provider is None else "disabled"
+            yield Finding(
+                "route_provider_" + state,
+                Severity.WARNING,
+                f"route {route.id}",
+                {"route": route.id, "provider": pid},
+            )
+
+
+def route_bound_to_a_recipe_account(f: Facts) -> Iterator[Finding]:
+    """A route bound to an account under the recipe: that account's calls go to
+    public-direct-dial, which reads only "any provider" routes, so the bound route is dead."""
+    for route in f.snapshot.routes:
+        pid = route.providerid
+        if pid is None or pid not in f.by_id or f.by_id[pid].disabled or not f.attrs[pid].recipe:
+            continue
+        account = f.by_id[pid]
+        yield Finding(
+            "dead_bound_route",
+            Severity.ERROR,
+            f"route {route.id}",
+            {"route": route.id, "login": account.username, "did": route.number or "—"},
+            FixHost(host_key(account.host)),
+        )
+
+
+def any_route_matching_nothing(f: Facts) -> Iterator[Finding]:
+    """An "any provider" route whose DID is no login, no phone and no number calls
+    arrived with: likely a typo, and the number it was meant for is not routed."""
+    seen = {number_key(d) for d in f.evidence.cdr_dids}
+    login_keys = {number_key(p.username) for p in f.accounts if p.username}
+    for route in f.any_routes:
+        if not route.number or route.number.startswith("_"):
+            continue
+        key = number_key(route.number)
+        if key not in login_keys and key not in seen and normalise_phone(route.number) is None:
+            yield Finding(
+                "orphan_any_route",
+                Severity.WARNING,
+                f"route {route.id}",
+                {"route": route.id, "did": route.number},
+            )
+
+
+def duplicate_did(f: Facts) -> Iterator[Finding]:
+    """Two routes of one account (or two "any" routes) for one number: only the
+    first by priority ever runs, the other misleads whoever reads the list."""
+    for (_, key), routes in f.routes_by_number.items():
+        if len(routes) > 1:
+            yield Finding(
+                "duplicate_did",
+                Severity.WARNING,
+                key,
+                {"did": key, "routes": ", ".join(str(r.id) for r in routes)},
+            )
+
+
+def did_bound_and_any(f: Facts) -> Iterator[Finding]:
+    """A number with a bound route and an "any provider" route: which one runs
+    depends on the account's context, so a change to the recipe moves the call."""
+    by_key = f.routes_by_number
+    for (pid, key), routes in by_key.items():
+        if pid is not None and (None, key) in by_key:
+            both = ", ".join(str(r.id) for r in routes + by_key[(None, key)])
+            yield Finding("did_bound_and_any", Severity.WARNING, key, {"did": key, "routes": both})
+
+
+def missing_destination(f: Facts) -> Iterator[Finding]:
+    """A route to an extension, queue or IVR that does not exist: its calls are dropped."""
+    existing = {d.value for d in f.snapshot.destinations} | set(SYSTEM_DESTINATIONS)
+    for route in f.snapshot.routes:
+        if route.extension and route.extension not in existing:
+            yield Finding(
+                "missing_destination",
+                Severity.ERROR,
+                f"route {route.id}",
+                {"route": route.id, "destination": route.extension},
+            )
+
+
+def did_in_another_form(f: Facts) -> Iterator[Finding]:
+    """A route's DID stored in another spelling than calls arrive with (8495… for
+    +7495…): Asterisk compares text, so the route never matches."""
+    exact = {r.number for r in f.snapshot.routes if r.number}
+    routes_by_key: dict[str, list[Route]] = defaultdict(list)
+    for route in f.snapshot.routes:
+        if route.number:
+            routes_by_key[number_key(route.number)].append(route)
+    for did in sorted(f.evidence.cdr_dids):
+        if not did or did in exact:
+            continue
+        for route in routes_by_key.get(number_key(did), ()):
+            if route.number != did:
+                yield Finding(
+                    "did_format",
+                    Severity.ERROR,
+                    f"route {route.id}",
+                    {"route": route.id, "stored": route.number, "seen": did},
+                )
+
+
+def not_registered(f: Facts) -> Iterator[Finding]:
+    """An outbound account that is rejected, or unregistered past the grace of a
+    reload: the provider sends it no calls."""
+    for p in f.accounts:
+        if p.disabled or p.registration_type != "outbound":
+            continue
+        status = f.evidence.registration.get(p.id)
+        if status is None or status.state in (RegistrationState.REGISTERED, RegistrationState.UNKNOWN):
+            continue
+        settling = status.state_duration is not None and status.state_duration < REGISTRATION_GRACE
+        if status.state is RegistrationState.REJECTED or not settling:
+            yield Finding(
+                "not_registered",
+                Severity.ERROR,
+                f.who(p),
+                {
+                    "login": f.who(p),
+                    "host": p.host,
+                    "state": status.state.value,
+                    "minutes": (status.state_duration or 0) // 60,
+                },
+            )
+
+
+def inbound_shares_host(f: Facts) -> Iterator[Finding]:
+    """An inbound-registration account on the host:port of other accounts: identify
+    cannot tell them apart, so its calls may arrive as another account's."""
+    for p in f.accounts:
+        if p.disabled or p.registration_type != "inbound":
+            continue
+        if any(
+            o.id != p.id and not o.disabled and same_host(o.host, p.host) and o.port == p.port
+            for o in f.accounts
+        ):
+            yield Finding(
+                "inbound_shares_host", Severity.ERROR, f.who(p), {"login": f.who(p), "host": p.host}
+            )
+
+
+def extra_parameters_dropped(f: Facts) -> Iterator[Finding]:
+    """Extra parameters MikoPBX ignores: a section its generator does not read, a
+    line without a value. Whatever they were meant to set is not set."""
+    for p in f.accounts:
+        a, who = f.attrs[p.id], f.who(p)
+        for section in a.unknown_sections:
+            yield Finding("attrs_unknown_section", Severity.WARNING, who, {"login": who, "section": section})
+        for line in a.lines_without_value:
+            yield Finding("attrs_line_dropped", Severity.WARNING, who, {"login": who, "line": line})
+
+
+def extra_parameters_broken(f: Facts) -> Iterator[Finding]:
+    """Extra parameters that break the account: a `line` without `endpoint` (or the
+    reverse) in [registration], or a misspelt direct-dial context that no dialplan has."""
+    for p in f.accounts:
+        a, who = f.attrs[p.id], f.who(p)
+        registration = a.sections.get("registration", {})
+        if ("line" in registration) != ("endpoint" in registration):
+            yield Finding("attrs_line_without_endpoint", Severity.ERROR, who, {"login": who})
+        context = a.sections.get("endpoint", {}).get("context")
+        if context and context != RECIPE_CONTEXT and "direct" in context:
+            yield Finding("attrs_context_typo", Severity.ERROR, who, {"login": who, "context": context})
+
+
+def login_falls_to_default(f: Facts) -> Iterator[Finding]:
+    """A login no route serves while the default route rejects calls (busy, hangup):
+    every call to it is refused."""
+    default = f.evidence.default
+    if default is None or default.extension not in ("busy", "hangup"):
+        return
+    tracer = f.tracer or Tracer(f.snapshot, default)
+    for p in f.accounts:
+        if p.disabled or p.registration_type != "outbound" or not p.username:
+            continue
+        if tracer.trace(p.username).outcome == "default":
+            yield Finding(
+                "login_falls_to_default",
+                Severity.WARNING,
+                p.username,
+                {"login": p.username, "destination": default.extension},
+            )
+
+
+def guest_calls_reach_any(f: Facts) -> Iterator[Finding]:
+    """Guest calls allowed while "any provider" routes exist: anyone on the internet
+    can reach those destinations without an account."""
+    if f.evidence.guest_calls and f.any_routes:
+        yield Finding(
+            "guest_calls_reach_any", Severity.WARNING, "general settings", {"routes": len(f.any_routes)}
+        )
+
+
+def cdr_collision(f: Facts) -> Iterator[Finding]:
+    """Recent calls for one login recorded against another account of its host:
+    the provider's INVITEs are identified as the first account's."""
+    by_login = {p.username: p for p in f.accounts if p.username}
+    seen: set[tuple[str, str]] = set()
+    for from_account, did in f.evidence.calls:
+        caller, owner = f.by_id.get(from_account), by_login.get(did)
+        if caller is None or owner is None or caller.id == owner.id or (caller.id, owner.id) in seen:
+            continue
+        if same_host(caller.host, owner.host):
+            seen.add((caller.id, owner.id))
+            yield Finding(
+                "cdr_collision",
+                Severity.INFO,
+                owner.username,
+                {"login": owner.username, "other": caller.username or caller.id},
+            )
+
+
+# Every check, by what it finds; `diagnose` runs them all. A new check: one function here.
+CHECKS: tuple[Check, ...] = (
+    shared_host_without_the_recipe,
+    recipe_login_without_a_route,
+    route_to_a_missing_account,
+    route_bound_to_a_recipe_account,
+    any_route_matching_nothing,
+    duplicate_did,
+    did_bound_and_any,
+    missing_destination,
+    did_in_another_form,
+    not_registered,
+    inbound_shares_host,
+    extra_parameters_dropped,
+    extra_parameters_broken,
+    login_falls_to_default,
+    guest_calls_reach_any,
+    cdr_collision,
+)
 
 
 def diagnose(
     snapshot: Snapshot, evidence: Evidence | None = None, *, tracer: Tracer | None = None
 ) -> list[Finding]:
-    """`tracer`: a Tracer of this snapshot and default route, when the caller has one already."""
-    evidence = evidence or Evidence()
-    accounts = sorted(snapshot.details.values(), key=lambda p: p.id)
-    attrs = {p.id: Attributes.parse(p.manualattributes) for p in accounts}
-    by_id = {p.id: p for p in accounts}
-    listed = {p.id: p for p in snapshot.providers}
-    any_routes = snapshot.any_routes()
-    logins = {p.username for p in accounts if p.username}
-    any_exact = {r.number for r in any_routes if r.number and not r.number.startswith("_")}
-    any_patterns = [r.number for r in any_routes if r.number.startswith("_")]
-    any_catch_all = any(not r.number for r in any_routes)
-    findings: list[Finding] = []
-
-    # 1-3, 5: hosts with several logins, and how each member is handled
-    for host, members in groups_by_host(accounts).items():
-        with_recipe = [p for p in members if attrs[p.id].recipe]
-        fix = FixHost(host)
-        names = ", ".join(p.username or p.id for p in members)
-        if len(members) >= 2 and not with_recipe:
-            findings.append(
-                Finding("shared_host_no_fix", Severity.WARNING, host, {"host": host, "logins": names}, fix)
-            )
-        elif len(members) >= 2 and len(with_recipe) < len(members):
-            missing = ", ".join(p.username or p.id for p in members if p not in with_recipe)
-            findings.append(
-                Finding("mixed_group", Severity.ERROR, host, {"host": host, "logins": missing}, fix)
-            )
-        for p in with_recipe:
-            reachable = p.username in any_exact or any(did_matches(d, p.username) for d in any_patterns)
-            if p.username and not reachable and not any_catch_all:
-                findings.append(
-                    Finding(
-                        "recipe_without_route",
-                        Severity.ERROR,
-                        p.username,
-                        {"login": p.username, "host": host},
-                        fix,
-                    )
-                )
-
-    for route in snapshot.routes:
-        label = f"route {route.id}"
-        pid = route.providerid
-        if pid is not None:
-            provider = by_id.get(pid) or listed.get(pid)
-            if provider is None or provider.disabled:
-                state = "missing" if provider is None else "disabled"
-                findings.append(
-                    Finding(
-                        "route_provider_" + state,
-                        Severity.WARNING,
-                        label,
-                        {"route": route.id, "provider": pid},
-                    )
-                )
-            elif pid in attrs and attrs[pid].recipe:
-                host = by_id[pid].host.strip().rstrip(".").lower()
-                findings.append(
-                    Finding(
-                        "dead_bound_route",
-                        Severity.ERROR,
-                        label,
-                        {"route": route.id, "login": by_id[pid].username, "did": route.number or "—"},
-                        FixHost(host),
-                    )
-                )
-
-    # 4, 9: "any" routes that match nothing, and duplicate DIDs
-    seen = {number_key(d) for d in evidence.cdr_dids}
-    login_keys = {number_key(login) for login in logins}
-    for route in any_routes:
-        if not route.number or route.number.startswith("_"):
-            continue
-        key = number_key(route.number)
-        if key not in login_keys and key not in seen and normalise_phone(route.number) is None:
-            findings.append(
-                Finding(
-                    "orphan_any_route",
-                    Severity.WARNING,
-                    f"route {route.id}",
-                    {"route": route.id, "did": route.number},
-                )
-            )
-    by_key: dict[tuple[str | None, str], list[Route]] = defaultdict(list)
-    for route in snapshot.routes:
-        if route.number:
-            by_key[(route.providerid, number_key(route.number))].append(route)
-    for (pid, key), routes in sorted(by_key.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])):
-        if len(routes) > 1:
-            ids = ", ".join(str(r.id) for r in routes)
-            findings.append(Finding("duplicate_did", Severity.WARNING, key, {"did": key, "routes": ids}))
-        if pid is not None and (None, key) in by_key:
-            both = ", ".join(str(r.id) for r in routes + by_key[(None, key)])
-            findings.append(Finding("did_bound_and_any", Severity.WARNING, key, {"did": key, "routes": both}))
-
-    # 8: destinations that do not exist
-    existing = {d.value for d in snapshot.destinations} | set(SYSTEM_DESTINATIONS)
-    for route in snapshot.routes:
-        if route.extension and route.extension not in existing:
-            findings.append(
-                Finding(
-                    "missing_destination",
-                    Severity.ERROR,
-                    f"route {route.id}",
-                    {"route": route.id, "destination": route.extension},
-                )
-            )
-
-    # 10: a DID stored in another form than calls arrive with
-    exact = {r.number for r in snapshot.routes if r.number}
-    routes_by_key: dict[str, list[Route]] = defaultdict(list)
-    for route in snapshot.routes:
-        if route.number:
-            routes_by_key[number_key(route.number)].append(route)
-    for did in sorted(evidence.cdr_dids):
-        if not did or did in exact:
-            continue
-        for route in routes_by_key.get(number_key(did), ()):
-            if route.number != did:
-                findings.append(
-                    Finding(
-                        "did_format",
-                        Severity.ERROR,
-                        f"route {route.id}",
-                        {"route": route.id, "stored": route.number, "seen": did},
-                    )
-                )
-
-    # 12: registration
-    for p in accounts:
-        if p.disabled or p.registration_type != "outbound":
-            continue
-        status = evidence.registration.get(p.id)
-        if status is None or status.state in (RegistrationState.REGISTERED, RegistrationState.UNKNOWN):
-            continue
-        settling = status.state_duration is not None and status.state_duration < REGISTRATION_GRACE
-        if status.state is RegistrationState.REJECTED or not settling:
-            minutes = (status.state_duration or 0) // 60
-            findings.append(
-                Finding(
-                    "not_registered",
-                    Severity.ERROR,
-                    p.username or p.id,
-                    {
-                        "login": p.username or p.id,
-                        "host": p.host,
-                        "state": status.state.value,
-                        "minutes": minutes,
-                    },
-                )
-            )
-
-    # 17: an inbound-registration account sharing host:port with others
-    for p in accounts:
-        if p.disabled or p.registration_type != "inbound":
-            continue
-        others = [
-            o
-            for o in accounts
-            if o.id != p.id and not o.disabled and same_host(o.host, p.host) and o.port == p.port
-        ]
-        if others:
-            findings.append(
-                Finding(
-                    "inbound_shares_host",
-                    Severity.ERROR,
-                    p.username or p.id,
-                    {"login": p.username or p.id, "host": p.host},
-                )
-            )
-
-    # 18: extra parameters MikoPBX drops or cannot load
-    for p in accounts:
-        a = attrs[p.id]
-        who = p.username or p.id
-        for section in a.unknown_sections:
-            findings.append(
-                Finding("attrs_unknown_section", Severity.WARNING, who, {"login": who, "section": section})
-            )
-        for line in a.lines_without_value:
-            findings.append(
-                Finding("attrs_line_dropped", Severity.WARNING, who, {"login": who, "line": line})
-            )
-        registration = a.sections.get("registration", {})
-        if ("line" in registration) != ("endpoint" in registration):
-            findings.append(Finding("attrs_line_without_endpoint", Severity.ERROR, who, {"login": who}))
-        context = a.sections.get("endpoint", {}).get("context")
-        if context and context != RECIPE_CONTEXT and "direct" in context:
-            findings.append(
-                Finding("attrs_context_typo", Severity.ERROR, who, {"login": who, "context": context})
-            )
-
-    findings += _evidence_checks(snapshot, evidence, accounts, any_routes, tracer)
+    """Every check's findings, worst first, in a stable order.
+    `tracer`: a Tracer of this snapshot and default route, when the caller has one already."""
+    facts = Facts(snapshot, evidence or Evidence(), tracer)
+    findings = [finding for check in CHECKS for finding in check(facts)]
     return sorted(findings, key=lambda f: (f.severity.rank, f.code, f.subject))
-
-
-def _evidence_checks(
-    snapshot: Snapshot,
-    evidence: Evidence,
-    accounts: list[Provider],
-    any_routes: list[Route],
-    tracer: Tracer | None,
-) -> list[Finding]:
-    """Checks that need more than the records: the default route, general settings, call records."""
-    findings: list[Finding] = []
-    # 25: a login no route serves, while the default route rejects calls
-    default = evidence.default
-    if default is not None and default.extension in ("busy", "hangup"):
-        tracer = tracer or Tracer(snapshot, default)
-        for p in accounts:
-            if p.disabled or p.registration_type != "outbound" or not p.username:
-                continue
-            if tracer.trace(p.username).outcome == "default":
-                findings.append(
-                    Finding(
-                        "login_falls_to_default",
-                        Severity.WARNING,
-                        p.username,
-                        {"login": p.username, "destination": default.extension},
-                    )
-                )
-    # 21: guest calls reach the "any provider" routes
-    if evidence.guest_calls and any_routes:
-        findings.append(
-            Finding(
-                "guest_calls_reach_any", Severity.WARNING, "general settings", {"routes": len(any_routes)}
-            )
-        )
-    # 22: calls for one login attributed to another account of its host
-    by_login = {p.username: p for p in accounts if p.username}
-    by_id = {p.id: p for p in accounts}
-    seen: set[tuple[str, str]] = set()
-    for from_account, did in evidence.calls:
-        caller, owner = by_id.get(from_account), by_login.get(did)
-        if caller is None or owner is None or caller.id == owner.id or (caller.id, owner.id) in seen:
-            continue
-        if same_host(caller.host, owner.host):
-            seen.add((caller.id, owner.id))
-            findings.append(
-                Finding(
-                    "cdr_collision",
-                    Severity.INFO,
-                    owner.username,
-                    {"login": owner.username, "other": caller.username or caller.id},
-                )
-            )
-    return findings
 
 
 def worst(findings: list[Finding]) -> Severity | None:
@@ -332,7 +419,7 @@ def worst(findings: list[Finding]) -> Severity | None:
 
 
 async def examine(
-    pbx: Any, reader: SnapshotReader, *, cdr_limit: int = 2000
+    pbx: Pbx, reader: SnapshotReader, *, cdr_limit: int = 2000
 ) -> tuple[Snapshot, list[Finding]]:
     """Read what the checks need (every account in full, registration states, the
     DIDs of recent calls) and diagnose. CDR is optional evidence: a PBX that

@@ -1,16 +1,80 @@
-"""The routing rules doctor, trace and digest share: how MikoPBX reads an
-account's extra parameters, and how Asterisk matches a route's DID.
+"""The routing rules every reader of the PBX shares (the doctor, trace and
+digest here; the snapshot, planner and executor in bot/plans): when two host
+names are one server, what number two spellings share, how MikoPBX reads an
+account's extra parameters, what the recipe is and whether an account has it,
+and how Asterisk matches a route's DID.
 
-(The start of the one routing-rules module: host normalisation, recipe
-detection and number keys join it next.)
+The floor of the core: this module imports nothing of ours but pbx.models, so
+bot/plans may read it without an import circle (tests/test_architecture.py).
 """
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from bot.plans.planner import RECIPE_CONTEXT
+import phonenumbers
+
+from pbx.models import Provider, ProviderSummary
+
+# ---------------------------------------------------------------------- hosts
+
+
+def host_key(host: str) -> str:
+    """One spelling per server: MikoPBX compares host strings as written, but
+    surrounding spaces, a trailing dot or case never make another server."""
+    return host.strip().rstrip(".").lower()
+
+
+def same_host(a: str, b: str) -> bool:
+    return host_key(a) == host_key(b)
+
+
+# ---------------------------------------------------------------------- numbers
+
+DEFAULT_REGION = "RU"
+
+
+@functools.lru_cache(maxsize=65536)  # pure, and a digest asks for every login and every call's DID
+def normalise_phone(text: str, region: str = DEFAULT_REGION) -> str | None:
+    """E.164 for a valid phone number ("+7(495)229-30-42", "84952293042" and
+    "74952293042" are one number), None for anything else — logins such as
+    847706 are never turned into fake numbers."""
+    cleaned = re.sub(r"[\s()\-.]", "", text)
+    if not re.fullmatch(r"\+?\d{5,17}", cleaned):
+        return None
+    try:
+        number = phonenumbers.parse(cleaned, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def number_key(text: str, region: str = DEFAULT_REGION) -> str:
+    """The key two spellings of one number share: E.164 for a phone, the text itself for a login."""
+    return normalise_phone(text, region) or text.strip()
+
+
+def has_number(account: Provider | ProviderSummary, number: str) -> bool:
+    """The account's login is `number`, or its note holds that phone number."""
+    if account.username == number:
+        return True
+    key = number_key(number)
+    return key.startswith("+") and bool(account.note) and number_key(account.note) == key
+
+
+def accounts_of_number(providers: Iterable[ProviderSummary], number: str) -> list[ProviderSummary]:
+    return [p for p in providers if has_number(p, number)]
+
+
+# ---------------------------------------------------------------------- extra parameters and the recipe
+
+# The context the recipe sets: several logins on one host, each call routed by its login.
+RECIPE_CONTEXT = "public-direct-dial"
 
 # Sections MikoPBX's pjsip generator reads from extra parameters; anything else is ignored.
 KNOWN_SECTIONS = {"registration-auth", "registration", "endpoint-auth", "aor", "identify", "endpoint"}
@@ -70,3 +134,43 @@ def did_matches(pattern: str, did: str) -> bool:
             )
         i += 1
     return re.fullmatch("".join(out), did) is not None
+
+
+def merge_recipe(manualattributes: str) -> str:
+    """Put `context=public-direct-dial` into `[endpoint]`, keeping every other
+    section and line; an older `context=` in `[endpoint]` is replaced."""
+    lines = manualattributes.replace("\r\n", "\n").split("\n") if manualattributes.strip() else []
+    out: list[str] = []
+    section = ""
+    placed = False
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            if section == "endpoint" and not placed:
+                out.append(f"context={RECIPE_CONTEXT}")
+                placed = True
+            section = stripped[1:-1].strip()
+        elif section == "endpoint" and stripped.partition("=")[0].strip() == "context":
+            if not placed:
+                out.append(f"context={RECIPE_CONTEXT}")
+                placed = True
+            continue
+        out.append(line)
+    while out and not out[-1].strip():
+        out.pop()
+    if section == "endpoint" and not placed:
+        out.append(f"context={RECIPE_CONTEXT}")
+        placed = True
+    if not placed:
+        if out:
+            out.append("")
+        out += ["[endpoint]", f"context={RECIPE_CONTEXT}"]
+    return "\n".join(out)
+
+
+@functools.lru_cache(maxsize=4096)  # a host of 5,000 accounts holds a handful of distinct texts
+def has_recipe(manualattributes: str) -> bool:
+    """The text is exactly as `merge_recipe` leaves it: the recipe as the bot writes it.
+    (`Attributes.recipe` is looser: any `[endpoint]` whose context is the recipe's,
+    which is what MikoPBX acts on.)"""
+    return merge_recipe(manualattributes) == manualattributes.replace("\r\n", "\n").rstrip("\n")

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.plans.destinations import label
-from bot.plans.planner import RECIPE_CONTEXT, find_number
+from bot.plans.planner import find_number
 from bot.plans.snapshot import Snapshot
 from pbx.models import Provider, Route
 
-from .rules import Attributes, did_matches
+from .rules import RECIPE_CONTEXT, Attributes, did_matches, host_key
 
 
 @dataclass(frozen=True)
@@ -43,20 +43,16 @@ class Trace:
     lines: list[Line] = field(default_factory=list)
 
 
-def _host(value: str) -> str:
-    return value.strip().rstrip(".").lower()
-
-
 def _group_key(p: Provider) -> str:
     return re.sub(r"[^A-Za-z0-9]", "", f"{p.host}{p.port}") + "-incoming"
 
 
 def _matches(p: Provider, attrs: Attributes) -> set[str]:
-    found = {_host(p.host)} | {_host(h) for h in p.additional_hosts}
+    found = {host_key(p.host)} | {host_key(h) for h in p.additional_hosts}
     if p.outbound_proxy:
-        found.add(_host(p.outbound_proxy.split(";")[0].rsplit(":", 1)[0]))
+        found.add(host_key(p.outbound_proxy.split(";")[0].rsplit(":", 1)[0]))
     if "match" in attrs.sections.get("identify", {}):
-        found.add(_host(attrs.sections["identify"]["match"]))
+        found.add(host_key(attrs.sections["identify"]["match"]))
     return {m for m in found if m}
 
 
@@ -155,7 +151,7 @@ class Tracer:
             result.outcome = "no_account"
             return result
 
-        matching = self._matching(_host(account.host))
+        matching = self._matching(host_key(account.host))
         endpoint = matching[0] if matching else account
         result.endpoint = endpoint
         lines.append(

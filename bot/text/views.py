@@ -1,15 +1,21 @@
-"""Read-only views of a PBX, as text lines (shared by the CLI and the bot)."""
+"""Read-only views of a PBX, as text (shared by the CLI and the bot): the
+numbers list, the doctor's findings, a call's trace."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from pbx.base import Pbx
 from pbx.models import Route
 
 from .i18n import t
-from .render import texts
+from .render import Html, lines_of, texts, tr
+
+if TYPE_CHECKING:  # the routing room reads the PBX; this one only draws what it found
+    from bot.routing.doctor import Finding
+    from bot.routing.trace import Trace
 
 
 async def numbers_lines(pbx: Pbx, lang: str, *, html: bool = False) -> list[str]:
@@ -62,3 +68,52 @@ def call_text(result: dict[str, Any], lang: str) -> str:
         context=result["context"],
         route=result["route_id"],
     )
+
+
+# ---------------------------------------------------------------------- the doctor
+
+
+def finding_title(f: Finding, lang: str) -> str:
+    return t(f"doctor.{f.code}.title", lang, **f.params)
+
+
+def finding_why(f: Finding, lang: str) -> list[str]:
+    """Why it matters and what to do, a line each."""
+    return t(f"doctor.{f.code}.why", lang, **f.params).split("\n")
+
+
+def doctor_text(pbx: str, findings: Sequence[Finding], lang: str) -> Html:
+    """`/doctor` for Telegram: a count by severity, then each finding with its reasons."""
+    if not findings:
+        return tr("doctor.clean", lang, pbx=pbx)
+    count = {s: sum(1 for f in findings if f.severity.value == s) for s in ("E", "W", "I")}
+    lines: list[str] = [
+        tr("doctor.header", lang, pbx=pbx, errors=count["E"], warnings=count["W"], infos=count["I"])
+    ]
+    for f in findings:  # plain lines, formatted, then escaped as a whole by the join
+        lines.append("")
+        lines.append(f"{t(f'doctor.severity.{f.severity.value}', lang)} {finding_title(f, lang)}")
+        lines += [f"   {line}" for line in finding_why(f, lang)]
+    return Html(lines_of(lines, html=True))
+
+
+def doctor_report(pbx: str, findings: Sequence[Finding], lang: str) -> str:
+    """`pbxbot doctor` for a terminal: `[E] title`, its reasons indented."""
+    if not findings:
+        return t("doctor.clean", lang, pbx=pbx)
+    lines: list[str] = []
+    for f in findings:
+        lines.append(f"[{f.severity.value}] {finding_title(f, lang)}")
+        lines += [f"    {line}" for line in finding_why(f, lang)]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- a trace
+
+
+def trace_text(pbx: str, number: str, result: Trace, lang: str, *, html: bool = False) -> str:
+    """`/trace`, `pbxbot trace`: the header, then each step the call takes (`Html` on request)."""
+    _t = texts(html)
+    lines = [_t("trace.header", lang, pbx=pbx, number=number)]
+    lines += [_t(f"trace.{line.key}", lang, **line.params) for line in result.lines]
+    return lines_of(lines, html=html)

@@ -49,6 +49,7 @@ MESSAGES: dict[str, str] = {
     "usage.missing_number": "Give the login or the phone number.",
     "usage.missing_plan": "Give the plan id, e.g. /undo 7f3a2c",
     "usage.unknown_command": "Unknown command /{name}.",
+    "usage.not_a_change": "That command changes nothing.",
     "usage.csv_row": "CSV line {line}: needs login, password and destination.",
     "usage.csv_duplicate": "CSV line {line}: login {login} appears twice.",
     "usage.csv_too_long": "The CSV has more than {limit} rows; split it.",

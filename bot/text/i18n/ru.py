@@ -49,6 +49,7 @@ MESSAGES: dict[str, str] = {
     "usage.missing_number": "Укажите логин или номер телефона.",
     "usage.missing_plan": "Укажите номер плана, например /undo 7f3a2c",
     "usage.unknown_command": "Неизвестная команда /{name}.",
+    "usage.not_a_change": "Эта команда ничего не меняет.",
     "usage.csv_row": "CSV, строка {line}: нужны логин, пароль и назначение.",
     "usage.csv_duplicate": "CSV, строка {line}: логин {login} встречается дважды.",
     "usage.csv_too_long": "В CSV больше {limit} строк; разделите его.",
