@@ -149,7 +149,7 @@ async def propose_bench(n: int, runs: int, data: Path) -> dict:
             cold, warm = [], []
             cold_runs = max(3, min(runs, 2000 // max(n, 1)))
             for _ in range(cold_runs):
-                reader.forget()
+                reader.clear()
                 await counter.reset()
                 started = time.perf_counter()
                 plan, _ = await changes.plan("bench", intent)
