@@ -115,7 +115,7 @@ class PbxProfile(_Section):
 class TelegramSettings(_Section):
     token: SecretStr | None = None
     token_file: Path | None = None
-    # aiogram's custom API server: a self-hosted Bot API server, or sandbox/telegram.py.
+    # aiogram's custom API server: a self-hosted Bot API server, or sandbox/telegram/.
     api_base: str | None = None
     mode: Literal["polling", "webhook"] = "polling"
     # Groups where plans are proposed and approved: chat id -> PBX profile name.

@@ -1,4 +1,4 @@
-"""The bot end to end: the real aiogram polling loop against sandbox/telegram.py,
+"""The bot end to end: the real aiogram polling loop against sandbox/telegram/,
 the real MikoPBX client against the simulator, SQLite storage. Every wait is
 for an event (a message sent, edited, deleted), never a fixed sleep."""
 

@@ -2,7 +2,7 @@
 lose no update and no card; a retried message takes its slot in the group's
 budget; a card is retried until posted, or its plan is released; updates run at
 most N at once (polling and webhook); long answers are one message plus a file.
-The real aiogram loop against sandbox/telegram.py; waits are for events."""
+The real aiogram loop against sandbox/telegram/; waits are for events."""
 
 from __future__ import annotations
 

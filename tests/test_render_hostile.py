@@ -1,5 +1,5 @@
 """Every message kind the bot sends, rendered with hostile names and arguments, passes
-Telegram's HTML check (sandbox/telegram.py's `plain_text`, the function its
+Telegram's HTML check (sandbox/telegram/'s `plain_text`, the function its
 sendMessage/editMessageText use) in parts of at most 4,096 characters, and shows
 the hostile value as text (escaped, not dropped)."""
 
@@ -111,7 +111,7 @@ def test_every_catalogue_text_with_hostile_values(lang, value):
         names = set(re.findall(r"{(\w+)}", template))
         plain = one_message(tr(key, lang, **dict.fromkeys(names, value)))
         expected = t(key, lang, **dict.fromkeys(names, clip(value)))
-        # sandbox/telegram.py unescapes twice ("&amp;amp;" shows as "&"; Telegram shows "&amp;")
+        # sandbox/telegram/ unescapes twice ("&amp;amp;" shows as "&"; Telegram shows "&amp;")
         assert plain in (expected, html.unescape(expected)), key
         if names:
             assert shows(value, plain), key

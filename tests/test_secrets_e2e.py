@@ -1,5 +1,5 @@
 """A password goes to the plan it answers, end to end: the real polling loop
-against sandbox/telegram.py, the simulator, SQLite. Every message that may
+against sandbox/telegram/, the simulator, SQLite. Every message that may
 hold a password is deleted, and no password reaches a message, an audit row or
 a log. Every wait is for an event, never a fixed sleep."""
 
