@@ -12,6 +12,7 @@ nothing here reads the vault.
 
 from __future__ import annotations
 
+import functools
 import html as html_lib
 import re
 import string
@@ -90,15 +91,20 @@ def clip(text: str, limit: int = MAX_VALUE) -> str:
 _FORMATTER = string.Formatter()
 
 
+@functools.lru_cache(maxsize=4096)  # a catalogue has about 900 texts
+def _parsed(text: str) -> tuple[tuple[str, str | None, str | None, str | None], ...]:
+    return tuple(_FORMATTER.parse(text))
+
+
 def tr(key: str, lang: str, /, **params: Any) -> Html:
     """`t` for Telegram: the catalogue text as `Html`, each value escaped (and clipped
     to MAX_VALUE characters) unless it is `Html` already."""
     out: list[str] = []
-    for literal, field, spec, conversion in _FORMATTER.parse(template(key, lang)):
+    for literal, field, spec, conversion in _parsed(template(key, lang)):
         out.append(html_lib.escape(literal, quote=False))
         if field is None:
             continue
-        value, _ = _FORMATTER.get_field(field, (), params)
+        value = params[field] if field in params else _FORMATTER.get_field(field, (), params)[0]
         if isinstance(value, Html):  # markup already: as it is
             out.append(value)
             continue
