@@ -76,7 +76,7 @@ class Services:
         pbx = await self.pbx_of_chat(old, private=False)
         if pbx is not None and await self.pbx_of_chat(new, private=False) is None:
             await self.db.chats.bind(new, pbx, title=title)
-            await self.changes.record("chat_migrated", pbx=pbx, **{"from": old, "to": new})
+            await self.changes.record("chat_migrated", None, pbx=pbx, **{"from": old, "to": new})
 
     async def schedule_of(self, chat_id: int) -> DigestScheduleRow | None:
         """The chat's digest schedule, if it has one."""

@@ -62,9 +62,12 @@ class Access(BaseMiddleware):
         return await handler(event, data)
 
     async def _migrate(self, message: Message) -> None:
-        old, new = message.chat.id, message.migrate_to_chat_id
-        if new is None:  # the supergroup's side: migrate_from_chat_id
+        if message.migrate_to_chat_id is not None:
+            old, new = message.chat.id, message.migrate_to_chat_id
+        elif message.migrate_from_chat_id is not None:  # the supergroup's side
             old, new = message.migrate_from_chat_id, message.chat.id
+        else:  # not a migration (the caller checks)
+            return
         await self.services.move_chat(old, new, message.chat.title or "")
 
     async def _refuse(self, event: TelegramObject, user_id: int, chat_id: int | None, lang: str) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError
-from aiogram.types import CallbackQuery, ErrorEvent
+from aiogram.types import CallbackQuery, ErrorEvent, InaccessibleMessage, Message
 
 from bot.errors import BotError, expected
 from bot.services import Services
@@ -49,10 +49,11 @@ def error_handler(services: Services) -> Callable[..., Awaitable[bool]]:
             log.warning("update %s (%s): the PBX failed: %s", update_id, kind, exc)
         else:
             log.error("update %s (%s) failed: %s", update_id, kind, type(exc).__name__, exc_info=exc)
-        user = (query or message).from_user if (query or message) else None
+        source = query or message
+        user = source.from_user if source else None
         lang = pick_language(user.language_code if user else None, services.settings.default_language)
         try:
-            where = message  # the message whose chat hears of it
+            where: Message | InaccessibleMessage | None = message  # the message whose chat hears of it
             if query is not None:
                 text = error_text(exc, lang) if told else t("tg.error.unexpected", lang, update=update_id)
                 try:
@@ -66,7 +67,9 @@ def error_handler(services: Services) -> Callable[..., Awaitable[bool]]:
                     if told
                     else tr("tg.error.unexpected", lang, update=update_id)
                 )
-                topic = where.message_thread_id if getattr(where, "is_topic_message", None) else None
+                topic = (
+                    where.message_thread_id if isinstance(where, Message) and where.is_topic_message else None
+                )
                 for part in split_text(html):  # in its topic, as Message.answer sends
                     await bot.send_message(where.chat.id, part, message_thread_id=topic)
         except Exception:  # the answer itself failed (Telegram down, the chat gone): the log has it

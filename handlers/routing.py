@@ -148,26 +148,28 @@ async def digest(
         await scheduler.off(chat_id)
         await message.answer(tr("digest.off", lang))
     elif parsed.action == "tz":
-        row = await services.schedule_of(chat_id)
-        if row is None:  # a setting of a schedule: nothing to keep it in yet, and the user is told so
+        current = await services.schedule_of(chat_id)
+        if current is None:  # a setting of a schedule: nothing to keep it in yet, and the user is told so
             await message.answer(tr("digest.setting_needs_schedule", lang, command=message.text or ""))
             return
-        row.timezone = parsed.timezone
-        await scheduler.set(row)
-        await message.answer(_schedule_text(row, lang))
+        if parsed.timezone is None:  # parse_digest names the zone of every "tz" command
+            raise AssertionError("a /digest tz command without a zone")
+        current.timezone = parsed.timezone
+        await scheduler.set(current)
+        await message.answer(_schedule_text(current, lang))
     elif parsed.action == "quiet":
-        row = await services.schedule_of(chat_id)
-        if row is None:
+        current = await services.schedule_of(chat_id)
+        if current is None:
             await message.answer(tr("digest.setting_needs_schedule", lang, command=message.text or ""))
             return
-        row.quiet = bool(parsed.quiet)
-        await scheduler.set(row)
+        current.quiet = bool(parsed.quiet)
+        await scheduler.set(current)
         await message.answer(
-            tr("digest.quiet", lang, state=t("digest.on" if row.quiet else "digest.off_word", lang))
+            tr("digest.quiet", lang, state=t("digest.on" if current.quiet else "digest.off_word", lang))
         )
     else:
-        row = await services.schedule_of(chat_id)
-        await message.answer(_schedule_text(row, lang) if row else tr("digest.none", lang))
+        current = await services.schedule_of(chat_id)
+        await message.answer(_schedule_text(current, lang) if current else tr("digest.none", lang))
 
 
 def _schedule_text(row, lang: str) -> Html:

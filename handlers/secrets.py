@@ -33,7 +33,7 @@ from aiogram.types import (
     TelegramObject,
 )
 
-from bot.errors import BotError
+from bot.errors import BotError, ChangeError
 from bot.plans.changes import Actor, Next
 from bot.plans.commands import decode_csv, parse_csv
 from bot.services import Services
@@ -163,6 +163,8 @@ async def _bind(
     key = "tg.secret.replaced" if replaced else "tg.secret.received"
     await bot.send_message(actor.id, t(key, lang, login=esc(login), id=plan_id))
     row = await changes.row(plan_id)
+    if row is None:  # plans are never deleted, and add_secret has just found it
+        raise ChangeError("no_plan", plan=plan_id)
     if await changes.missing_secrets(row):
         await ask_secrets(bot, services, row, lang)
     await refresh_card(bot, services, row)

@@ -346,6 +346,14 @@ async def test_group_migration_keeps_the_binding(world: World):
     await asyncio.sleep(0)  # let the migration updates be queued before the next message
     w.tg.send(ANNA, new_id, "/pbx")
     await w.said(new_id, "office", after=start)
+    deadline = asyncio.get_running_loop().time() + 30  # its audit row is written off the event loop
+    while not (moved := [e for e in w.store.audit.trail() if e.event == "chat_migrated"]):
+        assert asyncio.get_running_loop().time() < deadline, "the migration was never audited"
+        await asyncio.sleep(0.05)
+    # both sides of the migration may be handled at once, each auditing it: the same row either way
+    assert {(e.pbx, e.actor_id, json.dumps(e.detail)) for e in moved} == {
+        ("office", None, json.dumps({"from": GROUP, "to": new_id}))
+    }
 
 
 async def test_a_csv_in_private_becomes_one_plan_with_a_summary_card_and_the_full_plan_attached(world: World):

@@ -36,6 +36,7 @@ from .changes import (
     Ledger,
     Next,
     Outcome,
+    PlanStatus,
     Proposal,
     api_calls,
     display_names,
@@ -251,7 +252,7 @@ class Lifecycle:
         await self.check_open(row)
         return await self.end(row, CANCELLED, actor, reason="cancelled")
 
-    async def end(self, row: PlanRow, status: str, actor: Actor | None, **outcome: Any) -> PlanRow:
+    async def end(self, row: PlanRow, status: PlanStatus, actor: Actor | None, **outcome: Any) -> PlanRow:
         """Close an open plan: its locks go, its secrets are erased."""
         if not await self.ledger.move(row.id, [*OPEN, APPLYING], status, outcome={**row.outcome, **outcome}):
             current = await self.ledger.get(row.id)
@@ -442,7 +443,7 @@ class Lifecycle:
         """The PBX's last `n` ended plans (1 to 100), newest first."""
         return await self.db.plans.find(pbx=pbx, status=ENDED, limit=max(1, min(n, 100)))
 
-    async def card_posted(self, plan_id: str, chat_id: int, message_id: int) -> PlanRow | None:
+    async def card_posted(self, plan_id: str, chat_id: int, message_id: int) -> PlanRow:
         """Where the plan's card is: its buttons are honoured there only."""
         await self.db.plans.update(plan_id, chat_id=chat_id, message_id=message_id)
-        return await self.db.plans.get(plan_id)
+        return await self.ledger.get(plan_id)

@@ -41,7 +41,6 @@ Why these rules (MikoPBX = github.com/mikopbx/Core, Asterisk = main/config.c):
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -62,10 +61,14 @@ _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _PORT = re.compile(r"[0-9]{1,5}")
 
 
-@functools.cache
+_ALSO: dict[type[Exception], type[InputError]] = {}
+
+
 def _also(base: type[Exception]) -> type[InputError]:
     """An InputError that is also a `base`: the core's callers catch their own error type."""
-    return type(f"Input{base.__name__}", (InputError, base), {})
+    if base not in _ALSO:
+        _ALSO[base] = type(f"Input{base.__name__}", (InputError, base), {})
+    return _ALSO[base]
 
 
 def _refuse(code: str, command: str | None, also: type[Exception] | None, **params: str) -> InputError:

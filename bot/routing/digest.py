@@ -174,7 +174,7 @@ async def build(
     """Read the PBX and put the digest together: composing (the audit trail, a
     trace of every number) runs off the event loop, on the store's own threads."""
     readings = await read(pbx, reader, since=since, until=until, tz=tz)
-    sync = getattr(store, "sync", store)  # an AsyncRepos's Repos, or Repos
+    sync = store.sync if hasattr(store, "sync") else store  # an AsyncRepos's Repos, or Repos
     return await asyncio.to_thread(compose, readings, sync, name, since=since, until=until)
 
 

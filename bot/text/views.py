@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from pbx.base import Pbx
 from pbx.models import Route
@@ -111,6 +111,10 @@ def doctor_report(pbx: str, findings: Sequence[Finding], lang: str) -> str:
 # ---------------------------------------------------------------------- a trace
 
 
+@overload
+def trace_text(pbx: str, number: str, result: Trace, lang: str, *, html: Literal[True]) -> Html: ...
+@overload
+def trace_text(pbx: str, number: str, result: Trace, lang: str, *, html: bool = False) -> str: ...
 def trace_text(pbx: str, number: str, result: Trace, lang: str, *, html: bool = False) -> str:
     """`/trace`, `pbxbot trace`: the header, then each step the call takes (`Html` on request)."""
     _t = texts(html)

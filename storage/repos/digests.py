@@ -26,7 +26,9 @@ class DigestRepo(Repo):
 
     def finish(self, run_id: int, *, posted: bool, state: str) -> None:
         with self.session() as s:
-            s.exec(update(DigestRunRow).where(DigestRunRow.id == run_id).values(posted=posted, state=state))
+            s.exec(
+                update(DigestRunRow).where(col(DigestRunRow.id) == run_id).values(posted=posted, state=state)
+            )
             self.commit(s)
 
     def last(self, chat_id: int, *, before: int | None = None) -> DigestRunRow | None:
@@ -35,6 +37,6 @@ class DigestRepo(Repo):
             select(DigestRunRow).where(DigestRunRow.chat_id == chat_id).order_by(col(DigestRunRow.id).desc())
         )
         if before is not None:
-            query = query.where(DigestRunRow.id < before)
+            query = query.where(col(DigestRunRow.id) < before)
         with self.session() as s:
             return s.exec(query.limit(1)).first()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import delete, update
-from sqlmodel import select
+from sqlmodel import col, select
 
 from ..tables import HeldSecretRow
 from .base import Repo
@@ -18,11 +18,14 @@ class HeldSecretRepo(Repo):
         with self.session() as s:
             s.add(row)
             self.commit(s)
+            assert row.id is not None  # the database numbered it on commit
             return row.id
 
     def set_message(self, hold_id: int, message_id: int) -> None:
         with self.session() as s:
-            s.exec(update(HeldSecretRow).where(HeldSecretRow.id == hold_id).values(message_id=message_id))
+            s.exec(
+                update(HeldSecretRow).where(col(HeldSecretRow.id) == hold_id).values(message_id=message_id)
+            )
             self.commit(s)
 
     def get(self, hold_id: int) -> HeldSecretRow | None:
@@ -38,12 +41,12 @@ class HeldSecretRepo(Repo):
             ).first()
             if row is None:
                 return None
-            result = s.exec(delete(HeldSecretRow).where(HeldSecretRow.id == hold_id))
+            result = s.exec(delete(HeldSecretRow).where(col(HeldSecretRow.id) == hold_id))
             self.commit(s)
             return row if result.rowcount == 1 else None
 
     def purge(self, before: datetime) -> int:
         with self.session() as s:
-            result = s.exec(delete(HeldSecretRow).where(HeldSecretRow.at < before))
+            result = s.exec(delete(HeldSecretRow).where(col(HeldSecretRow.at) < before))
             self.commit(s)
             return result.rowcount

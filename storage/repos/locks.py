@@ -27,5 +27,5 @@ class LockRepo(Repo):
 
     def release(self, plan_id: str) -> None:
         with self.session() as s:
-            s.exec(delete(LockRow).where(LockRow.plan_id == plan_id))
+            s.exec(delete(LockRow).where(col(LockRow.plan_id) == plan_id))
             self.commit(s)

@@ -31,7 +31,7 @@ class PlanRepo(Repo):
         with self.session() as s:
             result = s.exec(
                 update(PlanRow)
-                .where(PlanRow.id == plan_id, col(PlanRow.status).in_(list(from_status)))
+                .where(col(PlanRow.id) == plan_id, col(PlanRow.status).in_(list(from_status)))
                 .values(**values)
             )
             self.commit(s)
@@ -39,7 +39,7 @@ class PlanRepo(Repo):
 
     def update(self, plan_id: str, **fields: Any) -> None:
         with self.session() as s:
-            s.exec(update(PlanRow).where(PlanRow.id == plan_id).values(updated_at=utcnow(), **fields))
+            s.exec(update(PlanRow).where(col(PlanRow.id) == plan_id).values(updated_at=utcnow(), **fields))
             self.commit(s)
 
     def renew_lease(self, plan_id: str, owner: str, until: datetime) -> bool:
@@ -47,7 +47,11 @@ class PlanRepo(Repo):
         with self.session() as s:
             result = s.exec(
                 update(PlanRow)
-                .where(PlanRow.id == plan_id, PlanRow.status == "applying", PlanRow.lease_owner == owner)
+                .where(
+                    col(PlanRow.id) == plan_id,
+                    col(PlanRow.status) == "applying",
+                    col(PlanRow.lease_owner) == owner,
+                )
                 .values(lease_until=until)
             )
             self.commit(s)
@@ -65,7 +69,7 @@ class PlanRepo(Repo):
         with self.session() as s:
             result = s.exec(
                 update(PlanRow)
-                .where(PlanRow.id == plan_id, PlanRow.status == "applying", expired)
+                .where(col(PlanRow.id) == plan_id, col(PlanRow.status) == "applying", expired)
                 .values(lease_owner=owner, lease_until=until)
             )
             self.commit(s)

@@ -37,7 +37,7 @@ class PromptRepo(Repo):
         with self.session() as s:
             s.exec(
                 delete(SecretPromptRow).where(
-                    SecretPromptRow.kind == "link", SecretPromptRow.user_id == user_id
+                    col(SecretPromptRow.kind) == "link", col(SecretPromptRow.user_id) == user_id
                 )
             )
             s.add(SecretPromptRow(kind="link", user_id=user_id, plan_id=plan_id))
@@ -54,6 +54,6 @@ class PromptRepo(Repo):
     def drop(self, plan_id: str) -> int:
         """Every question and link of the plan."""
         with self.session() as s:
-            result = s.exec(delete(SecretPromptRow).where(SecretPromptRow.plan_id == plan_id))
+            result = s.exec(delete(SecretPromptRow).where(col(SecretPromptRow.plan_id) == plan_id))
             self.commit(s)
             return result.rowcount

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import delete
-from sqlmodel import select
+from sqlmodel import col, select
 
 from ..tables import DigestScheduleRow
 from .base import Repo
@@ -25,6 +25,6 @@ class ScheduleRepo(Repo):
 
     def drop(self, chat_id: int) -> bool:
         with self.session() as s:
-            result = s.exec(delete(DigestScheduleRow).where(DigestScheduleRow.chat_id == chat_id))
+            result = s.exec(delete(DigestScheduleRow).where(col(DigestScheduleRow.chat_id) == chat_id))
             self.commit(s)
             return result.rowcount == 1

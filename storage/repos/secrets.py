@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from ..tables import SecretRow, utcnow
 from .base import Repo
@@ -26,12 +26,12 @@ class SecretRepo(Repo):
 
     def move(self, from_plan: str, to_plan: str) -> None:
         with self.session() as s:
-            s.exec(update(SecretRow).where(SecretRow.plan_id == from_plan).values(plan_id=to_plan))
+            s.exec(update(SecretRow).where(col(SecretRow.plan_id) == from_plan).values(plan_id=to_plan))
             self.commit(s)
 
     def erase_all(self, plan_id: str) -> int:
         with self.session() as s:
-            result = s.exec(delete(SecretRow).where(SecretRow.plan_id == plan_id))
+            result = s.exec(delete(SecretRow).where(col(SecretRow.plan_id) == plan_id))
             self.commit(s)
             return result.rowcount
 
@@ -50,7 +50,7 @@ class SecretRepo(Repo):
                 return None
             s.exec(
                 update(SecretRow)
-                .where(SecretRow.plan_id == plan_id, SecretRow.login == login)
+                .where(col(SecretRow.plan_id) == plan_id, col(SecretRow.login) == login)
                 .values(token=token, at=utcnow())
             )
             s.commit()
@@ -58,6 +58,8 @@ class SecretRepo(Repo):
 
     def erase(self, plan_id: str, login: str) -> bool:
         with self.session() as s:
-            result = s.exec(delete(SecretRow).where(SecretRow.plan_id == plan_id, SecretRow.login == login))
+            result = s.exec(
+                delete(SecretRow).where(col(SecretRow.plan_id) == plan_id, col(SecretRow.login) == login)
+            )
             self.commit(s)
             return result.rowcount == 1
