@@ -116,7 +116,7 @@ class LimitedTelegram(TelegramSandbox):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._global: deque[float] = deque()
-        self.refused: list[float] = []  # when a 429 was answered
+        self.limited_at: list[float] = []  # when a 429 was answered
 
     def _rate(self, chat: Any) -> None:
         if self.enforce_limits:
@@ -124,12 +124,12 @@ class LimitedTelegram(TelegramSandbox):
             while self._global and now - self._global[0] >= 1.0:
                 self._global.popleft()
             if len(self._global) >= GLOBAL_PER_SECOND:
-                self.refused.append(now)
+                self.limited_at.append(now)
                 raise ApiError(429, "Too Many Requests: retry after 1", retry_after=1)
         try:
             super()._rate(chat)
         except ApiError:
-            self.refused.append(time.monotonic())
+            self.limited_at.append(time.monotonic())
             raise
         if self.enforce_limits:
             self._global.append(time.monotonic())
@@ -796,7 +796,7 @@ class Load:
                 bucket(self.minute(at))["pbx_calls"] += 1
                 if status == 429:
                     bucket(self.minute(at))["pbx_429"] += 1
-        for at in self.tg.refused:
+        for at in self.tg.limited_at:
             if at >= self.t0:
                 bucket(self.minute(at))["tg_429"] += 1
         whoami: dict[int, list[float]] = defaultdict(list)
@@ -969,7 +969,7 @@ class Load:
                 "calls_by_endpoint": dict(self.sim.stats.most_common(12)),
             },
             "telegram": {
-                "429": len(self.tg.refused),
+                "429": len(self.tg.limited_at),
                 "webhook_failed_attempts": failed_attempts,
                 "webhook_undelivered": len(undelivered),
                 "webhook_pending_at_end": getattr(self, "pending_deliveries", 0),
