@@ -3,6 +3,7 @@ change service, storage, and which PBX a chat works on. Free of aiogram."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING
@@ -31,6 +32,7 @@ class Services:
     # what each card shows, as this process last sent it: (chat, message) -> digest of text and
     # buttons, so a card is never edited to what it already shows (one process; replicas: None)
     shown: dict[tuple[int, int], str] | None = field(default_factory=dict)
+    card_locks: dict[str, asyncio.Lock] = field(default_factory=dict)  # plan id -> one card edit at a time
 
     @property
     def db(self) -> AsyncRepos:

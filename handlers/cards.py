@@ -269,7 +269,17 @@ async def refresh_card(
     patience: float = EDIT_PATIENCE,
 ) -> None:
     """Edit the card in place; "not modified" is success, a lost card is posted again.
-    Retried for `patience` seconds while Telegram cannot take it."""
+    Retried for `patience` seconds while Telegram cannot take it. One refresh of a card
+    at a time: read, draw, compare with what it shows, send and remember as one step, or
+    a refresh drawn from older state could land last, or be skipped as "already shown"."""
+    lock = services.card_locks.setdefault(row.id, asyncio.Lock())
+    async with lock:
+        await _refresh(bot, services, row, extra=extra, lang=lang, patience=patience)
+
+
+async def _refresh(
+    bot: Bot, services: Services, row: PlanRow, *, extra: str, lang: str | None, patience: float
+) -> None:
     row = await services.changes.row(row.id) or row
     if row.chat_id is None or row.message_id is None:
         return

@@ -200,13 +200,15 @@ async def test_forged_and_replayed_buttons(world: World):
         lambda e: e["kind"] == "answer" and "belongs to no plan" in (e["text"] or ""), after=start
     )
     other = w.tg.send(ANNA, GROUP, "hello")
+    second = w.mark()  # the answer to this press, not the first one's
     w.tg.press(BORIS, GROUP, other["message_id"], f"pl:a:{plan_id}:1")
     await w.tg.wait_for(
-        lambda e: e["kind"] == "answer" and "belongs to no plan" in (e["text"] or ""), after=start
+        lambda e: e["kind"] == "answer" and "belongs to no plan" in (e["text"] or ""), after=second
     )
     # an old version of the plan
+    third = w.mark()
     w.tg.press(BORIS, GROUP, card["message_id"], f"pl:a:{plan_id}:7")
-    await w.tg.wait_for(lambda e: e["kind"] == "answer" and "old version" in (e["text"] or ""), after=start)
+    await w.tg.wait_for(lambda e: e["kind"] == "answer" and "old version" in (e["text"] or ""), after=third)
     assert w.store.plans.get(plan_id).status == "proposed"
     assert [e.event for e in w.store.audit.trail()].count("forged_button") == 2
 
