@@ -54,8 +54,11 @@ def error_handler(services: Services) -> Callable[..., Awaitable[bool]]:
         lang = pick_language(user.language_code if user else None, services.settings.default_language)
         try:
             where: Message | InaccessibleMessage | None = message  # the message whose chat hears of it
+            chat = (query.message if query is not None else message) if source else None
+            tz = await services.tz_of(chat.chat.id if chat is not None else None)
             if query is not None:
-                text = error_text(exc, lang) if told else t("tg.error.unexpected", lang, update=update_id)
+                unexpected = t("tg.error.unexpected", lang, update=update_id)
+                text = error_text(exc, lang, tz=tz) if told else unexpected
                 try:
                     await popup(query, text)
                     return True
@@ -63,7 +66,7 @@ def error_handler(services: Services) -> Callable[..., Awaitable[bool]]:
                     where = query.message
             if where is not None:
                 html = (
-                    error_text(exc, lang, html=True)
+                    error_text(exc, lang, html=True, tz=tz)
                     if told
                     else tr("tg.error.unexpected", lang, update=update_id)
                 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -15,6 +15,7 @@ from bot.plans.changes import LOCAL_ADMIN, ChangeError, PbxHandle
 from bot.plans.commands import parse, parse_csv
 from bot.plans.service import Changes
 from bot.plans.vault import Vault
+from bot.text.render import error_text
 from sandbox.demo import DEMO_IVR_EXTENSION, DEMO_PROVIDER_ID, DEMO_QUEUE_EXTENSION
 from storage.tables import utcnow
 from tests import personas
@@ -145,6 +146,12 @@ async def test_locks_name_the_holder_and_free_on_cancel(changes):
     with pytest.raises(ChangeError) as err:
         await propose(changes, OLGA, "/route 847706 → 201")
     assert err.value.code == "locked" and err.value.params["plan"] == first.row.id
+    # who holds it, since when, and only the logins both plans want (847706: the recipe
+    # rewrites the account 847706 as well; 847900 is not the second plan's)
+    assert err.value.params["who"] == OLGA.name and err.value.params["logins"] == "847706"
+    assert isinstance(err.value.params["since"], datetime)
+    text = error_text(err.value, "en", tz=UTC)
+    assert f"open plan {first.row.id} of {OLGA.name}, since " in text and "847900" not in text
     with pytest.raises(ChangeError) as err:
         await changes.cancel(GLEB, first.row.id)  # not his plan, not an admin
     assert err.value.code == "not_yours"

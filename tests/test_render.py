@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from bot.plans.changes import ChangeError
@@ -22,7 +24,9 @@ CHANGE_ERRORS = [
     ChangeError("unknown_pbx", pbx="x", known="office"),
     ChangeError("no_plan", plan="abc123"),
     ChangeError("not_allowed", action="propose"),
-    ChangeError("locked", plan="abc123", logins="847706"),
+    ChangeError(
+        "locked", plan="abc123", logins="847706", who="olga", since=datetime(2026, 11, 26, 9, 5, tzinfo=UTC)
+    ),
     ChangeError("expired", plan="abc123"),
     ChangeError("plan_closed", plan="abc123", status="applied"),
     ChangeError("old_version", plan="abc123", version=1),

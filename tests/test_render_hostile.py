@@ -215,7 +215,7 @@ def test_refusals_and_errors(lang, value):
         PlanError("ambiguous_number", number=value, hosts=[value, value]),
         ChangeError("unknown_pbx", pbx=value, known=value),
         ChangeError("pbx_unreachable", plan=value, error=value),
-        ChangeError("locked", plan=value, logins=value),
+        ChangeError("locked", plan=value, logins=value, who=value, since=value),
         RuntimeError(value),
         *pbx_failures(value),
     ]

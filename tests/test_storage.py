@@ -53,7 +53,10 @@ def test_two_open_plans_cannot_lock_one_login(store):
     first = plan_row()
     assert store.add_plan(first, ["847706", "847900"]) is None
     second = plan_row()
-    assert store.add_plan(second, ["847900", "847901"]) == first.id
+    conflict = store.add_plan(second, ["847900", "847901"])
+    assert conflict is not None and conflict.plan_id == first.id
+    assert conflict.logins == ["847900"]  # only the login both want, not 847706 nor 847901
+    assert conflict.since <= utcnow()
     assert store.plans.get(second.id) is None  # nothing of it stored
     assert store.add_plan(plan_row(pbx="branch"), ["847900"]) is None  # another PBX: free
     store.locks.release(first.id)

@@ -13,7 +13,7 @@ SIP passwords come through `secrets.py` and are erased when the plan ends.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pbx.errors import PbxError
@@ -157,13 +157,22 @@ class Lifecycle:
             needs_secret=plan.needs_secret,
             undo_of=intent.plan_id if isinstance(intent, Undo) else None,
         )
-        holder = await self.db.add_plan(row, plan.logins)
-        if holder is not None:
-            logins = plan.logins
+        conflict = await self.db.add_plan(row, plan.logins)
+        if conflict is not None:
+            held = await self.db.plans.get(conflict.plan_id)
+            who = (held.proposer_name or str(held.proposer_id)) if held is not None else "?"
             await self.ledger.audit(
-                "plan_locked_out", actor, None, pbx=pbx, holder=holder, logins=logins[:20]
+                "plan_locked_out", actor, None, pbx=pbx, holder=conflict.plan_id, logins=conflict.logins[:20]
             )
-            raise ChangeError("locked", plan=holder, logins=", ".join(logins[:5]))
+            shown = conflict.logins[:5]
+            more = len(conflict.logins) - len(shown)
+            raise ChangeError(
+                "locked",
+                plan=conflict.plan_id,
+                who=who,
+                since=conflict.since,
+                logins=", ".join(shown) + (f" (+{more})" if more else ""),
+            )
         if secrets:
             await self.secrets.seal(row, secrets)
         await self.ledger.audit(
@@ -392,7 +401,11 @@ class Lifecycle:
             )
         except (PlanError, ChangeError) as exc:
             code = getattr(exc, "code", "")
-            params = {k: v for k, v in getattr(exc, "params", {}).items() if isinstance(v, str | int)}
+            params = {
+                k: v.strftime("%d.%m %H:%M UTC") if isinstance(v, datetime) else v
+                for k, v in getattr(exc, "params", {}).items()
+                if isinstance(v, str | int | datetime)
+            }
             await self.ledger.audit("replan_failed", actor, row, code=code)
             await self.db.plans.update(
                 row.id,

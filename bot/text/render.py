@@ -17,6 +17,7 @@ import html as html_lib
 import re
 import string
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, tzinfo
 from typing import Any, Literal, SupportsIndex, overload
 
 from bot.errors import BotError, ConfigError, InputError, PlanError, UsageError
@@ -302,13 +303,14 @@ def replan_reason(error: dict[str, Any], lang: str, html: bool = False) -> str:
 
 
 @overload
-def error_text(exc: Exception, lang: str, *, html: Literal[True]) -> Html: ...
+def error_text(exc: Exception, lang: str, *, html: Literal[True], tz: tzinfo | None = None) -> Html: ...
 @overload
-def error_text(exc: Exception, lang: str, *, html: bool = False) -> str: ...
-def error_text(exc: Exception, lang: str, *, html: bool = False) -> str:
+def error_text(exc: Exception, lang: str, *, html: bool = False, tz: tzinfo | None = None) -> str: ...
+def error_text(exc: Exception, lang: str, *, html: bool = False, tz: tzinfo | None = None) -> str:
     """An error of the tree (bot/errors.py) or of the PBX as its sentence: the one
     place an error is worded for a person. A command's refusal gets its usage line,
-    a CSV row's its line number. Anything else (a bug) is shown in its own words."""
+    a CSV row's its line number. Anything else (a bug) is shown in its own words.
+    A moment among its params is told in `tz` (the chat's; None: this machine's)."""
     _t = texts(html)
     if isinstance(exc, PbxError):
         return pbx_error_text(exc, lang, html=html)
@@ -316,7 +318,9 @@ def error_text(exc: Exception, lang: str, *, html: bool = False) -> str:
         return esc(clip(str(exc))) if html else str(exc)
     if isinstance(exc, ConfigError):
         return lines_of([_t(exc.key, lang, problem=problem) for problem in exc.problems], html)
-    params = dict(exc.params)
+    params: dict[str, Any] = {
+        k: _moment(v, tz) if isinstance(v, datetime) else v for k, v in exc.params.items()
+    }
     if isinstance(exc, PlanError):
         if "candidates" in params:
             params["candidates"] = ", ".join(f"{name} ({value})" for name, value in params["candidates"])
@@ -330,6 +334,12 @@ def error_text(exc: Exception, lang: str, *, html: bool = False) -> str:
     if isinstance(exc, UsageError) and exc.usage:
         text += "\n" + _t("usage.line", lang, usage=exc.usage, example=exc.example)
     return text
+
+
+def _moment(value: datetime, tz: tzinfo | None) -> str:
+    """A stored moment (naive means UTC) as the day and the time in `tz`."""
+    aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+    return aware.astimezone(tz).strftime("%d.%m %H:%M")
 
 
 # "<pbx>: GET /path: ..." as the client words every error of a call

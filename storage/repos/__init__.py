@@ -31,7 +31,7 @@ from .base import Repo
 from .chats import ChatRepo
 from .digests import DigestRepo
 from .held import HeldSecretRepo
-from .locks import LockRepo
+from .locks import Conflict, LockRepo
 from .plans import PlanRepo
 from .prompts import PromptRepo
 from .schedules import ScheduleRepo
@@ -125,9 +125,9 @@ class Repos:
 
     # ------------------------------------------------------------------ across repos
 
-    def add_plan(self, row: PlanRow, logins: Iterable[str] = ()) -> str | None:
+    def add_plan(self, row: PlanRow, logins: Iterable[str] = ()) -> Conflict | None:
         """Insert the plan with a fresh id and lock its logins, in one transaction.
-        Returns None, or the id of the open plan that holds one of the logins."""
+        Returns None, or the open plan that holds some of the logins (which, since when)."""
         logins = sorted(set(logins))
         for _ in range(20):
             row.id = _secrets.token_hex(PLAN_ID_BYTES)
@@ -135,13 +135,13 @@ class Repos:
                 with self.transaction() as tx:
                     if tx.plans.get(row.id) is not None:
                         continue
-                    holder = tx.locks.holder(row.pbx, logins)
+                    holder = tx.locks.conflict(row.pbx, logins)
                     if holder is not None:
                         return holder
                     tx.plans.add(row)
                     tx.locks.take(row.pbx, logins, row.id)
             except IntegrityError:
-                holder = self.locks.holder(row.pbx, logins)
+                holder = self.locks.conflict(row.pbx, logins)
                 if holder is not None:
                     return holder
                 continue  # an id collision with a concurrent insert: draw again

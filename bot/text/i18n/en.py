@@ -121,7 +121,7 @@ MESSAGES: dict[str, str] = {
     "change.unknown_pbx": "No PBX named {pbx} (configured: {known}).",
     "change.no_plan": "No plan {plan}.",
     "change.not_allowed": "You may not do that ({action}).",
-    "change.locked": "Already in open plan {plan}: {logins}. Cancel it with /cancel {plan}, or wait for it to end.",
+    "change.locked": "{logins}: already in open plan {plan} of {who}, since {since}. Cancel it with /cancel {plan}, or wait for it to end.",
     "change.expired": "Plan {plan} expired. Propose it again.",
     "change.plan_closed": "Plan {plan} is {status}; it cannot change any more.",
     "change.old_version": "This is an old version of plan {plan}.",

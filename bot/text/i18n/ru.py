@@ -121,7 +121,7 @@ MESSAGES: dict[str, str] = {
     "change.unknown_pbx": "Нет АТС с именем {pbx} (настроены: {known}).",
     "change.no_plan": "Нет плана {plan}.",
     "change.not_allowed": "Вам это не разрешено ({action}).",
-    "change.locked": "Уже в открытом плане {plan}: {logins}. Отмените его: /cancel {plan}, или дождитесь завершения.",
+    "change.locked": "{logins}: уже в открытом плане {plan} ({who}, с {since}). Отмените его: /cancel {plan}, или дождитесь завершения.",
     "change.expired": "Срок плана {plan} истёк. Предложите его заново.",
     "change.plan_closed": "План {plan} — {status}; его уже нельзя изменить.",
     "change.old_version": "Это старая версия плана {plan}.",
