@@ -239,6 +239,18 @@ class PolicySettings(_Section):
         return {**DEFAULT_APPROVALS, **value}
 
 
+class RecipeSettings(_Section):
+    """When /addnumber applies MikoPBX's recipe to a host.
+
+    "always" (the default): whenever the host then has two or more enabled accounts.
+    "needed": not on a host whose logins MikoPBX already routes right through its
+    shared host:port context (every account on the same host spelling and port, each
+    with a route of its own): there a plan adds only the new account and its route,
+    and the doctor keeps its warning about that context."""
+
+    when: Literal["always", "needed"] = "always"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -251,6 +263,7 @@ class Settings(BaseSettings):
     telegram: TelegramSettings = Field(default_factory=TelegramSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
+    recipe: RecipeSettings = Field(default_factory=RecipeSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     log_format: Literal["text", "json"] = "text"

@@ -375,3 +375,26 @@ async def test_the_core_says_what_happens_next(changes, store, sim):
     assert await changes.next_step(row) is Next.APPLY
     outcome = await changes.apply(BORIS, row.id)
     assert await changes.next_step(outcome.row) is Next.ENDED
+
+
+async def test_recipe_when_needed_on_a_shared_context_routes_every_login_right(
+    store, client, clock, sim, tmp_path
+):
+    """Applied for real: the new account joins MikoPBX's shared host:port context with a
+    route of its own, and each of the three logins still reaches its own destination."""
+    from pbx.models import Provider, Route
+
+    second = await client.create_provider(
+        Provider(description="Zadarma 847800", username="847800", host="sip.zadarma.com"), secret="pw"
+    )
+    await client.create_route(Route(rulename="847800", providerid=second.id, extension="201"))
+    changes = make_changes(store, client, clock, tmp_path)
+    changes.lifecycle.recipe_when = "needed"
+    proposal = await propose(changes, OLGA, "/addnumber zadarma 847900 → IVR", {"847900": PASSWORD})
+    assert proposal.plan.notes == ["shared_context_kept"] and len(proposal.plan.steps) == 2
+    await changes.approve(BORIS, proposal.row.id)
+    assert (await changes.apply(BORIS, proposal.row.id)).row.status == "applied"
+    ends = {
+        to: sim.simulate_call("sip.zadarma.com", to)["destination"] for to in ("847706", "847800", "847900")
+    }
+    assert ends == {"847706": DEMO_QUEUE_EXTENSION, "847800": "201", "847900": DEMO_IVR_EXTENSION}

@@ -134,3 +134,42 @@ async def test_fingerprint_changes_when_a_record_the_plan_read_changes(sim, clie
     await client.patch_provider(DEMO_PROVIDER_ID, {"note": "touched"})
     changed, _ = await plan_for(client, sim, "/addnumber zadarma 847900 → IVR")
     assert changed.fingerprint != before.fingerprint
+
+
+async def shared_context_host(client) -> Provider:
+    """A second Zadarma login on the demo's host:port with a route of its own (to the
+    IVR): MikoPBX's shared host:port context routes 847706 and 847800 right already."""
+    second = await client.create_provider(
+        Provider(description="Zadarma 847800", username="847800", host="sip.zadarma.com"), secret="pw"
+    )
+    await client.create_route(Route(rulename="847800", providerid=second.id, extension=DEMO_IVR_EXTENSION))
+    return second
+
+
+async def test_a_host_on_the_shared_context_is_named_and_still_gets_the_recipe(sim, client):
+    await shared_context_host(client)
+    plan, _ = await plan_for(client, sim, "/addnumber zadarma 847900 → 201")
+    assert plan.notes[0] == "shared_context_recipe" and "recipe_applied" in plan.notes
+    assert kinds(plan).count("update_provider") == 2  # both accounts still get the recipe
+
+
+async def test_recipe_when_needed_adds_only_the_new_account_on_a_shared_context(sim, client):
+    await shared_context_host(client)
+    intent = parse("/addnumber zadarma 847900 → 201")
+    snapshot = await read_snapshot(client, host=intent.provider.host)
+    plan = plan_add_number(intent, snapshot, recipe_when="needed")
+    assert plan.notes == ["shared_context_kept"]
+    assert kinds(plan) == ["create_provider", "create_route"]
+    new, route = plan.steps
+    assert new.after["manualattributes"] == "" and new.after["host"] == "sip.zadarma.com"
+    assert (route.after["providerid"], route.after["number"]) == (new_ref("847900"), "")
+
+
+async def test_recipe_when_needed_still_applies_it_where_the_shared_context_does_not_route(sim, client):
+    second = await shared_context_host(client)
+    second.port = 5070  # another port: a context of its own, 847800 no longer shares 847706's
+    await client.update_provider(second)
+    intent = parse("/addnumber zadarma 847900 → 201")
+    snapshot = await read_snapshot(client, host=intent.provider.host)
+    plan = plan_add_number(intent, snapshot, recipe_when="needed")
+    assert "shared_context_kept" not in plan.notes and "recipe_applied" in plan.notes

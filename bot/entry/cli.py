@@ -316,7 +316,11 @@ async def _plan(args: argparse.Namespace) -> int:
             reload_wait = 0.5 if args.sandbox else settings.profile(args.pbx)[1].reload_wait
             handle = PbxHandle.of(client, reload_wait=reload_wait, verify_interval=0.5)
             changes = Changes(
-                open_store(settings), settings.policy, open_vault(settings), {client.name: handle}
+                open_store(settings),
+                settings.policy,
+                open_vault(settings),
+                {client.name: handle},
+                recipe_when=settings.recipe.when,
             )
             try:
                 return await _plan_or_apply(changes, client, intent, passwords, args)
@@ -392,7 +396,13 @@ async def _recover(args: argparse.Namespace) -> int:
             profile = settings.profile(name)[1]
             client = await stack.enter_async_context(MikoPbxClient.from_profile(name, profile))
             handles[name] = PbxHandle.of(client, reload_wait=profile.reload_wait, verify_interval=0.5)
-        changes = Changes(open_store(settings), settings.policy, open_vault(settings), handles)
+        changes = Changes(
+            open_store(settings),
+            settings.policy,
+            open_vault(settings),
+            handles,
+            recipe_when=settings.recipe.when,
+        )
         recovered = await changes.recover(pbx=args.pbx)
     for recovery in recovered:
         print(_recovery_line(recovery, args.lang))

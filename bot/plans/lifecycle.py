@@ -71,8 +71,17 @@ from .validate import sip_passwords
 
 
 class Lifecycle:
-    def __init__(self, ledger: Ledger, secrets: Secrets, lease: Lease, *, default_extension: str = "busy"):
+    def __init__(
+        self,
+        ledger: Ledger,
+        secrets: Secrets,
+        lease: Lease,
+        *,
+        default_extension: str = "busy",
+        recipe_when: str = "always",
+    ):
         self.ledger = ledger
+        self.recipe_when = recipe_when
         self.db = ledger.db
         self.secrets = secrets
         self.lease = lease
@@ -85,7 +94,10 @@ class Lifecycle:
             intent = AddNumbers(intent.provider, (intent,))
         if isinstance(intent, AddNumbers):
             snapshot = await handle.reader.read(host=intent.provider.host)
-            return plan_add_numbers(intent, snapshot, default_extension=self.default_extension), snapshot
+            plan = plan_add_numbers(
+                intent, snapshot, default_extension=self.default_extension, recipe_when=self.recipe_when
+            )
+            return plan, snapshot
         if isinstance(intent, RouteNumber):
             snapshot = await handle.reader.read(number=intent.number)
             return plan_route(intent, snapshot), snapshot

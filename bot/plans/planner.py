@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.errors import PlanError
-from bot.routing.rules import has_number, has_recipe, merge_recipe, same_host
+from bot.routing.rules import Attributes, has_number, has_recipe, merge_recipe, same_host, shared_context
 from pbx.models import Destination, Provider, Route
 
 from .commands import AddNumber, AddNumbers, FixHost, RemoveNumber, RouteNumber
@@ -201,17 +201,54 @@ def _seal(plan: Plan, snapshot: Snapshot, depends: Depends) -> Plan:
     return plan
 
 
-def plan_add_number(intent: AddNumber, snapshot: Snapshot, *, default_extension: str = "busy") -> Plan:
+RECIPE_WHEN = ("always", "needed")
+
+
+def routed_by_shared_context(accounts: list[Provider], snapshot: Snapshot) -> str | None:
+    """The shared host:port context through which MikoPBX already routes every one of
+    these (enabled) accounts' logins right, or None.
+
+    MikoPBX gives the enabled accounts of one host:port one context; in it every
+    login has an exact extension whose dial actions are the empty-DID routes bound
+    to that login's own account (IncomingContexts::multiplyExtensionsInDialplan,
+    duplicateDialActionsRoutNumber). So each login reaches its own route when two
+    or more accounts share host and port as written, none overrides its context,
+    and each has an empty-DID route of its own. It holds only while the spelling
+    and the port stay the same (and not after every reboot, MikoPBX #1091)."""
+    if len(accounts) < 2:
+        return None
+    contexts = {shared_context(a.host, a.port) for a in accounts}
+    if len(contexts) != 1:
+        return None
+    for account in accounts:
+        if "context" in Attributes.parse(account.manualattributes).sections.get("endpoint", {}):
+            return None
+        if not any(not r.number for r in snapshot.routes_of(account.id)):
+            return None
+    return contexts.pop()
+
+
+def plan_add_number(
+    intent: AddNumber, snapshot: Snapshot, *, default_extension: str = "busy", recipe_when: str = "always"
+) -> Plan:
     """The plan for one `/addnumber`."""
     return plan_add_numbers(
-        AddNumbers(intent.provider, (intent,)), snapshot, default_extension=default_extension
+        AddNumbers(intent.provider, (intent,)),
+        snapshot,
+        default_extension=default_extension,
+        recipe_when=recipe_when,
     )
 
 
-def plan_add_numbers(intent: AddNumbers, snapshot: Snapshot, *, default_extension: str = "busy") -> Plan:
+def plan_add_numbers(
+    intent: AddNumbers, snapshot: Snapshot, *, default_extension: str = "busy", recipe_when: str = "always"
+) -> Plan:
     """The plan for `/addnumber` (one row) or a CSV (many rows) on one host:
     create the accounts, and apply the recipe to the whole host when it then
-    has two or more enabled accounts."""
+    has two or more enabled accounts. A host whose logins MikoPBX already routes
+    right through its shared host:port context is said so on the card; with
+    `recipe_when="needed"` it gets only the new accounts, each with a route of its
+    own, which that context then routes the same way."""
     host = intent.provider.host
     index = DestinationIndex(snapshot.destinations)
     wanted = {row.login: _resolve(index, row.destination) for row in intent.rows}
@@ -230,11 +267,21 @@ def plan_add_numbers(intent: AddNumbers, snapshot: Snapshot, *, default_extensio
 
     siblings = [a for a in accounts if not a.disabled]
     recipe = len(siblings) + len(intent.rows) >= 2
+    shared = routed_by_shared_context(siblings, snapshot)
+    if shared is not None:
+        if recipe_when == "needed":
+            joining = [_new_account(row, siblings, False) for row in intent.rows]
+            if shared_context(joining[0].host, joining[0].port) == shared:
+                recipe = False  # the new accounts join that context, each with a route of its own
+        depends.relied.update(a.id for a in siblings)  # the judgement rests on each of them
+        depends.bound.update(a.id for a in siblings)  # and on the routes bound to them
     depends.host, depends.recipe = host, merge_recipe("") if recipe else None
     if siblings:
         depends.relied.add(siblings[0].id)  # new accounts copy its settings
     steps: list[Step] = []
     notes: list[str] = []
+    if shared is not None:
+        notes.append("shared_context_recipe" if recipe else "shared_context_kept")
     new_accounts = []
     for row in intent.rows:
         new = _new_account(row, siblings, recipe)
@@ -249,16 +296,16 @@ def plan_add_numbers(intent: AddNumbers, snapshot: Snapshot, *, default_extensio
     plan = Plan(snapshot.pbx, PlanKind.ADD, steps, "", host, notes, summary, [r.login for r in intent.rows])
 
     if not recipe:
-        (row,), (new,) = intent.rows, new_accounts
-        destination = wanted[row.login]
-        route = Route(
-            rulename=f"{new.description} → {label(destination)}",
-            providerid=new_ref(row.login),
-            extension=destination.value,
-        )
-        steps.append(
-            Step(StepKind.CREATE_ROUTE, None, route_record(route), "route_new_account", "", row.login)
-        )
+        for row, new in zip(intent.rows, new_accounts, strict=True):
+            destination = wanted[row.login]
+            route = Route(
+                rulename=f"{new.description} → {label(destination)}",
+                providerid=new_ref(row.login),
+                extension=destination.value,
+            )
+            steps.append(
+                Step(StepKind.CREATE_ROUTE, None, route_record(route), "route_new_account", "", row.login)
+            )
         return _seal(plan, snapshot, depends)
 
     notes.append("recipe_applied")

@@ -32,12 +32,15 @@ class Changes:
         *,
         clock: Any = utcnow,
         default_extension: str = "busy",
+        recipe_when: str = "always",
         lease: timedelta = LEASE,
     ):
         self.ledger = ledger = Ledger(store, policy, vault, pbxs, clock=clock)
         self.leases = Lease(ledger, lease)
         self.secrets = Secrets(ledger)
-        self.lifecycle = Lifecycle(ledger, self.secrets, self.leases, default_extension=default_extension)
+        self.lifecycle = Lifecycle(
+            ledger, self.secrets, self.leases, default_extension=default_extension, recipe_when=recipe_when
+        )
         self.recovery = Reconciler(ledger, self.lifecycle, self.leases)
         # what the ledger holds, as its callers have always reached it
         self.store, self.db, self.policy = ledger.store, ledger.db, ledger.policy

@@ -116,6 +116,12 @@ class Attributes:
         return self.sections.get("endpoint", {}).get("context") == RECIPE_CONTEXT
 
 
+def shared_context(host: str, port: int | str | None) -> str:
+    """The context MikoPBX gives the enabled accounts sharing one host:port
+    (IncomingContexts: the host and port, letters and digits only, + "-incoming")."""
+    return re.sub(r"[^A-Za-z0-9]", "", f"{host}{port}") + "-incoming"
+
+
 def did_matches(pattern: str, did: str) -> bool:
     """Asterisk's extension match for a route DID: plain, or a `_`-pattern (X Z N . ! [a-b])."""
     if not pattern.startswith("_"):

@@ -21,7 +21,7 @@ from bot.plans.planner import find_number
 from bot.plans.snapshot import Snapshot
 from pbx.models import Provider, Route
 
-from .rules import RECIPE_CONTEXT, Attributes, did_matches, host_key
+from .rules import RECIPE_CONTEXT, Attributes, did_matches, host_key, shared_context
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class Trace:
 
 
 def _group_key(p: Provider) -> str:
-    return re.sub(r"[^A-Za-z0-9]", "", f"{p.host}{p.port}") + "-incoming"
+    return shared_context(p.host, p.port)
 
 
 def _matches(p: Provider, attrs: Attributes) -> set[str]:

@@ -97,6 +97,8 @@ MESSAGES: dict[str, str] = {
     "plan.reason.undo": "     why: back to the state before the plan",
     "plan.note.recipe_applied": "Two or more accounts on {host}: the MikoPBX recipe (context=public-direct-dial on each account, one “any provider” route per login). Current MikoPBX shares one context per host:port anyway; the recipe holds for any host spelling and version.",
     "plan.note.login_without_route": "A login had no route of its own; it keeps going to the default route.",
+    "plan.note.shared_context_recipe": '{host} already routes each login right through MikoPBX\'s shared host:port context. The recipe still rewrites every account so that each login stands on its own: that context holds only while every account keeps the same host spelling and port, and not after every reboot (MikoPBX #1091). To add only the new account here, set [recipe] when = "needed".',
+    "plan.note.shared_context_kept": '{host} already routes each login right through MikoPBX\'s shared host:port context, and [recipe] when = "needed": only the new account and a route of its own are added. The doctor keeps warning: that context holds only while the host spelling and port stay the same (MikoPBX #1091).',
     "plan.note.recipe_kept": "One account stays on {host}; its public-direct-dial context is kept and works as before.",
     "plan.needs_secret": "Needs the SIP password of: {logins}",
     "plan.approvals": "Approvals: {have} of {need}",
