@@ -604,7 +604,7 @@ async def running(
         name: PbxHandle.of(client, reload_wait=settings.pbx[name].reload_wait, **handle)
         for name, client in clients.items()
     }
-    changes = Changes(store, settings.policy, open_vault(settings), handles)
+    changes = Changes(store, settings.policy, open_vault(settings), handles, phone_dids=settings.phone_dids)
     services = Services(settings, changes, store)
     throttle = make_throttle(settings)
     bot = make_bot(settings, throttle)

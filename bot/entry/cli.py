@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from bot.config import ConfigError, exposed_secret_files, load_settings
 from bot.plans import validate
 from bot.plans.changes import LOCAL_ADMIN, ChangeError, PbxHandle, Recovery, display_names
-from bot.plans.commands import AddNumber, Intent, UsageError, decode_csv, parse, parse_csv
+from bot.plans.commands import AddNumber, Intent, UsageError, decode_csv, parse, parse_csv, parse_number
 from bot.plans.planner import PlanError
 from bot.plans.service import Changes
 from bot.plans.vault import VaultError
@@ -140,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
 
     numbers = sub.add_parser("numbers", help="accounts, registration states and routes of a PBX")
     _target(numbers)
+    numbers.add_argument("number", nargs="*", help="only this login or phone (+7 495 123-45-67)")
 
     call = sub.add_parser("call", help="simulate an inbound call (simulator only)")
     _target(call)
@@ -231,7 +232,8 @@ async def _run(args: argparse.Namespace) -> int:
         if args.command in ("doctor", "trace", "digest"):
             return await _routing(args, client)
         if args.command == "numbers":
-            print("\n".join(await numbers_lines(client, args.lang)))
+            only = parse_number(" ".join(args.number), "numbers") if args.number else None
+            print("\n".join(await numbers_lines(client, args.lang, only=only)))
             return 0
         if args.command == "call":
             if sim is None:
@@ -316,7 +318,11 @@ async def _plan(args: argparse.Namespace) -> int:
             reload_wait = 0.5 if args.sandbox else settings.profile(args.pbx)[1].reload_wait
             handle = PbxHandle.of(client, reload_wait=reload_wait, verify_interval=0.5)
             changes = Changes(
-                open_store(settings), settings.policy, open_vault(settings), {client.name: handle}
+                open_store(settings),
+                settings.policy,
+                open_vault(settings),
+                {client.name: handle},
+                phone_dids=settings.phone_dids,
             )
             try:
                 return await _plan_or_apply(changes, client, intent, passwords, args)
@@ -392,7 +398,13 @@ async def _recover(args: argparse.Namespace) -> int:
             profile = settings.profile(name)[1]
             client = await stack.enter_async_context(MikoPbxClient.from_profile(name, profile))
             handles[name] = PbxHandle.of(client, reload_wait=profile.reload_wait, verify_interval=0.5)
-        changes = Changes(open_store(settings), settings.policy, open_vault(settings), handles)
+        changes = Changes(
+            open_store(settings),
+            settings.policy,
+            open_vault(settings),
+            handles,
+            phone_dids=settings.phone_dids,
+        )
         recovered = await changes.recover(pbx=args.pbx)
     for recovery in recovered:
         print(_recovery_line(recovery, args.lang))

@@ -71,12 +71,21 @@ from .validate import sip_passwords
 
 
 class Lifecycle:
-    def __init__(self, ledger: Ledger, secrets: Secrets, lease: Lease, *, default_extension: str = "busy"):
+    def __init__(
+        self,
+        ledger: Ledger,
+        secrets: Secrets,
+        lease: Lease,
+        *,
+        default_extension: str = "busy",
+        phone_dids: Mapping[str, str] | None = None,
+    ):
         self.ledger = ledger
         self.db = ledger.db
         self.secrets = secrets
         self.lease = lease
         self.default_extension = default_extension
+        self.phone_dids = dict(phone_dids or {})  # the config's [phone_dids]: family or host -> form
 
     async def plan(self, pbx: str, intent: Intent) -> tuple[Plan, Snapshot]:
         """Read the PBX and plan, storing nothing (what `pbxbot plan` shows)."""
@@ -85,16 +94,22 @@ class Lifecycle:
             intent = AddNumbers(intent.provider, (intent,))
         if isinstance(intent, AddNumbers):
             snapshot = await handle.reader.read(host=intent.provider.host)
-            return plan_add_numbers(intent, snapshot, default_extension=self.default_extension), snapshot
+            plan = plan_add_numbers(
+                intent, snapshot, default_extension=self.default_extension, phone_dids=self.phone_dids
+            )
+            return plan, snapshot
         if isinstance(intent, RouteNumber):
             snapshot = await handle.reader.read(number=intent.number)
-            return plan_route(intent, snapshot), snapshot
+            return plan_route(intent, snapshot, phone_dids=self.phone_dids), snapshot
         if isinstance(intent, RemoveNumber):
             snapshot = await handle.reader.read(number=intent.number)
             return plan_remove(intent, snapshot), snapshot
         if isinstance(intent, FixHost):
             snapshot = await handle.reader.read(host=intent.host)
-            return plan_fix_host(intent, snapshot, default_extension=self.default_extension), snapshot
+            plan = plan_fix_host(
+                intent, snapshot, default_extension=self.default_extension, phone_dids=self.phone_dids
+            )
+            return plan, snapshot
         if isinstance(intent, Undo):
             original = await self.ledger.get(intent.plan_id)
             if original.status not in (APPLIED, FAILED) or not original.results:

@@ -33,11 +33,14 @@ class Changes:
         clock: Any = utcnow,
         default_extension: str = "busy",
         lease: timedelta = LEASE,
+        phone_dids: Mapping[str, str] | None = None,
     ):
         self.ledger = ledger = Ledger(store, policy, vault, pbxs, clock=clock)
         self.leases = Lease(ledger, lease)
         self.secrets = Secrets(ledger)
-        self.lifecycle = Lifecycle(ledger, self.secrets, self.leases, default_extension=default_extension)
+        self.lifecycle = Lifecycle(
+            ledger, self.secrets, self.leases, default_extension=default_extension, phone_dids=phone_dids
+        )
         self.recovery = Reconciler(ledger, self.lifecycle, self.leases)
         # what the ledger holds, as its callers have always reached it
         self.store, self.db, self.policy = ledger.store, ledger.db, ledger.policy
