@@ -49,6 +49,7 @@ class ProviderFamily:
     # 74951234567, `national` 84951234567 or `plus` +74951234567 (rules.phone_did);
     # `[phone_dids]` in the config overrides it per family or host.
     phone_did: str = "e164"
+    domain: str | None = None  # a per-customer host's parent domain (vpbx123.mangosip.ru)
 
 
 # Hosts confirmed in the MikoPBX docs or public configs (docs/ROUTING.md §4).
@@ -60,7 +61,9 @@ CATALOGUE: tuple[ProviderFamily, ...] = (
     ProviderFamily("beeline", "Beeline", None, aliases=("билайн",)),
     # Mango sends the DID as 8XXXXXXXXXX (MikoPBX docs, routing-by-did-number); the
     # others' form is not documented: E.164 without '+' (what their APIs and CDRs show).
-    ProviderFamily("mango", "Mango Office", None, aliases=("манго",), phone_did="national"),
+    ProviderFamily(
+        "mango", "Mango Office", None, aliases=("манго",), phone_did="national", domain="mangosip.ru"
+    ),
     ProviderFamily("telphin", "Telphin", None, aliases=("телфин",)),
     ProviderFamily("mts", "MTS", None, aliases=("мтс",)),
     ProviderFamily("rostelecom", "Rostelecom", None, aliases=("ростелеком", "rt")),
@@ -87,7 +90,12 @@ class ProviderTarget:
 def family_of_host(host: str) -> ProviderFamily | None:
     """The catalogue family whose host this is (None for a host the catalogue does not name)."""
     key = host_key(host)
-    return next((f for f in CATALOGUE if f.host and host_key(f.host) == key), None)
+    for f in CATALOGUE:
+        if (f.host and host_key(f.host) == key) or (
+            f.domain and (key == f.domain or key.endswith("." + f.domain))
+        ):
+            return f
+    return None
 
 
 def phone_did_form(host: str, family: str | None = None, overrides: Mapping[str, str] | None = None) -> str:
