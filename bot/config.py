@@ -269,6 +269,10 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     default_language: Literal["ru", "en"] = "ru"
     timezone: str = "Europe/Moscow"
+    # How an operator sends a phone as the DID of its calls, by catalogue name or host
+    # (`zadarma = "national"`, `"sip.example.ru" = "plus"`): e164 74951234567 (the
+    # catalogue's usual), national 84951234567, plus +74951234567. /addnumber's phone route uses it.
+    phone_dids: dict[str, Literal["e164", "national", "plus"]] = Field(default_factory=dict)
 
     @field_validator("timezone")
     @classmethod
@@ -291,6 +295,12 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The file's values come in through init; the environment overrides them.
         return (env_settings, init_settings)
+
+    @field_validator("phone_dids")
+    @classmethod
+    def _phone_dids(cls, value: dict[str, str]) -> dict[str, str]:
+        """Keys as the bot compares them: a family name or a host, in lower case."""
+        return {key.strip().rstrip(".").lower(): form for key, form in value.items()}
 
     @model_validator(mode="after")
     def _groups_name_profiles(self) -> Settings:

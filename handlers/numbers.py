@@ -11,7 +11,7 @@ from aiogram.filters import Command, CommandObject
 from aiogram.types import MaybeInaccessibleMessageUnion, Message
 
 from bot.plans.changes import Actor, Next, Proposal
-from bot.plans.commands import Intent, parse
+from bot.plans.commands import Intent, parse, parse_number
 from bot.services import Services, local_time
 from bot.text.i18n import t
 from bot.text.render import Html, lines_of, tr
@@ -68,10 +68,14 @@ async def change(
     await propose_and_post(bot, services, message, actor, pbx, intent, lang, command=message.text or "")
 
 
-async def numbers(message: Message, services: Services, pbx: str | None, lang: str) -> None:
+async def numbers(
+    message: Message, command: CommandObject, services: Services, pbx: str | None, lang: str
+) -> None:
+    arg = (command.args or "").strip()
+    only = parse_number(arg, "numbers") if arg else None  # `/numbers +7 (495) 123-45-67`: one number
     if (pbx := await need_pbx(message, pbx, lang)) is None:
         return
-    lines = await numbers_lines(services.client(pbx), lang, html=True)
+    lines = await numbers_lines(services.client(pbx), lang, html=True, only=only)
     await answer_long(message, lines_of(lines, html=True), lang=lang, filename=f"numbers-{pbx}.txt")
 
 

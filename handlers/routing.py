@@ -14,7 +14,7 @@ from aiogram.types import (
 )
 
 from bot.plans.changes import Actor
-from bot.plans.commands import FixHost
+from bot.plans.commands import FixHost, parse_number
 from bot.plans.policy import Action, may
 from bot.routing.digest import WEEKDAYS, parse_digest, schedule_row
 from bot.routing.doctor import Finding, examine
@@ -113,6 +113,7 @@ async def trace_(
     if not number:
         await message.answer(tr("trace.usage", lang))
         return
+    number = parse_number(number, "trace")  # a phone in any spelling, as one number; else a login
     if (pbx := await need_pbx(message, pbx, lang)) is None:
         return
     handle = services.changes.pbxs[pbx]

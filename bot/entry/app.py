@@ -604,7 +604,14 @@ async def running(
         name: PbxHandle.of(client, reload_wait=settings.pbx[name].reload_wait, **handle)
         for name, client in clients.items()
     }
-    changes = Changes(store, settings.policy, open_vault(settings), handles, recipe_when=settings.recipe.when)
+    changes = Changes(
+        store,
+        settings.policy,
+        open_vault(settings),
+        handles,
+        recipe_when=settings.recipe.when,
+        phone_dids=settings.phone_dids,
+    )
     services = Services(settings, changes, store)
     throttle = make_throttle(settings)
     bot = make_bot(settings, throttle)

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from bot.config import ConfigError, exposed_secret_files, load_settings
 from bot.plans import validate
 from bot.plans.changes import LOCAL_ADMIN, ChangeError, PbxHandle, Recovery, display_names
-from bot.plans.commands import AddNumber, Intent, UsageError, decode_csv, parse, parse_csv
+from bot.plans.commands import AddNumber, Intent, UsageError, decode_csv, parse, parse_csv, parse_number
 from bot.plans.planner import PlanError
 from bot.plans.service import Changes
 from bot.plans.vault import VaultError
@@ -140,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
 
     numbers = sub.add_parser("numbers", help="accounts, registration states and routes of a PBX")
     _target(numbers)
+    numbers.add_argument("number", nargs="*", help="only this login or phone (+7 495 123-45-67)")
 
     call = sub.add_parser("call", help="simulate an inbound call (simulator only)")
     _target(call)
@@ -231,7 +232,8 @@ async def _run(args: argparse.Namespace) -> int:
         if args.command in ("doctor", "trace", "digest"):
             return await _routing(args, client)
         if args.command == "numbers":
-            print("\n".join(await numbers_lines(client, args.lang)))
+            only = parse_number(" ".join(args.number), "numbers") if args.number else None
+            print("\n".join(await numbers_lines(client, args.lang, only=only)))
             return 0
         if args.command == "call":
             if sim is None:
@@ -321,6 +323,7 @@ async def _plan(args: argparse.Namespace) -> int:
                 open_vault(settings),
                 {client.name: handle},
                 recipe_when=settings.recipe.when,
+                phone_dids=settings.phone_dids,
             )
             try:
                 return await _plan_or_apply(changes, client, intent, passwords, args)
@@ -402,6 +405,7 @@ async def _recover(args: argparse.Namespace) -> int:
             open_vault(settings),
             handles,
             recipe_when=settings.recipe.when,
+            phone_dids=settings.phone_dids,
         )
         recovered = await changes.recover(pbx=args.pbx)
     for recovery in recovered:

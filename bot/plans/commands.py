@@ -16,10 +16,11 @@ import csv
 import dataclasses
 import io
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from bot.errors import UsageError
-from bot.routing.rules import DEFAULT_REGION, normalise_phone
+from bot.routing.rules import DEFAULT_REGION, host_key, normalise_phone
 
 from . import validate
 
@@ -44,6 +45,11 @@ class ProviderFamily:
     port: int = 5060
     transport: str = "udp"
     aliases: tuple[str, ...] = ()
+    # How its calls for a phone number arrive (the DID of the phone's route): `e164`
+    # 74951234567, `national` 84951234567 or `plus` +74951234567 (rules.phone_did);
+    # `[phone_dids]` in the config overrides it per family or host.
+    phone_did: str = "e164"
+    domain: str | None = None  # a per-customer host's parent domain (vpbx123.mangosip.ru)
 
 
 # Hosts confirmed in the MikoPBX docs or public configs (docs/ROUTING.md §4).
@@ -53,7 +59,11 @@ CATALOGUE: tuple[ProviderFamily, ...] = (
     ProviderFamily("sipnet", "Sipnet", "sipnet.ru", aliases=("сипнет",)),
     ProviderFamily("megafon", "MegaFon", None, aliases=("мегафон",)),
     ProviderFamily("beeline", "Beeline", None, aliases=("билайн",)),
-    ProviderFamily("mango", "Mango Office", None, aliases=("манго",)),
+    # Mango sends the DID as 8XXXXXXXXXX (MikoPBX docs, routing-by-did-number); the
+    # others' form is not documented: E.164 without '+' (what their APIs and CDRs show).
+    ProviderFamily(
+        "mango", "Mango Office", None, aliases=("манго",), phone_did="national", domain="mangosip.ru"
+    ),
     ProviderFamily("telphin", "Telphin", None, aliases=("телфин",)),
     ProviderFamily("mts", "MTS", None, aliases=("мтс",)),
     ProviderFamily("rostelecom", "Rostelecom", None, aliases=("ростелеком", "rt")),
@@ -75,6 +85,27 @@ class ProviderTarget:
     def title(self) -> str:
         family = _FAMILIES.get(self.family or "")
         return family.title if family else self.host
+
+
+def family_of_host(host: str) -> ProviderFamily | None:
+    """The catalogue family whose host this is (None for a host the catalogue does not name)."""
+    key = host_key(host)
+    for f in CATALOGUE:
+        if (f.host and host_key(f.host) == key) or (
+            f.domain and (key == f.domain or key.endswith("." + f.domain))
+        ):
+            return f
+    return None
+
+
+def phone_did_form(host: str, family: str | None = None, overrides: Mapping[str, str] | None = None) -> str:
+    """The form of a phone's DID for an account on `host`: the config's `[phone_dids]`
+    by family name or host, else the catalogue's, else E.164 without '+'."""
+    found = _FAMILIES.get(family or "") or family_of_host(host)
+    for key in (found.name if found else None, host_key(host)):
+        if key and overrides and key in overrides:
+            return overrides[key]
+    return found.phone_did if found else "e164"
 
 
 @dataclass(frozen=True)
@@ -155,12 +186,28 @@ def _destination(text: str, command: str) -> str:
     return validate.destination(text, command)
 
 
-def _number(text: str, command: str, region: str) -> str:
-    """A login verbatim, or a phone number normalised; spaces allowed in phones."""
+def parse_number(text: str, command: str, region: str = DEFAULT_REGION) -> str:
+    """A login verbatim, or a phone number normalised (any spelling: +7…, 8…, 7…,
+    spaces, brackets, dashes, as one number)."""
     phone = normalise_phone(text, region)
     if phone is not None:
         return phone
-    return _login(text, command)
+    return validate.number(text, command)
+
+
+def _login_and_phone(words: list[str], command: str, region: str) -> tuple[str, str | None]:
+    """`<login> [<phone in any number of words>]` of /addnumber. A phone where the
+    login belongs (`+7 (495) 123-45-67`, `8 495 1234567`, `+74951234567`) is refused
+    with the form to use, never taken apart into a login `+7` and a phone."""
+    whole = " ".join(words)
+    as_phone = normalise_phone(whole, region)
+    if as_phone is not None and not (len(words) == 1 and words[0].isdigit()):
+        # a single all-digit word is a login as the operator issued it (74951234567 at Sipnet)
+        raise validate.InputError("phone_as_login", command, phone=as_phone)
+    login = validate.login_not_phone(words[0], command, region)
+    if len(words) == 1:
+        return login, None
+    return login, validate.phone(" ".join(words[1:]), command, region)
 
 
 def parse(text: str, *, region: str = DEFAULT_REGION) -> Intent:
@@ -178,23 +225,17 @@ def parse(text: str, *, region: str = DEFAULT_REGION) -> Intent:
         if len(words) < 2:
             raise UsageError("missing_login", command)
         provider = parse_provider(words[0])
-        login = _login(words[1], command)
-        phone = None
-        if len(words) > 2:
-            phone_text = " ".join(words[2:])
-            phone = normalise_phone(phone_text, region)
-            if phone is None:
-                raise UsageError("bad_phone", command, phone=phone_text[:40])
+        login, phone = _login_and_phone(words[1:], command, region)
         return AddNumber(provider, login, phone, _destination(destination, command))
     if command == "route":
         left, destination = _split_arrow(rest, command)
         if not left:
             raise UsageError("missing_number", command)
-        return RouteNumber(_number(left, command, region), _destination(destination, command))
+        return RouteNumber(parse_number(left, command, region), _destination(destination, command))
     if command == "removenumber":
         if not rest:
             raise UsageError("missing_number", command)
-        return RemoveNumber(_number(rest, command, region))
+        return RemoveNumber(parse_number(rest, command, region))
     if command == "numbers":  # a view (handlers/numbers.py, `pbxbot numbers`), not a change
         raise UsageError("not_a_change", None)
     if command == "undo":
@@ -229,15 +270,11 @@ def parse_csv(text: str, provider: str, *, region: str = DEFAULT_REGION) -> tupl
         if len(fields) < 3 or not all(fields[:3]):
             raise UsageError("csv_row", "addnumber", line=str(lineno))
         try:
-            login = validate.sip_login(fields[0])  # no /addnumber usage line under a CSV row
+            login = validate.login_not_phone(fields[0], None, region)  # no usage line under a CSV row
             if login in passwords:
                 raise UsageError("csv_duplicate", "addnumber", line=str(lineno), login=login)
             passwords[login] = validate.sip_password(raw[1].strip(" "))
-            phone = None
-            if len(fields) > 3 and fields[3]:
-                phone = normalise_phone(fields[3], region)
-                if phone is None:
-                    raise validate.InputError("bad_phone", phone=fields[3][:40])
+            phone = validate.phone(fields[3], None, region) if len(fields) > 3 and fields[3] else None
             rows.append(AddNumber(target, login, phone, validate.destination(fields[2])))
         except validate.InputError as exc:
             exc.line = str(lineno)

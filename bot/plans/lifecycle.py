@@ -79,6 +79,7 @@ class Lifecycle:
         *,
         default_extension: str = "busy",
         recipe_when: str = "always",
+        phone_dids: Mapping[str, str] | None = None,
     ):
         self.ledger = ledger
         self.recipe_when = recipe_when
@@ -86,6 +87,7 @@ class Lifecycle:
         self.secrets = secrets
         self.lease = lease
         self.default_extension = default_extension
+        self.phone_dids = dict(phone_dids or {})  # the config's [phone_dids]: family or host -> form
 
     async def plan(self, pbx: str, intent: Intent) -> tuple[Plan, Snapshot]:
         """Read the PBX and plan, storing nothing (what `pbxbot plan` shows)."""
@@ -95,18 +97,25 @@ class Lifecycle:
         if isinstance(intent, AddNumbers):
             snapshot = await handle.reader.read(host=intent.provider.host)
             plan = plan_add_numbers(
-                intent, snapshot, default_extension=self.default_extension, recipe_when=self.recipe_when
+                intent,
+                snapshot,
+                default_extension=self.default_extension,
+                recipe_when=self.recipe_when,
+                phone_dids=self.phone_dids,
             )
             return plan, snapshot
         if isinstance(intent, RouteNumber):
             snapshot = await handle.reader.read(number=intent.number)
-            return plan_route(intent, snapshot), snapshot
+            return plan_route(intent, snapshot, phone_dids=self.phone_dids), snapshot
         if isinstance(intent, RemoveNumber):
             snapshot = await handle.reader.read(number=intent.number)
             return plan_remove(intent, snapshot), snapshot
         if isinstance(intent, FixHost):
             snapshot = await handle.reader.read(host=intent.host)
-            return plan_fix_host(intent, snapshot, default_extension=self.default_extension), snapshot
+            plan = plan_fix_host(
+                intent, snapshot, default_extension=self.default_extension, phone_dids=self.phone_dids
+            )
+            return plan, snapshot
         if isinstance(intent, Undo):
             original = await self.ledger.get(intent.plan_id)
             if original.status not in (APPLIED, FAILED) or not original.results:

@@ -17,15 +17,25 @@ records what its reasoning read (`Depends`): the stale check compares exactly th
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from bot.errors import PlanError
-from bot.routing.rules import Attributes, has_number, has_recipe, merge_recipe, same_host, shared_context
+from bot.routing.rules import (
+    Attributes,
+    has_number,
+    has_recipe,
+    merge_recipe,
+    number_key,
+    phone_did,
+    phone_of,
+    same_host,
+    shared_context,
+)
 from pbx.models import Destination, Provider, Route
 
-from .commands import AddNumber, AddNumbers, FixHost, RemoveNumber, RouteNumber
+from .commands import AddNumber, AddNumbers, FixHost, RemoveNumber, RouteNumber, phone_did_form
 from .destinations import DestinationError, DestinationIndex, label
 from .snapshot import Depends, Snapshot
 
@@ -229,7 +239,12 @@ def routed_by_shared_context(accounts: list[Provider], snapshot: Snapshot) -> st
 
 
 def plan_add_number(
-    intent: AddNumber, snapshot: Snapshot, *, default_extension: str = "busy", recipe_when: str = "always"
+    intent: AddNumber,
+    snapshot: Snapshot,
+    *,
+    default_extension: str = "busy",
+    recipe_when: str = "always",
+    phone_dids: Mapping[str, str] | None = None,
 ) -> Plan:
     """The plan for one `/addnumber`."""
     return plan_add_numbers(
@@ -237,26 +252,56 @@ def plan_add_number(
         snapshot,
         default_extension=default_extension,
         recipe_when=recipe_when,
+        phone_dids=phone_dids,
     )
 
 
+def _any_keys(any_by_did: Mapping[str, Route]) -> dict[str, Route]:
+    """The "any provider" routes by number key: a phone's route in any spelling."""
+    keys: dict[str, Route] = {}
+    for did, route in any_by_did.items():
+        if did:
+            keys.setdefault(number_key(did), route)
+    return keys
+
+
+def _phone_route_did(account_phone: str | None, login: str, host: str, form: str) -> str | None:
+    """The DID of the phone's own route: None when there is no phone, or the
+    phone is the login itself (the login's route serves its calls)."""
+    if account_phone is None or number_key(login) == account_phone:
+        return None
+    return phone_did(account_phone, form)
+
+
 def plan_add_numbers(
-    intent: AddNumbers, snapshot: Snapshot, *, default_extension: str = "busy", recipe_when: str = "always"
+    intent: AddNumbers,
+    snapshot: Snapshot,
+    *,
+    default_extension: str = "busy",
+    recipe_when: str = "always",
+    phone_dids: Mapping[str, str] | None = None,
 ) -> Plan:
     """The plan for `/addnumber` (one row) or a CSV (many rows) on one host:
     create the accounts, and apply the recipe to the whole host when it then
-    has two or more enabled accounts. A host whose logins MikoPBX already routes
-    right through its shared host:port context is said so on the card; with
-    `recipe_when="needed"` it gets only the new accounts, each with a route of its
-    own, which that context then routes the same way."""
+    has two or more enabled accounts. A row with a phone also gets an "any
+    provider" route whose DID is the phone as the operator sends it
+    (`phone_did_form`), to the same destination. A host whose logins MikoPBX
+    already routes right through its shared host:port context is said so on the
+    card; with `recipe_when="needed"` it gets only the new accounts, each with a
+    route of its own, which that context then routes the same way."""
     host = intent.provider.host
+    form = phone_did_form(host, intent.provider.family, phone_dids)
     index = DestinationIndex(snapshot.destinations)
     wanted = {row.login: _resolve(index, row.destination) for row in intent.rows}
     accounts = snapshot.accounts_on(host)
     existing = {a.username: a for a in accounts}
     any_by_did = {r.number: r for r in snapshot.any_routes()}
-    # the new logins and their DIDs must stay free (or the DID's route as it is)
+    any_keys = _any_keys(any_by_did)
+    phone_dids_of = {row.login: _phone_route_did(row.phone, row.login, host, form) for row in intent.rows}
+    # the new logins and their DIDs must stay free (or the DID's route as it is); so must the phones
     depends = Depends(logins={(host, row.login) for row in intent.rows}, dids={r.login for r in intent.rows})
+    depends.dids |= {did for did in phone_dids_of.values() if did}
+    depends.numbers |= {row.phone for row in intent.rows if row.phone}
     for row in intent.rows:
         if row.login in existing:
             account = existing[row.login]
@@ -264,6 +309,14 @@ def plan_add_numbers(
         taken = any_by_did.get(row.login)
         if taken is not None and taken.extension != wanted[row.login].value:
             raise PlanError("did_taken", did=row.login, route_id=taken.id, extension=taken.extension)
+        if row.phone is None:
+            continue
+        owner = next((p for p in snapshot.providers if has_number(p, row.phone)), None)
+        if owner is not None:
+            raise PlanError("phone_exists", phone=row.phone, login=owner.username, host=owner.host)
+        taken = any_keys.get(row.phone)
+        if taken is not None and taken.extension != wanted[row.login].value:
+            raise PlanError("did_taken", did=taken.number, route_id=taken.id, extension=taken.extension)
 
     siblings = [a for a in accounts if not a.disabled]
     recipe = len(siblings) + len(intent.rows) >= 2
@@ -306,22 +359,28 @@ def plan_add_numbers(
             steps.append(
                 Step(StepKind.CREATE_ROUTE, None, route_record(route), "route_new_account", "", row.login)
             )
+            if phone_dids_of[row.login] and "phone_in_bound_route" not in notes:
+                notes.append("phone_in_bound_route")  # its empty DID takes the phone's calls too
         return _seal(plan, snapshot, depends)
 
     notes.append("recipe_applied")
     for account in siblings:
-        steps += _recipe_steps(account, snapshot, any_by_did, notes, default_extension, depends)
+        steps += _recipe_steps(
+            account, snapshot, any_by_did, notes, default_extension, depends, any_keys, phone_dids
+        )
 
     for row, new in zip(intent.rows, new_accounts, strict=True):
-        if row.login in any_by_did:
-            continue  # an "any" route to this very destination exists already
         destination = wanted[row.login]
-        route = Route(
-            rulename=f"{new.description} → {label(destination)}",
-            number=row.login,
-            extension=destination.value,
-        )
-        steps.append(Step(StepKind.CREATE_ROUTE, None, route_record(route), "route_new_login", "", row.login))
+        rulename = f"{new.description} → {label(destination)}"
+        if row.login not in any_by_did:  # else an "any" route to this very destination exists already
+            route = Route(rulename=rulename, number=row.login, extension=destination.value)
+            step = Step(StepKind.CREATE_ROUTE, None, route_record(route), "route_new_login", "", row.login)
+            steps.append(step)
+        did = phone_dids_of[row.login]
+        if did and row.phone not in any_keys:
+            route = Route(rulename=rulename, number=did, extension=destination.value)
+            any_keys[row.phone or did] = route
+            steps.append(Step(StepKind.CREATE_ROUTE, None, route_record(route), "route_phone", "", row.login))
     return _seal(plan, snapshot, depends)
 
 
@@ -332,10 +391,14 @@ def _recipe_steps(
     notes: list[str],
     default_extension: str,
     depends: Depends,
+    any_keys: dict[str, Route],
+    phone_dids: Mapping[str, str] | None,
 ) -> list[Step]:
     """Bring one existing account under the recipe: its context, and "any"
-    routes in place of the routes bound to it. An account left as it is counts
-    through `Depends.recipe`; one with steps adds the DIDs they decided on."""
+    routes in place of the routes bound to it; an account known by a phone
+    keeps the phone's calls with an "any" route for the phone, to where its
+    login's calls go. An account left as it is counts through `Depends.recipe`;
+    one with steps adds the DIDs they decided on."""
     steps: list[Step] = []
     login = account.username
     if not has_recipe(account.manualattributes):
@@ -378,12 +441,29 @@ def _recipe_steps(
         any_by_did[login] = keep
         steps.append(Step(StepKind.CREATE_ROUTE, None, route_record(keep), "route_keeps_default", "", login))
         notes.append("login_without_route")
+    phone = phone_of(account)
+    phone_route = _phone_route_did(phone, login, account.host, phone_did_form(account.host, None, phone_dids))
+    if phone_route and phone and phone not in any_keys:
+        route = Route(
+            rulename=f"{account.description} ({phone})",
+            number=phone_route,
+            extension=any_by_did[login].extension,
+        )
+        any_by_did[phone_route] = any_keys[phone] = route
+        depends.dids.add(phone_route)
+        steps.append(Step(StepKind.CREATE_ROUTE, None, route_record(route), "route_phone", "", login))
     if steps:
         depends.dids.add(login)  # its calls are served by an "any" route for the login, or by the one added
     return steps
 
 
-def plan_fix_host(intent: FixHost, snapshot: Snapshot, *, default_extension: str = "busy") -> Plan:
+def plan_fix_host(
+    intent: FixHost,
+    snapshot: Snapshot,
+    *,
+    default_extension: str = "busy",
+    phone_dids: Mapping[str, str] | None = None,
+) -> Plan:
     """The doctor's fix: a host with two or more enabled accounts (or one already
     under the recipe) gets the recipe on every enabled account, their bound
     routes moved to "any", and a route for every login that has none."""
@@ -392,10 +472,13 @@ def plan_fix_host(intent: FixHost, snapshot: Snapshot, *, default_extension: str
     depends = Depends()
     if len(accounts) >= 2 or any(has_recipe(a.manualattributes) for a in accounts):
         any_by_did = {r.number: r for r in snapshot.any_routes()}
+        any_keys = _any_keys(any_by_did)
         plan.notes.append("recipe_applied")
         depends.host, depends.recipe = intent.host, merge_recipe("")
         for account in accounts:
-            plan.steps += _recipe_steps(account, snapshot, any_by_did, plan.notes, default_extension, depends)
+            plan.steps += _recipe_steps(
+                account, snapshot, any_by_did, plan.notes, default_extension, depends, any_keys, phone_dids
+            )
     plan.summary["logins"] = plan.logins
     return _seal(plan, snapshot, depends)
 
@@ -412,12 +495,32 @@ def find_number(snapshot: Snapshot, number: str) -> Provider | None:
     return found[0] if found else None
 
 
-def plan_route(intent: RouteNumber, snapshot: Snapshot) -> Plan:
-    """`/route <login|phone> → <destination>`: point the number's route elsewhere."""
+def _keys_of(number: str, account: Provider | None) -> set[str]:
+    """The number keys of a number: what it was asked as, the account's login and its phone."""
+    keys = {number_key(number)}
+    if account is not None:
+        keys.add(number_key(account.username))
+        if (phone := phone_of(account)) is not None:
+            keys.add(phone)
+    return keys
+
+
+def _dids_of(snapshot: Snapshot, keys: set[str]) -> set[str]:
+    """The DIDs of "any provider" routes for these number keys, as the routes spell them."""
+    return {r.number for r in snapshot.any_routes() if r.number and number_key(r.number) in keys}
+
+
+def plan_route(
+    intent: RouteNumber, snapshot: Snapshot, *, phone_dids: Mapping[str, str] | None = None
+) -> Plan:
+    """`/route <login|phone> → <destination>`: point the number's routes elsewhere;
+    login and phone are one number (both routes move; a recipe account's phone
+    without a route gets one)."""
     destination = _resolve(DestinationIndex(snapshot.destinations), intent.destination)
     account = find_number(snapshot, intent.number)
     login = account.username if account else intent.number
     dids = {login, intent.number} | ({account.note} if account and account.note else set())
+    dids |= _dids_of(snapshot, _keys_of(intent.number, account))
     # which account has the number, and its settings (the form of a new route); its DIDs' routes
     depends = Depends(numbers={intent.number}, dids=set(dids), relied={account.id} if account else set())
     routes = [r for r in snapshot.any_routes() if r.number in dids]
@@ -450,6 +553,18 @@ def plan_route(intent: RouteNumber, snapshot: Snapshot) -> Plan:
         else:
             route = route.model_copy(update={"providerid": account.id})
         plan.steps.append(Step(StepKind.CREATE_ROUTE, None, route_record(route), "route_missing", "", login))
+    phone = phone_of(account) if account is not None else None
+    if account is not None and phone is not None and has_recipe(account.manualattributes):
+        form = phone_did_form(account.host, None, phone_dids)
+        did = _phone_route_did(phone, login, account.host, form)
+        if did and not any(number_key(r.number) == phone for r in routes if r.number):
+            route = Route(
+                rulename=f"{account.description} ({phone})", number=did, extension=destination.value
+            )
+            depends.dids.add(did)
+            plan.steps.append(
+                Step(StepKind.CREATE_ROUTE, None, route_record(route), "route_phone", "", login)
+            )
     return _seal(plan, snapshot, depends)
 
 
@@ -460,6 +575,7 @@ def plan_remove(intent: RemoveNumber, snapshot: Snapshot) -> Plan:
         raise PlanError("number_unknown", number=intent.number)
     login = account.username
     dids = {login} | ({account.note} if account.note else set())
+    dids |= _dids_of(snapshot, _keys_of(login, account))
     steps: list[Step] = []
     routes = [r for r in snapshot.any_routes() if r.number in dids] + snapshot.routes_of(account.id)
     for route in routes:

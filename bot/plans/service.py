@@ -34,12 +34,18 @@ class Changes:
         default_extension: str = "busy",
         recipe_when: str = "always",
         lease: timedelta = LEASE,
+        phone_dids: Mapping[str, str] | None = None,
     ):
         self.ledger = ledger = Ledger(store, policy, vault, pbxs, clock=clock)
         self.leases = Lease(ledger, lease)
         self.secrets = Secrets(ledger)
         self.lifecycle = Lifecycle(
-            ledger, self.secrets, self.leases, default_extension=default_extension, recipe_when=recipe_when
+            ledger,
+            self.secrets,
+            self.leases,
+            default_extension=default_extension,
+            recipe_when=recipe_when,
+            phone_dids=phone_dids,
         )
         self.recovery = Reconciler(ledger, self.lifecycle, self.leases)
         # what the ledger holds, as its callers have always reached it

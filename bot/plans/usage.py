@@ -7,13 +7,15 @@ USAGE = {
     "addnumber": "/addnumber <provider> <login> [<phone>] → <destination>",
     "route": "/route <login|phone> → <destination>",
     "removenumber": "/removenumber <login|phone>",
-    "numbers": "/numbers",
+    "numbers": "/numbers [<login|phone>]",
+    "trace": "/trace <login|phone>",
     "undo": "/undo <plan>",
 }
 EXAMPLES = {
     "addnumber": "/addnumber zadarma 847900 +7 495 229-30-42 → IVR",
     "route": "/route 847900 → Sales",
     "removenumber": "/removenumber 847900",
-    "numbers": "/numbers",
+    "numbers": "/numbers +7 495 229-30-42",
+    "trace": "/trace 847900",
     "undo": "/undo 7f3a2c",
 }

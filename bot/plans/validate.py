@@ -46,6 +46,7 @@ import re
 from collections.abc import Mapping
 
 from bot.errors import InputError
+from bot.routing.rules import DEFAULT_REGION, normalise_phone
 
 PASSWORD_MAX = 100  # DataStructure.php: 'secret' => maxLength 100
 PASSWORD_MASK = "XXXXXXXX"  # SaveRecordAction: the masked value keeps the old secret
@@ -55,6 +56,7 @@ LABEL_MAX = 63
 DESTINATION_MAX = 200
 
 _LOGIN = re.compile(r"[A-Za-z0-9_.+-]+")
+_PHONE_LIKE = re.compile(r"[0-9\s()+.\-]+")  # what a phone is written with
 # IncomingContexts::generateRouteDialplan: '/^[.|!|N|X|Z|0-9|\[|\]|\-]+$/m' makes the number a pattern.
 _MIKOPBX_PATTERN = re.compile(r"[.|!NXZ0-9\[\]\-]+")
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
@@ -133,6 +135,32 @@ def sip_login(value: str, command: str | None = None) -> str:
     if value.startswith("_") or (_MIKOPBX_PATTERN.fullmatch(value) and not value.isdigit()):
         raise InputError("login_pattern", command, login=_shown(value))
     return value
+
+
+def phone(value: str, command: str | None = None, region: str = DEFAULT_REGION) -> str:
+    """A phone number in any spelling (+7 (495) 123-45-67, 84951234567, 74951234567), as E.164."""
+    found = normalise_phone(value, region)
+    if found is None:
+        raise InputError("bad_phone", command, phone=_shown(value))
+    return found
+
+
+def login_not_phone(value: str, command: str | None = None, region: str = DEFAULT_REGION) -> str:
+    """A SIP login that is not a phone written where the login belongs: `+7…` (a
+    phone, or the country code of one) is refused with the form to use, so that
+    `/addnumber zadarma +7 (495) 123-45-67` never makes an account named `+7`.
+    An all-digit login stays verbatim, whatever number it looks like."""
+    if value.startswith("+") and value[1:].isdigit():
+        raise InputError("phone_as_login", command, phone=normalise_phone(value, region) or _shown(value))
+    return sip_login(value, command)
+
+
+def number(value: str, command: str | None = None) -> str:
+    """A login for /route, /removenumber, /numbers (a phone was tried first): text
+    written like a phone that is not a valid one is refused as a phone, not a login."""
+    if _PHONE_LIKE.fullmatch(value) and not value.isdigit():
+        raise InputError("bad_phone", command, phone=_shown(value))
+    return sip_login(value, command)
 
 
 def _dns_name(name: str) -> bool:

@@ -20,12 +20,14 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from bot.plans import commands as grammar
 from bot.plans.commands import FixHost, Intent
 from bot.plans.snapshot import Snapshot, SnapshotReader
 from pbx.base import Pbx
 from pbx.errors import PbxAuthError, PbxError, PbxForbidden
 from pbx.models import SYSTEM_DESTINATIONS, Provider, RegistrationState, RegistrationStatus, Route
 
+from . import rules
 from .rules import RECIPE_CONTEXT, Attributes, did_matches, host_key, normalise_phone, number_key, same_host
 from .trace import Tracer
 
@@ -161,6 +163,34 @@ def recipe_login_without_a_route(f: Facts) -> Iterator[Finding]:
                     {"login": p.username, "host": host},
                     FixHost(host),
                 )
+
+
+def phone_without_a_route(f: Facts) -> Iterator[Finding]:
+    """A phone an account is known by (/addnumber's phone, in its note) while the
+    account is under the recipe, and no "any provider" route takes that phone in
+    any spelling: a call the operator sends to the phone finds nothing in
+    public-direct-dial (404). Outside the recipe the account's own context ends
+    in the default route, so nothing is lost there."""
+    any_keys = {number_key(r.number) for r in f.any_routes if r.number and not r.number.startswith("_")}
+    any_patterns = [r.number for r in f.any_routes if r.number.startswith("_")]
+    if any(not r.number for r in f.any_routes):
+        return  # a catch-all "any" route takes every phone
+    for host, members in f.hosts.items():
+        for p in members:
+            phone = rules.phone_of(p)
+            if not f.attrs[p.id].recipe or phone is None or phone == number_key(p.username):
+                continue  # the login's own route serves a login that is the phone
+            forms = [rules.phone_did(phone, form) for form in rules.PHONE_DID_FORMS]
+            if phone in any_keys or any(did_matches(d, n) for d in any_patterns for n in forms):
+                continue
+            did = rules.phone_did(phone, grammar.phone_did_form(p.host))
+            yield Finding(
+                "phone_without_route",
+                Severity.ERROR,
+                phone,
+                {"phone": phone, "login": f.who(p), "did": did},
+                FixHost(host),
+            )
 
 
 def route_to_a_missing_account(f: Facts) -> Iterator[Finding]:
@@ -387,6 +417,7 @@ def cdr_collision(f: Facts) -> Iterator[Finding]:
 CHECKS: tuple[Check, ...] = (
     shared_host_without_the_recipe,
     recipe_login_without_a_route,
+    phone_without_a_route,
     route_to_a_missing_account,
     route_bound_to_a_recipe_account,
     any_route_matching_nothing,

@@ -60,11 +60,40 @@ def number_key(text: str, region: str = DEFAULT_REGION) -> str:
 
 
 def has_number(account: Provider | ProviderSummary, number: str) -> bool:
-    """The account's login is `number`, or its note holds that phone number."""
+    """The account's login is `number`, or its login or its note is that phone
+    number in any spelling (a login 74951234567 is found as +7 (495) 123-45-67)."""
     if account.username == number:
         return True
     key = number_key(number)
-    return key.startswith("+") and bool(account.note) and number_key(account.note) == key
+    if not key.startswith("+"):
+        return False
+    return number_key(account.username) == key or (bool(account.note) and number_key(account.note) == key)
+
+
+def phone_of(account: Provider | ProviderSummary) -> str | None:
+    """The phone an account is known by, in E.164: its note's (what /addnumber writes
+    there), else its login's when the login is a phone number; None for neither."""
+    return (normalise_phone(account.note) if account.note else None) or normalise_phone(account.username)
+
+
+# How an operator writes a phone in the Request-URI of the calls it sends (the DID a
+# route must hold, literally: Asterisk compares text).
+PHONE_DID_FORMS = ("e164", "national", "plus")
+
+
+def phone_did(phone: str, form: str = "e164", region: str = DEFAULT_REGION) -> str:
+    """The DID for a phone (any spelling) in an operator's form: `e164` 74951234567
+    (E.164 without '+'), `national` 84951234567 (the trunk prefix and the national
+    number, digits only), `plus` +74951234567. Raises ValueError for a non-phone."""
+    e164 = normalise_phone(phone, region)
+    if e164 is None or form not in PHONE_DID_FORMS:
+        raise ValueError(f"not a phone number or form: {phone!r} {form!r}")
+    if form == "plus":
+        return e164
+    if form == "national":
+        number = phonenumbers.parse(e164)
+        return re.sub(r"\D", "", phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL))
+    return e164[1:]
 
 
 def accounts_of_number(providers: Iterable[ProviderSummary], number: str) -> list[ProviderSummary]:

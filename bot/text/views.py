@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
+from bot.routing.rules import has_number, number_key, phone_of
 from pbx.base import Pbx
 from pbx.models import Route
 
@@ -18,9 +19,11 @@ if TYPE_CHECKING:  # the routing room reads the PBX; this one only draws what it
     from bot.routing.trace import Trace
 
 
-async def numbers_lines(pbx: Pbx, lang: str, *, html: bool = False) -> list[str]:
+async def numbers_lines(pbx: Pbx, lang: str, *, html: bool = False, only: str | None = None) -> list[str]:
     """`/numbers`: accounts by host with their registration state and routes, the
-    "any provider" routes, the default route. `Html` lines on request (values escaped)."""
+    "any provider" routes, the default route. `Html` lines on request (values escaped).
+    `only`: one number (a login, or a phone as bot.plans.commands.parse_number gives it):
+    the accounts with that login or phone and the routes of the number in any spelling."""
     _t = texts(html)
     providers, routes, default, states, destinations = await asyncio.gather(
         pbx.list_providers(),
@@ -37,6 +40,13 @@ async def numbers_lines(pbx: Pbx, lang: str, *, html: bool = False) -> list[str]
         return _t("numbers.route", lang, id=r.id, did=r.number or any_number, destination=destination)
 
     lines = [_t("numbers.header", lang, pbx=pbx.name, accounts=len(providers), routes=len(routes))]
+    if only is not None:
+        providers = [p for p in providers if has_number(p, only)]
+        keys = {number_key(only)} | {number_key(p.username) for p in providers}
+        keys |= {phone for p in providers if (phone := phone_of(p)) is not None}
+        ids = {p.id for p in providers}
+        routes = [r for r in routes if r.providerid in ids or (r.number and number_key(r.number) in keys)]
+        lines.append(_t("numbers.filtered", lang, number=only, accounts=len(providers), routes=len(routes)))
     for p in sorted(providers, key=lambda p: (p.host, p.username)):
         status = states.get(p.id)
         state = "disabled" if p.disabled else (status.state.value if status else "unknown")
