@@ -212,7 +212,14 @@ class StorageSettings(_Section):
         return self
 
 
-DEFAULT_APPROVALS = {"add": 1, "route": 1, "remove": 2, "undo": 1, "fix": 1}  # every kind of change
+DEFAULT_APPROVALS = {
+    "add": 1,
+    "route": 1,
+    "remove": 2,
+    "undo": 1,
+    "fix": 1,
+    "restore": 1,
+}  # every kind of change
 
 
 class PolicySettings(_Section):

@@ -7,7 +7,14 @@ from aiogram import Router
 
 def routers() -> list[Router]:
     """Fresh routers for one dispatcher."""
-    from . import approvals, common, numbers, routing, secrets
+    from . import approvals, common, drift, numbers, routing, secrets
 
-    # routing and secrets before approvals: their buttons must not reach the catch-all for unknown buttons
-    return [common.router(), numbers.router(), routing.router(), secrets.router(), approvals.router()]
+    # routing, drift, secrets before approvals: their buttons must not reach the catch-all for unknown ones
+    return [
+        common.router(),
+        numbers.router(),
+        routing.router(),
+        drift.router(),
+        secrets.router(),
+        approvals.router(),
+    ]

@@ -23,6 +23,7 @@ class Button(StrEnum):
     PLAN = "pl"  # under a plan card
     FIX = "fx"  # under a /doctor report
     PICK = "pw"  # "which plan is this password for?" in a private chat
+    DRIFT = "dr"  # "Put back" under a drift alert
 
 
 class PlanAction(StrEnum):
@@ -43,6 +44,12 @@ class FixButton(CallbackData, prefix=Button.FIX):
     """A /doctor Fix button: the finding is found again when pressed."""
 
     key: str  # sha1 of the host, 10 hex
+
+
+class DriftButton(CallbackData, prefix=Button.DRIFT):
+    """A drift alert's "Put back": the alert's audit event id; the plan is read from that row."""
+
+    alert: int
 
 
 DROP = -1  # the "it was not a password" choice

@@ -27,6 +27,7 @@ COMMANDS: dict[str, Action] = {
     "doctor": Action.VIEW,
     "trace": Action.VIEW,
     "digest": Action.VIEW,
+    "drift": Action.VIEW,
     "pbx": Action.VIEW,
     "whoami": Action.VIEW,
     "help": Action.VIEW,

@@ -10,6 +10,9 @@ type as one of three admins, in the group or in your private chat:
     :press 1                            press button 1 under the newest card here
     :csv numbers.csv zadarma            send a CSV (login,password,destination[,phone]) privately
     :call 847900                        an inbound call from sip.zadarma.com to that login
+    :edit route 847706 → 2000           change the PBX by hand, as in the MikoPBX web interface
+    :disable 847706, :enable 847706     (:edit alone shows every form)
+    :refresh                            the bot reads the PBX now and reports drift
     :help, :quit
 """
 
@@ -28,6 +31,8 @@ from bot.config import load_settings
 from bot.entry.app import running
 from bot.plans.changes import Next
 from bot.plans.service import Changes
+from bot.plans.snapshot import Snapshot, SnapshotReader
+from bot.routing.watch import DriftWatch
 from bot.text.i18n import t
 from bot.text.views import call_text
 from pbx.mikopbx import MikoPbxClient
@@ -58,6 +63,9 @@ class Shell:
         self.speaker = "anna"
         self.chat = "group"
         self.shown = 0
+        self.drift: DriftWatch | None = None  # the bot's; `:refresh` hands it what changed
+        self.client: MikoPbxClient | None = None
+        self.baseline: Snapshot | None = None  # the PBX before the first hand edit since the last :refresh
 
     @property
     def user_id(self) -> int:
@@ -167,9 +175,86 @@ class Shell:
         elif command == "call" and args:
             result = self.sim.simulate_call("sip.zadarma.com", args[0], "+74951234567")
             self.print(call_text(result, self.lang))
+        elif command in ("edit", "disable", "enable"):
+            await self.edit_by_hand(command, args)
+        elif command == "refresh":
+            await self.refresh()
         else:
             self.print(t("shell.unknown", self.lang))
         return True
+
+    async def _read(self) -> Snapshot:
+        if self.client is None:
+            raise RuntimeError("the shell has no PBX client")
+        return await SnapshotReader(self.client).read(every_host=True, fresh=True)
+
+    async def edit_by_hand(self, command: str, args: list[str]) -> None:
+        """Change the simulated PBX directly, as someone in its web interface would: the bot
+        is not told; it finds out at the next refresh (`:refresh`)."""
+        state = self.sim.state
+        login = args[0] if args else ""
+        if command != "edit":
+            args = ["account", login, command]
+        if len(args) < 3 or args[0] not in ("route", "account"):
+            self.print(t("shell.edit_usage", self.lang))
+            return
+        kind, login, rest = args[0], args[1], [w for w in args[2:] if w not in ("→", "->", "=>")]
+        account = next((p for p in state.providers.values() if p["username"] == login), None)
+        if account is None:
+            self.print(t("shell.no_such", self.lang, what=f"account {login}"))
+            return
+        baseline = self.baseline or await self._read()
+        if kind == "account" and rest[0] in ("disable", "enable"):
+            state.set_provider_disabled(account["id"], rest[0] == "disable")
+            what = f"{login} {rest[0]}d"
+        elif kind == "account" and rest[0] == "extra":
+            account["manualattributes"] = " ".join(rest[1:]).replace("/", "\n")
+            what = f"{login} extra parameters: {account['manualattributes']!r}"
+        elif kind == "route":
+            route = next(
+                (r for r in sorted(state.routes.values(), key=lambda r: r["id"]) if r["id"] != 1
+                 and (r["provider"] == account["id"] or r["number"] == login)),
+                None,
+            )  # fmt: skip
+            if route is None:
+                self.print(t("shell.no_such", self.lang, what=f"route of {login}"))
+                return
+            if rest[0] == "provider" and len(rest) == 2:
+                other = next((p for p in state.providers.values() if p["username"] == rest[1]), None)
+                if rest[1] != "any" and other is None:
+                    self.print(t("shell.no_such", self.lang, what=f"account {rest[1]}"))
+                    return
+                route["provider"] = other["id"] if other is not None else None
+                what = f"route #{route['id']} provider → {rest[1]}"
+            else:
+                wanted = " ".join(rest)
+                numbers = state.extension_numbers()
+                found = wanted if wanted in numbers else None
+                found = found or next(
+                    (n for n, (_, name) in numbers.items() if name.lower() == wanted.lower()), None
+                )
+                if found is None:
+                    self.print(t("shell.no_such", self.lang, what=f"destination {wanted}"))
+                    return
+                route["extension"] = found
+                what = f"route #{route['id']} → {found}"
+        else:
+            self.print(t("shell.edit_usage", self.lang))
+            return
+        self.baseline = baseline
+        self.print(t("shell.pbx_edited", self.lang, what=what))
+
+    async def refresh(self) -> None:
+        """What the mirror's refresher will do: read the PBX, hand what changed to the drift watch."""
+        if self.drift is None:
+            return
+        before = self.baseline or await self._read()
+        after = await self._read()
+        self.baseline = None
+        events = await self.drift.observe(before, after)
+        await self.drift.flush()  # the shell shows a held alert at once; the bot waits its interval
+        self.print(t("shell.refreshed", self.lang, n=len(events)))
+        self.show_new()
 
     def prompt(self) -> str:
         return f"[{PEOPLE[self.speaker][1]} · {self._chat_name(self.chat_id)}] > "
@@ -227,6 +312,7 @@ async def run_shell(lang: str, *, stdin: TextIO = sys.stdin, out: TextIO = sys.s
                 ) as app:
                     changes = app.services.changes
                     shell = Shell(tg, sim, lang, out, busy=lambda: cards_behind(tg, changes, lang))
+                    shell.drift, shell.client = app.drift, client
                     app.dispatcher.handled.append(shell.note_handled)
                     shell.shown = len(tg.events)
                     shell.print(t("shell.welcome", lang))

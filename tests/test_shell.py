@@ -46,3 +46,31 @@ def test_the_shell_speaks_russian():
     done = run_shell("ru")
     assert done.returncode == 0, done.stderr
     assert "Состояние: применён" in done.stdout and "Пароль для 847900 получен" in done.stdout
+
+
+DRIFT_SCRIPT = """:edit route 847706 → 2000
+:refresh
+:press 1
+:as boris
+:press 1
+:call 847706
+:quit
+"""
+
+
+def test_a_hand_edit_of_the_pbx_is_reported_and_put_back():
+    done = subprocess.run(
+        [sys.executable, "-m", "bot.entry.cli", "shell", "--lang", "en"],
+        input=DRIFT_SCRIPT,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "(refresh: 1 change made outside the bot)" in out
+    assert "847706: Sales → Main menu" in out and "[1] ↩️ Put back" in out
+    assert "put back · 1 step" in out and "Status: applied" in out
+    assert "→ Sales (2200)" in out.rsplit(":call 847706", 1)[1]  # calls end where they did before
+    assert "Traceback" not in done.stderr

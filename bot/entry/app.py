@@ -39,6 +39,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from bot.config import ConfigError, Settings
 from bot.plans.changes import PbxHandle
 from bot.plans.service import Changes
+from bot.routing.watch import DriftWatch
 from bot.services import Services
 from bot.text.i18n import CATALOGUES, t
 from handlers import routers
@@ -54,7 +55,7 @@ from .health import BEAT, heartbeat_path, remove_heartbeat, write_heartbeat
 from .leader import Leadership
 from .metrics import Metrics
 from .scheduler import Scheduler
-from .wiring import open_store, open_vault
+from .wiring import drift_watch, open_store, open_vault
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -71,6 +72,7 @@ GROUP_COMMANDS = (
     "history",
     "cancel",
     "undo",
+    "drift",
     "help",
 )
 PRIVATE_COMMANDS = (*GROUP_COMMANDS, "pbx", "whoami")
@@ -434,6 +436,7 @@ class BotApp:
     pulse: Pulse = field(default_factory=Pulse)
     beating: asyncio.Task | None = None
     polling_timeout: int = 10
+    drift: DriftWatch | None = None  # `drift.observe` is the mirror refresher's `on_drift` hook
 
     async def start(self, *, polling_timeout: int = 10) -> None:
         settings = self.services.settings
@@ -622,6 +625,7 @@ async def running(
     leadership = Leadership(store.engine, interval=leader_interval or settings.server.leader_interval)
     app = BotApp(bot, dispatcher, services, Scheduler(services, TelegramPoster(bot)), metrics, leadership)
     app.throttle = throttle
+    app.drift = drift_watch(services, bot)
     try:
         await app.start(polling_timeout=polling_timeout)
         yield app

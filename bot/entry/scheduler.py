@@ -151,7 +151,14 @@ class Scheduler:
             handle.client, handle.reader, store, name, since=since, until=until, tz=tz
         )
         quiet = schedule is not None and schedule.quiet and period != "now"
-        if quiet and not built.wrong and not built.changes and last is not None and last.state == built.state:
+        if (
+            quiet
+            and not built.wrong
+            and not built.changes
+            and not built.drift
+            and last is not None
+            and last.state == built.state
+        ):
             await store.digests.finish(run_id, posted=False, state=built.state)
             return DigestRun(False, "quiet", built)
         lang = lang or services.settings.default_language

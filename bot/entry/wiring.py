@@ -3,9 +3,13 @@ Shared by the CLI, the bot and the scheduler."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from bot.config import PbxProfile, Settings
 from bot.plans.changes import PbxHandle
 from bot.plans.vault import KEY_FILE, Vault
+from bot.routing.watch import DriftWatch
+from bot.services import Services
 from pbx.mikopbx import MikoPbxClient
 from storage.db import database_url, make_engine, migrate
 from storage.repos import Repos
@@ -27,3 +31,12 @@ def open_vault(settings: Settings) -> Vault:
 
 def pbx_handle(client: MikoPbxClient, profile: PbxProfile) -> PbxHandle:
     return PbxHandle.of(client, reload_wait=profile.reload_wait)
+
+
+def drift_watch(services: Services, bot: Any | None = None) -> DriftWatch:
+    """The consumer of drift: `drift_watch(services, bot).observe` is the `on_drift(before, after)`
+    hook the mirror's refresher calls. With a bot, the PBX's chats are told when a drift moves
+    where a number's calls end; without one, drift is only recorded (audit, digest, /drift)."""
+    from handlers.drift import DriftNotifier
+
+    return DriftWatch(services, DriftNotifier(bot) if bot is not None else None)

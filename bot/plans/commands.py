@@ -147,7 +147,19 @@ class FixHost:
     host: str
 
 
-Intent = AddNumber | AddNumbers | RouteNumber | RemoveNumber | Undo | FixHost
+@dataclass(frozen=True)
+class PutBack:
+    """Drift's "Put back": records changed outside the bot, restored as they were.
+
+    `routes`: {"id": route id, "before": the route as it was, or None when it was added
+    outside the bot}; `accounts`: {"id", "login", "fields": {field: value before}} (never
+    the SIP password). Built by bot/routing/drift.py from the audit trail's drift."""
+
+    routes: tuple[dict, ...] = ()
+    accounts: tuple[dict, ...] = ()
+
+
+Intent = AddNumber | AddNumbers | RouteNumber | RemoveNumber | Undo | FixHost | PutBack
 
 CSV_COLUMNS = ("login", "password", "destination", "phone")
 MAX_CSV_ROWS = 5000
@@ -315,5 +327,7 @@ def intent_from_dict(data: dict) -> Intent:
     if kind == "AddNumbers":
         rows = tuple(intent_from_dict({"type": "AddNumber", **row}) for row in data["rows"])
         return AddNumbers(ProviderTarget(**data["provider"]), rows)  # type: ignore[arg-type]
+    if kind == "PutBack":
+        return PutBack(tuple(data.get("routes", ())), tuple(data.get("accounts", ())))
     simple = {cls.__name__: cls for cls in (RouteNumber, RemoveNumber, Undo, FixHost)}
     return simple[kind](**data)

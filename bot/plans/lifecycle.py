@@ -46,6 +46,7 @@ from .commands import (
     AddNumbers,
     FixHost,
     Intent,
+    PutBack,
     RemoveNumber,
     RouteNumber,
     Undo,
@@ -60,6 +61,7 @@ from .planner import (
     Step,
     plan_add_numbers,
     plan_fix_host,
+    plan_put_back,
     plan_remove,
     plan_route,
     plan_undo,
@@ -116,6 +118,10 @@ class Lifecycle:
                 intent, snapshot, default_extension=self.default_extension, phone_dids=self.phone_dids
             )
             return plan, snapshot
+        if isinstance(intent, PutBack):
+            ids = {a["id"] for a in intent.accounts}
+            snapshot = await handle.reader.read(accounts=ids, fresh=ids)
+            return plan_put_back(intent, snapshot), snapshot
         if isinstance(intent, Undo):
             original = await self.ledger.get(intent.plan_id)
             if original.status not in (APPLIED, FAILED) or not original.results:

@@ -35,7 +35,7 @@ from bot.routing.rules import (
 )
 from pbx.models import Destination, Provider, Route
 
-from .commands import AddNumber, AddNumbers, FixHost, RemoveNumber, RouteNumber, phone_did_form
+from .commands import AddNumber, AddNumbers, FixHost, PutBack, RemoveNumber, RouteNumber, phone_did_form
 from .destinations import DestinationError, DestinationIndex, label
 from .snapshot import Depends, Snapshot
 
@@ -74,6 +74,7 @@ class PlanKind(enum.StrEnum):
     REMOVE = "remove"
     UNDO = "undo"
     FIX = "fix"
+    RESTORE = "restore"  # drift's "Put back"
 
 
 @dataclass(frozen=True)
@@ -669,3 +670,66 @@ def plan_undo(
     plan = Plan(pbx, PlanKind.UNDO, steps, "", snapshot.host, [], _summary(host=snapshot.host, logins=logins))
     plan.needs_secret = needs_secret
     return _seal(plan, snapshot, depends)
+
+
+# ---------------------------------------------------------------------- drift: put back
+
+
+def _route_login(route: dict[str, Any], snapshot: Snapshot) -> str:
+    """The login a route serves: the lock key of a step that writes it."""
+    pid = route.get("providerid")
+    if pid:
+        p = snapshot.providers_by_id.get(pid)
+        return p.username if p else ""
+    number = route.get("number") or ""
+    return "" if number.startswith("_") else number
+
+
+def plan_put_back(intent: PutBack, snapshot: Snapshot) -> Plan:
+    """Drift's "Put back": each route as it was (updated, re-created, or deleted when it
+    was added outside the bot), each account's drifted fields as they were. A record
+    gone since (an account, or the account a route was bound to) is a conflict."""
+    steps: list[Step] = []
+    current_routes = {r.id: r for r in snapshot.routes}
+    for entry in intent.routes:
+        rid, before = int(entry["id"]), entry.get("before")
+        current = current_routes.get(rid)
+        if before is None:
+            if current is not None:
+                login = _route_login(route_record(current), snapshot)
+                steps.append(
+                    Step(StepKind.DELETE_ROUTE, route_record(current), None, "put_back", str(rid), login)
+                )
+            continue
+        wanted = route_record(Route.model_validate(before))
+        pid = wanted.get("providerid")
+        if pid and pid not in snapshot.providers_by_id:
+            raise PlanError("put_back_gone", record=f"{wanted.get('rulename') or rid}")
+        login = _route_login(wanted, snapshot)
+        if current is None:
+            created = {k: v for k, v in wanted.items() if k != "id"}
+            steps.append(Step(StepKind.CREATE_ROUTE, None, created, "put_back", "", login))
+        elif route_record(current) != wanted:
+            steps.append(
+                Step(StepKind.UPDATE_ROUTE, route_record(current), wanted, "put_back", str(rid), login)
+            )
+    for entry in intent.accounts:
+        account = snapshot.details.get(entry["id"])
+        if account is None:
+            raise PlanError("put_back_gone", record=entry.get("login") or entry["id"])
+        fields = {k: v for k, v in entry.get("fields", {}).items() if k not in _VOLATILE}
+        after = Provider.model_validate({**provider_record(account), **fields})
+        if provider_record(after) != provider_record(account):
+            steps.append(
+                Step(
+                    StepKind.UPDATE_PROVIDER,
+                    provider_record(account),
+                    provider_record(after),
+                    "put_back",
+                    account.id,
+                    account.username,
+                )
+            )
+    logins = sorted({s.login for s in steps if s.login})
+    plan = Plan(snapshot.pbx, PlanKind.RESTORE, steps, "", snapshot.host, [], _summary(logins=logins))
+    return _seal(plan, snapshot, Depends())

@@ -27,6 +27,7 @@ from pbx.models import CdrRecord, RegistrationStatus, Route
 from storage.tables import DigestScheduleRow
 
 from .doctor import Evidence, Finding, Severity, diagnose
+from .drift import DriftEvent, event_line
 from .rules import number_key
 from .trace import Tracer
 
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from storage.tables import PlanRow
 
 CHANGE_EVENTS = ("applied", "rolled_back", "failed")
+DRIFT_EVENT = "drift"  # what bot/routing/watch.py records
+DRIFT_SHOWN = 30  # drift events a digest lists at most
 COMPACT_OVER = 40  # more numbers than this: list those in trouble and the busiest, attach the rest
 TOP_BUSIEST = 10
 CDR_LIMIT = 20_000  # records read per digest at most
@@ -78,6 +81,7 @@ class Digest:
     failure: PbxError | None = None  # why the PBX could not be read, when it could not
     numbers: list[NumberLine] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
+    drift: list[DriftEvent] = field(default_factory=list)  # changed outside the bot (bot/routing/watch.py)
     findings: list[Finding] = field(default_factory=list)
     waiting: list[PlanRow] = field(default_factory=list)  # open plans
     calls_by_day: dict[str, dict[date, int]] = field(default_factory=dict)  # login -> day -> calls
@@ -144,6 +148,9 @@ def compose(readings: Readings, store: Repos, name: str, *, since: datetime, unt
         digest.changes.append(
             Change(e.at, e.plan_id or "", e.event, row.kind if row else "", row.command if row else "", who)
         )
+    digest.drift = [
+        DriftEvent.from_detail(e.detail, e.at) for e in store.audit.since(name, since, (DRIFT_EVENT,))
+    ]
     digest.waiting = [r for r in plans.values() if r.status in ("proposed", "approved")]
     if readings.snapshot is None:
         digest.reachable, digest.error, digest.failure = False, readings.error, readings.failure
@@ -297,6 +304,14 @@ def render(digest: Digest, lang: str, tz: ZoneInfo, *, html: bool = True) -> str
             )
     else:
         lines.append(_t("digest.no_changes", lang))
+    if digest.drift:
+        lines.append(_t("digest.drift", lang, n=len(digest.drift)))
+        for e in digest.drift[:DRIFT_SHOWN]:
+            lines.append(event_line(e, lang, at=f"{e.noticed_at.astimezone(tz):%d.%m %H:%M}", html=html))
+        if len(digest.drift) > DRIFT_SHOWN:
+            lines.append(_t("drift.more_events", lang, n=len(digest.drift) - DRIFT_SHOWN))
+    else:
+        lines.append(_t("digest.no_drift", lang))
     if digest.reachable:
         if digest.findings:
             lines.append(_t("digest.findings", lang, n=len(digest.findings)))

@@ -38,6 +38,22 @@ class AuditRepo(Repo):
                 )
             )
 
+    def get(self, event_id: int) -> AuditRow | None:
+        with self.session() as s:
+            return s.get(AuditRow, event_id)
+
+    def latest(self, pbx: str, events: Iterable[str], *, limit: int = 20) -> list[AuditRow]:
+        """A PBX's newest events of these kinds, newest first."""
+        with self.session() as s:
+            return list(
+                s.exec(
+                    select(AuditRow)
+                    .where(AuditRow.pbx == pbx, col(AuditRow.event).in_(list(events)))
+                    .order_by(col(AuditRow.id).desc())
+                    .limit(limit)
+                )
+            )
+
     def count(self) -> int:
         with self.session() as s:
             return s.exec(select(func.count()).select_from(AuditRow)).one()
