@@ -218,6 +218,9 @@ class Budget:
     def _head(self) -> _Ticket | None:
         while self._heap:
             level, seq, ticket = self._heap[0]
+            if ticket.future.done() and not ticket.done:  # cancelled; its task has not run yet to say so
+                ticket.done = True
+                self._waiting[ticket.level] -= 1
             if not ticket.done and ticket.seq == seq and ticket.level == level:
                 return ticket
             heapq.heappop(self._heap)

@@ -181,6 +181,19 @@ async def test_a_cancelled_waiter_leaves_the_queue_and_the_others_go_on():
     assert first.cancelled() and budget.waiting() == {}
 
 
+async def test_a_waiter_cancelled_as_its_token_comes_does_not_fail_the_others():
+    clock = FakeClock()
+    budget = LocalBudget(60, burst=1, clock=clock)
+    await _drain(budget, 1)
+    first = asyncio.create_task(budget.acquire())
+    second = asyncio.create_task(budget.acquire())
+    await asyncio.sleep(0)  # both queued; the budget's server is due to run
+    clock.now += 10  # tokens for both
+    first.cancel()  # its wait is cancelled, its task not yet told
+    await asyncio.wait_for(second, 5)
+    assert first.cancelled() and budget.waiting() == {}
+
+
 async def test_a_waiting_claim_raised_by_a_command_is_served_as_one():
     budget = LocalBudget(600, burst=1, background_share=1.0)
     await _drain(budget, 1)
