@@ -168,6 +168,21 @@ class RedisSettings(_Section):
     url: str | None = None
 
 
+class PbxBudgetSettings(_Section):
+    """`[pbx_budget]`: how the PBXes' call budgets are shared (pbx/budget.py). One budget
+    per PBX (its profile's rate_limit_per_min), for every command, apply, report and
+    background read of every process that shares the Redis."""
+
+    # Redis shared by the replicas; default: [redis] url. Without either, each process has its own.
+    redis_url: str | None = None
+    # the most of the rate background reads (the mirror's refresher) take, when no one else waits
+    background_share: float = Field(default=0.2, gt=0, le=1)
+    # while Redis does not answer, the share of the rate each process takes alone (1/N for N replicas)
+    fallback_share: float = Field(default=0.5, gt=0, le=1)
+    # tokens one process or all together may take back to back (nginx allows 20 over the rate)
+    burst: int = Field(default=10, ge=1, le=20)
+
+
 class StorageSettings(_Section):
     # SQLite under data_dir by default; PostgreSQL as postgresql+psycopg://...
     url: str | None = None
@@ -273,6 +288,7 @@ class Settings(BaseSettings):
     recipe: RecipeSettings = Field(default_factory=RecipeSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
+    pbx_budget: PbxBudgetSettings = Field(default_factory=PbxBudgetSettings)
     log_format: Literal["text", "json"] = "text"
     default_language: Literal["ru", "en"] = "ru"
     timezone: str = "Europe/Moscow"

@@ -10,7 +10,8 @@ Every MikoPBX quirk the bot depends on is handled here, once:
 - `transport` must be lower case on writes;
 - disabled providers are listed only with `includeDisabled=true` (the string);
 - the provider list mixes SIP and IAX: only SIP is kept;
-- nginx allows 180 requests/min per client: a token bucket keeps under the profile's limit;
+- nginx allows 180 requests/min (+20) per client: every call takes a token from the
+  PBX's budget (pbx/budget.py), shared by every replica and served by priority;
 - 429 and 503 are retried with backoff on reads; a write is never retried blind.
 """
 
@@ -28,6 +29,7 @@ from urllib.parse import quote
 
 import httpx
 
+from .budget import Budget, Claim, LocalBudget, claimed, current_claim, current_priority
 from .errors import (
     PbxAuthError,
     PbxConflict,
@@ -70,34 +72,6 @@ class CallRecord:
     status: int | None
     elapsed_ms: float
     error: str | None = None
-
-
-class RateLimiter:
-    """Token bucket: `per_minute` on average, at most `burst` back to back.
-
-    MikoPBX's nginx (limit 180/min, burst 20) never sees more than this when
-    per_minute <= 180 and burst <= 20.
-    """
-
-    def __init__(self, per_minute: float, burst: int = 10):
-        self.rate = per_minute / 60.0
-        self.capacity = float(max(1, burst))
-        self._tokens = self.capacity
-        self._updated = time.monotonic()
-        self._lock = asyncio.Lock()
-
-    async def acquire(self) -> None:
-        async with self._lock:
-            now = time.monotonic()
-            self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
-            self._updated = now
-            if self._tokens >= 1:
-                self._tokens -= 1
-                return
-            wait = (1 - self._tokens) / self.rate
-            self._tokens = 0.0
-            self._updated = now + wait
-            await asyncio.sleep(wait)
 
 
 def _error_texts(messages: Any) -> tuple[list[str], dict[str, str]]:
@@ -149,6 +123,7 @@ class MikoPbxClient:
         transport: httpx.AsyncBaseTransport | None = None,
         name: str = "pbx",
         max_in_flight: int = 16,
+        budget: Budget | None = None,
     ):
         if (api_key is None) == (login is None or password is None):
             raise ValueError("give an API key, or login and password")
@@ -165,12 +140,14 @@ class MikoPbxClient:
         self._auth_lock = asyncio.Lock()
         self._retries = retries
         self._backoff = backoff
-        self.limiter = RateLimiter(rate_limit_per_min, burst)
+        # The PBX's call budget: this client's own unless one shared by every client
+        # of this PBX (and every replica) is given.
+        self.budget = budget if budget is not None else LocalBudget(rate_limit_per_min, burst)
         # Calls on the wire at once. The rest wait here, not in httpcore's pool,
         # whose queue is scanned per request: 5,000 detail reads queued there
         # took minutes of CPU. MikoPBX serves a few PHP workers anyway.
         self._in_flight = asyncio.Semaphore(max_in_flight)
-        self._reads: dict[tuple[str, tuple[tuple[str, Any], ...]], tuple[int, asyncio.Task[Any]]] = {}
+        self._reads: dict[tuple[str, tuple[tuple[str, Any], ...]], tuple[int, asyncio.Task[Any], Claim]] = {}
         self._epoch = 0  # moves at each write's start and end: reads begun before may not show it
         self.listeners: list[Callable[[CallRecord], None]] = []
         self._http = httpx.AsyncClient(
@@ -211,6 +188,7 @@ class MikoPbxClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        await self.budget.aclose()
 
     # ------------------------------------------------------------------ transport
 
@@ -271,7 +249,9 @@ class MikoPbxClient:
 
         A read joins the same read already under way (waiting for the rate
         limit or on the wire) unless a write of this client began since that
-        one began: what it answers is then as fresh as a read of one's own."""
+        one began: what it answers is then as fresh as a read of one's own. The
+        shared read waits in the budget at the most urgent of its callers'
+        priorities (a background read joined by a command is the command's)."""
         if write is None:
             write = method != "GET"
         if write or method != "GET" or not auth:
@@ -283,10 +263,16 @@ class MikoPbxClient:
         key = (path, tuple(sorted((params or {}).items())))
         shared = self._reads.get(key)
         if shared is None or shared[0] != self._epoch:
-            task = asyncio.ensure_future(self._exchange(method, path, params, None, None, False, auth, None))
-            shared = (self._epoch, task)
+            claim = current_claim()
+            with claimed(claim):
+                task = asyncio.ensure_future(
+                    self._exchange(method, path, params, None, None, False, auth, None)
+                )
+            shared = (self._epoch, task, claim)
             self._reads[key] = shared
             task.add_done_callback(lambda done: self._read_done(key, done))
+        else:
+            shared[2].raise_to(current_priority())
         data = await asyncio.shield(shared[1])
         return data if parse is None else self._parsed(method, path, 200, data, parse)
 
@@ -311,7 +297,7 @@ class MikoPbxClient:
         attempt = 0
         renewed = False
         while True:
-            await self.limiter.acquire()
+            await self.budget.acquire()
             headers = await self._auth_header(renew=False) if auth else {}
             try:
                 async with self._in_flight:

@@ -55,7 +55,7 @@ from .health import BEAT, heartbeat_path, remove_heartbeat, write_heartbeat
 from .leader import Leadership
 from .metrics import Metrics
 from .scheduler import Scheduler
-from .wiring import drift_watch, open_store, open_vault
+from .wiring import drift_watch, open_pbx, open_store, open_vault
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -598,8 +598,8 @@ async def running(
     own: list[MikoPbxClient] = []
     if clients is None:
         clients = {}
-        for name, profile in settings.pbx.items():
-            clients[name] = MikoPbxClient.from_profile(name, profile)
+        for name in settings.pbx:
+            clients[name] = open_pbx(settings, name)
             own.append(clients[name])
     for name, client in clients.items():
         client.listeners.append(metrics.pbx_listener(name))

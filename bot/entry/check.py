@@ -200,8 +200,10 @@ async def run_checks(settings: Settings) -> list[Item]:
     items = [item(True, "config", "config_ok", pbx=len(settings.pbx), groups=len(settings.telegram.groups))]
     items += await asyncio.to_thread(check_database, settings)
     items += check_files(settings)
-    for name, profile in settings.pbx.items():
-        async with MikoPbxClient.from_profile(name, profile, retries=0) as client:
+    from .wiring import open_pbx
+
+    for name in settings.pbx:
+        async with open_pbx(settings, name, retries=0) as client:
             items += await check_pbx(name, client)
     items += await check_telegram(settings)
     return items

@@ -57,7 +57,7 @@ from storage.db import StorageError
 from storage.tables import utcnow
 
 from . import logs
-from .wiring import open_store, open_vault
+from .wiring import open_pbx, open_store, open_vault
 
 if TYPE_CHECKING:
     from sandbox.mikopbx import MikoPbxSimulator
@@ -201,8 +201,8 @@ async def _client(args: argparse.Namespace) -> AsyncIterator[tuple[MikoPbxClient
                 yield client, sim
         return
     settings = load_settings(args.config)
-    name, profile = settings.profile(args.pbx)
-    async with MikoPbxClient.from_profile(name, profile) as client:
+    name = settings.profile(args.pbx)[0]
+    async with open_pbx(settings, name) as client:
         yield client, None
 
 
@@ -397,7 +397,7 @@ async def _recover(args: argparse.Namespace) -> int:
         handles = {}
         for name in names:
             profile = settings.profile(name)[1]
-            client = await stack.enter_async_context(MikoPbxClient.from_profile(name, profile))
+            client = await stack.enter_async_context(open_pbx(settings, name))
             handles[name] = PbxHandle.of(client, reload_wait=profile.reload_wait, verify_interval=0.5)
         changes = Changes(
             open_store(settings),

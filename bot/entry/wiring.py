@@ -4,12 +4,14 @@ Shared by the CLI, the bot and the scheduler."""
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from bot.config import PbxProfile, Settings
 from bot.plans.changes import PbxHandle
 from bot.plans.vault import KEY_FILE, Vault
 from bot.routing.watch import DriftWatch
 from bot.services import Services
+from pbx.budget import Budget, LocalBudget, RedisBudget
 from pbx.mikopbx import MikoPbxClient
 from storage.db import database_url, make_engine, migrate
 from storage.repos import Repos
@@ -40,3 +42,34 @@ def drift_watch(services: Services, bot: Any | None = None) -> DriftWatch:
     from handlers.drift import DriftNotifier
 
     return DriftWatch(services, DriftNotifier(bot) if bot is not None else None)
+
+
+def budget_key(profile: PbxProfile) -> str:
+    """What the budget in Redis is keyed by: the PBX's address (nginx counts per client
+    and PBX), so two profiles naming one PBX share it too."""
+    parts = urlsplit(profile.url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{(parts.hostname or '').lower()}:{port}"
+
+
+def pbx_budget(settings: Settings, profile: PbxProfile) -> Budget:
+    """The PBX's call budget: in Redis, shared by every replica, when `[pbx_budget] redis_url`
+    (or `[redis] url`) is set; this process's own otherwise."""
+    config = settings.pbx_budget
+    url = config.redis_url or settings.redis.url
+    if url:
+        return RedisBudget(
+            url,
+            budget_key(profile),
+            profile.rate_limit_per_min,
+            config.burst,
+            background_share=config.background_share,
+            fallback_share=config.fallback_share,
+        )
+    return LocalBudget(profile.rate_limit_per_min, config.burst, background_share=config.background_share)
+
+
+def open_pbx(settings: Settings, name: str, **kwargs: Any) -> MikoPbxClient:
+    """The client of the profile `name`, with its budget (closed with the client)."""
+    profile = settings.pbx[name]
+    return MikoPbxClient.from_profile(name, profile, budget=pbx_budget(settings, profile), **kwargs)
