@@ -62,7 +62,7 @@ def _specificity(pattern: str) -> tuple[int, int]:
     return (1 if "!" not in pattern and "." not in pattern else 2, -len(pattern))
 
 
-def _as_pattern(number: str) -> str:
+def as_pattern(number: str) -> str:
     return number if number.startswith("_") or not re.search(r"[XNZ.!\[]", number) else "_" + number
 
 
@@ -76,7 +76,7 @@ class _Pool:
         for r in routes:
             if not r.number:
                 self.empty.append(r)
-            elif _as_pattern(r.number).startswith("_"):
+            elif as_pattern(r.number).startswith("_"):
                 self.patterns.append(r)
             else:
                 self.exact.setdefault(r.number, []).append(r)
@@ -90,12 +90,20 @@ class _Pool:
         exact = [r for r in self.exact.get(exten, ()) if ok(r)]
         if exact:
             return min(exact, key=lambda r: (r.priority, r.id or 0))
-        candidates = [r for r in self.patterns if ok(r) and did_matches(_as_pattern(r.number), exten)]
+        candidates = [r for r in self.patterns if ok(r) and did_matches(as_pattern(r.number), exten)]
         if not candidates:
             return None
-        best = min(_specificity(_as_pattern(r.number)) for r in candidates)
-        chain = [r for r in candidates if _specificity(_as_pattern(r.number)) == best]
+        best = min(_specificity(as_pattern(r.number)) for r in candidates)
+        chain = [r for r in candidates if _specificity(as_pattern(r.number)) == best]
         return min(chain, key=lambda r: (r.priority, r.id or 0))
+
+    def with_did(self, did: str, members: set[str | None]) -> list[Route]:
+        """The routes of `members` whose DID is `did` as written (a pattern's text included)."""
+        return [
+            r
+            for r in (*self.exact.get(did, ()), *self.patterns)
+            if r.number == did and r.providerid in members
+        ]
 
     def catch_all(self, members: set[str | None] | None = None) -> Route | None:
         empty = [r for r in self.empty if members is None or r.providerid in members]
@@ -111,10 +119,9 @@ class Tracer:
         self.enabled = sorted((p for p in snapshot.details.values() if not p.disabled), key=lambda p: p.id)
         self.attrs = {p.id: Attributes.parse(p.manualattributes) for p in self.enabled}
         self.matches = {p.id: _matches(p, self.attrs[p.id]) for p in self.enabled}
-        self.groups: dict[str, list[Provider]] = {}
+        self.groups: dict[str, list[Provider]] = {}  # SIPConf::contexts_data: every enabled account
         for p in self.enabled:
-            if p.registration_type != "inbound":
-                self.groups.setdefault(_group_key(p), []).append(p)
+            self.groups.setdefault(_group_key(p), []).append(p)
         live = [r for r in snapshot.routes if r.priority != 9999]
         self.any_pool = _Pool([r for r in live if r.any_provider])
         self.bound_pool = _Pool([r for r in live if not r.any_provider])
@@ -140,8 +147,13 @@ class Tracer:
         account = self._account(number)
         if account is None:
             return Trace(number, "no_account", lines=[Line("no_account", {"number": number})])
+        return self.follow(account, account.username, number)
+
+    def follow(self, account: Provider, exten: str, number: str | None = None) -> Trace:
+        """The path of an INVITE from `account`'s host whose Request-URI user is `exten`
+        (its login, or a DID the provider sends): `number` is what it was asked about."""
         login = account.username
-        result = Trace(number, "not_found", account=account)
+        result = Trace(number or exten, "not_found", account=account)
         lines = result.lines
         lines.append(
             Line("account", {"login": login, "id": account.id, "host": account.host, "port": account.port})
@@ -160,34 +172,56 @@ class Tracer:
                 {"host": account.host, "id": endpoint.id, "login": endpoint.username, "n": len(matching)},
             )
         )
-        if endpoint.id != account.id:
-            result.collision = True
-            lines.append(Line("collision", {"login": login, "other": endpoint.username or endpoint.id}))
+        result.collision = endpoint.id != account.id
 
         group = self.groups.get(_group_key(endpoint), [endpoint])
-        context = _group_key(endpoint) if len(group) > 1 else f"{endpoint.id}-incoming"
-        why = "shared" if len(group) > 1 else "own"
+        shared = len(group) > 1 and endpoint.registration_type != "inbound"
+        own = (
+            f"{endpoint.username or endpoint.id}" if endpoint.registration_type == "inbound" else endpoint.id
+        )
+        context = _group_key(endpoint) if shared else f"{own}-incoming"
+        why = "shared" if shared else "own"
         override = (
             self.attrs.get(endpoint.id, Attributes({}, [], [])).sections.get("endpoint", {}).get("context")
         )
         if override:
             context, why = override, ("recipe" if override == RECIPE_CONTEXT else "override")
         result.context = context
+        if result.collision:  # what the collision means depends on the context it leads to
+            other = endpoint.username or endpoint.id
+            kind = {"recipe": "collision_recipe", "shared": "collision_shared"}.get(why, "collision")
+            lines.append(Line(kind, {"login": login, "other": other}))
         lines.append(Line(f"context_{why}", {"context": context}))
 
         if context == RECIPE_CONTEXT:
-            route = self.any_pool.first(login) or self.any_pool.catch_all()
+            route = self.any_pool.first(exten) or self.any_pool.catch_all()
             if route is None:
-                lines.append(Line("not_found", {"login": login, "context": context}))
+                lines.append(Line("not_found", {"login": exten, "context": context}))
                 return result
-        elif why in ("own", "shared"):
-            members: set[str | None] = {p.id for p in group} if why == "shared" else {endpoint.id}
-            route = self.bound_pool.first(login, members)
-            if route is None and why == "shared":  # exten => <login>: that account's empty-DID routes
-                owner = next((p for p in group if p.username == login), None)
-                route = self.bound_pool.catch_all({owner.id}) if owner is not None else None
-            if route is None:
+        elif why == "own" and len(group) > 1:  # an inbound account sharing host:port: no context of its own
+            lines.append(Line("not_found", {"login": exten, "context": context}))
+            return result
+        elif why == "shared":
+            members: set[str | None] = {p.id for p in group}
+            owners = {p.id for p in group if p.username == exten}
+            if owners:
+                # exten => <login> (multiplyExtensionsInDialplan): the login's own empty-DID routes
+                # and routes whose DID is the login; no pattern and no other account's catch-all
+                chain = self.bound_pool.with_did(exten, members)
+                chain += [r for r in self.bound_pool.empty if r.providerid in owners]
+                route = min(chain, key=lambda r: (r.priority, r.id or 0)) if chain else None
+            else:
+                route = self.bound_pool.first(exten, members) or self.bound_pool.catch_all(members)
+        elif why == "own":
+            members = {endpoint.id}
+            if (
+                exten == endpoint.username
+                and not exten.isdigit()
+                and not self.bound_pool.with_did(exten, members)
+            ):  # a non-numeric login's own extension runs the account's empty-DID routes
                 route = self.bound_pool.catch_all(members)
+            else:
+                route = self.bound_pool.first(exten, members) or self.bound_pool.catch_all(members)
         else:
             lines.append(Line("unknown_context", {"context": context}))
             return result
