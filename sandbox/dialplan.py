@@ -86,11 +86,12 @@ def exten_matches(pattern: str, exten: str) -> bool:
     return bool(_pattern_regex(pattern).match(exten))
 
 
-def _specificity(pattern: str) -> tuple[int, int]:
-    # Asterisk tries literal extensions first, then narrower patterns before `.`/`!`.
+def _specificity(pattern: str) -> tuple[int, int, int]:
+    # Asterisk tries literal extensions first, then narrower patterns before `.`/`!`,
+    # and `.` before `!` (ext_cmp_pattern_pos): `_X.` takes a call before `_X!`.
     if not pattern.startswith("_"):
-        return (0, 0)
-    return (2 if ("!" in pattern or "." in pattern) else 1, -len(pattern))
+        return (0, 0, 0)
+    return (2 if ("!" in pattern or "." in pattern) else 1, -len(pattern), pattern.count("!"))
 
 
 @dataclass

@@ -169,7 +169,8 @@ def test_every_finding_has_texts(lang):
         "route_provider_disabled orphan_any_route duplicate_did did_bound_and_any missing_destination "
         "did_format not_registered inbound_shares_host attrs_unknown_section attrs_line_dropped "
         "attrs_line_without_endpoint attrs_context_typo login_falls_to_default guest_calls_reach_any "
-        "cdr_collision guest_calls_unchecked cdr_unchecked".split()
+        "cdr_collision guest_calls_unchecked cdr_unchecked call_to_another_account call_falls_to_default "
+        "call_rejected call_right_by_shared_context call_attributed_to_other".split()
     )
     for code in codes_in_doctor:
         assert f"doctor.{code}.title" in CATALOGUES[lang] and f"doctor.{code}.why" in CATALOGUES[lang]
@@ -223,3 +224,27 @@ async def test_a_refused_read_names_the_check_it_skips(client, sim):
 def test_every_check_is_a_named_function_saying_what_it_finds_and_why():
     assert len({check.__name__ for check in CHECKS}) == len(CHECKS)
     assert all(check.__doc__ and len(check.__doc__.split()) >= 8 for check in CHECKS)
+
+
+async def test_a_login_on_another_port_lands_on_the_first_accounts_route_an_error(client, sim):
+    """Issue 13: separate contexts, no recipe. 847900's calls reach 847706's Sales queue."""
+    second = await add_account(client, "847900", port=5080)
+    await client.create_route(Route(rulename="847900", providerid=second.id, extension=DEMO_IVR_EXTENSION))
+    found = await findings(client)
+    error = next(f for f in found if f.code == "call_to_another_account")
+    assert error.severity is Severity.ERROR and error.subject == "847900"
+    assert error.params["route"] == 2 and error.params["owner"] == "847706" and error.fix == FixHost(ZADARMA)
+    assert sim.simulate_call(ZADARMA, "847900")["destination"] == DEMO_QUEUE_EXTENSION  # what the trace says
+
+
+async def test_a_did_of_a_bound_route_is_traced_too(client, sim):
+    """A DID the provider sends (a phone) on a route bound to the second account of another port."""
+    second = await add_account(client, "847900", port=5080)
+    await client.create_route(
+        Route(rulename="phone", number="+74952293042", providerid=second.id, extension=DEMO_IVR_EXTENSION)
+    )
+    found = await findings(client)
+    rejected = next(f for f in found if f.subject == "+74952293042")
+    # identified as 847706, whose own context has no `+7…` extension and `_X!` takes digits only
+    assert (rejected.code, rejected.severity) == ("call_rejected", Severity.ERROR)
+    assert sim.simulate_call(ZADARMA, "+74952293042")["outcome"] == "not_found"

@@ -56,10 +56,10 @@ def _matches(p: Provider, attrs: Attributes) -> set[str]:
     return {m for m in found if m}
 
 
-def _specificity(pattern: str) -> tuple[int, int]:
+def _specificity(pattern: str) -> tuple[int, int, int]:
     if not pattern.startswith("_"):
-        return (0, -len(pattern))
-    return (1 if "!" not in pattern and "." not in pattern else 2, -len(pattern))
+        return (0, -len(pattern), 0)
+    return (1 if "!" not in pattern and "." not in pattern else 2, -len(pattern), pattern.count("!"))
 
 
 def as_pattern(number: str) -> str:
@@ -105,7 +105,11 @@ class _Pool:
             if r.number == did and r.providerid in members
         ]
 
-    def catch_all(self, members: set[str | None] | None = None) -> Route | None:
+    def catch_all(self, members: set[str | None] | None = None, exten: str = "0") -> Route | None:
+        """The first empty-DID route: MikoPBX writes them under `_X!`, which takes only an
+        extension starting with a digit (a `+7…` DID or a letter login is not caught)."""
+        if not did_matches("_X!", exten):
+            return None
         empty = [r for r in self.empty if members is None or r.providerid in members]
         return min(empty, key=lambda r: (r.priority, r.id or 0)) if empty else None
 
@@ -193,8 +197,9 @@ class Tracer:
             lines.append(Line(kind, {"login": login, "other": other}))
         lines.append(Line(f"context_{why}", {"context": context}))
 
+        literal = False  # `exten => <login>`: matched, whatever its dial actions
         if context == RECIPE_CONTEXT:
-            route = self.any_pool.first(exten) or self.any_pool.catch_all()
+            route = self.any_pool.first(exten) or self.any_pool.catch_all(exten=exten)
             if route is None:
                 lines.append(Line("not_found", {"login": exten, "context": context}))
                 return result
@@ -210,8 +215,9 @@ class Tracer:
                 chain = self.bound_pool.with_did(exten, members)
                 chain += [r for r in self.bound_pool.empty if r.providerid in owners]
                 route = min(chain, key=lambda r: (r.priority, r.id or 0)) if chain else None
+                literal = True
             else:
-                route = self.bound_pool.first(exten, members) or self.bound_pool.catch_all(members)
+                route = self.bound_pool.first(exten, members) or self.bound_pool.catch_all(members, exten)
         elif why == "own":
             members = {endpoint.id}
             if (
@@ -219,13 +225,16 @@ class Tracer:
                 and not exten.isdigit()
                 and not self.bound_pool.with_did(exten, members)
             ):  # a non-numeric login's own extension runs the account's empty-DID routes
-                route = self.bound_pool.catch_all(members)
+                route, literal = self.bound_pool.catch_all(members), True
             else:
-                route = self.bound_pool.first(exten, members) or self.bound_pool.catch_all(members)
+                route = self.bound_pool.first(exten, members) or self.bound_pool.catch_all(members, exten)
         else:
             lines.append(Line("unknown_context", {"context": context}))
             return result
 
+        if route is None and not literal and not did_matches("_X!", exten):  # not even `_X!` takes it
+            lines.append(Line("not_found", {"login": exten, "context": context}))
+            return result
         if route is None:
             result.outcome = "default"
             result.destination = self.default.extension if self.default else None
