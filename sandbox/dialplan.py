@@ -3,7 +3,9 @@ and where an inbound INVITE ends up — the model behind `/sandbox/calls:simulat
 (the behaviour it models is explained in docs/ROUTING.md).
 
 Follows mikopbx/Core 2026.1: SIPConf::generateProvidersPj / generateProviderEndpoint /
-getIncomingContextId, IncomingContexts::generate, ExtensionsConf::generatePublicContext,
+getIncomingContextId / extensionGenContexts, IncomingContexts::generate (with
+multiplyExtensionsInDialplan, duplicateDialActionsRoutNumber, trimDialPlan),
+ExtensionsConf::generatePublicContext,
 and Asterisk's res_pjsip identifiers (endpoint_identifier_order=username,ip,anonymous;
 the ip identifier returns the first identify, in object-id order, whose match covers
 the source).
@@ -84,11 +86,12 @@ def exten_matches(pattern: str, exten: str) -> bool:
     return bool(_pattern_regex(pattern).match(exten))
 
 
-def _specificity(pattern: str) -> tuple[int, int]:
-    # Asterisk tries literal extensions first, then narrower patterns before `.`/`!`.
+def _specificity(pattern: str) -> tuple[int, int, int]:
+    # Asterisk tries literal extensions first, then narrower patterns before `.`/`!`,
+    # and `.` before `!` (ext_cmp_pattern_pos): `_X.` takes a call before `_X!`.
     if not pattern.startswith("_"):
-        return (0, 0)
-    return (2 if ("!" in pattern or "." in pattern) else 1, -len(pattern))
+        return (0, 0, 0)
+    return (2 if ("!" in pattern or "." in pattern) else 1, -len(pattern), pattern.count("!"))
 
 
 @dataclass
@@ -184,12 +187,26 @@ class Dialplan:
                     ctx.add(exten_pattern(r["number"]), [r])
             catch_all = [r for r in routes if not r["number"]]
             if len(members) > 1:
-                for p in members:  # exten => <login> runs that account's "any number" routes
-                    own = [r for r in catch_all if r["provider"] == p["id"]]
-                    if p["username"] and own:
-                        ctx.add(p["username"], own)
-            elif members[0]["username"] and not members[0]["username"].isdigit():
-                ctx.add(members[0]["username"], list(catch_all))
+                # multiplyExtensionsInDialplan (provider array): every login of the group gets
+                # `exten => <login>` with the route header; its dial actions are those
+                # duplicateDialActionsRoutNumber gave that login (the empty-DID routes of its own
+                # account) plus those of a route whose DID is the login itself (same dialplan key,
+                # trimDialPlan appends them). Asterisk prefers this literal extension to `_X!`
+                # and to any pattern, so another account's catch-all never takes the call.
+                for login in dict.fromkeys(p["username"] for p in members if p["username"]):
+                    owners = {p["id"] for p in members if p["username"] == login}
+                    chain = [
+                        r
+                        for r in routes
+                        if r["number"].strip() == login or (not r["number"] and r["provider"] in owners)
+                    ]
+                    ctx.extens.pop(exten_pattern(login), None)  # the DID route's header, replaced
+                    ctx.extens[login] = chain  # empty: the default action only
+            else:
+                login = members[0]["username"]
+                # multiplyExtensionsInDialplanStringLogin: a non-numeric login no route's DID equals
+                if login and not login.isdigit() and all(r["number"].strip() != login for r in routes):
+                    ctx.add(login, list(catch_all))
             ctx.add(CATCH_ALL, catch_all)  # implicit when empty: the default action only
             self.contexts[name] = ctx
 

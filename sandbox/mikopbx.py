@@ -496,8 +496,42 @@ class MikoPbxSimulator(LoopbackServer):
         return 200, self.state.registration(self.state.find_provider(str(req.record_id)))
 
     def _history(self, req: _Request) -> tuple[int, Any]:
+        """Providers\\GetHistoryAction::main (sip-providers and providers both reach it through
+        ProvidersManagementProcessor): `limit` as PHP's (int) reads it, within 1..1000,
+        default 100; the Redis list newest first, each event with datetime and timeAgo."""
         record = self.state.find_provider(str(req.record_id))
-        return 200, {"events": self.state.registration_history(record)}
+        limit = max(min(_php_int(req.raw.query.get("limit"), 100), 1000), 1)
+        stored = self.state.registration_history(record)
+        provider = {
+            "uniqid": record["id"],
+            "type": "sip",
+            "description": record["description"],
+            "host": record["host"],
+            "username": record["username"],
+            "disabled": bool(record["disabled"]),
+        }
+        if not stored:
+            data = {"provider": provider, "events": [], "count": 0, "limit": limit}
+            return 200, {**data, "message": "No history available for this provider"}
+        now = int(time.time())
+        events = []
+        for event in stored[:limit]:
+            events.append(
+                {
+                    **event,
+                    "datetime": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event["timestamp"])),
+                    "timeAgo": _time_ago(now - event["timestamp"]),
+                    "details": f"State changed from {event['previousState']} to {event['state']}",
+                }
+            )
+        return 200, {
+            "provider": provider,
+            "events": events,
+            "count": len(events),
+            "limit": limit,
+            "statistics": _history_stats(events),
+            "totalAvailable": len(stored),
+        }
 
     def _create_route(self, req: _Request) -> tuple[int, Any]:
         route_id = str(req.data.get("id") or "")
@@ -587,6 +621,57 @@ class MikoPbxSimulator(LoopbackServer):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _php_int(value: str | None, default: int) -> int:
+    """PHP's (int) of a query string: its leading integer, 0 when it has none."""
+    if value is None:
+        return default
+    match = re.match(r"\s*([+-]?\d+)", value)
+    return int(match.group(1)) if match else 0
+
+
+def _time_ago(seconds: int) -> str:
+    """GetHistoryAction::getTimeAgo."""
+    if seconds < 60:
+        return f"{seconds} seconds ago"
+    n, unit = (
+        (seconds // 60, "minute")
+        if seconds < 3600
+        else (seconds // 3600, "hour")
+        if seconds < 86400
+        else (seconds // 86400, "day")
+    )
+    return f"{n} {unit}{'s' if n > 1 else ''} ago"
+
+
+def _history_stats(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """GetHistoryAction::calculateHistoryStats: `history` newest first."""
+    if not history:
+        return {}
+    stats: dict[str, Any] = {"totalEvents": len(history), "stateChanges": 0, "errors": 0, "recoveries": 0}
+    states: dict[str, int] = {}
+    for event in history:
+        if "state" not in event:
+            continue
+        stats["stateChanges"] += 1
+        state = str(event["state"]).lower()
+        states[state] = states.get(state, 0) + 1
+        if state in ("rejected", "unreachable", "off", "unknown"):
+            stats["errors"] += 1
+        elif state in ("registered", "ok", "reachable"):
+            previous = str(event.get("previousState") or "").lower()
+            if previous in ("rejected", "unreachable", "unregistered", "off", "unknown"):
+                stats["recoveries"] += 1
+    stats["states"] = states
+    first, last = history[-1], history[0]
+    if "timestamp" in first and "timestamp" in last:
+        stats["timeRange"] = {
+            "from": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(first["timestamp"])),
+            "to": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["timestamp"])),
+            "duration": last["timestamp"] - first["timestamp"],
+        }
+    return stats
 
 
 def _parse_path(tail: str) -> tuple[str, str | None, str | None] | None:

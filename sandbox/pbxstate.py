@@ -127,6 +127,37 @@ def _bool(value: Any) -> bool:
     return bool(value)
 
 
+_EVENT_NAMES = {  # GetAllStatusesAction::getEventDescription, as MikoPBX's English catalogue reads it
+    "registered": "Registered",
+    "unregistered": "Unregistered",
+    "unreachable": "Unreachable",
+    "lagged": "Lagged",
+    "rejected": "Rejected",
+    "off": "Disabled",
+    "ok": "OK",
+}
+
+
+def _history_event(timestamp: int, state: str, previous: str) -> dict[str, Any]:
+    lowered = state.lower()
+    kind = (
+        "info"
+        if lowered in ("registered", "ok", "reachable")
+        else "warning"
+        if lowered in ("unreachable", "lagged", "unregistered")
+        else "error"
+    )
+    return {
+        "timestamp": timestamp,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)),
+        "type": kind,
+        "event": _EVENT_NAMES.get(lowered, "Status changed"),
+        "details": f"{previous} -> {state}",
+        "state": state,
+        "previousState": previous,
+    }
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S")
 
@@ -427,11 +458,18 @@ class PbxState:
         return status
 
     def registration_history(self, record: dict[str, Any]) -> list[dict[str, Any]]:
+        """The state changes ProviderMonitor pushes to its Redis list, newest first
+        (GetAllStatusesAction::recordHistoryEvent): the account's save left it
+        unregistered, then it reached its current state."""
         now = time.monotonic()
-        current = self.registration(record, now)["state"]
-        events = [{"timestamp": _now(), "previousState": "", "newState": "unregistered"}]
+        status = self.registration(record, now)
+        current = status["state"]
+        wall = int(time.time())
+        changed = wall - int(status["stateDuration"])
+        saved = wall - int(now - self.saved_at.get(record["id"], now - 3600))
+        events = [_history_event(min(saved, changed), "unregistered", "UNKNOWN")]
         if current != "unregistered":
-            events.append({"timestamp": _now(), "previousState": "unregistered", "newState": current})
+            events.insert(0, _history_event(changed, current, "unregistered"))
         return events
 
     # ------------------------------------------------------------------ routes

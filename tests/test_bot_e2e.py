@@ -17,7 +17,7 @@ import pytest
 from bot.config import load_settings
 from bot.entry.app import BotApp, running
 from pbx.mikopbx import MikoPbxClient
-from pbx.models import Provider
+from pbx.models import Provider, Route
 from sandbox.demo import DEMO_IVR_EXTENSION, DEMO_PROVIDER_ID, DEMO_QUEUE_EXTENSION
 from sandbox.telegram import TelegramSandbox
 from tests.conftest import API_KEY, fast_client
@@ -464,7 +464,25 @@ async def test_doctor_offers_a_fix_that_goes_through_approval(world: World):
     await w.said(GROUP, "Состояние: применён", kinds=("edit",), after=start)
     mark = w.mark()
     w.tg.send(OLGA, GROUP, "/doctor")
-    await w.said(GROUP, "проблем не найдено", after=mark)
+    # calls land right now; identify still records 847900's calls as 847706's: a warning, no error
+    after = await w.said(GROUP, "Звонки на 847900 попадают верно, но записываются на 847706", after=mark)
+    assert "❌" not in after["text"]
+
+
+async def test_doctor_grades_calls_on_another_port_as_an_error(world: World):
+    w = world
+    second = Provider(
+        id="SIP-TRUNK-FFFFFFFF", description="Z 847900", username="847900", host=ZADARMA, port=5080
+    )
+    await w.client.create_provider(second, secret="pw")
+    await w.client.create_route(Route(rulename="847900", providerid=second.id, extension=DEMO_IVR_EXTENSION))
+    start = w.mark()
+    w.tg.send(VIKTOR, GROUP, "/doctor")
+    report = await w.said(GROUP, "Doctor · PBX office: 1 error", after=start)
+    assert "❌ Calls to 847900 land on route 2 of 847706" in report["text"]
+    w.tg.send(VIKTOR, GROUP, "/trace 847900")
+    traced = await w.said(GROUP, "Trace · PBX office", after=start)
+    assert "That is not 847900's account" in traced["text"]
 
 
 async def test_trace_explains_where_a_call_goes(world: World):

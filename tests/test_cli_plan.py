@@ -96,3 +96,19 @@ def test_doctor_exits_1_on_an_error(served_pbx, tmp_path, capsys):
     config.write_text(f'[pbx.office]\nurl = "{served_pbx.url}"\napi_key = "{API_KEY}"\n', encoding="utf-8")
     assert main(["--config", str(config), "--lang", "en", "doctor", "--pbx", "office"]) == 1
     assert "[E] Route 2 goes to 2999" in capsys.readouterr().out
+
+
+def test_doctor_exits_1_when_a_login_lands_on_another_accounts_route(served_pbx, tmp_path, capsys):
+    """Two accounts of one host on different ports: separate contexts, no recipe."""
+    providers = served_pbx.state.providers
+    second = {
+        **next(iter(providers.values())),
+        "id": "SIP-TRUNK-FFFFFFFF",
+        "username": "847900",
+        "port": 5080,
+    }
+    providers[second["id"]] = second
+    config = tmp_path / "config.toml"
+    config.write_text(f'[pbx.office]\nurl = "{served_pbx.url}"\napi_key = "{API_KEY}"\n', encoding="utf-8")
+    assert main(["--config", str(config), "--lang", "en", "doctor", "--pbx", "office"]) == 1
+    assert "[E] Calls to 847900 land on route 2 of 847706" in capsys.readouterr().out

@@ -40,21 +40,24 @@ async def test_the_demo_pbx_is_clean(client):
 
 async def test_two_logins_on_one_host_without_the_recipe(client):
     await add_account(client, "847900")
-    (finding,) = await findings(client)
+    unrouted, finding = await findings(client)
     assert (finding.code, finding.severity, finding.subject) == (
         "shared_host_no_fix",
         Severity.WARNING,
         ZADARMA,
     )
     assert finding.fix == FixHost(ZADARMA) and len(finding.fix_key) == 10
+    # MikoPBX gives 847900 `exten => 847900` with its own empty-DID routes only (none):
+    # the demo account's catch-all does not take it, the default route (busy) does
+    assert (unrouted.code, unrouted.subject) == ("login_falls_to_default", "847900")
 
 
 async def test_a_mixed_group_and_a_recipe_login_without_a_route(client):
     await add_account(client, "847900", RECIPE)
     found = await findings(client)
-    assert codes(found) == ["mixed_group", "recipe_without_route"]
+    assert codes(found) == ["mixed_group", "recipe_without_route", "login_falls_to_default"]
     assert found[0].params["logins"] == "847706" and found[1].subject == "847900"
-    assert all(f.severity is Severity.ERROR for f in found)
+    assert [f.severity for f in found] == [Severity.ERROR, Severity.ERROR, Severity.WARNING]
 
 
 async def test_a_route_bound_to_an_account_under_the_recipe_is_dead(client):
@@ -134,8 +137,15 @@ async def test_the_fix_plan_clears_the_finding_and_calls_land_right(client, sim)
     assert plan.kind.value == "fix" and plan.steps
     result = await Executor(client, reload_wait=0, verify_timeout=5, verify_interval=0.05).apply(plan)
     assert result.status is ApplyStatus.APPLIED
-    assert await findings(client) == []
+    # calls land right; identify still binds 847900's calls to the first account, so its
+    # call records name that one: a warning without a fix, no error
+    (finding,) = await findings(client)
+    assert finding.code == "call_attributed_to_other"
+    assert (finding.severity, finding.fix) == (Severity.WARNING, None)
+    assert finding.params == {"number": "847900", "login": "847900", "other": "847706"}
     assert sim.simulate_call(ZADARMA, "847706")["destination"] == DEMO_QUEUE_EXTENSION
+    # the fix keeps where 847900's calls went before it: the default route (it had no route of its own)
+    assert sim.simulate_call(ZADARMA, "847900")["destination"] == "busy"
 
 
 def test_attribute_parsing_and_did_patterns():
@@ -159,7 +169,8 @@ def test_every_finding_has_texts(lang):
         "route_provider_disabled orphan_any_route duplicate_did did_bound_and_any missing_destination "
         "did_format not_registered inbound_shares_host attrs_unknown_section attrs_line_dropped "
         "attrs_line_without_endpoint attrs_context_typo login_falls_to_default guest_calls_reach_any "
-        "cdr_collision guest_calls_unchecked cdr_unchecked".split()
+        "cdr_collision guest_calls_unchecked cdr_unchecked call_to_another_account call_falls_to_default "
+        "call_rejected call_right_by_shared_context call_attributed_to_other".split()
     )
     for code in codes_in_doctor:
         assert f"doctor.{code}.title" in CATALOGUES[lang] and f"doctor.{code}.why" in CATALOGUES[lang]
@@ -193,8 +204,12 @@ async def test_call_records_show_the_collision(client, sim):
     await client.create_route(Route(rulename="847900", providerid="SIP-TRUNK-FFFFFFFF", extension="2000"))
     sim.simulate_call(ZADARMA, "847900")  # identified as the demo account: its routes answer
     found = await findings(client)
-    collision = next(f for f in found if f.code == "cdr_collision")
-    assert collision.severity is Severity.INFO and collision.params == {"login": "847900", "other": "847706"}
+    # the trace grades it (an error); the call records' note on the same collision is not repeated
+    assert "cdr_collision" not in codes(found) and "call_to_another_account" in codes(found)
+    sim.state.providers["SIP-TRUNK-FFFFFFFF"]["port"] = 5060  # one host:port: a shared context
+    sim.simulate_call(ZADARMA, "847900")
+    found = await findings(client)
+    assert "cdr_collision" not in codes(found) and "call_right_by_shared_context" in codes(found)
 
 
 async def test_a_refused_read_names_the_check_it_skips(client, sim):
@@ -209,3 +224,27 @@ async def test_a_refused_read_names_the_check_it_skips(client, sim):
 def test_every_check_is_a_named_function_saying_what_it_finds_and_why():
     assert len({check.__name__ for check in CHECKS}) == len(CHECKS)
     assert all(check.__doc__ and len(check.__doc__.split()) >= 8 for check in CHECKS)
+
+
+async def test_a_login_on_another_port_lands_on_the_first_accounts_route_an_error(client, sim):
+    """Issue 13: separate contexts, no recipe. 847900's calls reach 847706's Sales queue."""
+    second = await add_account(client, "847900", port=5080)
+    await client.create_route(Route(rulename="847900", providerid=second.id, extension=DEMO_IVR_EXTENSION))
+    found = await findings(client)
+    error = next(f for f in found if f.code == "call_to_another_account")
+    assert error.severity is Severity.ERROR and error.subject == "847900"
+    assert error.params["route"] == 2 and error.params["owner"] == "847706" and error.fix == FixHost(ZADARMA)
+    assert sim.simulate_call(ZADARMA, "847900")["destination"] == DEMO_QUEUE_EXTENSION  # what the trace says
+
+
+async def test_a_did_of_a_bound_route_is_traced_too(client, sim):
+    """A DID the provider sends (a phone) on a route bound to the second account of another port."""
+    second = await add_account(client, "847900", port=5080)
+    await client.create_route(
+        Route(rulename="phone", number="+74952293042", providerid=second.id, extension=DEMO_IVR_EXTENSION)
+    )
+    found = await findings(client)
+    rejected = next(f for f in found if f.subject == "+74952293042")
+    # identified as 847706, whose own context has no `+7…` extension and `_X!` takes digits only
+    assert (rejected.code, rejected.severity) == ("call_rejected", Severity.ERROR)
+    assert sim.simulate_call(ZADARMA, "+74952293042")["outcome"] == "not_found"

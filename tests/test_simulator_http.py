@@ -182,3 +182,46 @@ def test_version():
         [sys.executable, "-m", "bot.entry.cli", "--version"], capture_output=True, text=True
     )
     assert proc.returncode == 0 and proc.stdout.startswith("pbxbot ")
+
+
+@pytest.mark.parametrize("resource", ["sip-providers", "providers"])
+async def test_get_history_answers_as_mikopbx_does(sim, resource):
+    """Providers\\GetHistoryAction: provider, events (newest first), count, limit within
+    1..1000 (default 100, PHP's (int) of the parameter), statistics, totalAvailable."""
+    path = f"/{resource}/{DEMO_PROVIDER_ID}:getHistory"
+    async with httpx.AsyncClient(base_url=sim.url + "/pbxcore/api/v3", headers=AUTH) as http:
+
+        async def history(**params):
+            response = await http.get(path, params=params)
+            assert response.status_code == 200
+            return response.json()["data"]
+
+        data = await history()
+        assert {"provider", "events", "count", "limit", "statistics", "totalAvailable"} <= set(data)
+        assert data["limit"] == 100 and data["count"] == len(data["events"]) == data["totalAvailable"] == 2
+        assert data["provider"] == {
+            "uniqid": DEMO_PROVIDER_ID,
+            "type": "sip",
+            "description": sim.state.providers[DEMO_PROVIDER_ID]["description"],
+            "host": "sip.zadarma.com",
+            "username": "847706",
+            "disabled": False,
+        }
+        newest, oldest = data["events"]
+        assert (newest["state"], newest["previousState"]) == ("registered", "unregistered")
+        assert (oldest["state"], oldest["previousState"]) == ("unregistered", "UNKNOWN")
+        assert {"timestamp", "datetime", "timeAgo", "event", "details", "type"} <= set(newest)
+        assert newest["timestamp"] >= oldest["timestamp"] and newest["timeAgo"].endswith("ago")
+        stats = data["statistics"]
+        assert (stats["totalEvents"], stats["stateChanges"], stats["recoveries"]) == (2, 2, 1)
+        assert stats["states"] == {"registered": 1, "unregistered": 1} and "timeRange" in stats
+
+        one = await history(limit=1)
+        assert (one["limit"], one["count"], one["totalAvailable"]) == (1, 1, 2)
+        assert one["events"][0]["state"] == "registered"  # the newest
+        assert (await history(limit=0))["limit"] == 1
+        assert (await history(limit=-7))["limit"] == 1
+        assert (await history(limit="abc"))["limit"] == 1  # (int)"abc" is 0, then at least 1
+        assert (await history(limit="3xyz"))["limit"] == 3
+        huge = await history(limit=5000)
+        assert huge["limit"] == 1000 and huge["count"] == 2

@@ -89,3 +89,33 @@ async def test_an_unknown_number(client, lang):
     result = trace(snapshot, "999999")
     assert result.outcome == "no_account"
     assert "999999" in t(f"trace.{result.lines[0].key}", lang, **result.lines[0].params)
+
+
+def lines_text(result, lang="en") -> str:
+    return "\n".join(t(f"trace.{line.key}", lang, **line.params) for line in result.lines)
+
+
+@pytest.mark.parametrize("port", [5060, 5080], ids=["shared context", "separate contexts"])
+async def test_the_collision_and_the_recipe_in_both_context_modes(client, sim, port):
+    await second_account(client, port=port)
+    before = await traced(client, sim, "847900")
+    assert before.collision
+    if port == 5060:  # right, but only thanks to the shared host:port context
+        assert before.destination == DEMO_IVR_EXTENSION and "only while both accounts" in lines_text(before)
+    else:  # the first account's own context: its catch-all takes 847900's call
+        assert before.destination == DEMO_QUEUE_EXTENSION and "are not what decides" in lines_text(before)
+    for pid in (DEMO_PROVIDER_ID, SECOND):
+        await client.patch_provider(pid, {"manualattributes": RECIPE})
+    await client.patch_route(2, {"number": "847706"}, providerid=None)
+    await client.create_route(Route(rulename="847900", number="847900", extension=DEMO_IVR_EXTENSION))
+    after = await traced(client, sim, "847900")
+    assert after.collision and after.destination == DEMO_IVR_EXTENSION
+    for lang in ("en", "ru"):
+        assert "⚠️" not in lines_text(after, lang)  # calm: the account identify picks does not decide
+    assert "does not decide where the call goes" in lines_text(after)
+
+
+async def test_a_login_without_a_route_of_its_own_in_a_shared_context_gets_the_default(client, sim):
+    await second_account(client, route_to=None)  # 847900: no empty-DID route of its own
+    result = await traced(client, sim, "847900")
+    assert result.outcome == "default" and result.route is None  # not the demo account's catch-all

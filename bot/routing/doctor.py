@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from bot.errors import PlanError
 from bot.plans import commands as grammar
 from bot.plans.commands import FixHost, Intent
 from bot.plans.snapshot import Snapshot, SnapshotReader
@@ -29,7 +30,7 @@ from pbx.models import SYSTEM_DESTINATIONS, Provider, RegistrationState, Registr
 
 from . import rules
 from .rules import RECIPE_CONTEXT, Attributes, did_matches, host_key, normalise_phone, number_key, same_host
-from .trace import Tracer
+from .trace import Trace, Tracer, as_pattern
 
 # An account saved a moment ago is unregistered until MikoPBX reloads and it registers.
 REGISTRATION_GRACE = 60
@@ -119,6 +120,55 @@ class Facts:
 
     def who(self, p: Provider) -> str:
         return p.username or p.id
+
+    @cached_property
+    def traces(self) -> list[Trace]:
+        """A call to every login and every DID a route names, traced through the dialplan
+        MikoPBX generates: logins and DIDs of provider-bound routes from their account's
+        host, DIDs of "any provider" routes from the account that has that number."""
+        tracer = self.tracer or Tracer(self.snapshot, self.evidence.default)
+        out: list[Trace] = []
+        seen: set[tuple[str, str]] = set()
+
+        def follow(account: Provider, exten: str, number: str) -> None:
+            if (account.id, number) not in seen:
+                seen.add((account.id, number))
+                out.append(tracer.follow(account, exten, number))
+
+        for p in self.accounts:
+            if not p.disabled and p.registration_type != "inbound" and p.username:
+                follow(p, p.username, p.username)
+        for route in self.snapshot.routes:
+            did = route.number
+            if not did or route.priority == 9999 or as_pattern(did).startswith("_"):
+                continue
+            if route.providerid is not None:
+                account = self.by_id.get(route.providerid)
+                if account is not None and not account.disabled and account.registration_type != "inbound":
+                    follow(account, did, did)
+            else:
+                try:
+                    result = tracer.trace(did)
+                except PlanError:  # a number two accounts claim: the trace cannot pick one
+                    continue
+                if result.account is not None and (result.account.id, did) not in seen:
+                    seen.add((result.account.id, did))
+                    out.append(result)
+        return out
+
+    def own_routes(self, result: Trace) -> list[Route]:
+        """The routes meant for the traced number: its account's or "any provider" ones whose
+        DID matches the number (or the extension the call carries), or that take any number."""
+        assert result.account is not None
+        key = number_key(result.number)
+        exten = result.account.username if result.number == result.account.username else result.number
+        return [
+            r
+            for r in self.snapshot.routes
+            if r.priority != 9999
+            and r.providerid in (None, result.account.id)
+            and (not r.number or number_key(r.number) == key or did_matches(as_pattern(r.number), exten))
+        ]
 
 
 Check = Callable[[Facts], Iterable[Finding]]
@@ -394,11 +444,66 @@ def guest_calls_reach_any(f: Facts) -> Iterator[Finding]:
         )
 
 
+def calls_land_on_their_own_route(f: Facts) -> Iterator[Finding]:
+    """Each login and DID traced like a call: an error when it ends anywhere but that
+    number's own route (another account's route, the default route while one of its own
+    exists, a 404); a warning when it is right only thanks to the shared host:port
+    context, or when the call is recorded against another account."""
+    for result in f.traces:
+        account = result.account
+        if account is None or result.outcome == "no_account":
+            continue
+        if result.lines and result.lines[-1].key == "unknown_context":
+            continue  # a custom context: attrs_context_typo speaks of it
+        number, other = result.number, result.endpoint.username if result.endpoint else ""
+        fix = (
+            FixHost(host_key(account.host)) if result.collision and result.context != RECIPE_CONTEXT else None
+        )
+        params: dict[str, Any] = {"number": number, "login": account.username, "other": other or "—"}
+        own = f.own_routes(result)
+        if result.outcome == "not_found":
+            if result.context == RECIPE_CONTEXT and number == account.username:
+                continue  # recipe_without_route says it
+            yield Finding("call_rejected", Severity.ERROR, number, {**params, "context": result.context}, fix)
+        elif result.outcome == "default":
+            if own:
+                routes = ", ".join(str(r.id) for r in own)
+                yield Finding(
+                    "call_falls_to_default",
+                    Severity.ERROR,
+                    number,
+                    {**params, "routes": routes, "destination": result.destination or "—"},
+                    fix,
+                )
+        elif result.route is not None and result.route not in own:
+            owner = f.by_id.get(result.route.providerid or "")
+            yield Finding(
+                "call_to_another_account",
+                Severity.ERROR,
+                number,
+                {
+                    **params,
+                    "route": result.route.id,
+                    "owner": f.who(owner) if owner else result.route.providerid,
+                    "destination": result.route.extension,
+                },
+                fix,
+            )
+        elif result.collision and any(line.key == "context_shared" for line in result.lines):
+            host = {"host": account.host, "port": account.port}
+            yield Finding("call_right_by_shared_context", Severity.WARNING, number, {**params, **host}, fix)
+        elif result.collision:
+            yield Finding("call_attributed_to_other", Severity.WARNING, number, params)
+
+
 def cdr_collision(f: Facts) -> Iterator[Finding]:
     """Recent calls for one login recorded against another account of its host:
     the provider's INVITEs are identified as the first account's."""
     by_login = {p.username: p for p in f.accounts if p.username}
-    seen: set[tuple[str, str]] = set()
+    # a login whose trace already shows the collision (calls_land_on_their_own_route) is not told twice
+    seen: set[tuple[str, str]] = {
+        (r.endpoint.id, r.account.id) for r in f.traces if r.collision and r.account and r.endpoint
+    }
     for from_account, did in f.evidence.calls:
         caller, owner = f.by_id.get(from_account), by_login.get(did)
         if caller is None or owner is None or caller.id == owner.id or (caller.id, owner.id) in seen:
@@ -431,6 +536,7 @@ CHECKS: tuple[Check, ...] = (
     extra_parameters_broken,
     login_falls_to_default,
     guest_calls_reach_any,
+    calls_land_on_their_own_route,
     cdr_collision,
 )
 

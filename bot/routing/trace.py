@@ -21,7 +21,7 @@ from bot.plans.planner import find_number
 from bot.plans.snapshot import Snapshot
 from pbx.models import Provider, Route
 
-from .rules import RECIPE_CONTEXT, Attributes, did_matches, host_key, shared_context
+from .rules import RECIPE_CONTEXT, Attributes, did_matches, host_key, number_key, shared_context
 
 
 @dataclass(frozen=True)
@@ -56,13 +56,13 @@ def _matches(p: Provider, attrs: Attributes) -> set[str]:
     return {m for m in found if m}
 
 
-def _specificity(pattern: str) -> tuple[int, int]:
+def _specificity(pattern: str) -> tuple[int, int, int]:
     if not pattern.startswith("_"):
-        return (0, -len(pattern))
-    return (1 if "!" not in pattern and "." not in pattern else 2, -len(pattern))
+        return (0, -len(pattern), 0)
+    return (1 if "!" not in pattern and "." not in pattern else 2, -len(pattern), pattern.count("!"))
 
 
-def _as_pattern(number: str) -> str:
+def as_pattern(number: str) -> str:
     return number if number.startswith("_") or not re.search(r"[XNZ.!\[]", number) else "_" + number
 
 
@@ -76,7 +76,7 @@ class _Pool:
         for r in routes:
             if not r.number:
                 self.empty.append(r)
-            elif _as_pattern(r.number).startswith("_"):
+            elif as_pattern(r.number).startswith("_"):
                 self.patterns.append(r)
             else:
                 self.exact.setdefault(r.number, []).append(r)
@@ -90,14 +90,26 @@ class _Pool:
         exact = [r for r in self.exact.get(exten, ()) if ok(r)]
         if exact:
             return min(exact, key=lambda r: (r.priority, r.id or 0))
-        candidates = [r for r in self.patterns if ok(r) and did_matches(_as_pattern(r.number), exten)]
+        candidates = [r for r in self.patterns if ok(r) and did_matches(as_pattern(r.number), exten)]
         if not candidates:
             return None
-        best = min(_specificity(_as_pattern(r.number)) for r in candidates)
-        chain = [r for r in candidates if _specificity(_as_pattern(r.number)) == best]
+        best = min(_specificity(as_pattern(r.number)) for r in candidates)
+        chain = [r for r in candidates if _specificity(as_pattern(r.number)) == best]
         return min(chain, key=lambda r: (r.priority, r.id or 0))
 
-    def catch_all(self, members: set[str | None] | None = None) -> Route | None:
+    def with_did(self, did: str, members: set[str | None]) -> list[Route]:
+        """The routes of `members` whose DID is `did` as written (a pattern's text included)."""
+        return [
+            r
+            for r in (*self.exact.get(did, ()), *self.patterns)
+            if r.number == did and r.providerid in members
+        ]
+
+    def catch_all(self, members: set[str | None] | None = None, exten: str = "0") -> Route | None:
+        """The first empty-DID route: MikoPBX writes them under `_X!`, which takes only an
+        extension starting with a digit (a `+7…` DID or a letter login is not caught)."""
+        if not did_matches("_X!", exten):
+            return None
         empty = [r for r in self.empty if members is None or r.providerid in members]
         return min(empty, key=lambda r: (r.priority, r.id or 0)) if empty else None
 
@@ -111,10 +123,9 @@ class Tracer:
         self.enabled = sorted((p for p in snapshot.details.values() if not p.disabled), key=lambda p: p.id)
         self.attrs = {p.id: Attributes.parse(p.manualattributes) for p in self.enabled}
         self.matches = {p.id: _matches(p, self.attrs[p.id]) for p in self.enabled}
-        self.groups: dict[str, list[Provider]] = {}
+        self.groups: dict[str, list[Provider]] = {}  # SIPConf::contexts_data: every enabled account
         for p in self.enabled:
-            if p.registration_type != "inbound":
-                self.groups.setdefault(_group_key(p), []).append(p)
+            self.groups.setdefault(_group_key(p), []).append(p)
         live = [r for r in snapshot.routes if r.priority != 9999]
         self.any_pool = _Pool([r for r in live if r.any_provider])
         self.bound_pool = _Pool([r for r in live if not r.any_provider])
@@ -140,8 +151,23 @@ class Tracer:
         account = self._account(number)
         if account is None:
             return Trace(number, "no_account", lines=[Line("no_account", {"number": number})])
+        return self.follow(account, self._sent_for(account, number), number)
+
+    def _sent_for(self, account: Provider, number: str) -> str:
+        """What the provider puts in the Request-URI for a call to `number`: the login for
+        the login; for the phone the account is known by, the phone as a route's DID spells
+        it (the form the operator sends, bot/plans/commands.py), else in E.164 digits."""
+        key = number_key(number)
+        if number == account.username or key == number_key(account.username):
+            return account.username
+        dids = (r.number for r in self.snapshot.routes if r.number and number_key(r.number) == key)
+        return next(dids, None) or key.lstrip("+")
+
+    def follow(self, account: Provider, exten: str, number: str | None = None) -> Trace:
+        """The path of an INVITE from `account`'s host whose Request-URI user is `exten`
+        (its login, or a DID the provider sends): `number` is what it was asked about."""
         login = account.username
-        result = Trace(number, "not_found", account=account)
+        result = Trace(number or exten, "not_found", account=account)
         lines = result.lines
         lines.append(
             Line("account", {"login": login, "id": account.id, "host": account.host, "port": account.port})
@@ -160,38 +186,65 @@ class Tracer:
                 {"host": account.host, "id": endpoint.id, "login": endpoint.username, "n": len(matching)},
             )
         )
-        if endpoint.id != account.id:
-            result.collision = True
-            lines.append(Line("collision", {"login": login, "other": endpoint.username or endpoint.id}))
+        result.collision = endpoint.id != account.id
 
         group = self.groups.get(_group_key(endpoint), [endpoint])
-        context = _group_key(endpoint) if len(group) > 1 else f"{endpoint.id}-incoming"
-        why = "shared" if len(group) > 1 else "own"
+        shared = len(group) > 1 and endpoint.registration_type != "inbound"
+        own = (
+            f"{endpoint.username or endpoint.id}" if endpoint.registration_type == "inbound" else endpoint.id
+        )
+        context = _group_key(endpoint) if shared else f"{own}-incoming"
+        why = "shared" if shared else "own"
         override = (
             self.attrs.get(endpoint.id, Attributes({}, [], [])).sections.get("endpoint", {}).get("context")
         )
         if override:
             context, why = override, ("recipe" if override == RECIPE_CONTEXT else "override")
         result.context = context
+        if result.collision:  # what the collision means depends on the context it leads to
+            other = endpoint.username or endpoint.id
+            kind = {"recipe": "collision_recipe", "shared": "collision_shared"}.get(why, "collision")
+            lines.append(Line(kind, {"login": login, "other": other}))
         lines.append(Line(f"context_{why}", {"context": context}))
 
+        literal = False  # `exten => <login>`: matched, whatever its dial actions
         if context == RECIPE_CONTEXT:
-            route = self.any_pool.first(login) or self.any_pool.catch_all()
+            route = self.any_pool.first(exten) or self.any_pool.catch_all(exten=exten)
             if route is None:
-                lines.append(Line("not_found", {"login": login, "context": context}))
+                lines.append(Line("not_found", {"login": exten, "context": context}))
                 return result
-        elif why in ("own", "shared"):
-            members: set[str | None] = {p.id for p in group} if why == "shared" else {endpoint.id}
-            route = self.bound_pool.first(login, members)
-            if route is None and why == "shared":  # exten => <login>: that account's empty-DID routes
-                owner = next((p for p in group if p.username == login), None)
-                route = self.bound_pool.catch_all({owner.id}) if owner is not None else None
-            if route is None:
-                route = self.bound_pool.catch_all(members)
+        elif why == "own" and len(group) > 1:  # an inbound account sharing host:port: no context of its own
+            lines.append(Line("not_found", {"login": exten, "context": context}))
+            return result
+        elif why == "shared":
+            members: set[str | None] = {p.id for p in group}
+            owners = {p.id for p in group if p.username == exten}
+            if owners:
+                # exten => <login> (multiplyExtensionsInDialplan): the login's own empty-DID routes
+                # and routes whose DID is the login; no pattern and no other account's catch-all
+                chain = self.bound_pool.with_did(exten, members)
+                chain += [r for r in self.bound_pool.empty if r.providerid in owners]
+                route = min(chain, key=lambda r: (r.priority, r.id or 0)) if chain else None
+                literal = True
+            else:
+                route = self.bound_pool.first(exten, members) or self.bound_pool.catch_all(members, exten)
+        elif why == "own":
+            members = {endpoint.id}
+            if (
+                exten == endpoint.username
+                and not exten.isdigit()
+                and not self.bound_pool.with_did(exten, members)
+            ):  # a non-numeric login's own extension runs the account's empty-DID routes
+                route, literal = self.bound_pool.catch_all(members), True
+            else:
+                route = self.bound_pool.first(exten, members) or self.bound_pool.catch_all(members, exten)
         else:
             lines.append(Line("unknown_context", {"context": context}))
             return result
 
+        if route is None and not literal and not did_matches("_X!", exten):  # not even `_X!` takes it
+            lines.append(Line("not_found", {"login": exten, "context": context}))
+            return result
         if route is None:
             result.outcome = "default"
             result.destination = self.default.extension if self.default else None
