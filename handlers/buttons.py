@@ -23,6 +23,7 @@ class Button(StrEnum):
     PLAN = "pl"  # under a plan card
     FIX = "fx"  # under a /doctor report
     PICK = "pw"  # "which plan is this password for?" in a private chat
+    PASSWORD = "np"  # "new password for <login>" under a card whose registration came back rejected
 
 
 class PlanAction(StrEnum):
@@ -43,6 +44,14 @@ class FixButton(CallbackData, prefix=Button.FIX):
     """A /doctor Fix button: the finding is found again when pressed."""
 
     key: str  # sha1 of the host, 10 hex
+
+
+class NewPassword(CallbackData, prefix=Button.PASSWORD):
+    """Propose /password for a login the card's plan saw rejected: the plan's id and the
+    login's place among its rejected logins (sorted), never the login as typed."""
+
+    plan: str
+    n: int
 
 
 DROP = -1  # the "it was not a password" choice

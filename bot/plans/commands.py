@@ -4,6 +4,7 @@ shows the right form.
     /addnumber <provider> <login> [<phone>] → <destination>
     /route <login|phone> → <destination>
     /removenumber <login|phone>
+    /password <login|phone>   (the password itself is asked for in private, never here)
     /undo <plan>
 
 Arrows `→`, `->`, `=>` and the words `to` / `на` all work: phone keyboards
@@ -97,6 +98,13 @@ class RemoveNumber:
 
 
 @dataclass(frozen=True)
+class ChangePassword:
+    """A new SIP password for an existing account; the password comes apart, sealed."""
+
+    number: str
+
+
+@dataclass(frozen=True)
 class Undo:
     plan_id: str
 
@@ -116,7 +124,7 @@ class FixHost:
     host: str
 
 
-Intent = AddNumber | AddNumbers | RouteNumber | RemoveNumber | Undo | FixHost
+Intent = AddNumber | AddNumbers | RouteNumber | RemoveNumber | ChangePassword | Undo | FixHost
 
 CSV_COLUMNS = ("login", "password", "destination", "phone")
 MAX_CSV_ROWS = 5000
@@ -195,6 +203,12 @@ def parse(text: str, *, region: str = DEFAULT_REGION) -> Intent:
         if not rest:
             raise UsageError("missing_number", command)
         return RemoveNumber(_number(rest, command, region))
+    if command == "password":
+        if not rest:
+            raise UsageError("missing_number", command)
+        if len(rest.split()) > 1 and normalise_phone(rest, region) is None:
+            raise UsageError("password_inline", command)  # a password typed after the login: never taken
+        return ChangePassword(_number(rest, command, region))
     if command == "numbers":  # a view (handlers/numbers.py, `pbxbot numbers`), not a change
         raise UsageError("not_a_change", None)
     if command == "undo":
@@ -278,5 +292,5 @@ def intent_from_dict(data: dict) -> Intent:
     if kind == "AddNumbers":
         rows = tuple(intent_from_dict({"type": "AddNumber", **row}) for row in data["rows"])
         return AddNumbers(ProviderTarget(**data["provider"]), rows)  # type: ignore[arg-type]
-    simple = {cls.__name__: cls for cls in (RouteNumber, RemoveNumber, Undo, FixHost)}
+    simple = {cls.__name__: cls for cls in (RouteNumber, RemoveNumber, ChangePassword, Undo, FixHost)}
     return simple[kind](**data)

@@ -7,6 +7,7 @@ USAGE = {
     "addnumber": "/addnumber <provider> <login> [<phone>] → <destination>",
     "route": "/route <login|phone> → <destination>",
     "removenumber": "/removenumber <login|phone>",
+    "password": "/password <login|phone>",
     "numbers": "/numbers",
     "undo": "/undo <plan>",
 }
@@ -14,6 +15,7 @@ EXAMPLES = {
     "addnumber": "/addnumber zadarma 847900 +7 495 229-30-42 → IVR",
     "route": "/route 847900 → Sales",
     "removenumber": "/removenumber 847900",
+    "password": "/password 847900",
     "numbers": "/numbers",
     "undo": "/undo 7f3a2c",
 }
