@@ -227,14 +227,8 @@ class StorageSettings(_Section):
         return self
 
 
-DEFAULT_APPROVALS = {
-    "add": 1,
-    "route": 1,
-    "remove": 2,
-    "undo": 1,
-    "fix": 1,
-    "restore": 1,
-}  # every kind of change
+# every kind of change
+DEFAULT_APPROVALS = {"add": 1, "route": 1, "remove": 2, "undo": 1, "fix": 1, "restore": 1, "password": 1}
 
 
 class PolicySettings(_Section):

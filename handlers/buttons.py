@@ -24,6 +24,7 @@ class Button(StrEnum):
     FIX = "fx"  # under a /doctor report
     PICK = "pw"  # "which plan is this password for?" in a private chat
     DRIFT = "dr"  # "Put back" under a drift alert
+    PASSWORD = "np"  # "new password for <login>" under a card whose registration came back rejected
 
 
 class PlanAction(StrEnum):
@@ -50,6 +51,14 @@ class DriftButton(CallbackData, prefix=Button.DRIFT):
     """A drift alert's "Put back": the alert's audit event id; the plan is read from that row."""
 
     alert: int
+
+
+class NewPassword(CallbackData, prefix=Button.PASSWORD):
+    """Propose /password for a login the card's plan saw rejected: the plan's id and the
+    login's place among its rejected logins (sorted), never the login as typed."""
+
+    plan: str
+    n: int
 
 
 DROP = -1  # the "it was not a password" choice

@@ -30,7 +30,7 @@ from aiogram.exceptions import (
 )
 from aiogram.types import BufferedInputFile, ForceReply, InlineKeyboardButton, InlineKeyboardMarkup
 
-from bot.plans.changes import APPLYING, OPEN, Actor, ChangeError, Outcome
+from bot.plans.changes import APPLIED, APPLYING, OPEN, Actor, ChangeError, Outcome
 from bot.plans.policy import Action, may
 from bot.services import Services, local_time
 from bot.text.i18n import t
@@ -39,7 +39,7 @@ from bot.text.render import TELEGRAM_LIMIT, Html, lines_of, outcome_text, plan_t
 if TYPE_CHECKING:  # the core hands rows over as plain data
     from storage.tables import PlanRow
 
-from .buttons import PlanAction, PlanButton
+from .buttons import NewPassword, PlanAction, PlanButton
 
 log = logging.getLogger("pbxbot.cards")
 PROGRESS_EVERY = 2.0  # seconds between progress edits of a long apply
@@ -60,9 +60,37 @@ async def alone(services: Services, row: PlanRow) -> bool:
     return policy.self_approve and may(policy, row.proposer_id, Action.APPROVE) and need <= 1
 
 
+MAX_PASSWORD_BUTTONS = 5  # "new password for <login>" buttons under one card, at most
+
+
+def rejected_logins(row: PlanRow) -> list[str]:
+    """Logins of an applied plan whose registration came back rejected, sorted: the
+    order a NewPassword button's `n` counts in."""
+    if row.status != APPLIED:
+        return []
+    registration = (row.outcome or {}).get("registration") or {}
+    return sorted(login for login, state in registration.items() if state == "rejected")
+
+
+def _new_password_buttons(row: PlanRow, lang: str) -> InlineKeyboardMarkup | None:
+    logins = rejected_logins(row)[:MAX_PASSWORD_BUTTONS]
+    if not logins:
+        return None
+    rows = [
+        [
+            InlineKeyboardButton(
+                text=t("tg.button.new_password", lang, login=login),
+                callback_data=NewPassword(plan=row.id, n=n).pack(),
+            )
+        ]
+        for n, login in enumerate(logins)
+    ]
+    return InlineKeyboardMarkup(inline_keyboard=rows)
+
+
 async def keyboard(services: Services, row: PlanRow, lang: str) -> InlineKeyboardMarkup | None:
     if row.status not in OPEN:
-        return None
+        return _new_password_buttons(row, lang)
 
     def button(action: PlanAction, key: str) -> InlineKeyboardButton:
         data = PlanButton(action=action, plan=row.id, version=row.version).pack()

@@ -19,6 +19,7 @@ COMMANDS: dict[str, Action] = {
     "addnumber": Action.PROPOSE,
     "route": Action.PROPOSE,
     "removenumber": Action.PROPOSE,
+    "password": Action.PROPOSE,
     "undo": Action.PROPOSE,
     "numbers": Action.VIEW,
     "plans": Action.VIEW,

@@ -1,25 +1,33 @@
-"""Changes and views: /addnumber, /route, /removenumber, /undo, /numbers,
-/plans, /history, /cancel. Thin: parse, call bot.plans.changes, render, post;
-a refusal raised on the way is answered by handlers/errors.py."""
+"""Changes and views: /addnumber, /route, /removenumber, /password, /undo, /numbers,
+/plans, /history, /cancel, and the "new password" button of a card whose
+registration came back rejected. Thin: parse, call bot.plans.changes, render,
+post; a refusal raised on the way is answered by handlers/errors.py."""
 
 from __future__ import annotations
 
+import logging
 from datetime import tzinfo
 
 from aiogram import Bot, Router
+from aiogram.exceptions import TelegramBadRequest
 from aiogram.filters import Command, CommandObject
-from aiogram.types import MaybeInaccessibleMessageUnion, Message
+from aiogram.types import CallbackQuery, MaybeInaccessibleMessageUnion, Message
 
-from bot.plans.changes import Actor, Next, Proposal
-from bot.plans.commands import Intent, parse, parse_number
+from bot.errors import UsageError
+from bot.plans.changes import Actor, ChangeError, Next, Proposal
+from bot.plans.commands import ChangePassword, Intent, parse, parse_number
+from bot.plans.policy import Action, may
 from bot.services import Services, local_time
 from bot.text.i18n import t
 from bot.text.render import Html, lines_of, tr
 from bot.text.views import numbers_lines
 
-from .cards import apply_and_report, ask_secret, post_card, refresh_card, tell_released
+from .buttons import NewPassword
+from .cards import apply_and_report, ask_secret, post_card, refresh_card, rejected_logins, tell_released
 from .context import need_pbx
 from .longanswer import answer_long
+
+log = logging.getLogger("pbxbot.numbers")
 
 
 async def propose_and_post(
@@ -66,6 +74,56 @@ async def change(
     if (pbx := await need_pbx(message, pbx, lang)) is None:
         return
     await propose_and_post(bot, services, message, actor, pbx, intent, lang, command=message.text or "")
+
+
+async def password(
+    message: Message, bot: Bot, services: Services, actor: Actor, pbx: str | None, lang: str
+) -> None:
+    """/password <login>: the new password is asked for in private once the card is up.
+    One typed after the login is never taken: the message is deleted and the user told."""
+    try:
+        intent = parse(message.text or "")
+    except UsageError as exc:
+        if exc.code != "password_inline":
+            raise
+        try:
+            await message.delete()
+            deleted = True
+        except TelegramBadRequest as bad:
+            log.warning("could not delete a command that may hold a password: %s", bad.message)
+            deleted = False
+        await services.changes.record("secret_in_command", actor, deleted=deleted)
+        await message.answer(tr("tg.password.inline_deleted" if deleted else "tg.password.inline", lang))
+        return
+    if (pbx := await need_pbx(message, pbx, lang)) is None:
+        return
+    await propose_and_post(bot, services, message, actor, pbx, intent, lang, command=message.text or "")
+
+
+async def new_password(
+    query: CallbackQuery, callback_data: NewPassword, bot: Bot, services: Services, actor: Actor, lang: str
+) -> None:
+    """The card's "new password for <login>" button: /password for that login, proposed
+    by whoever pressed it, on the card's PBX (asked for in private like any password)."""
+    row = await services.changes.row(callback_data.plan)
+    message = query.message
+    logins = rejected_logins(row) if row is not None else []
+    if (
+        row is None
+        or message is None
+        or row.chat_id != message.chat.id
+        or row.message_id != message.message_id
+        or not 0 <= callback_data.n < len(logins)
+    ):
+        await services.changes.record("forged_button", actor, data=(query.data or "")[:64])
+        await query.answer(t("tg.button.unknown", lang), show_alert=True)
+        return
+    if not may(services.settings.policy, actor.id, Action.PROPOSE):
+        raise ChangeError("not_allowed", action="password")  # answered as a pop-up
+    await query.answer()
+    login = logins[callback_data.n]
+    intent = ChangePassword(login)
+    await propose_and_post(bot, services, message, actor, row.pbx, intent, lang, command=f"/password {login}")
 
 
 async def numbers(
@@ -132,8 +190,10 @@ def router() -> Router:
     """A fresh router (a router belongs to one dispatcher)."""
     r = Router(name="numbers")
     r.message.register(change, Command("addnumber", "route", "removenumber", "undo"))
+    r.message.register(password, Command("password"))
     r.message.register(numbers, Command("numbers"))
     r.message.register(plans, Command("plans"))
     r.message.register(history, Command("history"))
     r.message.register(cancel, Command("cancel"))
+    r.callback_query.register(new_password, NewPassword.filter())
     return r

@@ -14,7 +14,7 @@ What it imitates (mikopbx/Core 2026.1):
 - query parameters override body keys.
 
 Test controls live under `/sandbox/` (no auth, not counted, not rate limited):
-`calls:simulate`, `faults`, `registrar:reject`, `stats`, `state`.
+`calls:simulate`, `faults`, `registrar:reject`, `registrar:password`, `stats`, `state`.
 """
 
 from __future__ import annotations
@@ -162,6 +162,11 @@ class MikoPbxSimulator(LoopbackServer):
     def reject_credentials(self, host: str, username: str) -> None:
         self.state.registrar.rejected.add((host.lower(), username))
 
+    def issue_password(self, host: str, username: str, password: str) -> None:
+        """The provider's side knows this password for the login: an account registers
+        with it and is rejected (403) with any other, as a real registrar answers."""
+        self.state.registrar.passwords[(host.lower(), username)] = password
+
     def simulate_call(self, host: str, to: str, from_: str = "") -> dict[str, Any]:
         result = Dialplan(self.state.providers, self.state.routes, self.state.settings).simulate(
             host, to, from_
@@ -219,6 +224,10 @@ class MikoPbxSimulator(LoopbackServer):
             return _envelope(200, {"faults": 0}, [], "faults")
         if tail == "registrar:reject" and request.method == "POST":
             self.reject_credentials(str(body.get("host", "")), str(body.get("username", "")))
+            return _envelope(200, {}, [], "registrar")
+        if tail == "registrar:password" and request.method == "POST":
+            fields = [str(body.get(k, "")) for k in ("host", "username", "password")]
+            self.issue_password(*fields)
             return _envelope(200, {}, [], "registrar")
         if tail == "stats" and request.method == "GET":
             return _envelope(

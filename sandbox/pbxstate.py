@@ -167,10 +167,17 @@ class Registrar:
     """How the simulated provider side answers REGISTER."""
 
     delay: float = 0.5  # seconds from saving an account to its registration
-    rejected: set[tuple[str, str]] = field(default_factory=set)  # (host, username)
+    # (host, username): refused whatever the password
+    rejected: set[tuple[str, str]] = field(default_factory=set)
+    # (host, username) -> the password the provider issued: any other is answered 403 Forbidden
+    passwords: dict[tuple[str, str], str] = field(default_factory=dict)
 
-    def accepts(self, host: str, username: str) -> bool:
-        return (host.lower(), username) not in self.rejected
+    def accepts(self, host: str, username: str, secret: str | None = None) -> bool:
+        key = (host.lower(), username)
+        if key in self.rejected:
+            return False
+        issued = self.passwords.get(key)
+        return issued is None or secret == issued
 
 
 @dataclass
@@ -212,6 +219,7 @@ class PbxState:
             "active_calls": self.active_calls,
             "settings": self.settings,
             "rejected_credentials": sorted(list(x) for x in self.registrar.rejected),
+            "issued_passwords": sorted([h, u, p] for (h, u), p in self.registrar.passwords.items()),
         }
 
     @classmethod
@@ -227,6 +235,7 @@ class PbxState:
         )
         state.settings.update(data.get("settings", {}))
         state.registrar.rejected = {(h, u) for h, u in data.get("rejected_credentials", [])}
+        state.registrar.passwords = {(h, u): p for h, u, p in data.get("issued_passwords", [])}
         return state
 
     def save(self, path: Path) -> None:
@@ -434,7 +443,7 @@ class PbxState:
             state, text = "UNREGISTERED", "Not registered"
         elif since < self.registrar.delay:
             state, text = "unregistered", "Not registered"
-        elif self.registrar.accepts(record["host"], record["username"]):
+        elif self.registrar.accepts(record["host"], record["username"], record["secret"]):
             state, text = "registered", "Registered"
         else:
             state, text = "rejected", "Rejected"

@@ -112,3 +112,43 @@ def test_doctor_exits_1_when_a_login_lands_on_another_accounts_route(served_pbx,
     config.write_text(f'[pbx.office]\nurl = "{served_pbx.url}"\napi_key = "{API_KEY}"\n', encoding="utf-8")
     assert main(["--config", str(config), "--lang", "en", "doctor", "--pbx", "office"]) == 1
     assert "[E] Calls to 847900 land on route 2 of 847706" in capsys.readouterr().out
+
+
+def test_password_from_a_file_turns_a_rejected_account_registered(served_pbx, tmp_path, capsys):
+    """847706's provider issued a password the PBX does not hold: rejected. `/password`
+    with the issued one, from a file: written, judged by the registration, never printed."""
+    served_pbx.issue_password("sip.zadarma.com", "847706", "Issued-847706!")
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[storage]\ndata_dir = "{tmp_path / "data"}"\n'
+        f'[pbx.office]\nurl = "{served_pbx.url}"\napi_key = "{API_KEY}"\nreload_wait = 0\n',
+        encoding="utf-8",
+    )
+    argv = ["--config", str(config), "--lang", "en", "plan", "--pbx", "office"]
+    assert main([*argv, "/password 847706"]) == 0  # a plan only: nothing written, no password asked
+    out = capsys.readouterr().out
+    assert "new SIP password for account 847706 @ sip.zadarma.com" in out and "•••• → ••••" in out
+    assert "never shows a SIP password" in out and "Not applied" in out
+    wrong = tmp_path / "wrong"
+    wrong.write_text("Not-the-issued-1\n", encoding="utf-8")
+    code = main([*argv, "/password 847706", "--apply", "--password-file", str(wrong)])
+    out = capsys.readouterr().out
+    assert code == 0, out  # written; the registration says it is not the one the provider expects
+    assert "Status: applied" in out and "847706: rejected" in out
+    right = tmp_path / "right"
+    right.write_text("Issued-847706!\n", encoding="utf-8")
+    code = main([*argv, "/password 847706", "--apply", "--password-file", str(right)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "Status: applied" in out and "847706: registered" in out
+    account = next(p for p in served_pbx.state.providers.values() if p["username"] == "847706")
+    assert account["secret"] == "Issued-847706!"
+    db = b"".join(f.read_bytes() for f in (tmp_path / "data").glob("pbxbot.db*"))
+    for secret in (b"Issued-847706!", b"Not-the-issued-1"):
+        assert secret not in db and secret.decode() not in out
+
+
+def test_a_password_typed_in_the_command_is_refused(capsys):
+    assert main(["--lang", "en", "plan", "--sandbox", "/password 847706 Secret-typed-1"]) == 2
+    err = capsys.readouterr().err
+    assert "Never type a password in a command" in err and "Secret-typed-1" not in err

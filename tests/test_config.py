@@ -145,7 +145,15 @@ def test_policy_section_defaults_and_partial_approvals(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text("[policy]\nadmins = [1]\napprovals = { remove = 3 }\nself_approve = true\n")
     policy = load_settings(path).policy
-    assert policy.approvals == {"add": 1, "route": 1, "remove": 3, "undo": 1, "fix": 1, "restore": 1}
+    assert policy.approvals == {
+        "add": 1,
+        "route": 1,
+        "remove": 3,
+        "undo": 1,
+        "fix": 1,
+        "restore": 1,
+        "password": 1,
+    }
     assert policy.admins == [1] and policy.self_approve and policy.expiry_hours == 24
     path.write_text("[policy]\napprovals = { delete = 1 }\n")
     with pytest.raises(ConfigError):

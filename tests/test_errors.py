@@ -175,7 +175,7 @@ def test_button_data_keep_the_wire_format_cards_already_carry():
 
 
 def test_outdated_is_a_prefix_of_ours_only():
-    assert {kind.value for kind in Button} == {"pl", "fx", "pw", "dr"}
+    assert {kind.value for kind in Button} == {"pl", "fx", "pw", "dr", "np"}
     assert outdated("pl:approve:7f3a2c:3") and outdated("fx") and outdated("pw:1:x")
     assert not outdated("zz:1") and not outdated("") and not outdated(None) and not outdated("plx:a")
 

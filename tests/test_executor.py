@@ -10,6 +10,7 @@ import copy
 import httpx
 import pytest
 
+from bot.errors import PlanError
 from bot.plans.commands import parse
 from bot.plans.executor import ApplyError, ApplyStatus, Executor
 from bot.plans.planner import Plan, plan_add_number, plan_remove, plan_route, plan_undo
@@ -264,3 +265,63 @@ async def test_two_reads_at_once_fetch_each_account_once_and_a_write_forgets_onl
     sim.stats.clear()
     assert len((await reader.read(host=ZADARMA)).details) == 3
     assert sim.stats["GET sip-providers/{id}"] == 1, sim.stats  # the new account only
+
+
+# ---------------------------------------------------------------------- /password
+
+
+async def password_plan(client, login: str = "847706") -> Plan:
+    from bot.plans.commands import ChangePassword
+    from bot.plans.planner import plan_password
+
+    return plan_password(ChangePassword(login), await SnapshotReader(client).read(number=login))
+
+
+async def test_a_new_password_is_written_alone_and_judged_by_the_registration(sim, client):
+    sim.issue_password(ZADARMA, "847706", "issued-847706")
+    assert sim.state.registration(sim.state.providers[DEMO_PROVIDER_ID])["state"] == "rejected"
+    plan = await password_plan(client)
+    assert [s.kind.value for s in plan.steps] == ["set_secret"] and plan.needs_secret == ["847706"]
+    with pytest.raises(ApplyError):
+        await executor(client).apply(plan, {})
+    before = pbx_records(sim)
+    result = await executor(client).apply(plan, {"847706": "issued-847706"})
+    assert result.status is ApplyStatus.APPLIED and result.registration == {"847706": "registered"}
+    after = pbx_records(sim)
+    assert after["providers"][DEMO_PROVIDER_ID].pop("secret") == "issued-847706"
+    before["providers"][DEMO_PROVIDER_ID].pop("secret")
+    assert after == before  # nothing but the password changed
+    assert "secret" not in result.results[0]
+    with pytest.raises(PlanError) as refused:  # the old password was never known: no undo
+        plan_undo(plan.steps, result.results, await SnapshotReader(client).read(host=ZADARMA), pbx="demo")
+    assert refused.value.code == "undo_password"
+
+
+async def test_an_unclear_answer_to_a_password_write_writes_it_once_more(sim):
+    async with fast_client(sim.url, retries=0) as client:
+        plan = await password_plan(client)
+        sim.inject("/sip-providers/*", method="PUT", status=502, when="after")
+        result = await executor(client).apply(plan, {"847706": "second-try-1"})
+        assert result.status is ApplyStatus.APPLIED, result.error
+        assert sim.stats["PUT sip-providers/{id}"] == 2
+        assert sim.state.providers[DEMO_PROVIDER_ID]["secret"] == "second-try-1"
+
+
+async def test_a_password_write_still_unclear_is_left_over_as_unknown_never_called_undone(sim):
+    async with fast_client(sim.url, retries=0) as client:
+        plan = await password_plan(client)
+        sim.inject("/sip-providers/*", method="PUT", status=502, when="after", count=2)
+        result = await executor(client).apply(plan, {"847706": "maybe-saved-1"})
+    assert result.status is ApplyStatus.FAILED and result.results == {}
+    (left,) = result.leftovers
+    assert left.now == "unknown" and "never shows a SIP password" in left.error
+    # it had landed: "unknown" was the honest word, "rolled back" would have been wrong
+    assert sim.state.providers[DEMO_PROVIDER_ID]["secret"] == "maybe-saved-1"
+
+
+async def test_a_password_write_refused_before_the_save_is_rolled_back(sim, client):
+    plan = await password_plan(client)
+    sim.inject("/sip-providers/*", method="PUT", status=422)
+    result = await executor(client).apply(plan, {"847706": "refused-1"})
+    assert result.status is ApplyStatus.ROLLED_BACK and not result.leftovers
+    assert sim.state.providers[DEMO_PROVIDER_ID]["secret"] == "demo-847706-secret"

@@ -95,3 +95,65 @@ def test_json_logs_mask_every_secret(tmp_path, capsys):
     text = json.dumps(lines)
     assert TOKEN.split(":")[1] not in text and API_KEY not in text and "***" in text
     assert "boom" in lines[1]["exception"]
+
+
+def test_policy_traps_name_the_counts_the_approvers_cannot_meet():
+    from bot.config import PolicySettings
+    from bot.plans.policy import trap_warnings, traps
+
+    one = PolicySettings(admins=[1], operators=[3], approvals={"remove": 2})
+    assert [(t.kind, t.need, t.never) for t in traps(one)] == [
+        ("add", 1, False),  # Anna's own /addnumber: nobody else may approve it
+        ("fix", 1, False),
+        ("password", 1, False),
+        ("remove", 2, True),  # one approver can never give two approvals
+        ("restore", 1, False),
+        ("route", 1, False),
+        ("undo", 1, False),
+    ]
+    # self_approve: the proposer's own counts; only what exceeds the approvers is a trap
+    alone = PolicySettings(admins=[1], approvals={"remove": 2}, self_approve=True)
+    assert trap_warnings(alone) == [("policy.trap_never", {"kinds": "remove = 2", "approvers": 1})]
+    # two approvers: remove = 2 is met for an operator's plan, never for an approver's own
+    two = PolicySettings(admins=[1], approvers=[2], operators=[3])
+    assert trap_warnings(two) == [("policy.trap_proposer", {"kinds": "remove = 2", "approvers": 2})]
+    assert trap_warnings(PolicySettings(admins=[1], approvers=[2, 5], operators=[3])) == []
+    # a stranger listed nowhere is no approver; an approver listed twice counts once
+    assert traps(PolicySettings(admins=[1], approvers=[1], approvals={"add": 2}))[0].approvers == 1
+
+
+def test_check_warns_of_a_policy_trap_in_russian_and_english(tmp_path, capsys):
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[storage]\ndata_dir = "{tmp_path}"\n[policy]\nadmins = [1]\napprovers = [2, 5]\n'
+        "approvals = { remove = 4 }\n",
+        encoding="utf-8",
+    )
+    main(["--config", str(config), "--lang", "en", "check"])
+    out = capsys.readouterr().out
+    assert "! policy: [policy] approvals that can never be met with 3 approvers" in out
+    assert "remove = 4" in out and "add = 1" not in out
+    main(["--config", str(config), "--lang", "ru", "check"])
+    out = capsys.readouterr().out
+    assert "! policy: Одобрения [policy], которые никогда не набрать при 3 утверждающих" in out
+
+
+async def test_the_start_warns_of_a_policy_trap(sim, tg, tmp_path, caplog):
+    from bot.entry.app import running
+
+    caplog.set_level(logging.WARNING)
+    lone = settings_for(sim.url, tg.url, tmp_path, policy={"admins": [ANNA], "approvals": {"remove": 2}})
+    async with running(lone, polling_timeout=1):
+        pass
+    warned = [r.getMessage() for r in caplog.records if r.name == "pbxbot.app"]
+    warned = [line for line in warned if "[policy]" in line]
+    assert len(warned) == 2, warned
+    assert "can never be met with 1 approver (admins included): remove = 2" in warned[0]
+    assert "add = 1" in warned[1] and "self_approve" in warned[1]
+    caplog.clear()
+    fine = settings_for(
+        sim.url, tg.url, tmp_path, policy={"admins": [ANNA], "approvals": {"remove": 1}, "self_approve": True}
+    )
+    async with running(fine, polling_timeout=1):
+        pass
+    assert not [r for r in caplog.records if "[policy]" in r.getMessage()]

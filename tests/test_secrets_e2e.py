@@ -13,8 +13,9 @@ import re
 
 from bot.plans.changes import Actor
 from bot.plans.commands import parse_csv
+from sandbox.demo import DEMO_PROVIDER_ID
 from tests.personas import ANNA, BORIS, OLGA
-from tests.test_bot_e2e import GROUP, PASSWORD, World, world  # noqa: F401
+from tests.test_bot_e2e import GROUP, PASSWORD, ZADARMA, World, world  # noqa: F401
 
 OTHER = "Another-555001-pw!"
 
@@ -270,3 +271,79 @@ async def test_a_csv_too_big_to_read_is_deleted_all_the_same(world: World, caplo
     assert audit.detail["reason"] == "too_big" and audit.detail["deleted"] is True
     assert w.store.plans.find() == []
     assert_nowhere(w, caplog, "Big-pw-000001")
+
+
+ISSUED = "Issued-by-Zadarma-847900!"  # the password the provider gave; PASSWORD is a typo of it
+
+
+async def approved_by_boris(w: World, after: int) -> dict:
+    """Boris approves the newest card; the card as edited to its end."""
+    w.press(BORIS, "Одобрить")
+    return await w.said(GROUP, "Состояние: применён", kinds=("edit",), after=after)
+
+
+async def test_a_rejected_registration_gets_a_new_password_through_its_card_button(world: World, caplog):
+    """/addnumber with a wrong password: rejected, and the card offers a new one. Olga
+    presses it, gives the right password in private, Boris approves: registered. Neither
+    password anywhere; the card shows •••• → •••• and says the password cannot be read back."""
+    caplog.set_level(logging.DEBUG)
+    w = world
+    w.sim.issue_password(ZADARMA, "847900", ISSUED)
+    plan_id, prompt = await propose(w, "/addnumber zadarma 847900 → IVR")
+    start = w.mark()
+    sent = w.tg.send(OLGA, OLGA, PASSWORD, reply_to=prompt["message_id"])
+    await deleted(w, sent, start)
+    card = await approved_by_boris(w, start)
+    assert "847900: отклонён" in card["text"]
+    buttons = w.tg.buttons(GROUP, card["message_id"])
+    assert [b["text"] for b in buttons] == ["🔑 Новый пароль для 847900"]
+    assert buttons[0]["callback_data"] == f"np:{plan_id}:0"  # ids only
+
+    mark = w.mark()
+    w.press(OLGA, "Новый пароль для 847900", message=card)
+    new = await w.said(GROUP, r"План \w{6} · АТС office · новый SIP-пароль", after=mark)
+    new_id = re.search(r"План (\w{6})", new["text"]).group(1)
+    assert "•••• → ••••" in new["text"] and "никогда не показывает SIP-пароль" in new["text"]
+    assert "/undo не сможет его вернуть" in new["text"]
+    question = await w.said(OLGA, f"Пришлите SIP-пароль для 847900 \\(план {new_id}\\)", after=mark)
+    secret_before = next(p for p in w.sim.state.providers.values() if p["username"] == "847900")["secret"]
+    assert secret_before == PASSWORD and w.store.plans.get(new_id).proposer_id == OLGA
+
+    mark = w.mark()
+    sent = w.tg.send(OLGA, OLGA, ISSUED, reply_to=question["message_id"])
+    await deleted(w, sent, mark)
+    await w.said(OLGA, f"847900 получен.*{new_id}", after=mark)
+    assert next(p for p in w.sim.state.providers.values() if p["username"] == "847900")["secret"] == PASSWORD
+    mark = w.mark()
+    done = await approved_by_boris(w, mark)
+    assert new_id in done["text"] and "847900: зарегистрирован" in done["text"]
+    assert "reply_markup" not in w.tg.messages[GROUP][done["message_id"]]  # registered: nothing to offer
+    account = next(p for p in w.sim.state.providers.values() if p["username"] == "847900")
+    assert account["secret"] == ISSUED
+    assert w.sim.simulate_call(ZADARMA, "847900")["outcome"] == "dial"  # the account itself is as it was
+    assert w.store.secrets.of(new_id) == {}  # erased when the plan ended
+    assert_nowhere(w, caplog, PASSWORD, ISSUED)
+
+
+async def test_password_command_for_a_rejected_account_and_one_typed_in_the_command(world: World, caplog):
+    caplog.set_level(logging.DEBUG)
+    w = world
+    w.sim.issue_password(ZADARMA, "847706", ISSUED)  # the demo's 847706 holds another: rejected
+    start = w.mark()
+    typed = w.tg.send(OLGA, GROUP, "/password 847706 Typed-in-the-command-1")
+    await deleted(w, typed, start)
+    await w.said(GROUP, "Я удалил это сообщение: пароль нельзя писать в команде", after=start)
+    assert "secret_in_command" in events(w) and w.store.plans.find(pbx="office") == []
+
+    plan_id, prompt = await propose(w, "/password 847706")
+    mark = w.mark()
+    w.press(OLGA, "Одобрить")  # her own plan: not counted
+    await w.tg.wait_for(lambda e: e["kind"] == "answer" and e["text"], after=mark)
+    sent = w.tg.send(OLGA, OLGA, ISSUED, reply_to=prompt["message_id"])
+    await deleted(w, sent, mark)
+    done = await approved_by_boris(w, mark)
+    assert "847706: зарегистрирован" in done["text"]
+    assert w.sim.state.providers[DEMO_PROVIDER_ID]["secret"] == ISSUED
+    applying = [e for e in w.store.audit.trail() if e.plan_id == plan_id and e.event == "approval"]
+    assert [e.actor_id for e in applying] == [BORIS]
+    assert_nowhere(w, caplog, ISSUED, "Typed-in-the-command-1")

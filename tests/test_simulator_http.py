@@ -84,6 +84,15 @@ async def test_faults_and_stats_over_http(sim):
         assert stats == {"calls": {"GET incoming-routes": 1}, "reads": 1, "writes": 0}
         await http.post("/sandbox/registrar:reject", json={"host": "sip.zadarma.com", "username": "847706"})
         assert ("sip.zadarma.com", "847706") in sim.state.registrar.rejected
+        await http.post(
+            "/sandbox/registrar:password",
+            json={"host": "SIP.zadarma.com", "username": "847707", "password": "issued"},
+        )
+        registrar = sim.state.registrar  # the issued password registers, any other is refused
+        assert registrar.accepts("sip.zadarma.com", "847707", "issued")
+        assert not registrar.accepts("sip.zadarma.com", "847707", "typo")
+        assert not registrar.accepts("sip.zadarma.com", "847706", "anything")  # rejected whatever
+        assert registrar.accepts("sip.zadarma.com", "847708", "anything")  # nothing issued: any
         bad = await http.post("/sandbox/faults", json={"nonsense": 1})
         assert bad.status_code == 422
 

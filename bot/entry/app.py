@@ -38,6 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from bot.config import ConfigError, Settings
 from bot.plans.changes import PbxHandle
+from bot.plans.policy import trap_warnings
 from bot.plans.service import Changes
 from bot.routing.watch import DriftWatch
 from bot.services import Services
@@ -67,6 +68,7 @@ GROUP_COMMANDS = (
     "addnumber",
     "route",
     "removenumber",
+    "password",
     "numbers",
     "plans",
     "history",
@@ -442,6 +444,8 @@ class BotApp:
         settings = self.services.settings
         me = await self.bot.get_me()
         self.services.bot_username = me.username or ""
+        for key, params in trap_warnings(settings.policy):  # `pbxbot check` says the same
+            log.warning("%s", t(key, "en", **params))
         await set_commands(self.bot)
         self.services.scheduler = self.scheduler
         # plans this host's dead processes left half-applied: whole again before anything else

@@ -10,6 +10,8 @@ telegram     the token accepted; in each configured group, the bot is a
              member and may delete messages (passwords typed there)
 vault        the secret key for SIP passwords is usable
 files        (warnings, marked !) secret files other users may read
+policy       (warnings, marked !) approval counts the configured approvers
+             other than a proposer cannot meet (`remove = 2` with one approver)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from bot.config import Settings, exposed_secret_files
+from bot.plans.policy import trap_warnings
 from bot.plans.vault import VaultError
 from bot.text.i18n import t
 from pbx.errors import PbxAuthError, PbxError, PbxForbidden, PbxNotFound, PbxUnsupported, PbxValidationError
@@ -126,6 +129,14 @@ def check_files(settings: Settings) -> list[Item]:
     return items
 
 
+def check_policy(settings: Settings) -> list[Item]:
+    """A warning per kind of trap in [policy] approvals (the bot's start logs the same)."""
+    return [
+        Item(True, "policy", key, tuple(params.items()), warning=True)
+        for key, params in trap_warnings(settings.policy)
+    ]
+
+
 def check_database(settings: Settings) -> list[Item]:
     try:
         url = database_url(settings.storage.url, settings.storage.data_dir)
@@ -200,6 +211,7 @@ async def run_checks(settings: Settings) -> list[Item]:
     items = [item(True, "config", "config_ok", pbx=len(settings.pbx), groups=len(settings.telegram.groups))]
     items += await asyncio.to_thread(check_database, settings)
     items += check_files(settings)
+    items += check_policy(settings)
     from .wiring import open_pbx
 
     for name in settings.pbx:

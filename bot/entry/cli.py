@@ -44,7 +44,16 @@ from typing import TYPE_CHECKING, Any
 from bot.config import ConfigError, exposed_secret_files, load_settings
 from bot.plans import validate
 from bot.plans.changes import LOCAL_ADMIN, ChangeError, PbxHandle, Recovery, display_names
-from bot.plans.commands import AddNumber, Intent, UsageError, decode_csv, parse, parse_csv, parse_number
+from bot.plans.commands import (
+    AddNumber,
+    ChangePassword,
+    Intent,
+    UsageError,
+    decode_csv,
+    parse,
+    parse_csv,
+    parse_number,
+)
 from bot.plans.planner import PlanError
 from bot.plans.service import Changes
 from bot.plans.vault import VaultError
@@ -155,7 +164,11 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--csv", type=Path, help="login,password,destination[,phone] rows: one plan")
     plan.add_argument("--provider", help="the provider of the --csv rows (zadarma, sip.example.ru, ...)")
     plan.add_argument("--apply", action="store_true", help="apply at once as the local admin (audited)")
-    plan.add_argument("--password-file", type=Path, help="the SIP password of the account /addnumber creates")
+    plan.add_argument(
+        "--password-file",
+        type=Path,
+        help="the SIP password of the account /addnumber creates or /password sets",
+    )
 
     recover = sub.add_parser(
         "recover", help="make plans a dead process left half-applied whole again (exit 0 when all are)"
@@ -287,14 +300,15 @@ def _plan_intent(args: argparse.Namespace) -> tuple[Intent, dict[str, str]]:
         text = decode_csv(_read_local_file(args.csv, args.lang, MAX_CSV_BYTES))
         return parse_csv(text, args.provider)
     intent = parse(args.text or "")
-    if not isinstance(intent, AddNumber) or not args.apply:
+    if not isinstance(intent, AddNumber | ChangePassword) or not args.apply:
         return intent, {}
+    login = intent.login if isinstance(intent, AddNumber) else intent.number  # /password: the account's
     if args.password_file is not None:
-        return intent, {intent.login: _password_file(args.password_file, args.lang)}
+        return intent, {login: _password_file(args.password_file, args.lang)}
     if sys.stdin.isatty():
-        prompt = t("cli.password_prompt", args.lang, login=intent.login)
-        return intent, {intent.login: validate.sip_password(getpass.getpass(prompt))}
-    raise _Refusal(t("cli.password_needed", args.lang, login=intent.login))
+        prompt = t("cli.password_prompt", args.lang, login=login)
+        return intent, {login: validate.sip_password(getpass.getpass(prompt))}
+    raise _Refusal(t("cli.password_needed", args.lang, login=login))
 
 
 class _Refusal(Exception):

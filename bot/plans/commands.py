@@ -4,6 +4,7 @@ shows the right form.
     /addnumber <provider> <login> [<phone>] → <destination>
     /route <login|phone> → <destination>
     /removenumber <login|phone>
+    /password <login|phone>   (the password itself is asked for in private, never here)
     /undo <plan>
 
 Arrows `→`, `->`, `=>` and the words `to` / `на` all work: phone keyboards
@@ -128,6 +129,13 @@ class RemoveNumber:
 
 
 @dataclass(frozen=True)
+class ChangePassword:
+    """A new SIP password for an existing account; the password comes apart, sealed."""
+
+    number: str
+
+
+@dataclass(frozen=True)
 class Undo:
     plan_id: str
 
@@ -159,7 +167,7 @@ class PutBack:
     accounts: tuple[dict, ...] = ()
 
 
-Intent = AddNumber | AddNumbers | RouteNumber | RemoveNumber | Undo | FixHost | PutBack
+Intent = AddNumber | AddNumbers | RouteNumber | RemoveNumber | ChangePassword | Undo | FixHost | PutBack
 
 CSV_COLUMNS = ("login", "password", "destination", "phone")
 MAX_CSV_ROWS = 5000
@@ -248,6 +256,12 @@ def parse(text: str, *, region: str = DEFAULT_REGION) -> Intent:
         if not rest:
             raise UsageError("missing_number", command)
         return RemoveNumber(parse_number(rest, command, region))
+    if command == "password":
+        if not rest:
+            raise UsageError("missing_number", command)
+        if len(rest.split()) > 1 and normalise_phone(rest, region) is None:
+            raise UsageError("password_inline", command)  # a password typed after the login: never taken
+        return ChangePassword(parse_number(rest, command, region))
     if command == "numbers":  # a view (handlers/numbers.py, `pbxbot numbers`), not a change
         raise UsageError("not_a_change", None)
     if command == "undo":
@@ -329,5 +343,5 @@ def intent_from_dict(data: dict) -> Intent:
         return AddNumbers(ProviderTarget(**data["provider"]), rows)  # type: ignore[arg-type]
     if kind == "PutBack":
         return PutBack(tuple(data.get("routes", ())), tuple(data.get("accounts", ())))
-    simple = {cls.__name__: cls for cls in (RouteNumber, RemoveNumber, Undo, FixHost)}
+    simple = {cls.__name__: cls for cls in (RouteNumber, RemoveNumber, ChangePassword, Undo, FixHost)}
     return simple[kind](**data)

@@ -18,6 +18,11 @@
               applied when every step stands as planned, rolled back otherwise
     verify    after MikoPBX's reload, the registration state of every account
               the plan wrote
+    passwords a SIP password is never readable (MikoPBX masks it): its step is
+              judged by the PBX's answer, an unclear answer by writing the same
+              password once more, and the account's registration says whether
+              it works; what stays unclear is left over as unknown, never
+              called written or not written
 
 The executor knows nothing of storage or Telegram: it reports each event to
 `on_event` and returns an ApplyResult.
@@ -122,6 +127,8 @@ class Executor:
         self._created: dict[str, str] = {}  # "@new:<login>" -> the id of the account created for it
         self._known_routes: set[str] = set()  # ids of the routes that existed before the apply
         self._ours: set[str] = set()  # ids of the routes this apply created
+        self._secret_saved: set[str] = set()  # accounts whose new password the PBX answered as saved
+        self._secret_unsure: set[str] = set()  # accounts whose password write had an unclear answer
         self._plan: Plan | None = None
         self.halt = False  # set when this process lost the plan's lease: no further write
 
@@ -150,7 +157,9 @@ class Executor:
         secrets = secrets or {}
         self._plan = plan
         missing = [
-            s.login for s in plan.steps if s.kind is StepKind.CREATE_PROVIDER and s.login not in secrets
+            s.login
+            for s in plan.steps
+            if s.kind in (StepKind.CREATE_PROVIDER, StepKind.SET_SECRET) and s.login not in secrets
         ]
         if missing:
             raise ApplyError(f"no SIP password for {', '.join(missing)}")
@@ -191,6 +200,9 @@ class Executor:
         PBX holds (never by what the dead process believed)."""
         self._plan = plan
         self._known_routes = {str(r) for r in known_routes}
+        # a password the dead process may have sent: nothing on the PBX tells whether it did
+        tried_steps = plan.steps[: max(tried, 0)]
+        self._secret_unsure |= {s.target for s in tried_steps if s.kind is StepKind.SET_SECRET}
         result = ApplyResult(ApplyStatus.APPLIED)
         states: list[tuple[StepState, dict[str, Any] | None]] = []
         for step in plan.steps[: max(tried, 0)]:
@@ -232,10 +244,14 @@ class Executor:
                 log.exception("step %s (%s) failed unexpectedly", index, step.kind.value)
                 error = exc
             await self._event("write_unknown", step=index, kind=step.kind.value, error=_text(error))
+            if step.kind is StepKind.SET_SECRET:
+                self._secret_unsure.add(step.target)
             state, record = await self.inspect(step)
             await self._event("write_judged", step=index, kind=step.kind.value, state=state.value)
             if state is StepState.AS_PLANNED:
                 return record
+            if step.kind is StepKind.SET_SECRET and state is StepState.UNKNOWN and record and attempt == 1:
+                continue  # the account stands as it was: sending the same password again is harmless
             if state is not StepState.AS_BEFORE or attempt == 2:
                 raise StepFailed(_text(error))
         raise AssertionError("unreachable")
@@ -251,6 +267,11 @@ class Executor:
             return provider_record(account)
         if kind is StepKind.UPDATE_PROVIDER:
             return provider_record(await self.pbx.update_provider(_provider(step.after, step.target)))
+        if kind is StepKind.SET_SECRET:  # the account as read by the stale check, with its new password
+            account = _provider(step.before, step.target)
+            saved = await self.pbx.update_provider(account, secret=secrets[step.login])
+            self._secret_saved.add(step.target)
+            return provider_record(saved)
         if kind is StepKind.DELETE_PROVIDER:
             await self.pbx.delete_provider(step.target)
             self._existing.pop(_key(step.before), None)
@@ -292,6 +313,8 @@ class Executor:
                 (StepState.AS_BEFORE, None) if now is None else (_judge(now, self._wanted(step), None), now)
             )
         record = await self._read(step)
+        if kind is StepKind.SET_SECRET:
+            return _judge_secret(record, step, self._secret_saved, self._secret_unsure), record
         if kind is StepKind.DELETE_PROVIDER:
             return (
                 (StepState.AS_PLANNED, None)
@@ -378,7 +401,9 @@ class Executor:
                 await self._event("step_rolled_back", step=index, kind=step.kind.value, how="was not written")
                 continue
             error = ""
-            if state is StepState.UNKNOWN:
+            if state is StepState.UNKNOWN and step.kind is StepKind.SET_SECRET and record is not None:
+                error = "MikoPBX never shows a SIP password: whether the new one was saved is not known"
+            elif state is StepState.UNKNOWN:
                 error = "the PBX could not be read"
             else:
                 try:
@@ -411,6 +436,8 @@ class Executor:
             await self.pbx.update_provider(_provider(step.before, step.target))
         elif kind is StepKind.DELETE_PROVIDER:
             raise ApplyError("a removed account cannot be re-created without its SIP password")
+        elif kind is StepKind.SET_SECRET:
+            raise ApplyError("the old SIP password was never known to the bot: it cannot be put back")
         elif kind is StepKind.CREATE_ROUTE:
             if record is not None:
                 await _tolerate_missing(self.pbx.delete_route(int(record["id"])))
@@ -430,7 +457,8 @@ class Executor:
         accounts: dict[str, str] = {}
         for index, step in enumerate(plan.steps):
             record = result.results.get(index) or {}
-            if step.kind in (StepKind.CREATE_PROVIDER, StepKind.UPDATE_PROVIDER) and record.get("id"):
+            written = (StepKind.CREATE_PROVIDER, StepKind.UPDATE_PROVIDER, StepKind.SET_SECRET)
+            if step.kind in written and record.get("id"):
                 if not record.get("disabled"):
                     accounts[record["id"]] = step.login
         if not accounts:
@@ -512,6 +540,18 @@ def _judge(
     if before is not None and _holds(now, before):
         return StepState.AS_BEFORE
     return StepState.OTHER
+
+
+def _judge_secret(
+    record: Mapping[str, Any] | None, step: Step, saved: set[str], unsure: set[str]
+) -> StepState:
+    """A password step by what can be known: the account must stand as it was read
+    (else OTHER); then the PBX's answer decides, since the password itself is masked."""
+    if record is None or not _holds(record, step.before):
+        return StepState.OTHER
+    if step.target in saved:
+        return StepState.AS_PLANNED
+    return StepState.UNKNOWN if step.target in unsure else StepState.AS_BEFORE
 
 
 def _text(exc: BaseException) -> str:

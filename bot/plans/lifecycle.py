@@ -44,6 +44,7 @@ from .changes import (
 from .commands import (
     AddNumber,
     AddNumbers,
+    ChangePassword,
     FixHost,
     Intent,
     PutBack,
@@ -61,6 +62,7 @@ from .planner import (
     Step,
     plan_add_numbers,
     plan_fix_host,
+    plan_password,
     plan_put_back,
     plan_remove,
     plan_route,
@@ -112,6 +114,9 @@ class Lifecycle:
         if isinstance(intent, RemoveNumber):
             snapshot = await handle.reader.read(number=intent.number)
             return plan_remove(intent, snapshot), snapshot
+        if isinstance(intent, ChangePassword):
+            snapshot = await handle.reader.read(number=intent.number)
+            return plan_password(intent, snapshot), snapshot
         if isinstance(intent, FixHost):
             snapshot = await handle.reader.read(host=intent.host)
             plan = plan_fix_host(
@@ -152,6 +157,9 @@ class Lifecycle:
         try:
             plan, snapshot = await self.plan(pbx, intent)
             plan.summary["names"] = display_names(plan, snapshot)
+            if isinstance(intent, ChangePassword) and secrets and intent.number in secrets:
+                # given for the number as typed (a phone, maybe): it is the account's login's
+                secrets = {login: secrets[intent.number] for login in plan.needs_secret}
         except PlanError as exc:
             await self.ledger.audit("plan_refused", actor, None, pbx=pbx, code=exc.code, command=command)
             raise

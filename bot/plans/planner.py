@@ -35,7 +35,16 @@ from bot.routing.rules import (
 )
 from pbx.models import Destination, Provider, Route
 
-from .commands import AddNumber, AddNumbers, FixHost, PutBack, RemoveNumber, RouteNumber, phone_did_form
+from .commands import (
+    AddNumber,
+    AddNumbers,
+    ChangePassword,
+    FixHost,
+    PutBack,
+    RemoveNumber,
+    RouteNumber,
+    phone_did_form,
+)
 from .destinations import DestinationError, DestinationIndex, label
 from .snapshot import Depends, Snapshot
 
@@ -60,10 +69,12 @@ class StepKind(enum.StrEnum):
     CREATE_ROUTE = "create_route"
     UPDATE_ROUTE = "update_route"
     DELETE_ROUTE = "delete_route"
+    # the account's SIP password, nothing else: MikoPBX never shows it, so no read-back can judge it
+    SET_SECRET = "set_secret"
 
     @property
     def on_provider(self) -> bool:
-        return self.value.endswith("_provider")
+        return self.value.endswith("_provider") or self.value == "set_secret"
 
 
 class PlanKind(enum.StrEnum):
@@ -75,6 +86,7 @@ class PlanKind(enum.StrEnum):
     UNDO = "undo"
     FIX = "fix"
     RESTORE = "restore"  # drift's "Put back"
+    PASSWORD = "password"
 
 
 @dataclass(frozen=True)
@@ -598,6 +610,26 @@ def plan_remove(intent: RemoveNumber, snapshot: Snapshot) -> Plan:
     return _seal(plan, snapshot, depends)
 
 
+def plan_password(intent: ChangePassword, snapshot: Snapshot) -> Plan:
+    """`/password <login|phone>`: the account's SIP password, sealed apart (`needs_secret`).
+    The PBX never shows a stored password: the step is judged by its answer and the
+    account's registration after the apply, and the old password, never known to the
+    bot, cannot be put back (the card says both)."""
+    account = find_number(snapshot, intent.number)
+    if account is None:
+        raise PlanError("number_unknown", number=intent.number)
+    if account.registration_type == "none":
+        raise PlanError("no_password_used", login=account.username, provider_id=account.id)
+    login, record = account.username, provider_record(account)
+    step = Step(StepKind.SET_SECRET, record, record, "new_password", account.id, login)
+    notes = ["password_unreadable", "password_no_undo"]
+    if account.disabled:
+        notes.append("password_disabled")
+    summary = _summary(host=account.host, logins=[login], phone=account.note or None)
+    plan = Plan(snapshot.pbx, PlanKind.PASSWORD, [step], "", account.host, notes, summary, [login])
+    return _seal(plan, snapshot, Depends(numbers={intent.number}))
+
+
 # ---------------------------------------------------------------------- undo
 
 
@@ -634,6 +666,8 @@ def plan_undo(
         step = original[index]
         if index not in results:
             continue  # never applied (a failed or interrupted plan): nothing to undo
+        if step.kind is StepKind.SET_SECRET:  # the old password was never known to the bot
+            raise PlanError("undo_password", login=step.login)
         if step.kind is StepKind.DELETE_PROVIDER:
             before = step.before or {}
             if any(

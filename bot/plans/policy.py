@@ -6,7 +6,9 @@
     admin     all of it, configures, cancels anyone's plan
 
 A plan needs, per kind, N approvals from approvers other than its proposer
-(defaults: add 1, route 1, remove 2, undo 1). `self_approve = true` lets the
+(defaults: add 1, route 1, remove 2, undo 1, fix 1, password 1). `traps` names
+the counts the configured approvers can never meet (`pbxbot check` and the
+start warn of them). `self_approve = true` lets the
 proposer's own approval count, for a PBX with one admin. Unknown users have no
 role: every action is refused (fail closed).
 """
@@ -100,6 +102,42 @@ def refuse_approval(policy: PolicySettings, user_id: int, proposer_id: int, alre
     if user_id in already:
         return "policy.already_approved"
     return None
+
+
+@dataclass(frozen=True)
+class Trap:
+    """A count of approvals the configured approvers cannot meet: for every plan of the
+    kind (`never`), or for one proposed by an approver, whose own approval does not count."""
+
+    kind: str
+    need: int
+    approvers: int  # people who may approve (approvers and admins)
+    never: bool
+
+
+def traps(policy: PolicySettings) -> list[Trap]:
+    """The kinds whose approvals cannot be met by the approvers other than a proposer."""
+    approvers = len({uid for uid in (*policy.admins, *policy.approvers) if may(policy, uid, Action.APPROVE)})
+    found = []
+    for kind, need in sorted(policy.approvals.items()):
+        if need > approvers:
+            found.append(Trap(kind, need, approvers, never=True))
+        elif not policy.self_approve and need > approvers - 1 and need > 0:
+            found.append(Trap(kind, need, approvers, never=False))
+    return found
+
+
+def trap_warnings(policy: PolicySettings) -> list[tuple[str, dict[str, object]]]:
+    """The traps as catalogue keys and their values: one line for the counts never met,
+    one for those a proposing approver cannot meet."""
+    found = traps(policy)
+    lines: list[tuple[str, dict[str, object]]] = []
+    for never, key in ((True, "policy.trap_never"), (False, "policy.trap_proposer")):
+        these = [trap for trap in found if trap.never is never]
+        if these:
+            kinds = ", ".join(f"{trap.kind} = {trap.need}" for trap in these)
+            lines.append((key, {"kinds": kinds, "approvers": these[0].approvers}))
+    return lines
 
 
 def refuse_cancel(policy: PolicySettings, user_id: int, proposer_id: int) -> str | None:

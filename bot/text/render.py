@@ -180,6 +180,8 @@ def step_lines(
         lines.append(_t("plan.secret", lang))  # the password itself never reaches a text
         if record.get("manualattributes"):
             lines.append(_t("plan.attrs", lang, value=_attrs(record["manualattributes"])))
+    if step.kind is StepKind.SET_SECRET:
+        lines.append(_t("plan.secret_change", lang))  # neither password ever reaches a text
     if step.kind in (StepKind.UPDATE_PROVIDER, StepKind.UPDATE_ROUTE):
         before, after = step.before or {}, step.after or {}
         for key in sorted(set(before) | set(after)):
