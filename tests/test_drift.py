@@ -15,6 +15,7 @@ from bot.config import load_settings
 from bot.entry.scheduler import Scheduler
 from bot.errors import PlanError
 from bot.plans.changes import PbxHandle
+from bot.plans.commands import parse
 from bot.plans.planner import StepKind
 from bot.plans.service import Changes
 from bot.plans.snapshot import SnapshotReader
@@ -23,7 +24,7 @@ from bot.routing.drift import MASK, diff, outcome_changes, put_back
 from bot.routing.watch import DriftWatch, put_back_intent, recent, recent_text
 from bot.services import Services
 from bot.text.i18n import t
-from bot.text.render import TELEGRAM_LIMIT, error_text, utf16_len
+from bot.text.render import TELEGRAM_LIMIT, error_text, plan_text, utf16_len
 from sandbox.demo import DEMO_IVR_EXTENSION, DEMO_PROVIDER_ID, DEMO_QUEUE_EXTENSION
 from sandbox.pbxstate import PROVIDER_DEFAULTS
 from storage.tables import utcnow
@@ -416,3 +417,39 @@ async def test_an_alert_about_many_records_with_hostile_names_fits_one_message(s
     assert "<b>Evil" not in text and "&lt;/code&gt;&lt;b&gt;Evil" in text
     assert text.endswith(t("drift.nothing_to_put_back", "en")) and "more: /drift" in text
     assert alert_id is None  # added accounts: nothing the bot puts back
+
+
+async def test_credentials_in_extra_parameters_reach_no_event_card_or_audit_row(sim, client, store, tmp_path):
+    services = services_for(store, client, tmp_path)
+    token = "ya29.refresh-TOKEN-hunter2"
+    sim.state.providers[DEMO_PROVIDER_ID]["manualattributes"] = (
+        f"[registration-auth]\npassword={EXTRA_PASSWORD}\n[endpoint-auth]\nrefresh_token={token}"
+    )
+    # an OAuth refresh token (pjsip auth) is a credential too: masked in the drift
+    before, after = await around(
+        sim,
+        client,
+        lambda s: s.providers[DEMO_PROVIDER_ID].update(manualattributes="[endpoint-auth]\nrefresh_token=x2"),
+    )
+    events = diff(before, after, noticed_at=utcnow())
+    assert token not in json.dumps([e.to_detail() for e in events]) and "x2" not in str(events)
+
+    # a Put back of a field beside them: the step's result in the audit trail is masked
+    sim.state.providers[DEMO_PROVIDER_ID]["manualattributes"] = (
+        f"[registration-auth]\npassword={EXTRA_PASSWORD}"
+    )
+    intent = await alerted(services, sim, client, lambda s: s.set_provider_disabled(DEMO_PROVIDER_ID, True))
+    proposal = await services.changes.propose(ANNA, "demo", intent, command="/drift put back")
+    await services.changes.approve(BORIS, proposal.row.id)
+    assert (await services.changes.apply(BORIS, proposal.row.id)).row.status == "applied"
+    assert sim.state.providers[DEMO_PROVIDER_ID]["manualattributes"].endswith(EXTRA_PASSWORD)  # kept
+    trail = json.dumps([r.detail for r in store.audit.trail()], ensure_ascii=False)
+    assert EXTRA_PASSWORD not in trail and MASK in trail
+
+    # the recipe merged into that account's extra parameters: the card shows the change, masked
+    proposal = await services.changes.propose(ANNA, "demo", parse("/addnumber zadarma 847900 → Sales"))
+    steps = [s for s in proposal.plan.steps if s.kind is StepKind.UPDATE_PROVIDER]
+    assert steps and EXTRA_PASSWORD in steps[0].after["manualattributes"]  # written whole to the PBX
+    for lang in ("en", "ru"):
+        card = plan_text(proposal.plan, lang, html=True)
+        assert EXTRA_PASSWORD not in card and f"password={MASK}" in card

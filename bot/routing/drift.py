@@ -15,7 +15,6 @@ restores the records as they were (proposed and approved like any other).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -27,11 +26,10 @@ from bot.text.i18n import CATALOGUES, t
 from bot.text.render import texts
 from pbx.models import Provider, ProviderSummary
 
-from .rules import Attributes, did_matches, host_key
+from .rules import MASK, SENSITIVE_KEY, Attributes, did_matches, host_key
 from .trace import Tracer
 
-MASK = "•••"
-_SENSITIVE = re.compile(r"pass|secret|md5_cred", re.IGNORECASE)
+_SENSITIVE = SENSITIVE_KEY
 # account fields compared (the SIP password never); extra parameters apart, by parsed value
 ACCOUNT_FIELDS = (
     "disabled", "username", "host", "port", "transport", "registration_type", "description", "note",
