@@ -13,7 +13,9 @@ import pytest
 
 from bot.config import load_settings
 from bot.entry.scheduler import Scheduler
+from bot.errors import PlanError
 from bot.plans.changes import PbxHandle
+from bot.plans.commands import parse
 from bot.plans.planner import StepKind
 from bot.plans.service import Changes
 from bot.plans.snapshot import SnapshotReader
@@ -21,6 +23,8 @@ from bot.plans.vault import Vault
 from bot.routing.drift import MASK, diff, outcome_changes, put_back
 from bot.routing.watch import DriftWatch, put_back_intent, recent, recent_text
 from bot.services import Services
+from bot.text.i18n import t
+from bot.text.render import TELEGRAM_LIMIT, error_text, plan_text, utf16_len
 from sandbox.demo import DEMO_IVR_EXTENSION, DEMO_PROVIDER_ID, DEMO_QUEUE_EXTENSION
 from sandbox.pbxstate import PROVIDER_DEFAULTS
 from storage.tables import utcnow
@@ -341,3 +345,111 @@ def test_every_drift_word_exists(lang):
         for kind in ("account", "route"):
             line = event_line(DriftEvent(kind, "1", what, [("disabled", False, True)], utcnow(), "x"), lang)
             assert "x" in line
+
+
+# ---------------------------------------------------------------------- put back, attacked
+
+
+async def alerted(services, sim, client, edit):
+    """One drift through the watch; the alert's Put back intent."""
+    notifier = Notifier()
+    before, after = await around(sim, client, edit)
+    await DriftWatch(services, notifier).observe(before, after)
+    return await put_back_intent(services, "demo", notifier.sent[0][2])
+
+
+async def test_put_back_refuses_a_record_changed_again_since_the_alert(sim, client, store, tmp_path):
+    services = services_for(store, client, tmp_path)
+    intent = await alerted(services, sim, client, lambda s: s.routes[2].update(extension=DEMO_IVR_EXTENSION))
+    sim.state.routes[2]["extension"] = "203"  # someone else's change since: not the drift the alert named
+    with pytest.raises(PlanError) as refused:
+        await services.changes.propose(ANNA, "demo", intent, command="/drift put back")
+    assert refused.value.code == "put_back_changed_again"
+    assert "Zadarma 847706 → Sales" in error_text(refused.value, "en")
+    assert "снова изменили" in error_text(refused.value, "ru")
+    sim.state.routes[2]["extension"] = DEMO_IVR_EXTENSION  # as the drift left it: proposed again
+    assert (await services.changes.propose(ANNA, "demo", intent, command="/drift put back")).row is not None
+
+    # an account re-enabled by hand since its alert is not disabled again by an old button
+    intent = await alerted(services, sim, client, lambda s: s.set_provider_disabled(DEMO_PROVIDER_ID, True))
+    sim.state.providers[DEMO_PROVIDER_ID]["disabled"] = False
+    sim.state.providers[DEMO_PROVIDER_ID]["description"] = "Re-enabled by hand"
+    assert intent.accounts[0]["after"] == {"disabled": True}
+    with pytest.raises(PlanError, match="put_back_changed_again"):
+        await services.changes.propose(ANNA, "demo", intent, command="/drift put back")
+
+
+async def test_put_back_changed_again_after_approval_is_stale_and_never_written(sim, client, store, tmp_path):
+    services = services_for(store, client, tmp_path)
+    intent = await alerted(services, sim, client, lambda s: s.routes[2].update(extension=DEMO_IVR_EXTENSION))
+    proposal = await services.changes.propose(ANNA, "demo", intent, command="/drift put back")
+    await services.changes.approve(BORIS, proposal.row.id)
+    sim.state.routes[2]["extension"] = "203"  # changed again between the approval and the apply
+    outcome = await services.changes.apply(BORIS, proposal.row.id)
+    assert outcome.row.status == "stale"
+    assert outcome.replacement is None  # the new version would overwrite 203: not proposed
+    assert outcome.row.outcome["replan_error"]["code"] == "put_back_changed_again"
+    assert sim.state.routes[2]["extension"] == "203"
+
+
+async def test_put_back_of_a_route_whose_destination_is_gone_is_refused_before_approval(
+    sim, client, store, tmp_path
+):
+    services = services_for(store, client, tmp_path)
+    intent = await alerted(services, sim, client, lambda s: s.routes[2].update(extension=DEMO_IVR_EXTENSION))
+    sim.state.queues[:] = [q for q in sim.state.queues if str(q["extension"]) != DEMO_QUEUE_EXTENSION]
+    with pytest.raises(PlanError) as refused:
+        await services.changes.propose(ANNA, "demo", intent, command="/drift put back")
+    assert refused.value.code == "put_back_destination_gone"
+    assert DEMO_QUEUE_EXTENSION in error_text(refused.value, "ru")
+
+
+async def test_an_alert_about_many_records_with_hostile_names_fits_one_message(sim, client, store, tmp_path):
+    services = services_for(store, client, tmp_path)
+    notifier = Notifier()
+    hostile = "</code><b>Evil</b>&amp;" + "x" * 700
+    before = await read(client)
+    for i in range(30):
+        add_account(sim.state, f"SIP-TRUNK-{i:08X}", f"8479{i:02d}", description=hostile)
+    await DriftWatch(services, notifier).observe(before, await read(client))
+    (_chat, text, alert_id) = notifier.sent[0]
+    assert utf16_len(text) <= TELEGRAM_LIMIT  # Telegram refuses a longer one: the alert would be lost
+    assert "<b>Evil" not in text and "&lt;/code&gt;&lt;b&gt;Evil" in text
+    assert text.endswith(t("drift.nothing_to_put_back", "en")) and "more: /drift" in text
+    assert alert_id is None  # added accounts: nothing the bot puts back
+
+
+async def test_credentials_in_extra_parameters_reach_no_event_card_or_audit_row(sim, client, store, tmp_path):
+    services = services_for(store, client, tmp_path)
+    token = "ya29.refresh-TOKEN-hunter2"
+    sim.state.providers[DEMO_PROVIDER_ID]["manualattributes"] = (
+        f"[registration-auth]\npassword={EXTRA_PASSWORD}\n[endpoint-auth]\nrefresh_token={token}"
+    )
+    # an OAuth refresh token (pjsip auth) is a credential too: masked in the drift
+    before, after = await around(
+        sim,
+        client,
+        lambda s: s.providers[DEMO_PROVIDER_ID].update(manualattributes="[endpoint-auth]\nrefresh_token=x2"),
+    )
+    events = diff(before, after, noticed_at=utcnow())
+    assert token not in json.dumps([e.to_detail() for e in events]) and "x2" not in str(events)
+
+    # a Put back of a field beside them: the step's result in the audit trail is masked
+    sim.state.providers[DEMO_PROVIDER_ID]["manualattributes"] = (
+        f"[registration-auth]\npassword={EXTRA_PASSWORD}"
+    )
+    intent = await alerted(services, sim, client, lambda s: s.set_provider_disabled(DEMO_PROVIDER_ID, True))
+    proposal = await services.changes.propose(ANNA, "demo", intent, command="/drift put back")
+    await services.changes.approve(BORIS, proposal.row.id)
+    assert (await services.changes.apply(BORIS, proposal.row.id)).row.status == "applied"
+    assert sim.state.providers[DEMO_PROVIDER_ID]["manualattributes"].endswith(EXTRA_PASSWORD)  # kept
+    trail = json.dumps([r.detail for r in store.audit.trail()], ensure_ascii=False)
+    assert EXTRA_PASSWORD not in trail and MASK in trail
+
+    # the recipe merged into that account's extra parameters: the card shows the change, masked
+    proposal = await services.changes.propose(ANNA, "demo", parse("/addnumber zadarma 847900 → Sales"))
+    steps = [s for s in proposal.plan.steps if s.kind is StepKind.UPDATE_PROVIDER]
+    assert steps and EXTRA_PASSWORD in steps[0].after["manualattributes"]  # written whole to the PBX
+    for lang in ("en", "ru"):
+        card = plan_text(proposal.plan, lang, html=True)
+        assert EXTRA_PASSWORD not in card and f"password={MASK}" in card

@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.routing.rules import host_key, same_host
+from bot.routing.rules import host_key, masked_attributes, same_host
 from pbx.base import Pbx
 from pbx.errors import PbxError, PbxNotFound
 from pbx.models import Provider, RegistrationState, Route
@@ -188,7 +188,11 @@ class Executor:
                 self._created[NEW_PREFIX + step.login] = record["id"]
             # the record as written: what recovery and undo need if this process dies mid-plan
             await self._event(
-                "step_applied", step=index, kind=step.kind.value, record=_rid(step, record), result=record
+                "step_applied",
+                step=index,
+                kind=step.kind.value,
+                record=_rid(step, record),
+                result=_audited(record),
             )
         result.registration = await self.verify(plan, result)
         return result
@@ -560,3 +564,11 @@ def _text(exc: BaseException) -> str:
 
 def _int_or_str(value: str) -> tuple[int, str]:
     return (int(value), "") if value.isdigit() else (0, value)
+
+
+def _audited(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A record as the audit trail keeps it: an extra parameter's credential masked (the
+    journal's `result` is for people; recovery reads the PBX itself)."""
+    if not record or not record.get("manualattributes"):
+        return record
+    return {**record, "manualattributes": masked_attributes(record["manualattributes"])}

@@ -719,15 +719,28 @@ def _route_login(route: dict[str, Any], snapshot: Snapshot) -> str:
     return "" if number.startswith("_") else number
 
 
+def _changed_again(current: dict[str, Any] | None, left: dict[str, Any] | None) -> bool:
+    """The record is no longer as the drift left it (`left`: its fields then, None when
+    the drift removed it)."""
+    if left is None:
+        return current is not None
+    return current is None or any(current.get(k) != v for k, v in left.items())
+
+
 def plan_put_back(intent: PutBack, snapshot: Snapshot) -> Plan:
     """Drift's "Put back": each route as it was (updated, re-created, or deleted when it
     was added outside the bot), each account's drifted fields as they were. A record
-    gone since (an account, or the account a route was bound to) is a conflict."""
+    gone since (an account, or the account a route was bound to), a record changed
+    again since the drift (by hand or by the bot: its entry's `after`), or a route whose
+    destination is gone is a conflict: never overwritten blind."""
     steps: list[Step] = []
     current_routes = {r.id: r for r in snapshot.routes}
     for entry in intent.routes:
         rid, before = int(entry["id"]), entry.get("before")
         current = current_routes.get(rid)
+        name = (before or {}).get("rulename") or (current.rulename if current else "") or str(rid)
+        if "after" in entry and _changed_again(route_record(current) if current else None, entry["after"]):
+            raise PlanError("put_back_changed_again", record=name)
         if before is None:
             if current is not None:
                 login = _route_login(route_record(current), snapshot)
@@ -738,7 +751,9 @@ def plan_put_back(intent: PutBack, snapshot: Snapshot) -> Plan:
         wanted = route_record(Route.model_validate(before))
         pid = wanted.get("providerid")
         if pid and pid not in snapshot.providers_by_id:
-            raise PlanError("put_back_gone", record=f"{wanted.get('rulename') or rid}")
+            raise PlanError("put_back_gone", record=name)
+        if wanted.get("extension") and wanted["extension"] not in {d.value for d in snapshot.destinations}:
+            raise PlanError("put_back_destination_gone", record=name, destination=wanted["extension"])
         login = _route_login(wanted, snapshot)
         if current is None:
             created = {k: v for k, v in wanted.items() if k != "id"}
@@ -751,6 +766,8 @@ def plan_put_back(intent: PutBack, snapshot: Snapshot) -> Plan:
         account = snapshot.details.get(entry["id"])
         if account is None:
             raise PlanError("put_back_gone", record=entry.get("login") or entry["id"])
+        if "after" in entry and _changed_again(provider_record(account), entry["after"]):
+            raise PlanError("put_back_changed_again", record=entry.get("login") or entry["id"])
         fields = {k: v for k, v in entry.get("fields", {}).items() if k not in _VOLATILE}
         after = Provider.model_validate({**provider_record(account), **fields})
         if provider_record(after) != provider_record(account):

@@ -15,7 +15,6 @@ restores the records as they were (proposed and approved like any other).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -27,11 +26,10 @@ from bot.text.i18n import CATALOGUES, t
 from bot.text.render import texts
 from pbx.models import Provider, ProviderSummary
 
-from .rules import Attributes, did_matches, host_key
+from .rules import MASK, SENSITIVE_KEY, Attributes, did_matches, host_key
 from .trace import Tracer
 
-MASK = "•••"
-_SENSITIVE = re.compile(r"pass|secret|md5_cred", re.IGNORECASE)
+_SENSITIVE = SENSITIVE_KEY
 # account fields compared (the SIP password never); extra parameters apart, by parsed value
 ACCOUNT_FIELDS = (
     "disabled", "username", "host", "port", "transport", "registration_type", "description", "note",
@@ -259,11 +257,17 @@ def outcome_changes(before: Snapshot, after: Snapshot, events: list[DriftEvent])
 RESTORABLE_ACCOUNT = {"added": False, "removed": False, "disabled": True, "enabled": True, "changed": True}
 
 
+def _fields_of(record: dict[str, Any], names: Any) -> dict[str, Any]:
+    return {n: record.get(n) for n in names}
+
+
 def put_back(
     before: Snapshot, events: list[DriftEvent], after: Snapshot | None = None
 ) -> tuple[PutBack | None, list[DriftEvent]]:
-    """The intent restoring these events' records as `before` held them, and the events it
-    cannot restore: a removed account (its SIP password is gone with it), an added account
+    """The intent restoring these events' records as `before` held them, and the events
+    it cannot restore. With `after`, each entry also holds its fields as the drift left
+    them (`after`): a record changed again by the time the plan is made is a conflict.
+    Cannot: a removed account (its SIP password is gone with it), an added account
     (removing a number is /removenumber's, with its own approvals), an account whose
     extra parameters were not read in full before, or hold a password before or after
     (a plan card shows extra parameters as they are and will be: never a password)."""
@@ -276,8 +280,13 @@ def put_back(
             continue
         seen.add((e.kind, e.key))
         if e.kind == "route":
-            old = before.routes_by_id.get(int(e.key)) if e.key.isdigit() else None
-            routes.append({"id": int(e.key), "before": old.model_dump(mode="json") if old else None})
+            rid = int(e.key) if e.key.isdigit() else -1
+            old = before.routes_by_id.get(rid)
+            entry: dict[str, Any] = {"id": rid, "before": old.model_dump(mode="json") if old else None}
+            if after is not None:  # as the drift left it: changed again since is a conflict
+                left = after.routes_by_id.get(rid)
+                entry["after"] = _fields_of(left.model_dump(mode="json"), ROUTE_FIELDS) if left else None
+            routes.append(entry)
             continue
         old_account = before.details.get(e.key)
         if not RESTORABLE_ACCOUNT.get(e.what) or old_account is None:
@@ -292,7 +301,10 @@ def put_back(
         restore: dict[str, Any] = {n: getattr(old_account, n) for n in ACCOUNT_FIELDS if n in names}
         if any(n.startswith(EXTRA) for n in names):
             restore["manualattributes"] = old_account.manualattributes
-        accounts.append({"id": e.key, "login": old_account.username, "fields": restore})
+        account: dict[str, Any] = {"id": e.key, "login": old_account.username, "fields": restore}
+        if now is not None:  # the restored fields as the drift left them
+            account["after"] = _fields_of(now.model_dump(mode="json", exclude={"secret"}), restore)
+        accounts.append(account)
     if not routes and not accounts:
         return None, cannot
     return PutBack(tuple(routes), tuple(accounts)), cannot

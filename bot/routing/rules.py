@@ -109,6 +109,30 @@ RECIPE_CONTEXT = "public-direct-dial"
 KNOWN_SECTIONS = {"registration-auth", "registration", "endpoint-auth", "aor", "identify", "endpoint"}
 
 
+# An extra parameter whose name speaks of a credential (pjsip auth's password, md5_cred,
+# oauth_secret, refresh_token; chan_sip's secret): its value is never shown nor audited.
+SENSITIVE_KEY = re.compile(r"pass|secret|md5_cred|token", re.IGNORECASE)
+MASK = "•••"
+
+
+def masked_attributes(text: str) -> str:
+    """`manualattributes` with the value of every credential-named key as `•••` (for a
+    card, an audit row): the lines, sections and other values as they are."""
+    out = []
+    for line in (text or "").splitlines():
+        key, sep, value = line.partition("=")
+        stripped = key.strip()
+        if (
+            sep
+            and value.strip()
+            and not stripped.startswith((";", "#", "["))
+            and SENSITIVE_KEY.search(stripped)
+        ):
+            line = f"{key}={MASK}"
+        out.append(line)
+    return "\n".join(out)
+
+
 @dataclass(frozen=True)
 class Attributes:
     """`manualattributes` as MikoPBX's Util::parseIniSettings reads it, plus what it drops."""

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from bot.plans.commands import Intent, PutBack, intent_from_dict, intent_to_dict
 from bot.plans.snapshot import Snapshot
 from bot.services import local_time
-from bot.text.render import Html, lines_of, texts
+from bot.text.render import TELEGRAM_LIMIT, Html, lines_of, texts, tr, utf16_len
 
 from .drift import DriftEvent, OutcomeChange, diff, event_line, outcome_changes, outcome_line, put_back
 
@@ -37,6 +37,7 @@ DRIFT_EVENT = "drift"
 ALERT_EVENT = "drift_alert"
 ALERT_INTERVAL = 60.0  # seconds between two alerts to one chat
 ALERT_LINES = 20  # outcome changes one alert lists at most
+ALERT_LIMIT = TELEGRAM_LIMIT  # one message: the rest is in /drift
 
 
 class Notifier(Protocol):
@@ -56,11 +57,14 @@ class _Pending:
         self.cannot += [c for c in cannot if (c.kind, c.key) not in {(x.kind, x.key) for x in self.cannot}]
         if intent is None:
             return
-        for r in intent.routes:
-            self.routes.setdefault(int(r["id"]), r)
+        for r in intent.routes:  # the oldest "before", the newest "after"
+            kept_route = self.routes.setdefault(int(r["id"]), dict(r))
+            if "after" in r:
+                kept_route["after"] = r["after"]
         for a in intent.accounts:
-            kept = self.accounts.setdefault(a["id"], {**a, "fields": {}})
+            kept = self.accounts.setdefault(a["id"], {**a, "fields": {}, "after": {}})
             kept["fields"] = {**a["fields"], **kept["fields"]}
+            kept["after"] = {**kept["after"], **a.get("after", {})}
 
     @property
     def intent(self) -> PutBack | None:
@@ -167,8 +171,23 @@ def alert_text(
     if cannot:
         lines.append(_t("drift.cannot", lang))
         lines += [event_line(e, lang) for e in cannot[:ALERT_LINES]]
-    lines.append(_t("drift.put_back_hint" if restorable else "drift.nothing_to_put_back", lang))
-    return lines_of(lines, True)
+    last = tr("drift.put_back_hint" if restorable else "drift.nothing_to_put_back", lang)
+    return lines_of([*_fitting(lines, last, lang), last], True)
+
+
+def _fitting(lines: list[str], last: Html, lang: str) -> list[str]:
+    """The lines that fit one Telegram message with `last` after them: an alert too long
+    is refused by Telegram and lost (30 records with long names, a hostile description),
+    so what does not fit is counted and left to /drift."""
+    room = ALERT_LIMIT - utf16_len(last) - 1
+    kept: list[str] = []
+    for i, line in enumerate(lines):
+        more = tr("drift.more_events", lang, n=len(lines) - i)
+        if utf16_len(line) + 1 + utf16_len(more) + 1 > room:
+            return [*kept, more]
+        kept.append(line)
+        room -= utf16_len(line) + 1
+    return kept
 
 
 async def recent(services: Services, pbx: str, *, limit: int = 20) -> list[DriftEvent]:

@@ -25,6 +25,7 @@ from bot.plans.executor import ApplyResult
 from bot.plans.planner import NEW_PREFIX, Plan, Step, StepKind
 from bot.plans.policy import Tally
 from bot.plans.usage import EXAMPLES
+from bot.routing.rules import masked_attributes
 from pbx.errors import (
     PbxAuthError,
     PbxError,
@@ -128,7 +129,9 @@ def lines_of(lines: Iterable[str], html: bool) -> str:
 
 
 def _attrs(value: str) -> str:
-    return " | ".join(line for line in str(value or "").splitlines() if line.strip()) or ""
+    """Extra parameters on one line, a credential's value masked (a password in
+    `[registration-auth]` of an account the recipe updates never reaches the card)."""
+    return " | ".join(line for line in masked_attributes(str(value or "")).splitlines() if line.strip())
 
 
 def _field_name(key: str, lang: str) -> str:

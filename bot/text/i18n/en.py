@@ -465,6 +465,8 @@ MESSAGES: dict[str, str] = {
     "plan.kind.restore": "put back",
     "plan.reason.put_back": "     why: put back as it was before the change made outside the bot",
     "plan_error.put_back_gone": "{record} is gone from the PBX since: it cannot be put back as it was.",
+    "plan_error.put_back_changed_again": "«{record}» was changed again since that alert (by hand or by the bot): putting it back now would overwrite that change unseen. /drift shows the changes; use /route for what it should be now.",
+    "plan_error.put_back_destination_gone": "The route «{record}» cannot be put back: its destination {destination} is no longer on the PBX. Use /route to send the calls somewhere that exists.",
     "drift.field": "{field}: {before} → {after}",
     "drift.field_extra": "extra parameter {key}",
     "drift.yes": "yes",

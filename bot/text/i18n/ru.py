@@ -465,6 +465,8 @@ MESSAGES: dict[str, str] = {
     "plan.kind.restore": "возврат как было",
     "plan.reason.put_back": "     зачем: вернуть как было до изменения в обход бота",
     "plan_error.put_back_gone": "{record} с тех пор исчезла из АТС: вернуть как было нельзя.",
+    "plan_error.put_back_changed_again": "«{record}» с того оповещения снова изменили (вручную или ботом): возврат затёр бы это изменение незаметно. Изменения — в /drift; куда вести звонки теперь — через /route.",
+    "plan_error.put_back_destination_gone": "Маршрут «{record}» нельзя вернуть: его назначения {destination} на АТС больше нет. Направьте звонки туда, где есть, через /route.",
     "drift.field": "{field}: {before} → {after}",
     "drift.field_extra": "доп. параметр {key}",
     "drift.yes": "да",
