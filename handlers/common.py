@@ -26,6 +26,7 @@ COMMANDS: dict[str, Action] = {
     "cancel": Action.CANCEL_OWN,
     "doctor": Action.VIEW,
     "trace": Action.VIEW,
+    "map": Action.VIEW,
     "digest": Action.VIEW,
     "pbx": Action.VIEW,
     "whoami": Action.VIEW,

@@ -164,3 +164,29 @@ async def test_an_empty_pbx_draws(client, sim, lang):
     rmap = await the_map(client)
     assert rmap.paths == []
     png_size(draw(rmap, lang))
+
+
+# ---------------------------------------------------------------------- /map in the chat
+
+from tests.personas import OLGA, VIKTOR  # noqa: E402
+from tests.test_bot_e2e import GROUP, World  # noqa: E402
+from tests.test_bot_e2e import world as world  # noqa: E402  (the fixture: the bot and its chat)
+
+
+async def test_map_in_the_chat_sends_the_picture_then_the_findings(world: World):
+    w = world
+    broken(w.sim.state)
+    start = w.mark()
+    w.tg.send(OLGA, GROUP, "/map")
+    photo = await w.said(GROUP, "Карта маршрутизации · АТС office: 20 номеров, 2 ошибки", kinds=("photo",))
+    width, height = png_size(photo["content"])
+    assert width == WIDTH and height <= 1280
+    report = await w.said(GROUP, "Доктор · АТС office: 2 ошибки", after=start)
+    assert "847713" in report["text"]
+    assert any("Исправить sip.zadarma.com" in b["text"] for b in w.tg.buttons(GROUP, report["message_id"]))
+    mark = w.mark()
+    w.tg.send(VIKTOR, GROUP, "/map")  # reads English
+    await w.said(
+        GROUP, "Routing map · PBX office: 20 numbers, 2 errors, 1 warning", kinds=("photo",), after=mark
+    )
+    await w.said(GROUP, "Doctor · PBX office", after=mark)

@@ -133,10 +133,8 @@ def _place(nodes: list[_Node], rows: int) -> None:
 
 def draw(rmap: RoutingMap, lang: str, *, fmt: str = "png") -> bytes:
     """The map as PNG or SVG bytes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     from matplotlib.patches import FancyBboxPatch, PathPatch
     from matplotlib.path import Path as MPath
 
@@ -159,102 +157,99 @@ def draw(rmap: RoutingMap, lang: str, *, fmt: str = "png") -> bytes:
     def y_of(row: float) -> float:
         return TOP + row * ROW + ROW / 2
 
-    fig = plt.figure(figsize=(WIDTH / DPI, height / DPI), dpi=DPI)
-    try:
-        ax = fig.add_axes((0, 0, 1, 1))
-        ax.set_xlim(0, WIDTH)
-        ax.set_ylim(height, 0)
-        ax.axis("off")
+    # a Figure of its own, not pyplot's: nothing global, so two maps may be drawn at once (threads)
+    fig = Figure(figsize=(WIDTH / DPI, height / DPI), dpi=DPI)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, WIDTH)
+    ax.set_ylim(height, 0)
+    ax.axis("off")
 
-        def text(x: float, y: float, value: str, **style: Any) -> Text:
-            return ax.text(x, y, value, parse_math=False, **style)  # a name's `$` stays a dollar sign
+    def text(x: float, y: float, value: str, **style: Any) -> Text:
+        return ax.text(x, y, value, parse_math=False, **style)  # a name's `$` stays a dollar sign
 
-        text(20, 30, t("map.title", lang, pbx=rmap.pbx), fontsize=15, weight="bold", va="center")
-        counts = t(
-            "map.counts",
-            lang,
-            numbers=len(rmap.paths),
-            errors=sum(1 for f in rmap.findings if f.severity.value == "E"),
-            warnings=sum(1 for f in rmap.findings if f.severity.value == "W"),
-        )
-        text(20, 62, counts, fontsize=FONT + 1, va="center", color="#333333")
-        for c, name in enumerate(COLUMNS):
-            text(
-                X[c] + 4, TOP - 20, t(f"map.col.{name}", lang), fontsize=FONT, weight="bold", color="#555555"
+    text(20, 30, t("map.title", lang, pbx=rmap.pbx), fontsize=15, weight="bold", va="center")
+    counts = t(
+        "map.counts",
+        lang,
+        numbers=len(rmap.paths),
+        errors=sum(1 for f in rmap.findings if f.severity.value == "E"),
+        warnings=sum(1 for f in rmap.findings if f.severity.value == "W"),
+    )
+    text(20, 62, counts, fontsize=FONT + 1, va="center", color="#333333")
+    for c, name in enumerate(COLUMNS):
+        text(X[c] + 4, TOP - 20, t(f"map.col.{name}", lang), fontsize=FONT, weight="bold", color="#555555")
+
+    # links first, boxes over them; problems drawn last so they stay on top
+    order = sorted(range(len(lanes)), key=lambda i: -_rank(_sev(lanes[i].severity)))
+    for i in order:
+        lane = lanes[i]
+        colour = COLOURS[_sev(lane.severity)]
+        width = 2.2 if lane.severity is not None else 1.4
+        for c in range(len(COLUMNS) - 1):
+            a, b = columns[c][routes[i][c]], columns[c + 1][routes[i][c + 1]]
+            x0, x1 = X[c] + BOX_WS[c], X[c + 1]
+            y0, y1 = y_of(a.y), y_of(b.y)
+            mid = (x0 + x1) / 2
+            path = MPath(
+                [(x0, y0), (mid, y0), (mid, y1), (x1, y1)],
+                [MPath.MOVETO, MPath.CURVE4, MPath.CURVE4, MPath.CURVE4],
             )
+            dashed = c == 0 and any(p.bound_elsewhere for p in lane.paths)
+            ax.add_patch(
+                PathPatch(
+                    path,
+                    fill=False,
+                    edgecolor=colour,
+                    linewidth=width,
+                    linestyle=(0, (4, 3)) if dashed else "-",
+                    alpha=0.9 if lane.severity is not None else 0.55,
+                )
+            )
+    for c, column in enumerate(columns):
+        for node in column.values():
+            y = y_of(node.y)
+            ax.add_patch(
+                FancyBboxPatch(
+                    (X[c], y - BOX_H / 2),
+                    BOX_WS[c],
+                    BOX_H,
+                    boxstyle="round,pad=0,rounding_size=6",
+                    facecolor=FILLS[node.severity],
+                    edgecolor=COLOURS[node.severity],
+                    linewidth=1.6 if node.severity else 1.0,
+                )
+            )
+            chars = int((BOX_WS[c] - 14) / CHAR_PX)
+            first, second = _clip(node.lines[0], chars), _clip(node.lines[1], int(chars * 1.15))
+            strong = "bold" if c == 0 or node.severity == "E" else "normal"
+            if second:
+                text(X[c] + 8, y - 9, first, fontsize=FONT, va="center", weight=strong)
+                text(X[c] + 8, y + 10, second, fontsize=FONT - 1.5, va="center", color="#444444")
+            else:
+                text(X[c] + 8, y, first, fontsize=FONT, va="center", weight=strong)
 
-        # links first, boxes over them; problems drawn last so they stay on top
-        order = sorted(range(len(lanes)), key=lambda i: -_rank(_sev(lanes[i].severity)))
-        for i in order:
-            lane = lanes[i]
-            colour = COLOURS[_sev(lane.severity)]
-            width = 2.2 if lane.severity is not None else 1.4
-            for c in range(len(COLUMNS) - 1):
-                a, b = columns[c][routes[i][c]], columns[c + 1][routes[i][c + 1]]
-                x0, x1 = X[c] + BOX_WS[c], X[c + 1]
-                y0, y1 = y_of(a.y), y_of(b.y)
-                mid = (x0 + x1) / 2
-                path = MPath(
-                    [(x0, y0), (mid, y0), (mid, y1), (x1, y1)],
-                    [MPath.MOVETO, MPath.CURVE4, MPath.CURVE4, MPath.CURVE4],
-                )
-                dashed = c == 0 and any(p.bound_elsewhere for p in lane.paths)
-                ax.add_patch(
-                    PathPatch(
-                        path,
-                        fill=False,
-                        edgecolor=colour,
-                        linewidth=width,
-                        linestyle=(0, (4, 3)) if dashed else "-",
-                        alpha=0.9 if lane.severity is not None else 0.55,
-                    )
-                )
-        for c, column in enumerate(columns):
-            for node in column.values():
-                y = y_of(node.y)
-                ax.add_patch(
-                    FancyBboxPatch(
-                        (X[c], y - BOX_H / 2),
-                        BOX_WS[c],
-                        BOX_H,
-                        boxstyle="round,pad=0,rounding_size=6",
-                        facecolor=FILLS[node.severity],
-                        edgecolor=COLOURS[node.severity],
-                        linewidth=1.6 if node.severity else 1.0,
-                    )
-                )
-                chars = int((BOX_WS[c] - 14) / CHAR_PX)
-                first, second = _clip(node.lines[0], chars), _clip(node.lines[1], int(chars * 1.15))
-                strong = "bold" if c == 0 or node.severity == "E" else "normal"
-                if second:
-                    text(X[c] + 8, y - 9, first, fontsize=FONT, va="center", weight=strong)
-                    text(X[c] + 8, y + 10, second, fontsize=FONT - 1.5, va="center", color="#444444")
-                else:
-                    text(X[c] + 8, y, first, fontsize=FONT, va="center", weight=strong)
-
-        legend_y = height - BOTTOM / 2
-        x = 20.0
-        renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]  # Agg's: measures the labels
-        items: list[tuple[str | None, str, Any]] = [
-            ("E", "map.legend.error", "-"),
-            ("W", "map.legend.warning", "-"),
-            (None, "map.legend.ok", "-"),
-            ("dash", "map.legend.collision", (0, (4, 3))),
-        ]
-        for sev, key, style in items:
-            colour = "#555555" if sev == "dash" else COLOURS[sev]
-            ax.plot([x, x + 28], [legend_y, legend_y], color=colour, linewidth=2.4, linestyle=style)
-            label = text(x + 36, legend_y, t(key, lang), fontsize=FONT - 0.5, va="center")
-            x += 36 + label.get_window_extent(renderer).width + 28
-        if rmap.summarised:
-            shown = sum(1 for lane in lanes if lane.single and lane.severity is not None)
-            note = t("map.summarised", lang, shown=shown, n=len(rmap.paths))
-            text(20, 86, note, fontsize=FONT - 0.5, va="center", color="#555555", style="italic")
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format=fmt, dpi=DPI, metadata=_metadata(fmt))
-        return buffer.getvalue()
-    finally:
-        plt.close(fig)
+    legend_y = height - BOTTOM / 2
+    x = 20.0
+    renderer = canvas.get_renderer()  # measures the legend's labels
+    items: list[tuple[str | None, str, Any]] = [
+        ("E", "map.legend.error", "-"),
+        ("W", "map.legend.warning", "-"),
+        (None, "map.legend.ok", "-"),
+        ("dash", "map.legend.collision", (0, (4, 3))),
+    ]
+    for sev, key, style in items:
+        colour = "#555555" if sev == "dash" else COLOURS[sev]
+        ax.plot([x, x + 28], [legend_y, legend_y], color=colour, linewidth=2.4, linestyle=style)
+        label = text(x + 36, legend_y, t(key, lang), fontsize=FONT - 0.5, va="center")
+        x += 36 + label.get_window_extent(renderer).width + 28
+    if rmap.summarised:
+        shown = sum(1 for lane in lanes if lane.single and lane.severity is not None)
+        note = t("map.summarised", lang, shown=shown, n=len(rmap.paths))
+        text(20, 86, note, fontsize=FONT - 0.5, va="center", color="#555555", style="italic")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=fmt, dpi=DPI, metadata=_metadata(fmt))
+    return buffer.getvalue()
 
 
 def _metadata(fmt: str) -> dict[str, str | None]:

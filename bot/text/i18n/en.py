@@ -470,4 +470,7 @@ MESSAGES: dict[str, str] = {
     "map.empty": "Routing map · PBX {pbx}: no provider accounts with a login.",
     "cli.map_written": "Routing map of {pbx} written to {path} ({numbers} {numbers:plural:one=number|other=numbers}).",
     "cli.map_format": "--out {path}: the map is written as .png or .svg",
+    "tg.menu.map": "routing map (picture)",
+    "tg.help.map": "/map — the routing map: a picture of where each number's calls go, and the doctor's findings",
+    "cli.file_unwritable": "{path}: cannot write it ({error})",
 }

@@ -470,4 +470,7 @@ MESSAGES: dict[str, str] = {
     "map.empty": "Карта маршрутизации · АТС {pbx}: нет аккаунтов провайдеров с логином.",
     "cli.map_written": "Карта маршрутизации {pbx} записана в {path} ({numbers} {numbers:plural:one=номер|few=номера|many=номеров|other=номера}).",
     "cli.map_format": "--out {path}: карта пишется в .png или .svg",
+    "tg.menu.map": "карта маршрутизации",
+    "tg.help.map": "/map — карта маршрутизации: картинка, куда идут звонки каждого номера, и находки доктора",
+    "cli.file_unwritable": "{path}: не удаётся записать ({error})",
 }
