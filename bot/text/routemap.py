@@ -32,10 +32,10 @@ ROW = 50  # px a row
 TOP = 140  # title, counts, a note, column heads
 BOTTOM = 64  # legend
 COLUMNS = ("number", "account", "context", "route", "destination")
-BOX_WS = (160, 170, 240, 210, 190)  # each column's boxes wide; 70 px between columns for the links
+BOX_WS = (150, 170, 230, 240, 180)  # each column's boxes wide; 70 px between columns for the links
 X = tuple(16 + sum(BOX_WS[:c]) + 70 * c for c in range(5))  # left edge of each column's boxes
 BOX_H = 40
-CHAR_PX = 8.2  # an average character at FONT, DejaVu Sans
+CHAR_PX = 9.0  # an average character at FONT, DejaVu Sans (Cyrillic and bold are wider)
 FONT = 10.5  # points: 14.6 px at 100 dpi
 
 COLOURS = {"E": "#d62728", "W": "#e67e00", "I": "#1f77b4", None: "#5b7f95"}
