@@ -27,6 +27,7 @@ COMMANDS: dict[str, Action] = {
     "cancel": Action.CANCEL_OWN,
     "doctor": Action.VIEW,
     "trace": Action.VIEW,
+    "map": Action.VIEW,
     "digest": Action.VIEW,
     "drift": Action.VIEW,
     "pbx": Action.VIEW,

@@ -1,7 +1,9 @@
-"""/doctor (with Fix buttons), /trace, /digest. A refusal (a /digest that does not
+"""/doctor (with Fix buttons), /trace, /map, /digest. A refusal (a /digest that does not
 parse, the PBX failing) is answered by handlers/errors.py."""
 
 from __future__ import annotations
+
+import asyncio
 
 from aiogram import Bot, Router
 from aiogram.filters import Command, CommandObject
@@ -17,11 +19,13 @@ from bot.plans.changes import Actor
 from bot.plans.commands import FixHost, parse_number
 from bot.plans.policy import Action, may
 from bot.routing.digest import WEEKDAYS, parse_digest, schedule_row
-from bot.routing.doctor import Finding, examine
+from bot.routing.doctor import Finding, Severity, examine
+from bot.routing.routemap import read_map
 from bot.routing.trace import Tracer
 from bot.services import Services
 from bot.text.i18n import t
 from bot.text.render import Html, tr
+from bot.text.routemap import draw
 from bot.text.views import doctor_text, trace_text
 
 from .buttons import FixButton
@@ -67,6 +71,34 @@ async def doctor(message: Message, services: Services, pbx: str | None, lang: st
         return
     handle = services.changes.pbxs[pbx]
     _, findings = await examine(handle.client, handle.reader)
+    keyboard = (
+        fix_keyboard(findings, lang) if may(services.settings.policy, actor.id, Action.PROPOSE) else None
+    )
+    text = doctor_text(pbx, findings, lang)
+    await answer_long(message, text, lang=lang, filename=f"doctor-{pbx}.txt", reply_markup=keyboard)
+
+
+async def map_(message: Message, services: Services, pbx: str | None, lang: str, actor: Actor) -> None:
+    """The routing map as a picture, then the doctor's findings as text (with their Fix buttons)."""
+    if (pbx := await need_pbx(message, pbx, lang)) is None:
+        return
+    handle = services.changes.pbxs[pbx]
+    rmap = await read_map(handle.client, handle.reader)
+    findings = rmap.findings
+    if rmap.paths:
+        png = await asyncio.to_thread(draw, rmap, lang)  # matplotlib: off the event loop
+        count = {s: sum(1 for f in findings if f.severity is s) for s in (Severity.ERROR, Severity.WARNING)}
+        caption = tr(
+            "map.caption",
+            lang,
+            pbx=pbx,
+            numbers=len(rmap.paths),
+            errors=count[Severity.ERROR],
+            warnings=count[Severity.WARNING],
+        )
+        await message.answer_photo(BufferedInputFile(png, filename=f"map-{pbx}.png"), caption=caption)
+    else:
+        await message.answer(tr("map.empty", lang, pbx=pbx))
     keyboard = (
         fix_keyboard(findings, lang) if may(services.settings.policy, actor.id, Action.PROPOSE) else None
     )
@@ -188,6 +220,7 @@ def router() -> Router:
     r = Router(name="routing")
     r.message.register(doctor, Command("doctor"))
     r.message.register(trace_, Command("trace"))
+    r.message.register(map_, Command("map"))
     r.message.register(digest, Command("digest"))
     r.callback_query.register(fix_pressed, FixButton.filter())
     return r

@@ -138,11 +138,11 @@ async def test_the_fix_plan_clears_the_finding_and_calls_land_right(client, sim)
     result = await Executor(client, reload_wait=0, verify_timeout=5, verify_interval=0.05).apply(plan)
     assert result.status is ApplyStatus.APPLIED
     # calls land right; identify still binds 847900's calls to the first account, so its
-    # call records name that one: a warning without a fix, no error
+    # call records name that one: under the recipe a note for the host, no warning, no fix
     (finding,) = await findings(client)
     assert finding.code == "call_attributed_to_other"
-    assert (finding.severity, finding.fix) == (Severity.WARNING, None)
-    assert finding.params == {"number": "847900", "login": "847900", "other": "847706"}
+    assert (finding.severity, finding.fix, finding.subject) == (Severity.INFO, None, ZADARMA)
+    assert finding.params == {"number": "847900", "other": "847706"}
     assert sim.simulate_call(ZADARMA, "847706")["destination"] == DEMO_QUEUE_EXTENSION
     # the fix keeps where 847900's calls went before it: the default route (it had no route of its own)
     assert sim.simulate_call(ZADARMA, "847900")["destination"] == "busy"

@@ -9,6 +9,9 @@ pbxbot recover   [--pbx NAME]                  make plans a dead process left ha
 pbxbot doctor    (--pbx NAME | --sandbox)      check the routing; exit 1 on an error (cron, monitoring)
 pbxbot trace     (--pbx NAME | --sandbox) LOGIN  where a call to LOGIN ends up, and why
 pbxbot digest    (--pbx NAME | --sandbox) [--weekly]   print the routing digest
+pbxbot map       (--pbx NAME | --sandbox) --out FILE.png|FILE.svg   draw the routing map
+                 --json on numbers, doctor, trace, digest, plan: one JSON object (docs/json.md),
+                 the exit status unchanged
 pbxbot check                                   config, database, each PBX, the bot token; exit 1 on a failure
 pbxbot migrate                                 bring the database to the current schema
 pbxbot run                                     the Telegram bot (config: [telegram], [pbx.*], [policy])
@@ -65,7 +68,7 @@ from pbx.mikopbx import MikoPbxClient
 from storage.db import StorageError
 from storage.tables import utcnow
 
-from . import logs
+from . import jsonout, logs
 from .wiring import open_pbx, open_store, open_vault
 
 if TYPE_CHECKING:
@@ -150,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     numbers = sub.add_parser("numbers", help="accounts, registration states and routes of a PBX")
     _target(numbers)
     numbers.add_argument("number", nargs="*", help="only this login or phone (+7 495 123-45-67)")
+    _json(numbers)
 
     call = sub.add_parser("call", help="simulate an inbound call (simulator only)")
     _target(call)
@@ -169,6 +173,7 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="the SIP password of the account /addnumber creates or /password sets",
     )
+    _json(plan)
 
     recover = sub.add_parser(
         "recover", help="make plans a dead process left half-applied whole again (exit 0 when all are)"
@@ -177,13 +182,22 @@ def _parser() -> argparse.ArgumentParser:
 
     doctor = sub.add_parser("doctor", help="check the routing; exit 1 when an error is found")
     _target(doctor)
+    _json(doctor)
     trace = sub.add_parser("trace", help="where a call to a login ends up, and why")
     _target(trace)
     trace.add_argument("number", help="a login, or a phone number in an account's note")
+    _json(trace)
     digest = sub.add_parser("digest", help="the routing digest")
     _target(digest)
     digest.add_argument("--print", action="store_true", help="print it (the default; posting is the bot's)")
     digest.add_argument("--weekly", action="store_true", help="cover 7 days instead of 1")
+    _json(digest)
+
+    routing_map = sub.add_parser(
+        "map", help="draw the routing map (number -> account -> route -> destination)"
+    )
+    _target(routing_map)
+    routing_map.add_argument("--out", type=Path, required=True, help="the picture: FILE.png or FILE.svg")
 
     sub.add_parser(
         "check", help="config, database, migrations, each PBX and the bot token; exit 1 on a failure"
@@ -194,6 +208,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("shell", help="a terminal chat with the bot: local Telegram server, demo PBX, SQLite")
     sub.add_parser("tour", help="a short look at the demo PBX in the simulator")
     return parser
+
+
+def _json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json", action="store_true", help="one JSON object on stdout (fields: docs/json.md)"
+    )
 
 
 def _target(parser: argparse.ArgumentParser) -> None:
@@ -241,11 +261,19 @@ async def _run(args: argparse.Namespace) -> int:
         return await _plan(args)
     if args.command == "recover":
         return await _recover(args)
+    if args.command == "map" and args.out.suffix.lower() not in (".png", ".svg"):
+        print(t("cli.map_format", args.lang, path=args.out), file=sys.stderr)
+        return 2
     async with _client(args) as (client, sim):
+        if args.command == "map":
+            return await _map(args, client)
         if args.command in ("doctor", "trace", "digest"):
             return await _routing(args, client)
         if args.command == "numbers":
             only = parse_number(" ".join(args.number), "numbers") if args.number else None
+            if args.json:
+                print(jsonout.dumps(await jsonout.numbers(client, only=only)))
+                return 0
             print("\n".join(await numbers_lines(client, args.lang, only=only)))
             return 0
         if args.command == "call":
@@ -358,20 +386,33 @@ async def _plan_or_apply(
     if not args.apply:
         plan, snapshot = await changes.plan(client.name, intent)
         names = display_names(plan, snapshot)  # from what the plan read: no extra PBX calls
+        if args.json:
+            print(jsonout.dumps(jsonout.plan(plan, lang, names=names)))
+            return 0
         print(plan_text(plan, lang, destinations=names["destinations"], providers=names["providers"]))
         if not plan.empty:
             print("\n" + t("cli.plan_only", lang))
         return 0
     for recovery in await changes.recover(pbx=client.name):  # a plan a dead `pbxbot` left half-applied
-        print(_recovery_line(recovery, lang))
+        print(_recovery_line(recovery, lang), file=sys.stderr if args.json else sys.stdout)
     command = args.text or f"CSV {args.csv.name}"
     proposal = await changes.propose(LOCAL_ADMIN, client.name, intent, secrets=passwords, command=command)
     if proposal.row is None:
-        print(plan_text(proposal.plan, lang))
+        print(
+            jsonout.dumps(jsonout.plan(proposal.plan, lang)) if args.json else plan_text(proposal.plan, lang)
+        )
         return 0
     names = proposal.row.summary["names"]
     outcome = await changes.apply(LOCAL_ADMIN, proposal.row.id, at_once=True)
     row = outcome.row
+    if args.json:
+        data = jsonout.plan(proposal.plan, lang, names=names, plan_id=row.id, status=row.status)
+        details = outcome_text(outcome.result, row.outcome, lang)
+        data["outcome"] = details.splitlines() if details else []
+        if outcome.replacement is not None and outcome.replacement.row is not None:
+            data["replaced_by"] = outcome.replacement.row.id
+        print(jsonout.dumps(data))
+        return EXIT_BY_STATUS.get(row.status, EXIT_NOT_APPLIED)
     print(
         plan_text(
             proposal.plan,
@@ -443,12 +484,19 @@ async def _routing(args: argparse.Namespace, client: MikoPbxClient) -> int:
     reader = SnapshotReader(client)
     if args.command == "doctor":
         _, findings = await examine(client, reader)
-        print(doctor_report(client.name, findings, lang))
+        if args.json:
+            print(jsonout.dumps(jsonout.doctor(client.name, findings, lang)))
+        else:
+            print(doctor_report(client.name, findings, lang))
         return 1 if worst(findings) is Severity.ERROR else 0
     if args.command == "trace":
         snapshot = await reader.read(number=args.number)
-        result = Tracer(snapshot, await client.default_route()).trace(args.number)
-        print(trace_text(client.name, args.number, result, lang))
+        tracer = Tracer(snapshot, await client.default_route())
+        result = tracer.trace(args.number)
+        if args.json:
+            print(jsonout.dumps(jsonout.trace(client.name, args.number, result, tracer.names, lang)))
+        else:
+            print(trace_text(client.name, args.number, result, lang))
         return 0 if result.outcome == "dial" else 1
     with tempfile.TemporaryDirectory(prefix="pbxbot-") as tmp:
         # the sandbox's digest has no history: an empty database of its own
@@ -460,7 +508,29 @@ async def _routing(args: argparse.Namespace, client: MikoPbxClient) -> int:
         store = open_store(settings)
         built = await digests.build(client, reader, store, client.name, since=since, until=until, tz=tz)
         store.engine.dispose()
+    if args.json:
+        print(jsonout.dumps(jsonout.digest(built, lang)))
+        return 0
     print(html.unescape(digests.render(built, lang, tz)))
+    return 0
+
+
+async def _map(args: argparse.Namespace, client: MikoPbxClient) -> int:
+    """The routing map as a picture in --out (PNG or SVG by its suffix), the doctor's findings printed."""
+    from bot.plans.snapshot import SnapshotReader
+    from bot.routing.routemap import read_map
+    from bot.text.routemap import draw
+
+    rmap = await read_map(client, SnapshotReader(client))
+    data = await asyncio.to_thread(draw, rmap, args.lang, fmt=args.out.suffix.lower().lstrip("."))
+    try:
+        args.out.write_bytes(data)
+    except OSError as exc:
+        error = exc.strerror or type(exc).__name__
+        print(t("cli.file_unwritable", args.lang, path=args.out, error=error), file=sys.stderr)
+        return 2
+    print(t("cli.map_written", args.lang, pbx=client.name, path=args.out, numbers=len(rmap.paths)))
+    print(doctor_report(client.name, rmap.findings, args.lang))
     return 0
 
 

@@ -448,7 +448,11 @@ def calls_land_on_their_own_route(f: Facts) -> Iterator[Finding]:
     """Each login and DID traced like a call: an error when it ends anywhere but that
     number's own route (another account's route, the default route while one of its own
     exists, a 404); a warning when it is right only thanks to the shared host:port
-    context, or when the call is recorded against another account."""
+    context, or when the call is recorded against another account while no recipe
+    makes the login decide. Under the recipe that attribution is expected and routes
+    nothing astray: one note per host names the logins it concerns."""
+    attributed: dict[tuple[str, str], list[str]] = defaultdict(list)  # (host, other) -> numbers
+    shared: dict[tuple[str, int, str], list[str]] = defaultdict(list)  # (host, port, other) -> numbers
     for result in f.traces:
         account = result.account
         if account is None or result.outcome == "no_account":
@@ -490,10 +494,35 @@ def calls_land_on_their_own_route(f: Facts) -> Iterator[Finding]:
                 fix,
             )
         elif result.collision and any(line.key == "context_shared" for line in result.lines):
-            host = {"host": account.host, "port": account.port}
-            yield Finding("call_right_by_shared_context", Severity.WARNING, number, {**params, **host}, fix)
+            shared[(account.host, account.port, other or "—")].append(number)
+        elif result.collision and result.context == RECIPE_CONTEXT:
+            attributed[(account.host, other or "—")].append(number)
         elif result.collision:
             yield Finding("call_attributed_to_other", Severity.WARNING, number, params)
+    for (on_host, port, picked), numbers in shared.items():  # one warning per host:port
+        yield Finding(
+            "call_right_by_shared_context",
+            Severity.WARNING,
+            on_host,
+            {
+                "number": _listed(numbers),
+                "logins": ", ".join(numbers),
+                "other": picked,
+                "host": on_host,
+                "port": port,
+            },
+            FixHost(host_key(on_host)),
+        )
+    for (on_host, picked), numbers in attributed.items():
+        yield Finding(
+            "call_attributed_to_other", Severity.INFO, on_host, {"number": _listed(numbers), "other": picked}
+        )
+
+
+def _listed(numbers: list[str], shown: int = 8) -> str:
+    """Numbers for a sentence: the first few, and how many more."""
+    more = len(numbers) - shown
+    return ", ".join(numbers[:shown]) + (f" (+{more})" if more > 0 else "")
 
 
 def cdr_collision(f: Facts) -> Iterator[Finding]:

@@ -27,6 +27,15 @@ from .wire import (
     utf16_len,
 )
 
+MAX_PHOTO_BYTES = 10 * 1024 * 1024
+
+
+def _png_size(content: bytes) -> tuple[int, int] | None:
+    """A PNG's width and height from its IHDR chunk; None for a JPEG (not read)."""
+    if content[:8] != b"\x89PNG\r\n\x1a\n" or content[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(content[16:20], "big"), int.from_bytes(content[20:24], "big")
+
 
 class BotApi:
     """Reads and writes the chat state (ChatState) and passes every call through
@@ -338,11 +347,21 @@ class BotApi:
             raise ApiError(400, "Bad Request: there is no photo in the request")
         if not photo["content"].startswith(b"\x89PNG") and not photo["content"].startswith(b"\xff\xd8"):
             raise ApiError(400, "Bad Request: IMAGE_PROCESS_FAILED")
+        if len(photo["content"]) > MAX_PHOTO_BYTES:
+            raise ApiError(400, "Bad Request: PHOTO_TOO_BIG")  # sendPhoto: "The photo must be at most 10 MB"
+        width, height = _png_size(photo["content"]) or (800, 450)
+        # Bot API: "The photo's width and height must not exceed 10000 in total. Width and height
+        # ratio must be at most 20."
+        if width + height > 10000 or max(width, height) > 20 * max(min(width, height), 1):
+            raise ApiError(400, "Bad Request: PHOTO_INVALID_DIMENSIONS")
         caption = self._text(params, "caption", MAX_CAPTION) if params.get("caption") else None
         self._rate(chat)
         file_id = f"photo{len(self.files) + 1}"
         self.files[file_id] = (f"photos/{file_id}.png", photo["content"])
-        sizes = [{"file_id": file_id, "file_unique_id": file_id + "u", "width": 800, "height": 450}]
+        # Telegram keeps the photo at 1280 px on its longer side at most (and smaller copies)
+        scale = min(1.0, 1280 / max(width, height))
+        size = {"width": round(width * scale), "height": round(height * scale)}
+        sizes = [{"file_id": file_id, "file_unique_id": file_id + "u", **size}]
         message = self._bot_message(chat, photo=sizes, caption=caption)
         await self._record(
             "photo", chat_id=chat.id, message_id=message["message_id"], text=caption, content=photo["content"]
