@@ -38,6 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from bot.config import ConfigError, Settings
 from bot.plans.changes import PbxHandle
+from bot.plans.mirror import MirrorRefresher
 from bot.plans.service import Changes
 from bot.services import Services
 from bot.text.i18n import CATALOGUES, t
@@ -434,6 +435,7 @@ class BotApp:
     pulse: Pulse = field(default_factory=Pulse)
     beating: asyncio.Task | None = None
     polling_timeout: int = 10
+    refreshers: list[MirrorRefresher] = field(default_factory=list)  # one a PBX: the mirror's refresher
 
     async def start(self, *, polling_timeout: int = 10) -> None:
         settings = self.services.settings
@@ -470,6 +472,7 @@ class BotApp:
         await self.scheduler.start(
             self._housekeeping, every=self.services.settings.server.housekeeping_seconds
         )
+        self.scheduler.refresh_mirrors(self.refreshers)
         self.metrics.scheduler_owner.set(1)
 
     async def _housekeeping(self) -> None:
@@ -615,6 +618,16 @@ async def running(
     leadership = Leadership(store.engine, interval=leader_interval or settings.server.leader_interval)
     app = BotApp(bot, dispatcher, services, Scheduler(services, TelegramPoster(bot)), metrics, leadership)
     app.throttle = throttle
+    if settings.mirror.refresh_share > 0:
+        app.refreshers = [
+            MirrorRefresher(
+                handle.reader,
+                per_minute=settings.pbx[name].rate_limit_per_min,
+                share=settings.mirror.refresh_share,
+                every=settings.mirror.refresh_seconds,
+            )
+            for name, handle in handles.items()
+        ]
     try:
         await app.start(polling_timeout=polling_timeout)
         yield app
