@@ -1,0 +1,218 @@
+"""The PBX mirror: kept in the database (SQLite and PostgreSQL) across restarts,
+updated by the bot's own writes, never trusted for a write (the stale check
+reads what a plan writes afresh), refreshed oldest first in the background,
+and telling `on_drift` what someone else changed."""
+
+from __future__ import annotations
+
+from alembic import command
+from sqlalchemy import inspect
+
+from bot.plans.commands import parse
+from bot.plans.executor import ApplyStatus
+from bot.plans.mirror import MirrorRefresher
+from bot.plans.planner import Plan, plan_add_number
+from bot.plans.snapshot import SlowRead, Snapshot, SnapshotReader, slow_read_notice
+from pbx.budget import Priority, current_priority
+from sandbox.demo import DEMO_PROVIDER_ID, PROVIDER_DEFAULTS
+from storage.aio import AsyncRepos
+from storage.db import alembic_config, migrate
+from storage.repos import Repos
+from storage.tables import utcnow
+from tests.test_executor import PASSWORD, executor
+
+ZADARMA = "sip.zadarma.com"
+
+
+def grow(sim, n: int, host: str = ZADARMA) -> list[str]:
+    """n more accounts on `host`, as someone made them by hand."""
+    ids = []
+    for i in range(n):
+        pid = f"SIP-TRUNK-{i:08X}"
+        login = str(900000 + i)
+        sim.state.providers[pid] = {
+            **PROVIDER_DEFAULTS,
+            "id": pid,
+            "description": f"Zadarma {login}",
+            "username": login,
+            "secret": f"pw-{i}",
+            "host": host,
+            "transport": "udp",
+            "manualattributes": f"[endpoint]\nlanguage=ru\n; {i}",
+            "additionalHosts": [],
+        }
+        ids.append(pid)
+    return ids
+
+
+def details_read(sim) -> int:
+    return sim.stats["GET sip-providers/{id}"]
+
+
+def test_the_migration_adds_and_removes_the_mirror(engine):
+    assert "mirror" in inspect(engine).get_table_names()
+    config = alembic_config(engine)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0005")
+    assert "mirror" not in inspect(engine).get_table_names()
+    migrate(engine)
+    assert "mirror" in inspect(engine).get_table_names()
+
+
+def test_mirror_rows_are_kept_written_over_and_dropped(store):
+    at = utcnow()
+    store.mirror.put("office", "account", {"a": {"id": "a", "x": 1}, "b": {"id": "b"}}, at=at)
+    store.mirror.put("office", "account", {"a": {"id": "a", "x": 2}})  # written over, read later
+    store.mirror.put("other", "account", {"a": {"id": "a"}})
+    rows = {row.key: row for row in store.mirror.load("office")}
+    assert rows["a"].data == {"id": "a", "x": 2} and rows["b"].data == {"id": "b"}
+    assert rows["a"].read_at > rows["b"].read_at and rows["b"].read_at == at
+    assert [row.key for row in store.mirror.changed_since("office", at)] == ["a"]
+    assert store.mirror.drop("office", "account", ["b"]) == 1
+    assert [row.key for row in store.mirror.load("office")] == ["a"]
+    assert store.mirror.drop("office") == 1
+    assert store.mirror.load("office") == [] and len(store.mirror.load("other")) == 1
+
+
+async def test_a_restart_keeps_the_mirror(sim, client, engine):
+    """A new process (a new reader over the same database) reads a 200-account host
+    with the 3 list calls and no detail."""
+    grow(sim, 199)
+    first = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)))
+    sim.stats.clear()
+    cold = await first.read(host=ZADARMA)
+    assert len(cold.details) == 200 and details_read(sim) == 200
+
+    sim.stats.clear()
+    again = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)))  # the restarted process
+    warm = await again.read(host=ZADARMA)
+    assert sim.reads() == 3, sim.stats  # the lists only
+    assert {pid: p.manualattributes for pid, p in warm.details.items()} == {
+        pid: p.manualattributes for pid, p in cold.details.items()
+    }
+    # no SIP password is ever kept: the mirror has the mask, as the PBX answers for outbound accounts
+    rows = Repos(engine).mirror.load("demo")
+    assert rows and not any("secret" in row.data for row in rows)
+
+    # an account whose list entry changed is read again, and only it
+    sim.state.providers["SIP-TRUNK-00000005"]["port"] = 5080
+    sim.stats.clear()
+    await SnapshotReader(client, mirror=AsyncRepos(Repos(engine))).read(host=ZADARMA)
+    assert details_read(sim) == 1
+
+
+async def test_a_propose_right_after_an_apply_reads_no_detail(sim, client, engine):
+    grow(sim, 199)
+    reader = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)))
+    plan = await propose_with(reader, "/addnumber zadarma 847900 → IVR")
+    assert (await executor(client, reader=reader).apply(plan, {"847900": PASSWORD})).status is (
+        ApplyStatus.APPLIED
+    )
+    sim.stats.clear()
+    await propose_with(reader, "/addnumber zadarma 847901 → IVR")
+    assert details_read(sim) <= 10, sim.stats
+    # and in a new process, from the database
+    sim.stats.clear()
+    await propose_with(
+        SnapshotReader(client, mirror=AsyncRepos(Repos(engine))), "/addnumber zadarma 847902 → IVR"
+    )
+    assert details_read(sim) <= 10, sim.stats
+
+
+async def propose_with(reader: SnapshotReader, text: str) -> Plan:
+    intent = parse(text)
+    return plan_add_number(intent, await reader.read(host=intent.provider.host))
+
+
+async def test_an_edit_between_propose_and_apply_is_caught_though_the_mirror_has_the_old(sim, client, engine):
+    """The plan edits the demo account (its sibling gets the recipe); someone edits its
+    extra parameters by hand (invisible in the list) before the apply, which runs in
+    another process whose mirror still holds the old: the stale check reads it afresh."""
+    reader = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)))
+    plan = await propose_with(reader, "/addnumber zadarma 847900 → IVR")
+    assert DEMO_PROVIDER_ID in plan.depends.accounts
+    sim.state.providers[DEMO_PROVIDER_ID]["manualattributes"] = "[endpoint]\nlanguage=en"
+    drifts: list[tuple[Snapshot, Snapshot]] = []
+
+    async def on_drift(before: Snapshot, after: Snapshot) -> None:
+        drifts.append((before, after))
+
+    later = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)), on_drift=on_drift)
+    sim.stats.clear()
+    result = await executor(client, reader=later).apply(plan, {"847900": PASSWORD})
+    assert result.status is ApplyStatus.STALE
+    assert sim.writes() == 0
+    assert details_read(sim) == 1  # exactly the account the plan writes
+    assert [after.details[DEMO_PROVIDER_ID].manualattributes for _, after in drifts] == [
+        "[endpoint]\nlanguage=en"
+    ]
+
+
+async def test_the_refresher_finds_a_hand_edit_and_tells_on_drift(sim, client, engine):
+    ids = grow(sim, 9)
+    drifts: list[tuple[Snapshot, Snapshot]] = []
+    priorities: list[Priority] = []
+    client.listeners.append(lambda record: priorities.append(current_priority()))
+
+    async def on_drift(before: Snapshot, after: Snapshot) -> None:
+        drifts.append((before, after))
+
+    reader = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)), on_drift=on_drift)
+    refresher = MirrorRefresher(reader, per_minute=30, share=0.2, every=60)  # 6 calls a round: 5 details
+    assert refresher.batch == 5 and refresher.bound(1000) == 200 * 60
+    # a cold mirror: never-read accounts first, then the oldest
+    assert len(set(await refresher.run_once())) == 5
+    assert len(set(await refresher.run_once())) == 5  # the other five (ten accounts in all)
+    assert set(priorities) == {Priority.BACKGROUND}
+    assert drifts == []
+    edited = ids[3]
+    old = sim.state.providers[edited]["manualattributes"]
+    sim.state.providers[edited]["manualattributes"] = "[endpoint]\nlanguage=de"
+    found = await refresher.run_once() + await refresher.run_once()
+    assert sorted(found) == sorted([DEMO_PROVIDER_ID, *ids])  # each once, oldest first
+    [(before, after)] = drifts
+    assert before.pbx == after.pbx == "demo"
+    assert before.details[edited].manualattributes == old
+    assert after.details[edited].manualattributes == "[endpoint]\nlanguage=de"
+    assert set(before.details) == set(after.details) == {edited}
+    # the mirror holds the edit now: a read takes it without a detail call
+    sim.stats.clear()
+    snapshot = await SnapshotReader(client, mirror=AsyncRepos(Repos(engine))).read(host=ZADARMA)
+    assert snapshot.details[edited].manualattributes == "[endpoint]\nlanguage=de"
+    assert details_read(sim) == 0
+
+
+async def test_an_account_removed_by_hand_is_drift_and_leaves_the_mirror(sim, client, engine):
+    ids = grow(sim, 2)
+    drifts: list[tuple[Snapshot, Snapshot]] = []
+
+    async def on_drift(before: Snapshot, after: Snapshot) -> None:
+        drifts.append((before, after))
+
+    reader = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)), on_drift=on_drift)
+    await reader.read(host=ZADARMA)
+    del sim.state.providers[ids[0]]
+    await reader.read(host=ZADARMA)
+    [(before, after)] = drifts
+    assert set(before.details) == {ids[0]} and after.details == {}
+    assert ids[0] not in {row.key for row in Repos(engine).mirror.load("demo")}
+
+
+async def test_a_long_read_is_announced_first(sim, client):
+    grow(sim, 20)
+    told: list[SlowRead] = []
+
+    async def notice(read: SlowRead) -> None:
+        told.append(read)
+        assert details_read(sim) == 0  # before the first detail
+
+    reader = SnapshotReader(client)
+    token = slow_read_notice.set(notice)
+    try:
+        await reader.read(host=ZADARMA)
+        await reader.read(host=ZADARMA)  # from the mirror: nothing to announce
+    finally:
+        slow_read_notice.reset(token)
+    [read] = told
+    assert read.accounts == 21 and read.pbx == "demo" and read.seconds > 0
