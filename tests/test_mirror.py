@@ -19,13 +19,16 @@ from storage.aio import AsyncRepos
 from storage.db import alembic_config, migrate
 from storage.repos import Repos
 from storage.tables import utcnow
+from tests.personas import OLGA
+from tests.test_bot_e2e import GROUP, World
+from tests.test_bot_e2e import world as world  # the bot end to end (a fixture)
 from tests.test_executor import PASSWORD, executor
 
 ZADARMA = "sip.zadarma.com"
 
 
-def grow(sim, n: int, host: str = ZADARMA) -> list[str]:
-    """n more accounts on `host`, as someone made them by hand."""
+def grow(sim, n: int, host: str = ZADARMA, recipe: str | None = None) -> list[str]:
+    """n more accounts on `host`, as someone made them by hand (or as the bot does: `recipe`)."""
     ids = []
     for i in range(n):
         pid = f"SIP-TRUNK-{i:08X}"
@@ -38,7 +41,7 @@ def grow(sim, n: int, host: str = ZADARMA) -> list[str]:
             "secret": f"pw-{i}",
             "host": host,
             "transport": "udp",
-            "manualattributes": f"[endpoint]\nlanguage=ru\n; {i}",
+            "manualattributes": recipe if recipe is not None else f"[endpoint]\nlanguage=ru\n; {i}",
             "additionalHosts": [],
         }
         ids.append(pid)
@@ -216,3 +219,34 @@ async def test_a_long_read_is_announced_first(sim, client):
         slow_read_notice.reset(token)
     [read] = told
     assert read.accounts == 21 and read.pbx == "demo" and read.seconds > 0
+
+
+async def test_a_command_that_reads_many_accounts_says_so_at_once_and_the_notice_becomes_the_card(
+    world: World,
+):
+    w = world
+    grow(w.sim, 20)
+    start = w.mark()
+    w.tg.send(OLGA, GROUP, "/route 847706 → IVR")  # reads the host of 847706: 21 accounts
+    notice = await w.said(GROUP, r"Читаю 21 SIP-аккаунт АТС office целиком.*около \d+ с", after=start)
+    card = await w.said(GROUP, r"План \w{6}", kinds=("edit", "send"), after=start)
+    assert card["kind"] == "edit" and card["message_id"] == notice["message_id"], [
+        (e["kind"], e.get("message_id"), (e.get("text") or "")[:50]) for e in w.tg.events[start:]
+    ]
+    assert w.card()["message_id"] == notice["message_id"]  # the card, with its buttons, is that message
+
+    # the next command reads from the mirror: nothing to announce
+    start = w.mark()
+    w.tg.send(OLGA, GROUP, "/trace 900005")
+    await w.said(GROUP, "900005", after=start)
+    assert not [e for e in w.tg.events[start:] if "Читаю" in (e.get("text") or "")]
+
+
+async def test_a_trace_over_many_accounts_answers_over_its_notice(world: World):
+    w = world
+    grow(w.sim, 20)
+    start = w.mark()
+    w.tg.send(OLGA, GROUP, "/trace 900005")
+    notice = await w.said(GROUP, r"Читаю 21 SIP-аккаунт", after=start)
+    answer = await w.said(GROUP, "900005", kinds=("edit",), after=start)
+    assert answer["message_id"] == notice["message_id"]
