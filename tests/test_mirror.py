@@ -5,9 +5,12 @@ and telling `on_drift` what someone else changed."""
 
 from __future__ import annotations
 
+import asyncio
+
 from alembic import command
 from sqlalchemy import inspect
 
+from bot.entry.cli import main
 from bot.plans.commands import parse
 from bot.plans.executor import ApplyStatus
 from bot.plans.mirror import MirrorRefresher
@@ -19,9 +22,11 @@ from storage.aio import AsyncRepos
 from storage.db import alembic_config, migrate
 from storage.repos import Repos
 from storage.tables import utcnow
+from tests.conftest import API_KEY
 from tests.personas import OLGA
 from tests.test_bot_e2e import GROUP, World
 from tests.test_bot_e2e import world as world  # the bot end to end (a fixture)
+from tests.test_cli_plan import served_pbx as served_pbx  # the simulator in a thread (a fixture)
 from tests.test_executor import PASSWORD, executor
 
 ZADARMA = "sip.zadarma.com"
@@ -107,7 +112,12 @@ async def test_a_restart_keeps_the_mirror(sim, client, engine):
 
 async def test_a_propose_right_after_an_apply_reads_no_detail(sim, client, engine):
     grow(sim, 199)
-    reader = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)))
+    drifts: list[tuple[Snapshot, Snapshot]] = []
+
+    async def on_drift(before: Snapshot, after: Snapshot) -> None:
+        drifts.append((before, after))
+
+    reader = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)), on_drift=on_drift)
     plan = await propose_with(reader, "/addnumber zadarma 847900 → IVR")
     assert (await executor(client, reader=reader).apply(plan, {"847900": PASSWORD})).status is (
         ApplyStatus.APPLIED
@@ -115,6 +125,7 @@ async def test_a_propose_right_after_an_apply_reads_no_detail(sim, client, engin
     sim.stats.clear()
     await propose_with(reader, "/addnumber zadarma 847901 → IVR")
     assert details_read(sim) <= 10, sim.stats
+    assert drifts == []  # the bot's own writes (200 accounts, a route) are no drift
     # and in a new process, from the database
     sim.stats.clear()
     await propose_with(
@@ -250,3 +261,35 @@ async def test_a_trace_over_many_accounts_answers_over_its_notice(world: World):
     notice = await w.said(GROUP, r"Читаю 21 SIP-аккаунт", after=start)
     answer = await w.said(GROUP, "900005", kinds=("edit",), after=start)
     assert answer["message_id"] == notice["message_id"]
+
+
+async def test_the_refresher_runs_in_the_schedules_owner(world: World):
+    [refresher] = world.app.refreshers
+    assert refresher.reader is world.app.services.changes.pbxs["office"].reader
+    deadline = asyncio.get_running_loop().time() + 30
+    while (job := world.app.scheduler.aps.get_job("mirror:office")) is None:  # once the process owns them
+        assert asyncio.get_running_loop().time() < deadline, "the refresher was never scheduled"
+        await asyncio.sleep(0.05)
+    assert job is not None and job.trigger.interval.total_seconds() == 60
+    assert refresher.bound(1000) <= 35 * 60  # the default: 20 % of 165 calls/min
+
+
+def test_the_command_line_reads_the_same_mirror(served_pbx, tmp_path, capsys):
+    """`pbxbot plan` in a new process is as fast as in the bot: the second run (and a
+    trace) reads no account detail; the data directory holds the mirror."""
+    grow(served_pbx, 30)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[storage]\ndata_dir = "{tmp_path / "data"}"\n'
+        f'[pbx.office]\nurl = "{served_pbx.url}"\napi_key = "{API_KEY}"\nreload_wait = 0\n',
+        encoding="utf-8",
+    )
+    argv = ["--config", str(config), "--lang", "en"]
+    assert main([*argv, "plan", "--pbx", "office", "/route 847706 → IVR"]) == 0, capsys.readouterr()
+    assert details_read(served_pbx) == 31
+    served_pbx.stats.clear()
+    assert main([*argv, "plan", "--pbx", "office", "/route 847706 → IVR"]) == 0
+    assert "Plan" in capsys.readouterr().out
+    assert details_read(served_pbx) == 0 and served_pbx.reads() == 3
+    assert main([*argv, "trace", "--pbx", "office", "900007"]) in (0, 1)
+    assert details_read(served_pbx) == 0
