@@ -293,3 +293,51 @@ def test_the_command_line_reads_the_same_mirror(served_pbx, tmp_path, capsys):
     assert details_read(served_pbx) == 0 and served_pbx.reads() == 3
     assert main([*argv, "trace", "--pbx", "office", "900007"]) in (0, 1)
     assert details_read(served_pbx) == 0
+
+
+class Gated:
+    """The client, with account details held until `open` is set; who asked, at which priority."""
+
+    def __init__(self, client):
+        self.client = client
+        self.name = client.name
+        self.open = asyncio.Event()
+        self.asked: list[tuple[str, Priority]] = []
+        self.arrived = asyncio.Event()
+
+    async def wait_asked(self, n: int) -> None:
+        while len(self.asked) < n:
+            self.arrived.clear()
+            await asyncio.wait_for(self.arrived.wait(), 30)
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+    async def get_provider(self, provider_id: str):
+        self.asked.append((provider_id, current_priority()))
+        self.arrived.set()
+        await self.open.wait()
+        return await self.client.get_provider(provider_id)
+
+
+async def test_a_command_never_waits_behind_the_refreshers_read(sim, client):
+    """A read the refresher has under way (spare budget only) is not joined by a command:
+    the command reads the account itself, at its own priority."""
+    ids = grow(sim, 2)
+    gated = Gated(client)
+    gated.open.set()
+    reader = SnapshotReader(gated)
+    await reader.read(host=ZADARMA)
+    gated.open.clear()
+    gated.asked.clear()
+    sim.state.providers[ids[0]]["port"] = 5080  # its list entry changed: a command must read it
+    refresher = MirrorRefresher(reader, per_minute=240, share=1.0, every=1)  # 3 details a round
+    background = asyncio.create_task(refresher.run_once())
+    await gated.wait_asked(3)  # the refresher's three reads are under way
+    command = asyncio.create_task(reader.read(host=ZADARMA))
+    await gated.wait_asked(4)  # the command's own read of the changed account
+    gated.open.set()
+    snapshot = await command
+    await background
+    assert snapshot.details[ids[0]].port == 5080
+    assert sorted(p for pid, p in gated.asked if pid == ids[0]) == [Priority.COMMAND, Priority.BACKGROUND]

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.routing.rules import accounts_of_number, host_key, same_host
 from pbx.base import Pbx
+from pbx.budget import Priority, current_priority
 from pbx.models import Destination, Provider, ProviderSummary, RegistrationStatus, Route
 
 if TYPE_CHECKING:
@@ -433,7 +434,9 @@ class SnapshotReader:
                 return started, await self.pbx.get_provider(pid)
 
             task = asyncio.ensure_future(fetch())
-            self._reading[pid] = task
+            # a command never waits behind the refresher's read: that one takes spare budget only
+            if current_priority() is not Priority.BACKGROUND:
+                self._reading[pid] = task
             task.add_done_callback(lambda done: self._read_done(pid, done))
         started, detail = await asyncio.shield(task)
         kept = self._details.get(pid)
