@@ -341,3 +341,31 @@ async def test_a_command_never_waits_behind_the_refreshers_read(sim, client):
     await background
     assert snapshot.details[ids[0]].port == 5080
     assert sorted(p for pid, p in gated.asked if pid == ids[0]) == [Priority.COMMAND, Priority.BACKGROUND]
+
+
+async def test_another_process_writes_are_no_drift_and_a_hand_edit_of_a_route_is(sim, client, engine):
+    """Two processes on one database: what one writes, the other's mirror takes from the
+    database (no drift); a route edited by hand is drift, with the lists before and after."""
+    drifts: list[tuple[Snapshot, Snapshot]] = []
+
+    async def on_drift(before: Snapshot, after: Snapshot) -> None:
+        drifts.append((before, after))
+
+    other = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)), on_drift=on_drift)
+    await other.read(host=ZADARMA)
+    writer = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)))
+    plan = await propose_with(writer, "/addnumber zadarma 847900 → IVR")
+    assert (await executor(client, reader=writer).apply(plan, {"847900": PASSWORD})).status is (
+        ApplyStatus.APPLIED
+    )
+    sim.stats.clear()
+    await other.read(host=ZADARMA)
+    assert drifts == [] and details_read(sim) == 0
+
+    route = next(r for r in sim.state.routes.values() if r["number"] == "847900")
+    route["extension"] = "201"
+    await other.read(host=ZADARMA)
+    [(before, after)] = drifts
+    assert {r.number: r.extension for r in before.routes}["847900"] != "201"
+    assert {r.number: r.extension for r in after.routes}["847900"] == "201"
+    assert before.details == after.details == {}

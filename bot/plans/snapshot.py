@@ -307,6 +307,7 @@ class SnapshotReader:
         self._routes: list[Route] | None = None  # the lists as mirrored
         self._destinations: list[Destination] | None = None
         self._loaded = False  # the mirror's rows are in memory
+        self._lists_at: dict[str, float] = {}  # when the mirrored lists were read
         self._synced: datetime | None = None  # the newest read time seen in the mirror
         self._wipe = False  # clear() was called: the stored mirror goes at the next read
         # reads under way, shared by whoever wants the same account meanwhile
@@ -329,7 +330,7 @@ class SnapshotReader:
 
     async def _sync(self) -> None:
         """Bring the stored mirror into memory: all of it the first time, then what
-        other processes (or readers) stored since."""
+        other processes (or readers) stored since (their reads and their writes)."""
         if self.mirror is None:
             return
         name = self.pbx.name
@@ -337,22 +338,24 @@ class SnapshotReader:
             self._wipe = False
             await self.mirror.mirror.drop(name)
         if not self._loaded:
-            rows = await self.mirror.mirror.load(name)
-            lists = {kind: await self.mirror.mirror.load(name, kind) for kind in ("routes", "destinations")}
+            rows = await self.mirror.mirror.load(name, None)
             self._loaded = True
-            if lists["routes"] and self._routes is None:
-                self._routes = [Route.model_validate(r) for r in lists["routes"][0].data.get("items", ())]
-            if lists["destinations"] and self._destinations is None:
-                items = lists["destinations"][0].data.get("items", ())
-                self._destinations = [Destination.model_validate(d) for d in items]
         else:
             since = self._synced or datetime.min.replace(tzinfo=UTC)
-            rows = await self.mirror.mirror.changed_since(name, since)
+            rows = await self.mirror.mirror.changed_since(name, since, None)
         for row in rows:
             at = row.read_at.timestamp()
-            kept = self._details.get(row.key)
-            if kept is None or kept[0] < at:
-                self._details[row.key] = (at, Provider.model_validate(row.data))
+            if row.kind == "account":
+                kept = self._details.get(row.key)
+                if kept is None or kept[0] < at:
+                    self._details[row.key] = (at, Provider.model_validate(row.data))
+            elif row.kind in ("routes", "destinations") and at > self._lists_at.get(row.kind, 0.0):
+                self._lists_at[row.kind] = at
+                items = row.data.get("items", ())
+                if row.kind == "routes":
+                    self._routes = [Route.model_validate(r) for r in items]
+                else:
+                    self._destinations = [Destination.model_validate(d) for d in items]
             if self._synced is None or row.read_at > self._synced:
                 self._synced = row.read_at
 
@@ -401,12 +404,14 @@ class SnapshotReader:
 
     async def _store_list(self, kind: str, items: Iterable[Any]) -> None:
         data = {"items": [item.model_dump(mode="json") for item in items]}
-        await self._store(kind, {"": data}, self._clock())
+        now = self._lists_at[kind] = self._clock()
+        await self._store(kind, {"": data}, now)
 
     def clear(self) -> None:
         """Keep nothing, here or stored: the next read fetches every account it needs."""
         self._details.clear()
         self._routes = self._destinations = None
+        self._lists_at.clear()
         self._loaded = True
         self._wipe = self.mirror is not None
 

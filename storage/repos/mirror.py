@@ -19,10 +19,13 @@ ACCOUNT = "account"
 
 
 class MirrorRepo(Repo):
-    def load(self, pbx: str, kind: str = ACCOUNT) -> list[MirrorRow]:
-        """Every mirrored record of this kind."""
+    def load(self, pbx: str, kind: str | None = ACCOUNT) -> list[MirrorRow]:
+        """Every mirrored record of this kind (None: of every kind)."""
+        query = select(MirrorRow).where(MirrorRow.pbx == pbx)
+        if kind is not None:
+            query = query.where(MirrorRow.kind == kind)
         with self.session() as s:
-            return list(s.exec(select(MirrorRow).where(MirrorRow.pbx == pbx, MirrorRow.kind == kind)))
+            return list(s.exec(query))
 
     def put(
         self, pbx: str, kind: str, records: Mapping[str, dict[str, Any]], *, at: datetime | None = None
@@ -58,10 +61,11 @@ class MirrorRepo(Repo):
             self.commit(s)
             return int(count or 0)
 
-    def changed_since(self, pbx: str, since: datetime, kind: str = ACCOUNT) -> list[MirrorRow]:
-        """Records of this kind read after `since` (another process's reads and writes)."""
-        query = select(MirrorRow).where(
-            MirrorRow.pbx == pbx, MirrorRow.kind == kind, col(MirrorRow.read_at) > since
-        )
+    def changed_since(self, pbx: str, since: datetime, kind: str | None = ACCOUNT) -> list[MirrorRow]:
+        """Records of this kind (None: of every kind) read after `since` (another process's
+        reads and writes)."""
+        query = select(MirrorRow).where(MirrorRow.pbx == pbx, col(MirrorRow.read_at) > since)
+        if kind is not None:
+            query = query.where(MirrorRow.kind == kind)
         with self.session() as s:
             return list(s.exec(query))
