@@ -163,6 +163,15 @@ class ServerSettings(_Section):
     max_pending_updates: int = Field(default=1000, ge=1, le=100_000)
 
 
+class MirrorSettings(_Section):
+    """The PBX mirror's background refresher (bot/plans/mirror.py): a round every
+    `refresh_seconds`, with `refresh_share` of each PBX's `rate_limit_per_min`.
+    At the defaults 1,000 accounts are all re-read within about 32 minutes."""
+
+    refresh_seconds: float = Field(default=60.0, ge=5, le=3600)
+    refresh_share: float = Field(default=0.2, ge=0, le=1)  # 0: no refresher
+
+
 class RedisSettings(_Section):
     # aiogram's FSM storage and event isolation, shared by webhook replicas
     url: str | None = None
@@ -283,6 +292,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     pbx_budget: PbxBudgetSettings = Field(default_factory=PbxBudgetSettings)
+    mirror: MirrorSettings = Field(default_factory=MirrorSettings)
     log_format: Literal["text", "json"] = "text"
     default_language: Literal["ru", "en"] = "ru"
     timezone: str = "Europe/Moscow"

@@ -229,11 +229,18 @@ async def release(services: Services, row: PlanRow, exc: BaseException) -> PlanR
 
 
 async def post_card(
-    bot: Bot, services: Services, row: PlanRow, chat_id: int, lang: str | None = None
+    bot: Bot,
+    services: Services,
+    row: PlanRow,
+    chat_id: int,
+    lang: str | None = None,
+    *,
+    placeholder: int | None = None,
 ) -> PlanRow:
     """Send the card (and the full plan as a document when it is too long); remember
     where it is. Retried until posted, at most until the plan expires; when it cannot
-    be posted the plan is released and returned with no `message_id`."""
+    be posted the plan is released and returned with no `message_id`. `placeholder`:
+    a message of the bot's in `chat_id` (the notice of a long read) the card replaces."""
     lang = card_language(services, row, lang)
     until = time.monotonic() + max(0.0, _seconds_left(services, row))
 
@@ -261,19 +268,42 @@ async def post_card(
                 wanted=wanted,
             )
         markup = await keyboard(services, row, lang)
-        message, chat_id = await persist(
-            lambda chat: bot.send_message(chat, text, reply_markup=markup),
-            chat_id,
-            until=until,
-            wanted=wanted,
-        )
-        _remember(services, (chat_id, message.message_id), _digest(text, markup))
+        message_id = None
+        if placeholder is not None and not summary:
+            message_id = await _in_place(bot, chat_id, placeholder, text, markup, until)
+        if message_id is None:
+            message, chat_id = await persist(
+                lambda chat: bot.send_message(chat, text, reply_markup=markup),
+                chat_id,
+                until=until,
+                wanted=wanted,
+            )
+            message_id = message.message_id
+        _remember(services, (chat_id, message_id), _digest(text, markup))
     except (TelegramAPIError, TimeoutError) as exc:
         return await release(services, row, exc)
     except BaseException as exc:  # cancelled (shutdown) or a bug: the plan is not left without a card
         await release(services, row, exc)
         raise
-    return await services.changes.card_posted(row.id, chat_id, message.message_id)
+    return await services.changes.card_posted(row.id, chat_id, message_id)
+
+
+async def _in_place(
+    bot: Bot, chat_id: int, message_id: int, text: str, markup: InlineKeyboardMarkup | None, until: float
+) -> int | None:
+    """The card written over the bot's message `message_id`; None when that cannot be (gone, moved)."""
+    try:
+        _, where = await persist(
+            lambda chat: bot.edit_message_text(
+                text, chat_id=chat, message_id=message_id, reply_markup=markup
+            ),
+            chat_id,
+            until=until,
+        )
+    except TelegramBadRequest as exc:
+        log.info("the notice %s could not become the card: %s", message_id, exc.message[:100])
+        return None
+    return message_id if where == chat_id else None
 
 
 async def tell_released(bot: Bot, row: PlanRow, chat_ids: list[int], lang: str) -> None:

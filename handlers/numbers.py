@@ -26,6 +26,7 @@ from .buttons import NewPassword
 from .cards import apply_and_report, ask_secret, post_card, refresh_card, rejected_logins, tell_released
 from .context import need_pbx
 from .longanswer import answer_long
+from .progress import Announcer, answer_in_place
 
 log = logging.getLogger("pbxbot.numbers")
 
@@ -45,17 +46,19 @@ async def propose_and_post(
     """Propose, then post the card: in this chat, or, for a plan proposed in a
     private chat, in the PBX's approval group when there is one. A refusal (the
     core's or the PBX's) is answered by handlers/errors.py."""
-    proposal = await services.changes.propose(actor, pbx, intent, secrets=secrets, command=command)
+    announcer = Announcer(message, lang)  # a long read says so at once; the card then takes its place
+    with announcer.listening():
+        proposal = await services.changes.propose(actor, pbx, intent, secrets=secrets, command=command)
     if proposal.row is None:
-        await message.answer(tr("plan.empty", lang))
+        await answer_in_place(announcer, tr("plan.empty", lang))
         return proposal
     chat_id = message.chat.id
     if message.chat.type == "private":
         groups = await services.approval_chats(pbx)
         if groups:
             chat_id = groups[0]
-            await message.answer(tr("tg.card.posted_in_group", lang, id=proposal.row.id))
-    row = await post_card(bot, services, proposal.row, chat_id)
+            await answer_in_place(announcer, tr("tg.card.posted_in_group", lang, id=proposal.row.id))
+    row = await post_card(bot, services, proposal.row, chat_id, placeholder=announcer.placeholder(chat_id))
     if row.message_id is None:  # the card could not be posted: the plan is released
         await tell_released(bot, row, [message.chat.id, actor.id], lang)
         return proposal

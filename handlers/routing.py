@@ -32,6 +32,7 @@ from .buttons import FixButton
 from .context import need_pbx
 from .longanswer import answer_long
 from .numbers import propose_and_post
+from .progress import Announcer
 
 
 class TelegramPoster:
@@ -70,12 +71,16 @@ async def doctor(message: Message, services: Services, pbx: str | None, lang: st
     if (pbx := await need_pbx(message, pbx, lang)) is None:
         return
     handle = services.changes.pbxs[pbx]
-    _, findings = await examine(handle.client, handle.reader)
+    announcer = Announcer(message, lang)
+    with announcer.listening():
+        _, findings = await examine(handle.client, handle.reader)
     keyboard = (
         fix_keyboard(findings, lang) if may(services.settings.policy, actor.id, Action.PROPOSE) else None
     )
     text = doctor_text(pbx, findings, lang)
-    await answer_long(message, text, lang=lang, filename=f"doctor-{pbx}.txt", reply_markup=keyboard)
+    await answer_long(
+        message, text, lang=lang, filename=f"doctor-{pbx}.txt", reply_markup=keyboard, announcer=announcer
+    )
 
 
 async def map_(message: Message, services: Services, pbx: str | None, lang: str, actor: Actor) -> None:
@@ -149,12 +154,13 @@ async def trace_(
     if (pbx := await need_pbx(message, pbx, lang)) is None:
         return
     handle = services.changes.pbxs[pbx]
-    snapshot = await handle.reader.read(number=number)
+    announcer = Announcer(message, lang)
+    with announcer.listening():
+        snapshot = await handle.reader.read(number=number)
     default = await handle.client.default_route()
     result = Tracer(snapshot, default).trace(number)
-    await answer_long(
-        message, trace_text(pbx, number, result, lang, html=True), lang=lang, filename="trace.txt"
-    )
+    text = trace_text(pbx, number, result, lang, html=True)
+    await answer_long(message, text, lang=lang, filename="trace.txt", announcer=announcer)
 
 
 async def digest(
@@ -168,7 +174,8 @@ async def digest(
         raise RuntimeError("the scheduler is not running")
     chat_id = message.chat.id
     if parsed.action == "now":
-        await scheduler.run(chat_id, period="now", pbx=pbx, lang=lang)
+        with Announcer(message, lang).listening():  # a long read of the PBX is said at once
+            await scheduler.run(chat_id, period="now", pbx=pbx, lang=lang)
         return
     if parsed.action != "show" and not may(services.settings.policy, actor.id, Action.CANCEL_OWN):
         await message.answer(tr("change.not_allowed", lang, action="digest"))

@@ -175,3 +175,21 @@ class HeldSecretRow(SQLModel, table=True):
     choices: list[list[str]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     message_id: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     at: datetime = Field(default_factory=utcnow)
+
+
+class MirrorRow(SQLModel, table=True):
+    """What the bot last read of one PBX record, and when: the PBX mirror.
+
+    `kind` is `account` (one row an account, its details in full but the SIP
+    password), or one row a list: `routes`, `destinations`, `registrations`
+    (`key` empty, `data` `{"items": [...]}`). The bot's own writes update it
+    from the PBX's answers; the refresher re-reads the oldest accounts first."""
+
+    __tablename__ = "mirror"
+    __table_args__ = (Index("ix_mirror_pbx_kind_read_at", "pbx", "kind", "read_at"),)
+
+    pbx: str = Field(primary_key=True, max_length=64)
+    kind: str = Field(primary_key=True, max_length=16)
+    key: str = Field(primary_key=True, max_length=128)
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    read_at: datetime = Field(default_factory=utcnow)

@@ -38,6 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from bot.config import ConfigError, Settings
 from bot.plans.changes import PbxHandle
+from bot.plans.mirror import MirrorRefresher
 from bot.plans.policy import trap_warnings
 from bot.plans.service import Changes
 from bot.routing.watch import DriftWatch
@@ -439,6 +440,7 @@ class BotApp:
     beating: asyncio.Task | None = None
     polling_timeout: int = 10
     drift: DriftWatch | None = None  # `drift.observe` is the mirror refresher's `on_drift` hook
+    refreshers: list[MirrorRefresher] = field(default_factory=list)  # one a PBX: the mirror's refresher
 
     async def start(self, *, polling_timeout: int = 10) -> None:
         settings = self.services.settings
@@ -477,6 +479,7 @@ class BotApp:
         await self.scheduler.start(
             self._housekeeping, every=self.services.settings.server.housekeeping_seconds
         )
+        self.scheduler.refresh_mirrors(self.refreshers)
         self.metrics.scheduler_owner.set(1)
 
     async def _housekeeping(self) -> None:
@@ -630,6 +633,18 @@ async def running(
     app = BotApp(bot, dispatcher, services, Scheduler(services, TelegramPoster(bot)), metrics, leadership)
     app.throttle = throttle
     app.drift = drift_watch(services, bot)
+    for pbx_handle in handles.values():  # what the mirror finds changed outside the bot: named, told
+        pbx_handle.reader.on_drift = app.drift.observe
+    if settings.mirror.refresh_share > 0:
+        app.refreshers = [
+            MirrorRefresher(
+                handle.reader,
+                per_minute=settings.pbx[name].rate_limit_per_min,
+                share=settings.mirror.refresh_share,
+                every=settings.mirror.refresh_seconds,
+            )
+            for name, handle in handles.items()
+        ]
     try:
         await app.start(polling_timeout=polling_timeout)
         yield app

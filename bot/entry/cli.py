@@ -479,35 +479,40 @@ async def _routing(args: argparse.Namespace, client: MikoPbxClient) -> int:
     from bot.routing import digest as digests
     from bot.routing.doctor import Severity, examine, worst
     from bot.routing.trace import Tracer
+    from storage.aio import AsyncRepos
 
     lang = args.lang
-    reader = SnapshotReader(client)
-    if args.command == "doctor":
-        _, findings = await examine(client, reader)
-        if args.json:
-            print(jsonout.dumps(jsonout.doctor(client.name, findings, lang)))
-        else:
-            print(doctor_report(client.name, findings, lang))
-        return 1 if worst(findings) is Severity.ERROR else 0
-    if args.command == "trace":
-        snapshot = await reader.read(number=args.number)
-        tracer = Tracer(snapshot, await client.default_route())
-        result = tracer.trace(args.number)
-        if args.json:
-            print(jsonout.dumps(jsonout.trace(client.name, args.number, result, tracer.names, lang)))
-        else:
-            print(trace_text(client.name, args.number, result, lang))
-        return 0 if result.outcome == "dial" else 1
     with tempfile.TemporaryDirectory(prefix="pbxbot-") as tmp:
-        # the sandbox's digest has no history: an empty database of its own
+        # the sandbox has no history and no mirror: an empty database of its own
         settings = (
             load_settings(None, storage={"data_dir": tmp}) if args.sandbox else load_settings(args.config)
         )
-        tz = ZoneInfo(settings.timezone)
-        since, until, _ = digests.period_bounds("weekly" if args.weekly else "daily", utcnow(), tz)
         store = open_store(settings)
-        built = await digests.build(client, reader, store, client.name, since=since, until=until, tz=tz)
-        store.engine.dispose()
+        db = AsyncRepos(store)
+        try:
+            reader = SnapshotReader(client, mirror=db)  # the bot's mirror: as fast as in the bot
+            if args.command == "doctor":
+                _, findings = await examine(client, reader)
+                if args.json:
+                    print(jsonout.dumps(jsonout.doctor(client.name, findings, lang)))
+                else:
+                    print(doctor_report(client.name, findings, lang))
+                return 1 if worst(findings) is Severity.ERROR else 0
+            if args.command == "trace":
+                snapshot = await reader.read(number=args.number)
+                tracer = Tracer(snapshot, await client.default_route())
+                result = tracer.trace(args.number)
+                if args.json:
+                    print(jsonout.dumps(jsonout.trace(client.name, args.number, result, tracer.names, lang)))
+                else:
+                    print(trace_text(client.name, args.number, result, lang))
+                return 0 if result.outcome == "dial" else 1
+            tz = ZoneInfo(settings.timezone)
+            since, until, _ = digests.period_bounds("weekly" if args.weekly else "daily", utcnow(), tz)
+            built = await digests.build(client, reader, store, client.name, since=since, until=until, tz=tz)
+        finally:
+            db.close()
+            store.engine.dispose()
     if args.json:
         print(jsonout.dumps(jsonout.digest(built, lang)))
         return 0

@@ -9,7 +9,7 @@ processes (or a restart in the same minute) never post one digest twice.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
+from bot.plans.mirror import MirrorRefresher
 from bot.routing import digest as digests
 from bot.services import Services
 from bot.text.i18n import t
@@ -67,6 +68,20 @@ class Scheduler:
                 replace_existing=True,
             )
         self.aps.start()
+
+    def refresh_mirrors(self, refreshers: Iterable[MirrorRefresher]) -> None:
+        """A round of each PBX mirror's refresher every `every` seconds (the owner only:
+        replicas share the mirror in the database)."""
+        for refresher in refreshers:
+            self.aps.add_job(
+                refresher.run_once,
+                "interval",
+                seconds=refresher.every,
+                id=f"mirror:{refresher.reader.pbx.name}",
+                max_instances=1,
+                coalesce=True,
+                replace_existing=True,
+            )
 
     def shutdown(self) -> None:
         if self.aps.running:

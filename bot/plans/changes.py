@@ -165,6 +165,8 @@ class Ledger:
     ):
         self.store = store  # synchronous: for tests and code already off the event loop
         self.db = AsyncRepos(store)  # what the core awaits: the database never blocks the event loop
+        for handle in pbxs.values():  # each PBX's mirror lives in this database
+            handle.reader.attach(self.db)
         self.policy = policy
         self.vault = vault
         self.pbxs = pbxs

@@ -226,10 +226,28 @@ class Executor:
         """One step's write, judged by what the PBX holds unless its answer proves
         nothing was saved. Written again only after a read-back shows it did not land."""
         try:
-            return await self._write_judged(index, step, secrets)
-        finally:
-            if step.kind.on_provider:  # kept details of a written account are stale now
-                self.reader.forget([step.target] if step.target else [])
+            record = await self._write_judged(index, step, secrets)
+        except BaseException:
+            if step.kind.on_provider:  # the mirrored details of this account may be stale now
+                await self.reader.forget([step.target] if step.target else [])
+            raise
+        await self._mirror(step, record)
+        return record
+
+    async def _mirror(self, step: Step, record: dict[str, Any] | None) -> None:
+        """The mirror holds what the PBX answered to (or holds after) the bot's own write."""
+        kind = step.kind
+        if kind is StepKind.DELETE_PROVIDER:
+            await self.reader.forget([step.target])
+        elif kind.on_provider:
+            if record and record.get("id"):
+                await self.reader.remember(Provider.model_validate(record))
+            else:
+                await self.reader.forget([step.target] if step.target else [])
+        elif kind is StepKind.DELETE_ROUTE:
+            await self.reader.forget_route(step.target)
+        elif record and record.get("id") is not None:
+            await self.reader.remember_route(Route.model_validate(record))
 
     async def _write_judged(
         self, index: int, step: Step, secrets: Mapping[str, str]
@@ -301,7 +319,7 @@ class Executor:
             return StepState.UNKNOWN, None
         finally:
             if step.kind.on_provider:
-                self.reader.forget([step.target] if step.target else [])
+                await self.reader.forget([step.target] if step.target else [])
 
     async def _inspect(self, step: Step) -> tuple[StepState, dict[str, Any] | None]:
         kind = step.kind
@@ -451,7 +469,7 @@ class Executor:
             await self.pbx.create_route(
                 _route({k: v for k, v in (step.before or {}).items() if k != "id"}, {})
             )
-        self.reader.forget([step.target] if kind.on_provider and step.target else [])
+        await self.reader.forget([step.target] if kind.on_provider and step.target else [])
 
     # ------------------------------------------------------------------ verify
 
@@ -473,7 +491,7 @@ class Executor:
         force = True
         while True:
             try:
-                statuses = await self.pbx.registration_statuses(force=force)
+                statuses = await self.reader.registrations(force=force)
             except PbxError as exc:
                 log.warning("verify: registration states unavailable: %s", exc)
                 return {login: RegistrationState.UNKNOWN.value for login in accounts.values()}

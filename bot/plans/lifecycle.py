@@ -133,7 +133,10 @@ class Lifecycle:
                 raise ChangeError("undo_not_applied", plan=original.id, status=original.status)
             if original.pbx != pbx:
                 raise ChangeError("undo_other_pbx", plan=original.id, pbx=original.pbx)
-            snapshot = await handle.reader.read(host=original.host, fresh=True)
+            # the records the plan wrote are read afresh; the rest of the host comes from the mirror
+            written = {str(r["id"]) for r in original.results.values() if r and r.get("id")}
+            written |= {str(s["target"]) for s in original.steps if s.get("target")}
+            snapshot = await handle.reader.read(host=original.host, accounts=written, fresh=written)
             steps = [Step.from_dict(s) for s in original.steps]
             results = {int(k): v for k, v in original.results.items()}
             return plan_undo(steps, results, snapshot, pbx=pbx), snapshot

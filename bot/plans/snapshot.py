@@ -1,7 +1,8 @@
 """What a plan reads from one PBX, what it depends on, and the fingerprint of those records.
 
 A snapshot for a host costs 3 list calls (accounts, routes, destinations) plus
-one detail call per account on that host: the list lacks `manualattributes`.
+one detail call per account on that host whose details the mirror lacks or
+whose list entry changed: the list lacks `manualattributes` (see SnapshotReader).
 
 A plan records its dependencies (`Depends`) by key: the accounts and routes it
 writes, the accounts whose settings it copies, the logins and DIDs it claims,
@@ -12,17 +13,24 @@ so a change elsewhere (another login's account or route) leaves the plan valid.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import json
+import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.routing.rules import accounts_of_number, host_key, same_host
 from pbx.base import Pbx
-from pbx.models import Destination, Provider, ProviderSummary, Route
+from pbx.budget import Priority, current_priority
+from pbx.models import Destination, Provider, ProviderSummary, RegistrationStatus, Route
+
+if TYPE_CHECKING:
+    from storage.aio import AsyncRepos
 
 
 def sorted_by_id(records: dict[str, Provider]) -> list[Provider]:
@@ -213,36 +221,207 @@ def _matches(summary: ProviderSummary, detail: Provider) -> bool:
     )
 
 
+NOTICE_OVER = 10  # a read of more account details than this is announced first ("never silent")
+DEFAULT_RATE = 165 / 60  # calls a second, when the client does not say its own
+
+
+@dataclass(frozen=True)
+class SlowRead:
+    """What a read is about to fetch detail by detail, and about how long it takes."""
+
+    pbx: str
+    accounts: int
+    seconds: float
+
+
+# Set by whoever waits for a read (a chat command): told before a read of more than
+# NOTICE_OVER details begins, so it can say what it reads and how long it takes.
+slow_read_notice: contextvars.ContextVar[Callable[[SlowRead], Awaitable[None]] | None] = (
+    contextvars.ContextVar("slow_read_notice", default=None)
+)
+
+DriftHook = Callable[[Snapshot, Snapshot], Awaitable[object]]  # what it returns is not used
+log = logging.getLogger("pbxbot.mirror")
+
+
+def _stored(detail: Provider) -> dict[str, Any]:
+    """An account as the mirror keeps it: never its SIP password."""
+    return detail.model_dump(mode="json", exclude={"secret"})
+
+
+def _same(a: Provider, b: Provider) -> bool:
+    """The same account settings (the fields MikoPBX defines; not the password, not display extras)."""
+    return all(getattr(a, name) == getattr(b, name) for name in _COMPARED)
+
+
+_COMPARED = tuple(name for name in Provider.model_fields if name != "secret")
+
+
+def _route_key(routes: Iterable[Route]) -> list[Any]:
+    # priorities are renumbered by MikoPBX on its own when a route is added or removed
+    return sorted(json.dumps(r.model_dump(mode="json", exclude={"priority"}), sort_keys=True) for r in routes)
+
+
+def _summary(detail: Provider) -> ProviderSummary:
+    return ProviderSummary.model_validate(detail.model_dump(include=set(ProviderSummary.model_fields)))
+
+
 class SnapshotReader:
-    """Reads snapshots of one PBX, keeping account details between reads.
+    """Reads snapshots of one PBX over its mirror.
 
-    MikoPBX lists accounts without their extra parameters, so a snapshot of a
-    host with N accounts costs 3 + N calls; kept details make the next one cost
-    3 (at 165 calls/min, 1,000 accounts would take six minutes to read). A kept
-    detail is used for at most `ttl` seconds and only while its list entry is
-    unchanged. A plan proposed from kept details is still safe: before writing,
-    the executor reads every account it writes afresh (`fresh=`) and compares
-    the fingerprint."""
+    MikoPBX lists accounts without their extra parameters, so reading a host of
+    N accounts in full costs 3 + N calls (at 165 calls/min, 1,000 accounts take
+    six minutes). The mirror (`storage` repo `mirror`, shared by every process
+    on the database, and kept across restarts) holds each account's details as
+    last read, and when; a read costs the 3 list calls plus one detail call
+    for each account whose list entry differs from its mirrored details (or
+    that was never read), or that the caller names `fresh`. There is no expiry:
+    what the list cannot show (a hand edit of extra parameters) is found by
+    `refresh`, which re-reads the oldest details first (see MirrorRefresher).
 
-    def __init__(self, pbx: Pbx, *, ttl: float = 300.0, clock: Callable[[], float] = time.monotonic):
+    A plan proposed from mirrored details is still safe: before writing, the
+    executor reads every account it writes or relies on afresh (`fresh=`) and
+    compares the fingerprint. The bot's own writes update the mirror from the
+    PBX's answers (`remember`, `forget`, `remember_route`, `forget_route`).
+
+    `on_drift(before, after)`, when set, is awaited when a read finds mirrored
+    records changed on the PBX by someone else: `before` holds the mirror's view,
+    `after` what the PBX holds now. Their `providers` and `details` hold only
+    the accounts that changed (an account removed by hand is in `before` only);
+    `routes` and `destinations` are the whole lists, as mirrored and as read.
+    An account created by hand is not drift (the mirror only knows what it read)."""
+
+    def __init__(
+        self,
+        pbx: Pbx,
+        *,
+        mirror: AsyncRepos | None = None,
+        on_drift: DriftHook | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
         self.pbx = pbx
-        self.ttl = ttl
+        self.mirror = mirror
+        self.on_drift = on_drift
         self._clock = clock
-        self._details: dict[str, tuple[float, Provider]] = {}
+        self._details: dict[str, tuple[float, Provider]] = {}  # id -> (when its read began, the account)
+        self._routes: list[Route] | None = None  # the lists as mirrored
+        self._destinations: list[Destination] | None = None
+        self._loaded = False  # the mirror's rows are in memory
+        self._lists_at: dict[str, float] = {}  # when the mirrored lists were read
+        self._synced: datetime | None = None  # the newest read time seen in the mirror
+        self._wipe = False  # clear() was called: the stored mirror goes at the next read
         # reads under way, shared by whoever wants the same account meanwhile
         # (two commands at once read a host once); a forced read never joins one
         self._reading: dict[str, asyncio.Task[tuple[float, Provider]]] = {}
 
-    def forget(self, provider_ids: Iterable[str]) -> None:
-        """Drop the kept details of these accounts: after writing them. A created
-        account was never kept, so a write forgets only what it touched."""
-        for pid in provider_ids:
+    @property
+    def rate(self) -> float:
+        """PBX calls a second this reader can count on (for the time a read will take)."""
+        limiter = getattr(self.pbx, "limiter", None)
+        rate = getattr(limiter, "rate", None)
+        return float(rate) if isinstance(rate, int | float) and rate > 0 else DEFAULT_RATE
+
+    def attach(self, mirror: AsyncRepos) -> None:
+        """Keep the mirror in this database (unless the reader has one already)."""
+        if self.mirror is None:
+            self.mirror = mirror
+
+    # ------------------------------------------------------------------ the mirror in memory and stored
+
+    async def _sync(self) -> None:
+        """Bring the stored mirror into memory: all of it the first time, then what
+        other processes (or readers) stored since (their reads and their writes)."""
+        if self.mirror is None:
+            return
+        name = self.pbx.name
+        if self._wipe:
+            self._wipe = False
+            await self.mirror.mirror.drop(name)
+        if not self._loaded:
+            rows = await self.mirror.mirror.load(name, None)
+            self._loaded = True
+        else:
+            since = self._synced or datetime.min.replace(tzinfo=UTC)
+            rows = await self.mirror.mirror.changed_since(name, since, None)
+        for row in rows:
+            at = row.read_at.timestamp()
+            if row.kind == "account":
+                kept = self._details.get(row.key)
+                if kept is None or kept[0] < at:
+                    self._details[row.key] = (at, Provider.model_validate(row.data))
+            elif row.kind in ("routes", "destinations") and at > self._lists_at.get(row.kind, 0.0):
+                self._lists_at[row.kind] = at
+                items = row.data.get("items", ())
+                if row.kind == "routes":
+                    self._routes = [Route.model_validate(r) for r in items]
+                else:
+                    self._destinations = [Destination.model_validate(d) for d in items]
+            if self._synced is None or row.read_at > self._synced:
+                self._synced = row.read_at
+
+    async def _store(self, kind: str, records: dict[str, dict[str, Any]], at: float) -> None:
+        if self.mirror is not None and records:
+            when = datetime.fromtimestamp(at, UTC)
+            try:
+                await self.mirror.mirror.put(self.pbx.name, kind, records, at=when)
+            except Exception as exc:  # the mirror is a help: a read or a write goes on without it
+                log.warning("the mirror of %s could not be stored: %s", self.pbx.name, type(exc).__name__)
+
+    async def _drop(self, provider_ids: list[str]) -> None:
+        if self.mirror is not None and provider_ids:
+            try:
+                await self.mirror.mirror.drop(self.pbx.name, "account", provider_ids)
+            except Exception as exc:
+                log.warning("the mirror of %s could not be updated: %s", self.pbx.name, type(exc).__name__)
+
+    async def remember(self, *accounts: Provider) -> None:
+        """The PBX's answer to the bot's own write of these accounts: the mirror holds it."""
+        now = self._clock()
+        for account in accounts:
+            if account.id:
+                self._details[account.id] = (now, account)
+                self._reading.pop(account.id, None)
+        await self._store("account", {a.id: _stored(a) for a in accounts if a.id}, now)
+
+    async def forget(self, provider_ids: Iterable[str]) -> None:
+        """Drop these accounts from the mirror: removed, or written with an unknown outcome."""
+        ids = [pid for pid in provider_ids if pid]
+        for pid in ids:
             self._details.pop(pid, None)
             self._reading.pop(pid, None)
+        await self._drop(ids)
+
+    async def remember_route(self, route: Route) -> None:
+        """The PBX's answer to the bot's own write of a route."""
+        if self._routes is not None and route.id is not None:
+            self._routes = [r for r in self._routes if r.id != route.id] + [route]
+            await self._store_list("routes", self._routes)
+
+    async def forget_route(self, route_id: int | str) -> None:
+        if self._routes is not None:
+            self._routes = [r for r in self._routes if str(r.id) != str(route_id)]
+            await self._store_list("routes", self._routes)
+
+    async def _store_list(self, kind: str, items: Iterable[Any]) -> None:
+        data = {"items": [item.model_dump(mode="json") for item in items]}
+        now = self._lists_at[kind] = self._clock()
+        await self._store(kind, {"": data}, now)
 
     def clear(self) -> None:
-        """Keep nothing: the next read fetches every account it needs."""
+        """Keep nothing, here or stored: the next read fetches every account it needs."""
         self._details.clear()
+        self._routes = self._destinations = None
+        self._lists_at.clear()
+        self._loaded = True
+        self._wipe = self.mirror is not None
+
+    async def registrations(self, *, force: bool = False) -> dict[str, RegistrationStatus]:
+        """The registration states, read now; the mirror keeps them with their time."""
+        statuses = await self.pbx.registration_statuses(force=force)
+        await self._store_list("registrations", statuses.values())
+        return statuses
+
+    # ------------------------------------------------------------------ reading
 
     def _read_done(self, pid: str, task: asyncio.Task[tuple[float, Provider]]) -> None:
         if self._reading.get(pid) is task:
@@ -250,7 +429,7 @@ class SnapshotReader:
         if not task.cancelled():
             task.exception()  # retrieved: every waiter got it already, or none is left
 
-    async def _detail(self, pid: str, *, forced: bool) -> Provider:
+    async def _detail(self, pid: str, *, forced: bool) -> tuple[float, Provider]:
         """One account's details, read now; a read under way is joined unless `forced`."""
         task = None if forced else self._reading.get(pid)
         if task is None:
@@ -260,13 +439,86 @@ class SnapshotReader:
                 return started, await self.pbx.get_provider(pid)
 
             task = asyncio.ensure_future(fetch())
-            self._reading[pid] = task
+            # a command never waits behind the refresher's read: that one takes spare budget only
+            if current_priority() is not Priority.BACKGROUND:
+                self._reading[pid] = task
             task.add_done_callback(lambda done: self._read_done(pid, done))
         started, detail = await asyncio.shield(task)
         kept = self._details.get(pid)
         if kept is None or kept[0] <= started:
             self._details[pid] = (started, detail)
-        return detail
+        return started, detail
+
+    async def _fetch(self, pids: list[str], forced: set[str]) -> dict[str, Provider]:
+        """Read these accounts' details, store them, and tell `on_drift` what changed."""
+        before = {pid: self._details[pid][1] for pid in pids if pid in self._details}
+        fetched = await asyncio.gather(*(self._detail(pid, forced=pid in forced) for pid in pids))
+        details = {detail.id: detail for _, detail in fetched}
+        if fetched:
+            read_at = min(started for started, _ in fetched)
+            await self._store("account", {d.id: _stored(d) for d in details.values()}, read_at)
+        changed = [pid for pid, old in before.items() if pid in details and not _same(old, details[pid])]
+        if changed:
+            await self._drifted({pid: before[pid] for pid in changed}, {pid: details[pid] for pid in changed})
+        return details
+
+    async def _drifted(
+        self,
+        before: dict[str, Provider],
+        after: dict[str, Provider],
+        *,
+        routes: tuple[list[Route], list[Route]] | None = None,
+        destinations: tuple[list[Destination], list[Destination]] | None = None,
+    ) -> None:
+        if self.on_drift is None:
+            return
+        routes = routes or (list(self._routes or ()), list(self._routes or ()))
+        destinations = destinations or (list(self._destinations or ()), list(self._destinations or ()))
+        then = Snapshot(
+            pbx=self.pbx.name,
+            providers=[_summary(p) for p in before.values()],
+            routes=routes[0],
+            destinations=destinations[0],
+            details=dict(before),
+        )
+        now = Snapshot(
+            pbx=self.pbx.name,
+            providers=[_summary(p) for p in after.values()],
+            routes=routes[1],
+            destinations=destinations[1],
+            details=dict(after),
+        )
+        try:
+            await self.on_drift(then, now)
+        except Exception:  # a hook's failure never fails the read
+            log.exception("the drift hook of %s failed", self.pbx.name)
+
+    async def _lists(
+        self, providers: list[ProviderSummary], routes: list[Route], destinations: list[Destination]
+    ) -> None:
+        """Compare the lists with the mirror: store what changed; removed accounts and
+        changed routes or destinations not written by the bot are drift."""
+        listed = {p.id for p in providers}
+        gone = {pid: entry[1] for pid, entry in self._details.items() if pid not in listed}
+        routes_changed = self._routes is not None and _route_key(self._routes) != _route_key(routes)
+        # a destination list changes with the bot's own writes too (an account is one): kept, not drift
+        dest_changed = self._destinations is not None and sorted(
+            d.model_dump_json() for d in self._destinations
+        ) != sorted(d.model_dump_json() for d in destinations)
+        if gone or routes_changed:
+            await self._drifted(
+                gone,
+                {},
+                routes=(list(self._routes or routes), routes),
+                destinations=(list(self._destinations or destinations), destinations),
+            )
+        if gone:
+            await self.forget(gone)
+        if self._routes is None or routes_changed:
+            await self._store_list("routes", routes)
+        if self._destinations is None or dest_changed:
+            await self._store_list("destinations", destinations)
+        self._routes, self._destinations = list(routes), list(destinations)
 
     async def read(
         self,
@@ -279,10 +531,12 @@ class SnapshotReader:
     ) -> Snapshot:
         """The lists, plus the accounts of `host` in full (or of the host that has
         the login/phone `number`), and the `accounts` named by id (those still listed).
-        `fresh`: ids (or True for all) never taken from kept details."""
-        providers, routes, destinations = await asyncio.gather(
-            self.pbx.list_providers(), self.pbx.list_routes(), self.pbx.destinations()
+        `fresh`: ids (or True for all) read now, never taken from the mirror."""
+        (providers, routes, destinations), _ = await asyncio.gather(
+            asyncio.gather(self.pbx.list_providers(), self.pbx.list_routes(), self.pbx.destinations()),
+            self._sync(),
         )
+        await self._lists(providers, routes, destinations)
         matching = accounts_of_number(providers, number) if number is not None else []
         if host is None and len({host_key(p.host) for p in matching}) == 1:
             host = matching[0].host
@@ -293,24 +547,19 @@ class SnapshotReader:
         named = set(accounts) - {p.id for p in on_host}
         if named:
             on_host += [p for p in providers if p.id in named]
-        now = self._clock()
         forced = set() if fresh is False else (set(fresh) if fresh is not True else {p.id for p in on_host})
         kept: dict[str, Provider] = {}
         wanted: list[str] = []
         for summary in on_host:
             entry = self._details.get(summary.id)
-            if (
-                entry is not None
-                and summary.id not in forced
-                and now - entry[0] < self.ttl
-                and _matches(summary, entry[1])
-            ):
+            if entry is not None and summary.id not in forced and _matches(summary, entry[1]):
                 kept[summary.id] = entry[1]
             else:
                 wanted.append(summary.id)
-        fetched = await asyncio.gather(*(self._detail(pid, forced=pid in forced) for pid in wanted))
-        for detail in fetched:
-            kept[detail.id] = detail
+        notice = slow_read_notice.get()
+        if notice is not None and len(wanted) > NOTICE_OVER:
+            await notice(SlowRead(self.pbx.name, len(wanted), len(wanted) / self.rate))
+        kept.update(await self._fetch(wanted, forced))
         return Snapshot(
             pbx=self.pbx.name,
             providers=providers,
@@ -319,6 +568,26 @@ class SnapshotReader:
             details=kept,
             host=host,
         )
+
+    # ------------------------------------------------------------------ the refresher's part
+
+    async def refresh(self, count: int) -> list[str]:
+        """Re-read the details of up to `count` accounts, those never read first, then
+        oldest first by read time: what the list cannot show (extra parameters edited
+        by hand) is found within (accounts / count) refresh rounds. Returns the ids read."""
+        if count <= 0:
+            return []
+        providers, _ = await asyncio.gather(self.pbx.list_providers(), self._sync())
+        listed = {p.id for p in providers}
+        gone = {pid: entry[1] for pid, entry in self._details.items() if pid not in listed}
+        if gone:
+            await self._drifted(gone, {})
+            await self.forget(gone)
+        never = [p.id for p in providers if p.id not in self._details]
+        oldest = sorted((entry[0], pid) for pid, entry in self._details.items() if pid in listed)
+        chosen = (never + [pid for _, pid in oldest])[:count]
+        await self._fetch(chosen, set(chosen))
+        return chosen
 
 
 async def read_snapshot(pbx: Pbx, *, host: str | None = None, number: str | None = None) -> Snapshot:

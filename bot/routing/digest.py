@@ -121,7 +121,7 @@ async def read(
     period (MikoPBX keeps call times in its own local time: `tz`)."""
     try:
         snapshot, registration, default = await asyncio.gather(
-            reader.read(every_host=True), pbx.registration_statuses(), pbx.default_route()
+            reader.read(every_host=True), reader.registrations(), pbx.default_route()
         )
     except PbxError as exc:
         return Readings(error=str(exc), failure=exc)

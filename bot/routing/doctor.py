@@ -591,7 +591,7 @@ async def examine(
     DIDs of recent calls) and diagnose. CDR is optional evidence: a PBX that
     refuses it still gets the other checks."""
     snapshot, registration, default = await asyncio.gather(
-        reader.read(every_host=True), pbx.registration_statuses(), pbx.default_route()
+        reader.read(every_host=True), reader.registrations(), pbx.default_route()
     )
     evidence = Evidence(registration, default=default)
     unchecked: list[Finding] = []  # a read the PBX refused: the check it feeds is named, not dropped

@@ -32,6 +32,7 @@ from .chats import ChatRepo
 from .digests import DigestRepo
 from .held import HeldSecretRepo
 from .locks import Conflict, LockRepo
+from .mirror import MirrorRepo
 from .plans import PlanRepo
 from .prompts import PromptRepo
 from .schedules import ScheduleRepo
@@ -49,6 +50,7 @@ __all__ = [
     "DigestRepo",
     "HeldSecretRepo",
     "LockRepo",
+    "MirrorRepo",
     "PlanRepo",
     "PromptRepo",
     "Repo",
@@ -108,6 +110,10 @@ class Repos:
     @functools.cached_property
     def digests(self) -> DigestRepo:
         return self._repo(DigestRepo)
+
+    @functools.cached_property
+    def mirror(self) -> MirrorRepo:
+        return self._repo(MirrorRepo)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Repos]:

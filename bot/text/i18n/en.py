@@ -171,6 +171,9 @@ MESSAGES: dict[str, str] = {
     "tg.button.outdated": "This button is outdated: the bot has changed since it was posted. Give the command again.",
     "tg.cancel.done": "Plan {id} cancelled.",
     "tg.cancel.usage": "Usage: /cancel <plan>",
+    # --- a long read, said at once
+    "tg.reading.seconds": "Reading {accounts} SIP {accounts:plural:one=account|other=accounts} of PBX {pbx} in full (the PBX lists them without their extra parameters): about {n} s. The answer comes here.",
+    "tg.reading.minutes": "Reading {accounts} SIP {accounts:plural:one=account|other=accounts} of PBX {pbx} in full (the PBX lists them without their extra parameters): about {n} min. The answer comes here.",
     # --- delivery
     "tg.delivery.card_released": "Plan {id} could not be posted ({error}), so it is cancelled and its numbers are free again. Please propose it again later.",
     "tg.delivery.rest_in_file": "… {more} more lines: the whole text is in the file {filename} below.",

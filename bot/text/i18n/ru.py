@@ -171,6 +171,9 @@ MESSAGES: dict[str, str] = {
     "tg.button.outdated": "Эта кнопка устарела: бот изменился с тех пор, как она появилась. Повторите команду.",
     "tg.cancel.done": "План {id} отменён.",
     "tg.cancel.usage": "Формат: /cancel <план>",
+    # --- a long read, said at once
+    "tg.reading.seconds": "Читаю {accounts} {accounts:plural:one=SIP-аккаунт|few=SIP-аккаунта|many=SIP-аккаунтов|other=SIP-аккаунта} АТС {pbx} целиком (АТС перечисляет их без дополнительных параметров): около {n} с. Ответ появится здесь.",
+    "tg.reading.minutes": "Читаю {accounts} {accounts:plural:one=SIP-аккаунт|few=SIP-аккаунта|many=SIP-аккаунтов|other=SIP-аккаунта} АТС {pbx} целиком (АТС перечисляет их без дополнительных параметров): около {n} мин. Ответ появится здесь.",
     # --- delivery
     "tg.delivery.card_released": "План {id} не удалось опубликовать ({error}), поэтому он отменён, а его номера снова свободны. Предложите его ещё раз позже.",
     "tg.delivery.rest_in_file": "… и ещё строк: {more}; весь текст — в файле {filename} ниже.",

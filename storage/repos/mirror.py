@@ -1,0 +1,71 @@
+"""The PBX mirror (`MirrorRow`): each record of a PBX as last read, and when.
+
+Account rows are keyed by the account's id; the lists (routes, destinations,
+registration states) are one row each, with an empty key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete
+from sqlmodel import col, select
+
+from ..tables import MirrorRow, utcnow
+from .base import Repo
+
+ACCOUNT = "account"
+
+
+class MirrorRepo(Repo):
+    def load(self, pbx: str, kind: str | None = ACCOUNT) -> list[MirrorRow]:
+        """Every mirrored record of this kind (None: of every kind)."""
+        query = select(MirrorRow).where(MirrorRow.pbx == pbx)
+        if kind is not None:
+            query = query.where(MirrorRow.kind == kind)
+        with self.session() as s:
+            return list(s.exec(query))
+
+    def put(
+        self, pbx: str, kind: str, records: Mapping[str, dict[str, Any]], *, at: datetime | None = None
+    ) -> None:
+        """Keep these records (by key) as read at `at`: inserted, or written over."""
+        if not records:
+            return
+        at = at or utcnow()
+        with self.session() as s:
+            keys = list(records)
+            for start in range(0, len(keys), 500):  # a bounded IN list
+                chunk = keys[start : start + 500]
+                s.exec(
+                    delete(MirrorRow).where(
+                        col(MirrorRow.pbx) == pbx, col(MirrorRow.kind) == kind, col(MirrorRow.key).in_(chunk)
+                    )
+                )
+            s.add_all(MirrorRow(pbx=pbx, kind=kind, key=k, data=records[k], read_at=at) for k in keys)
+            self.commit(s)
+
+    def drop(self, pbx: str, kind: str | None = None, keys: Iterable[str] | None = None) -> int:
+        """Forget records: these keys of this kind, every record of the kind, or all of the PBX."""
+        query = delete(MirrorRow).where(col(MirrorRow.pbx) == pbx)
+        if kind is not None:
+            query = query.where(col(MirrorRow.kind) == kind)
+        if keys is not None:
+            wanted = list(keys)
+            if not wanted:
+                return 0
+            query = query.where(col(MirrorRow.key).in_(wanted))
+        with self.session() as s:
+            count = s.exec(query).rowcount
+            self.commit(s)
+            return int(count or 0)
+
+    def changed_since(self, pbx: str, since: datetime, kind: str | None = ACCOUNT) -> list[MirrorRow]:
+        """Records of this kind (None: of every kind) read after `since` (another process's
+        reads and writes)."""
+        query = select(MirrorRow).where(MirrorRow.pbx == pbx, col(MirrorRow.read_at) > since)
+        if kind is not None:
+            query = query.where(MirrorRow.kind == kind)
+        with self.session() as s:
+            return list(s.exec(query))

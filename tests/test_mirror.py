@@ -1,0 +1,371 @@
+"""The PBX mirror: kept in the database (SQLite and PostgreSQL) across restarts,
+updated by the bot's own writes, never trusted for a write (the stale check
+reads what a plan writes afresh), refreshed oldest first in the background,
+and telling `on_drift` what someone else changed."""
+
+from __future__ import annotations
+
+import asyncio
+
+from alembic import command
+from sqlalchemy import inspect
+
+from bot.entry.cli import main
+from bot.plans.commands import parse
+from bot.plans.executor import ApplyStatus
+from bot.plans.mirror import MirrorRefresher
+from bot.plans.planner import Plan, plan_add_number
+from bot.plans.snapshot import SlowRead, Snapshot, SnapshotReader, slow_read_notice
+from pbx.budget import Priority, current_priority
+from sandbox.demo import DEMO_PROVIDER_ID, PROVIDER_DEFAULTS
+from storage.aio import AsyncRepos
+from storage.db import alembic_config, migrate
+from storage.repos import Repos
+from storage.tables import utcnow
+from tests.conftest import API_KEY
+from tests.personas import OLGA
+from tests.test_bot_e2e import GROUP, World
+from tests.test_bot_e2e import world as world  # the bot end to end (a fixture)
+from tests.test_cli_plan import served_pbx as served_pbx  # the simulator in a thread (a fixture)
+from tests.test_executor import PASSWORD, executor
+
+ZADARMA = "sip.zadarma.com"
+
+
+def grow(sim, n: int, host: str = ZADARMA, recipe: str | None = None) -> list[str]:
+    """n more accounts on `host`, as someone made them by hand (or as the bot does: `recipe`)."""
+    ids = []
+    for i in range(n):
+        pid = f"SIP-TRUNK-{i:08X}"
+        login = str(900000 + i)
+        sim.state.providers[pid] = {
+            **PROVIDER_DEFAULTS,
+            "id": pid,
+            "description": f"Zadarma {login}",
+            "username": login,
+            "secret": f"pw-{i}",
+            "host": host,
+            "transport": "udp",
+            "manualattributes": recipe if recipe is not None else f"[endpoint]\nlanguage=ru\n; {i}",
+            "additionalHosts": [],
+        }
+        ids.append(pid)
+    return ids
+
+
+def details_read(sim) -> int:
+    return sim.stats["GET sip-providers/{id}"]
+
+
+def test_the_migration_adds_and_removes_the_mirror(engine):
+    assert "mirror" in inspect(engine).get_table_names()
+    config = alembic_config(engine)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0005")
+    assert "mirror" not in inspect(engine).get_table_names()
+    migrate(engine)
+    assert "mirror" in inspect(engine).get_table_names()
+
+
+def test_mirror_rows_are_kept_written_over_and_dropped(store):
+    at = utcnow()
+    store.mirror.put("office", "account", {"a": {"id": "a", "x": 1}, "b": {"id": "b"}}, at=at)
+    store.mirror.put("office", "account", {"a": {"id": "a", "x": 2}})  # written over, read later
+    store.mirror.put("other", "account", {"a": {"id": "a"}})
+    rows = {row.key: row for row in store.mirror.load("office")}
+    assert rows["a"].data == {"id": "a", "x": 2} and rows["b"].data == {"id": "b"}
+    assert rows["a"].read_at > rows["b"].read_at and rows["b"].read_at == at
+    assert [row.key for row in store.mirror.changed_since("office", at)] == ["a"]
+    assert store.mirror.drop("office", "account", ["b"]) == 1
+    assert [row.key for row in store.mirror.load("office")] == ["a"]
+    assert store.mirror.drop("office") == 1
+    assert store.mirror.load("office") == [] and len(store.mirror.load("other")) == 1
+
+
+async def test_a_restart_keeps_the_mirror(sim, client, engine):
+    """A new process (a new reader over the same database) reads a 200-account host
+    with the 3 list calls and no detail."""
+    grow(sim, 199)
+    first = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)))
+    sim.stats.clear()
+    cold = await first.read(host=ZADARMA)
+    assert len(cold.details) == 200 and details_read(sim) == 200
+
+    sim.stats.clear()
+    again = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)))  # the restarted process
+    warm = await again.read(host=ZADARMA)
+    assert sim.reads() == 3, sim.stats  # the lists only
+    assert {pid: p.manualattributes for pid, p in warm.details.items()} == {
+        pid: p.manualattributes for pid, p in cold.details.items()
+    }
+    # no SIP password is ever kept: the mirror has the mask, as the PBX answers for outbound accounts
+    rows = Repos(engine).mirror.load("demo")
+    assert rows and not any("secret" in row.data for row in rows)
+
+    # an account whose list entry changed is read again, and only it
+    sim.state.providers["SIP-TRUNK-00000005"]["port"] = 5080
+    sim.stats.clear()
+    await SnapshotReader(client, mirror=AsyncRepos(Repos(engine))).read(host=ZADARMA)
+    assert details_read(sim) == 1
+
+
+async def test_a_propose_right_after_an_apply_reads_no_detail(sim, client, engine):
+    grow(sim, 199)
+    drifts: list[tuple[Snapshot, Snapshot]] = []
+
+    async def on_drift(before: Snapshot, after: Snapshot) -> None:
+        drifts.append((before, after))
+
+    reader = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)), on_drift=on_drift)
+    plan = await propose_with(reader, "/addnumber zadarma 847900 → IVR")
+    assert (await executor(client, reader=reader).apply(plan, {"847900": PASSWORD})).status is (
+        ApplyStatus.APPLIED
+    )
+    sim.stats.clear()
+    await propose_with(reader, "/addnumber zadarma 847901 → IVR")
+    assert details_read(sim) <= 10, sim.stats
+    assert drifts == []  # the bot's own writes (200 accounts, a route) are no drift
+    # and in a new process, from the database
+    sim.stats.clear()
+    await propose_with(
+        SnapshotReader(client, mirror=AsyncRepos(Repos(engine))), "/addnumber zadarma 847902 → IVR"
+    )
+    assert details_read(sim) <= 10, sim.stats
+
+
+async def propose_with(reader: SnapshotReader, text: str) -> Plan:
+    intent = parse(text)
+    return plan_add_number(intent, await reader.read(host=intent.provider.host))
+
+
+async def test_an_edit_between_propose_and_apply_is_caught_though_the_mirror_has_the_old(sim, client, engine):
+    """The plan edits the demo account (its sibling gets the recipe); someone edits its
+    extra parameters by hand (invisible in the list) before the apply, which runs in
+    another process whose mirror still holds the old: the stale check reads it afresh."""
+    reader = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)))
+    plan = await propose_with(reader, "/addnumber zadarma 847900 → IVR")
+    assert DEMO_PROVIDER_ID in plan.depends.accounts
+    sim.state.providers[DEMO_PROVIDER_ID]["manualattributes"] = "[endpoint]\nlanguage=en"
+    drifts: list[tuple[Snapshot, Snapshot]] = []
+
+    async def on_drift(before: Snapshot, after: Snapshot) -> None:
+        drifts.append((before, after))
+
+    later = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)), on_drift=on_drift)
+    sim.stats.clear()
+    result = await executor(client, reader=later).apply(plan, {"847900": PASSWORD})
+    assert result.status is ApplyStatus.STALE
+    assert sim.writes() == 0
+    assert details_read(sim) == 1  # exactly the account the plan writes
+    assert [after.details[DEMO_PROVIDER_ID].manualattributes for _, after in drifts] == [
+        "[endpoint]\nlanguage=en"
+    ]
+
+
+async def test_the_refresher_finds_a_hand_edit_and_tells_on_drift(sim, client, engine):
+    ids = grow(sim, 9)
+    drifts: list[tuple[Snapshot, Snapshot]] = []
+    priorities: list[Priority] = []
+    client.listeners.append(lambda record: priorities.append(current_priority()))
+
+    async def on_drift(before: Snapshot, after: Snapshot) -> None:
+        drifts.append((before, after))
+
+    reader = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)), on_drift=on_drift)
+    refresher = MirrorRefresher(reader, per_minute=30, share=0.2, every=60)  # 6 calls a round: 5 details
+    assert refresher.batch == 5 and refresher.bound(1000) == 200 * 60
+    # a cold mirror: never-read accounts first, then the oldest
+    assert len(set(await refresher.run_once())) == 5
+    assert len(set(await refresher.run_once())) == 5  # the other five (ten accounts in all)
+    assert set(priorities) == {Priority.BACKGROUND}
+    assert drifts == []
+    edited = ids[3]
+    old = sim.state.providers[edited]["manualattributes"]
+    sim.state.providers[edited]["manualattributes"] = "[endpoint]\nlanguage=de"
+    found = await refresher.run_once() + await refresher.run_once()
+    assert sorted(found) == sorted([DEMO_PROVIDER_ID, *ids])  # each once, oldest first
+    [(before, after)] = drifts
+    assert before.pbx == after.pbx == "demo"
+    assert before.details[edited].manualattributes == old
+    assert after.details[edited].manualattributes == "[endpoint]\nlanguage=de"
+    assert set(before.details) == set(after.details) == {edited}
+    # the mirror holds the edit now: a read takes it without a detail call
+    sim.stats.clear()
+    snapshot = await SnapshotReader(client, mirror=AsyncRepos(Repos(engine))).read(host=ZADARMA)
+    assert snapshot.details[edited].manualattributes == "[endpoint]\nlanguage=de"
+    assert details_read(sim) == 0
+
+
+async def test_an_account_removed_by_hand_is_drift_and_leaves_the_mirror(sim, client, engine):
+    ids = grow(sim, 2)
+    drifts: list[tuple[Snapshot, Snapshot]] = []
+
+    async def on_drift(before: Snapshot, after: Snapshot) -> None:
+        drifts.append((before, after))
+
+    reader = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)), on_drift=on_drift)
+    await reader.read(host=ZADARMA)
+    del sim.state.providers[ids[0]]
+    await reader.read(host=ZADARMA)
+    [(before, after)] = drifts
+    assert set(before.details) == {ids[0]} and after.details == {}
+    assert ids[0] not in {row.key for row in Repos(engine).mirror.load("demo")}
+
+
+async def test_a_long_read_is_announced_first(sim, client):
+    grow(sim, 20)
+    told: list[SlowRead] = []
+
+    async def notice(read: SlowRead) -> None:
+        told.append(read)
+        assert details_read(sim) == 0  # before the first detail
+
+    reader = SnapshotReader(client)
+    token = slow_read_notice.set(notice)
+    try:
+        await reader.read(host=ZADARMA)
+        await reader.read(host=ZADARMA)  # from the mirror: nothing to announce
+    finally:
+        slow_read_notice.reset(token)
+    [read] = told
+    assert read.accounts == 21 and read.pbx == "demo" and read.seconds > 0
+
+
+async def test_a_command_that_reads_many_accounts_says_so_at_once_and_the_notice_becomes_the_card(
+    world: World,
+):
+    w = world
+    grow(w.sim, 20)
+    start = w.mark()
+    w.tg.send(OLGA, GROUP, "/route 847706 → IVR")  # reads the host of 847706: 21 accounts
+    notice = await w.said(GROUP, r"Читаю 21 SIP-аккаунт АТС office целиком.*около \d+ с", after=start)
+    card = await w.said(GROUP, r"План \w{6}", kinds=("edit", "send"), after=start)
+    assert card["kind"] == "edit" and card["message_id"] == notice["message_id"], [
+        (e["kind"], e.get("message_id"), (e.get("text") or "")[:50]) for e in w.tg.events[start:]
+    ]
+    assert w.card()["message_id"] == notice["message_id"]  # the card, with its buttons, is that message
+
+    # the next command reads from the mirror: nothing to announce
+    start = w.mark()
+    w.tg.send(OLGA, GROUP, "/trace 900005")
+    await w.said(GROUP, "900005", after=start)
+    assert not [e for e in w.tg.events[start:] if "Читаю" in (e.get("text") or "")]
+
+
+async def test_a_trace_over_many_accounts_answers_over_its_notice(world: World):
+    w = world
+    grow(w.sim, 20)
+    start = w.mark()
+    w.tg.send(OLGA, GROUP, "/trace 900005")
+    notice = await w.said(GROUP, r"Читаю 21 SIP-аккаунт", after=start)
+    answer = await w.said(GROUP, "900005", kinds=("edit",), after=start)
+    assert answer["message_id"] == notice["message_id"]
+
+
+async def test_the_refresher_runs_in_the_schedules_owner(world: World):
+    [refresher] = world.app.refreshers
+    assert refresher.reader is world.app.services.changes.pbxs["office"].reader
+    deadline = asyncio.get_running_loop().time() + 30
+    while (job := world.app.scheduler.aps.get_job("mirror:office")) is None:  # once the process owns them
+        assert asyncio.get_running_loop().time() < deadline, "the refresher was never scheduled"
+        await asyncio.sleep(0.05)
+    assert job is not None and job.trigger.interval.total_seconds() == 60
+    assert refresher.bound(1000) <= 35 * 60  # the default: 20 % of 165 calls/min
+
+
+def test_the_command_line_reads_the_same_mirror(served_pbx, tmp_path, capsys):
+    """`pbxbot plan` in a new process is as fast as in the bot: the second run (and a
+    trace) reads no account detail; the data directory holds the mirror."""
+    grow(served_pbx, 30)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[storage]\ndata_dir = "{tmp_path / "data"}"\n'
+        f'[pbx.office]\nurl = "{served_pbx.url}"\napi_key = "{API_KEY}"\nreload_wait = 0\n',
+        encoding="utf-8",
+    )
+    argv = ["--config", str(config), "--lang", "en"]
+    assert main([*argv, "plan", "--pbx", "office", "/route 847706 → IVR"]) == 0, capsys.readouterr()
+    assert details_read(served_pbx) == 31
+    served_pbx.stats.clear()
+    assert main([*argv, "plan", "--pbx", "office", "/route 847706 → IVR"]) == 0
+    assert "Plan" in capsys.readouterr().out
+    assert details_read(served_pbx) == 0 and served_pbx.reads() == 3
+    assert main([*argv, "trace", "--pbx", "office", "900007"]) in (0, 1)
+    assert details_read(served_pbx) == 0
+
+
+class Gated:
+    """The client, with account details held until `open` is set; who asked, at which priority."""
+
+    def __init__(self, client):
+        self.client = client
+        self.name = client.name
+        self.open = asyncio.Event()
+        self.asked: list[tuple[str, Priority]] = []
+        self.arrived = asyncio.Event()
+
+    async def wait_asked(self, n: int) -> None:
+        while len(self.asked) < n:
+            self.arrived.clear()
+            await asyncio.wait_for(self.arrived.wait(), 30)
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+    async def get_provider(self, provider_id: str):
+        self.asked.append((provider_id, current_priority()))
+        self.arrived.set()
+        await self.open.wait()
+        return await self.client.get_provider(provider_id)
+
+
+async def test_a_command_never_waits_behind_the_refreshers_read(sim, client):
+    """A read the refresher has under way (spare budget only) is not joined by a command:
+    the command reads the account itself, at its own priority."""
+    ids = grow(sim, 2)
+    gated = Gated(client)
+    gated.open.set()
+    reader = SnapshotReader(gated)
+    await reader.read(host=ZADARMA)
+    gated.open.clear()
+    gated.asked.clear()
+    sim.state.providers[ids[0]]["port"] = 5080  # its list entry changed: a command must read it
+    refresher = MirrorRefresher(reader, per_minute=240, share=1.0, every=1)  # 3 details a round
+    background = asyncio.create_task(refresher.run_once())
+    await gated.wait_asked(3)  # the refresher's three reads are under way
+    command = asyncio.create_task(reader.read(host=ZADARMA))
+    await gated.wait_asked(4)  # the command's own read of the changed account
+    gated.open.set()
+    snapshot = await command
+    await background
+    assert snapshot.details[ids[0]].port == 5080
+    assert sorted(p for pid, p in gated.asked if pid == ids[0]) == [Priority.COMMAND, Priority.BACKGROUND]
+
+
+async def test_another_process_writes_are_no_drift_and_a_hand_edit_of_a_route_is(sim, client, engine):
+    """Two processes on one database: what one writes, the other's mirror takes from the
+    database (no drift); a route edited by hand is drift, with the lists before and after."""
+    drifts: list[tuple[Snapshot, Snapshot]] = []
+
+    async def on_drift(before: Snapshot, after: Snapshot) -> None:
+        drifts.append((before, after))
+
+    other = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)), on_drift=on_drift)
+    await other.read(host=ZADARMA)
+    writer = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)))
+    plan = await propose_with(writer, "/addnumber zadarma 847900 → IVR")
+    assert (await executor(client, reader=writer).apply(plan, {"847900": PASSWORD})).status is (
+        ApplyStatus.APPLIED
+    )
+    sim.stats.clear()
+    await other.read(host=ZADARMA)
+    assert drifts == [] and details_read(sim) == 0
+
+    route = next(r for r in sim.state.routes.values() if r["number"] == "847900")
+    route["extension"] = "201"
+    await other.read(host=ZADARMA)
+    [(before, after)] = drifts
+    assert {r.number: r.extension for r in before.routes}["847900"] != "201"
+    assert {r.number: r.extension for r in after.routes}["847900"] == "201"
+    assert before.details == after.details == {}
