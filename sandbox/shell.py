@@ -30,8 +30,9 @@ from typing import Any, TextIO
 from bot.config import load_settings
 from bot.entry.app import running
 from bot.plans.changes import Next
+from bot.plans.mirror import MirrorRefresher
 from bot.plans.service import Changes
-from bot.plans.snapshot import Snapshot, SnapshotReader
+from bot.plans.snapshot import Snapshot
 from bot.routing.watch import DriftWatch
 from bot.text.i18n import t
 from bot.text.views import call_text
@@ -63,9 +64,8 @@ class Shell:
         self.speaker = "anna"
         self.chat = "group"
         self.shown = 0
-        self.drift: DriftWatch | None = None  # the bot's; `:refresh` hands it what changed
-        self.client: MikoPbxClient | None = None
-        self.baseline: Snapshot | None = None  # the PBX before the first hand edit since the last :refresh
+        self.drift: DriftWatch | None = None  # the bot's: what the mirror finds changed goes to it
+        self.refresher: MirrorRefresher | None = None  # the bot's mirror refresher: `:refresh` runs a round
 
     @property
     def user_id(self) -> int:
@@ -183,11 +183,6 @@ class Shell:
             self.print(t("shell.unknown", self.lang))
         return True
 
-    async def _read(self) -> Snapshot:
-        if self.client is None:
-            raise RuntimeError("the shell has no PBX client")
-        return await SnapshotReader(self.client).read(every_host=True, fresh=True)
-
     async def edit_by_hand(self, command: str, args: list[str]) -> None:
         """Change the simulated PBX directly, as someone in its web interface would: the bot
         is not told; it finds out at the next refresh (`:refresh`)."""
@@ -203,7 +198,8 @@ class Shell:
         if account is None:
             self.print(t("shell.no_such", self.lang, what=f"account {login}"))
             return
-        baseline = self.baseline or await self._read()
+        if self.refresher is not None:  # the bot's mirror holds the PBX as it is before the edit
+            await self.refresher.reader.read(every_host=True)
         if kind == "account" and rest[0] in ("disable", "enable"):
             state.set_provider_disabled(account["id"], rest[0] == "disable")
             what = f"{login} {rest[0]}d"
@@ -241,19 +237,26 @@ class Shell:
         else:
             self.print(t("shell.edit_usage", self.lang))
             return
-        self.baseline = baseline
         self.print(t("shell.pbx_edited", self.lang, what=what))
 
     async def refresh(self) -> None:
-        """What the mirror's refresher will do: read the PBX, hand what changed to the drift watch."""
-        if self.drift is None:
+        """A round of the bot's mirror refresher now (the bot runs one a minute): what it
+        finds changed goes to the drift watch, as it would in the bot."""
+        if self.drift is None or self.refresher is None:
             return
-        before = self.baseline or await self._read()
-        after = await self._read()
-        self.baseline = None
-        events = await self.drift.observe(before, after)
-        await self.drift.flush()  # the shell shows a held alert at once; the bot waits its interval
-        self.print(t("shell.refreshed", self.lang, n=len(events)))
+        reader, drift, found = self.refresher.reader, self.drift, []
+        told = reader.on_drift
+
+        async def counted(before: Snapshot, after: Snapshot) -> None:
+            found.extend(await drift.observe(before, after))
+
+        reader.on_drift = counted
+        try:
+            await self.refresher.run_once()
+        finally:
+            reader.on_drift = told
+        await drift.flush()  # the shell shows a held alert at once; the bot waits its interval
+        self.print(t("shell.refreshed", self.lang, n=len(found)))
         self.show_new()
 
     def prompt(self) -> str:
@@ -312,7 +315,8 @@ async def run_shell(lang: str, *, stdin: TextIO = sys.stdin, out: TextIO = sys.s
                 ) as app:
                     changes = app.services.changes
                     shell = Shell(tg, sim, lang, out, busy=lambda: cards_behind(tg, changes, lang))
-                    shell.drift, shell.client = app.drift, client
+                    shell.drift = app.drift
+                    shell.refresher = app.refreshers[0] if app.refreshers else None
                     app.dispatcher.handled.append(shell.note_handled)
                     shell.shown = len(tg.events)
                     shell.print(t("shell.welcome", lang))

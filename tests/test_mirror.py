@@ -173,7 +173,7 @@ async def test_the_refresher_finds_a_hand_edit_and_tells_on_drift(sim, client, e
         drifts.append((before, after))
 
     reader = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)), on_drift=on_drift)
-    refresher = MirrorRefresher(reader, per_minute=30, share=0.2, every=60)  # 6 calls a round: 5 details
+    refresher = MirrorRefresher(reader, per_minute=40, share=0.2, every=60)  # 8 calls: 3 lists + 5 details
     assert refresher.batch == 5 and refresher.bound(1000) == 200 * 60
     # a cold mirror: never-read accounts first, then the oldest
     assert len(set(await refresher.run_once())) == 5
@@ -189,7 +189,9 @@ async def test_the_refresher_finds_a_hand_edit_and_tells_on_drift(sim, client, e
     assert before.pbx == after.pbx == "demo"
     assert before.details[edited].manualattributes == old
     assert after.details[edited].manualattributes == "[endpoint]\nlanguage=de"
-    assert set(before.details) == set(after.details) == {edited}
+    # both sides hold the whole mirror (the hook traces through it); only `edited` differs
+    assert set(before.details) == set(after.details) == {DEMO_PROVIDER_ID, *ids}
+    assert [pid for pid in before.details if before.details[pid] != after.details[pid]] == [edited]
     # the mirror holds the edit now: a read takes it without a detail call
     sim.stats.clear()
     snapshot = await SnapshotReader(client, mirror=AsyncRepos(Repos(engine))).read(host=ZADARMA)
@@ -209,7 +211,7 @@ async def test_an_account_removed_by_hand_is_drift_and_leaves_the_mirror(sim, cl
     del sim.state.providers[ids[0]]
     await reader.read(host=ZADARMA)
     [(before, after)] = drifts
-    assert set(before.details) == {ids[0]} and after.details == {}
+    assert ids[0] in before.details and set(before.details) - set(after.details) == {ids[0]}
     assert ids[0] not in {row.key for row in Repos(engine).mirror.load("demo")}
 
 
@@ -331,7 +333,7 @@ async def test_a_command_never_waits_behind_the_refreshers_read(sim, client):
     gated.open.clear()
     gated.asked.clear()
     sim.state.providers[ids[0]]["port"] = 5080  # its list entry changed: a command must read it
-    refresher = MirrorRefresher(reader, per_minute=240, share=1.0, every=1)  # 3 details a round
+    refresher = MirrorRefresher(reader, per_minute=360, share=1.0, every=1)  # 3 lists + 3 details
     background = asyncio.create_task(refresher.run_once())
     await gated.wait_asked(3)  # the refresher's three reads are under way
     command = asyncio.create_task(reader.read(host=ZADARMA))
@@ -368,4 +370,28 @@ async def test_another_process_writes_are_no_drift_and_a_hand_edit_of_a_route_is
     [(before, after)] = drifts
     assert {r.number: r.extension for r in before.routes}["847900"] != "201"
     assert {r.number: r.extension for r in after.routes}["847900"] == "201"
-    assert before.details == after.details == {}
+    assert before.details == after.details  # no account changed; both hold the mirror to trace
+
+
+async def test_a_refresher_round_sees_routes_and_disabled_accounts_edited_by_hand(sim, client, engine):
+    """The lists are read every round: a route moved by hand and an account disabled by
+    hand are drift within one round, whatever the oldest-first order of the details."""
+    ids = grow(sim, 40)
+    drifts: list[tuple[Snapshot, Snapshot]] = []
+
+    async def on_drift(before: Snapshot, after: Snapshot) -> None:
+        drifts.append((before, after))
+
+    reader = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)), on_drift=on_drift)
+    await reader.read(every_host=True)
+    refresher = MirrorRefresher(reader, per_minute=40, share=0.2, every=60)  # 5 details a round of 41
+    sim.state.routes[2]["extension"] = "201"
+    await refresher.run_once()
+    [(before, after)] = drifts
+    assert (
+        {r.id: r.extension for r in after.routes}[2] == "201" != {r.id: r.extension for r in before.routes}[2]
+    )
+    newest = ids[-1]  # read last: the oldest-first order would reach it last
+    sim.state.set_provider_disabled(newest, True)
+    assert newest in await refresher.run_once()  # its list entry moved: read this round
+    assert drifts[-1][1].details[newest].disabled and not drifts[-1][0].details[newest].disabled

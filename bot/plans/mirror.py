@@ -8,10 +8,11 @@ the ones read longest ago, with the share of the PBX's call budget left to it
 what commands, applies and reports leave).
 
 The bound: every account is re-read within `bound(accounts)` seconds. At the
-defaults (165 calls/min, 20 % of them, a round every 60 s) a round makes 1 list
-call and 32 detail reads, so 1,000 accounts are all re-read within 32 rounds,
-about 32 minutes (5,000: about 2 h 37 min). A change found on the way goes to
-the reader's `on_drift` hook.
+defaults (165 calls/min, 20 % of them, a round every 60 s) a round makes the 3
+list calls (accounts, routes, destinations: a route or an account edited, added
+or removed by hand shows there within a round) and 30 detail reads, so 1,000
+accounts are all re-read within 34 rounds, about 34 minutes (5,000: about
+2 h 47 min). A change found on the way goes to the reader's `on_drift` hook.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ class MirrorRefresher:
 
     @property
     def batch(self) -> int:
-        """Details a round reads: its share of the calls a round's time allows, less the list call."""
-        return max(1, math.floor(self.per_minute * self.share * self.every / 60.0) - 1)
+        """Details a round reads: its share of the calls a round's time allows, less the 3 list calls."""
+        return max(1, math.floor(self.per_minute * self.share * self.every / 60.0) - 3)
 
     def bound(self, accounts: int) -> float:
         """Seconds within which every one of `accounts` is re-read."""

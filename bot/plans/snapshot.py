@@ -474,19 +474,24 @@ class SnapshotReader:
             return
         routes = routes or (list(self._routes or ()), list(self._routes or ()))
         destinations = destinations or (list(self._destinations or ()), list(self._destinations or ()))
+        # the rest of the mirror, unchanged, on both sides: the hook traces calls through it
+        # (a route edited by hand moves calls of accounts no detail read touched)
+        rest = {pid: entry[1] for pid, entry in self._details.items()}
+        then_details = {**rest, **before}
+        now_details = {pid: p for pid, p in {**rest, **after}.items() if pid in after or pid not in before}
         then = Snapshot(
             pbx=self.pbx.name,
-            providers=[_summary(p) for p in before.values()],
+            providers=[_summary(p) for p in then_details.values()],
             routes=routes[0],
             destinations=destinations[0],
-            details=dict(before),
+            details=then_details,
         )
         now = Snapshot(
             pbx=self.pbx.name,
-            providers=[_summary(p) for p in after.values()],
+            providers=[_summary(p) for p in now_details.values()],
             routes=routes[1],
             destinations=destinations[1],
-            details=dict(after),
+            details=now_details,
         )
         try:
             await self.on_drift(then, now)
@@ -577,15 +582,17 @@ class SnapshotReader:
         by hand) is found within (accounts / count) refresh rounds. Returns the ids read."""
         if count <= 0:
             return []
-        providers, _ = await asyncio.gather(self.pbx.list_providers(), self._sync())
+        (providers, routes, destinations), _ = await asyncio.gather(
+            asyncio.gather(self.pbx.list_providers(), self.pbx.list_routes(), self.pbx.destinations()),
+            self._sync(),
+        )
+        await self._lists(providers, routes, destinations)  # routes and removed accounts: drift at once
         listed = {p.id for p in providers}
-        gone = {pid: entry[1] for pid, entry in self._details.items() if pid not in listed}
-        if gone:
-            await self._drifted(gone, {})
-            await self.forget(gone)
         never = [p.id for p in providers if p.id not in self._details]
+        # a list entry that no longer matches its mirrored details (disabled, host, port): next
+        moved = [p.id for p in providers if p.id in self._details and not _matches(p, self._details[p.id][1])]
         oldest = sorted((entry[0], pid) for pid, entry in self._details.items() if pid in listed)
-        chosen = (never + [pid for _, pid in oldest])[:count]
+        chosen = list(dict.fromkeys(never + moved + [pid for _, pid in oldest]))[:count]
         await self._fetch(chosen, set(chosen))
         return chosen
 
