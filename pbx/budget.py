@@ -42,19 +42,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import heapq
 import itertools
 import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 log = logging.getLogger("pbxbot.pbx")
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class Priority(IntEnum):
@@ -73,6 +76,21 @@ _claim: contextvars.ContextVar[Claim | None] = contextvars.ContextVar("pbx_claim
 def current_priority() -> Priority:
     claim = _claim.get()
     return claim.level if claim is not None else _current.get()
+
+
+def at(level: Priority) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
+    """The PBX calls of every run of the decorated coroutine function take `level`:
+    `@at(Priority.APPLY)` on what applies a plan, `@at(Priority.REPORT)` on a digest."""
+
+    def wrap(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+        @functools.wraps(fn)
+        async def run(*args: P.args, **kwargs: P.kwargs) -> T:
+            with priority(level):
+                return await fn(*args, **kwargs)
+
+        return run
+
+    return wrap
 
 
 @contextmanager

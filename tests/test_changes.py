@@ -398,3 +398,24 @@ async def test_recipe_when_needed_on_a_shared_context_routes_every_login_right(
         to: sim.simulate_call("sip.zadarma.com", to)["destination"] for to in ("847706", "847800", "847900")
     }
     assert ends == {"847706": DEMO_QUEUE_EXTENSION, "847800": "201", "847900": DEMO_IVR_EXTENSION}
+
+
+async def test_each_kind_of_work_takes_its_place_in_the_pbx_budget(changes, client):
+    """An admin's proposal reads at COMMAND, an approved apply at APPLY, the doctor at
+    REPORT: the shared budget serves them in that order when they wait together."""
+    from bot.plans.snapshot import SnapshotReader
+    from bot.routing.doctor import examine
+    from pbx.budget import Priority, current_priority
+
+    seen: list[tuple[str, Priority]] = []
+    client.listeners.append(lambda record: seen.append((record.method, current_priority())))
+    proposal = await propose(changes, OLGA, "/addnumber zadarma 847900 → IVR", {"847900": PASSWORD})
+    assert {p for _, p in seen} == {Priority.COMMAND}
+    await changes.approve(BORIS, proposal.row.id)
+    seen.clear()
+    assert (await changes.apply(BORIS, proposal.row.id)).row.status == "applied"
+    assert {p for _, p in seen} == {Priority.APPLY} and any(m != "GET" for m, _ in seen)
+    seen.clear()
+    await examine(client, SnapshotReader(client))
+    assert seen and {p for _, p in seen} == {Priority.REPORT}
+    assert current_priority() is Priority.COMMAND  # nothing leaks out of them

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from pbx.budget import Priority, at
 from pbx.errors import PbxError
 from storage.tables import ApprovalRow, PlanRow
 
@@ -319,6 +320,7 @@ class Lifecycle:
                 continue  # approved or applied a moment ago
         return ended
 
+    @at(Priority.APPLY)
     async def apply(
         self,
         actor: Actor,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pbx.budget import Priority, at
 from pbx.errors import PbxError
 from storage.tables import PlanRow
 
@@ -22,6 +23,7 @@ class Reconciler:
         self.lifecycle = lifecycle
         self.lease = lease
 
+    @at(Priority.APPLY)
     async def recover(self, *, pbx: str | None = None) -> list[Recovery]:
         """Reconcile every plan a dead process left `applying`: at once when its
         owner is known dead, else as soon as its lease expires; never while a live

@@ -22,6 +22,7 @@ from bot.errors import DigestUsage
 from bot.plans.snapshot import Snapshot, SnapshotReader
 from bot.text.i18n import t
 from bot.text.render import lines_of, pbx_error_text, texts
+from pbx.budget import Priority, at
 from pbx.errors import PbxError
 from pbx.models import CdrRecord, RegistrationStatus, Route
 from storage.tables import DigestScheduleRow
@@ -168,6 +169,7 @@ def compose(readings: Readings, store: Repos, name: str, *, since: datetime, unt
     return digest
 
 
+@at(Priority.REPORT)
 async def build(
     pbx: Any,
     reader: SnapshotReader,

@@ -25,6 +25,7 @@ from bot.plans import commands as grammar
 from bot.plans.commands import FixHost, Intent
 from bot.plans.snapshot import Snapshot, SnapshotReader
 from pbx.base import Pbx
+from pbx.budget import Priority, at
 from pbx.errors import PbxAuthError, PbxError, PbxForbidden
 from pbx.models import SYSTEM_DESTINATIONS, Provider, RegistrationState, RegistrationStatus, Route
 
@@ -584,6 +585,7 @@ def worst(findings: list[Finding]) -> Severity | None:
     return min((f.severity for f in findings), key=lambda s: s.rank, default=None)
 
 
+@at(Priority.REPORT)
 async def examine(
     pbx: Pbx, reader: SnapshotReader, *, cdr_limit: int = 2000
 ) -> tuple[Snapshot, list[Finding]]:
