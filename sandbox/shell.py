@@ -306,6 +306,7 @@ async def run_shell(lang: str, *, stdin: TextIO = sys.stdin, out: TextIO = sys.s
                     "admins": roles["admin"],
                     "approvers": roles["approver"],
                     "operators": [PEOPLE["olga"][0]],
+                    "approvals": {"remove": 1},  # one approver besides the proposer: 2 could never be met
                 },
                 default_language=lang,
             )

@@ -44,3 +44,16 @@ def test_plural_forms_follow_each_languages_rules():
         assert not [
             k for k, v in catalogue.items() if re.search(r"\(s\)|\(ов\)|\(а\)|\(и\)", v) and "{" in v
         ], lang
+
+
+def test_the_command_menu_offers_every_command_help_lists():
+    """Telegram's command menu (set_commands) and /help name the same commands, each
+    with its menu line in both languages: doctor, trace, digest had menu texts and no place in it."""
+    from bot.entry.app import GROUP_COMMANDS, PRIVATE_COMMANDS
+    from handlers.common import COMMANDS
+
+    assert set(PRIVATE_COMMANDS) == set(COMMANDS)
+    assert set(PRIVATE_COMMANDS) - set(GROUP_COMMANDS) == {"pbx", "whoami"}
+    for catalogue in CATALOGUES.values():
+        menu = {key.removeprefix("tg.menu.") for key in catalogue if key.startswith("tg.menu.")}
+        assert menu == set(PRIVATE_COMMANDS)

@@ -75,6 +75,10 @@ GROUP_COMMANDS = (
     "history",
     "cancel",
     "undo",
+    "doctor",
+    "trace",
+    "map",
+    "digest",
     "drift",
     "help",
 )

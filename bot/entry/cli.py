@@ -183,7 +183,7 @@ def _parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="check the routing; exit 1 when an error is found")
     _target(doctor)
     _json(doctor)
-    trace = sub.add_parser("trace", help="where a call to a login ends up, and why")
+    trace = sub.add_parser("trace", help="where a call to a login or phone ends up, and why")
     _target(trace)
     trace.add_argument("number", help="a login, or a phone number in an account's note")
     _json(trace)

@@ -198,7 +198,7 @@ MESSAGES: dict[str, str] = {
     "tg.help.route": "/route <login|phone> → <destination> — send a number's calls elsewhere",
     "tg.help.removenumber": "/removenumber <login|phone> — remove a number",
     "tg.help.undo": "/undo <plan> — propose the reverse of an applied plan",
-    "tg.help.numbers": "/numbers — accounts, registrations and routes",
+    "tg.help.numbers": "/numbers [<login|phone>] — accounts, registrations and routes (or only that number's)",
     "tg.help.plans": "/plans — open plans",
     "tg.help.history": "/history [n] — the last plans",
     "tg.help.cancel": "/cancel <plan> — cancel a plan (yours; admins: any)",

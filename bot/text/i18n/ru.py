@@ -198,7 +198,7 @@ MESSAGES: dict[str, str] = {
     "tg.help.route": "/route <логин|телефон> → <назначение> — направить звонки номера",
     "tg.help.removenumber": "/removenumber <логин|телефон> — удалить номер",
     "tg.help.undo": "/undo <план> — предложить обратный план к применённому",
-    "tg.help.numbers": "/numbers — аккаунты, регистрации и маршруты",
+    "tg.help.numbers": "/numbers [<логин|телефон>] — аккаунты, регистрации и маршруты (или только этого номера)",
     "tg.help.plans": "/plans — открытые планы",
     "tg.help.history": "/history [n] — последние планы",
     "tg.help.cancel": "/cancel <план> — отменить план (свой; администраторы — любой)",
