@@ -395,3 +395,26 @@ async def test_a_refresher_round_sees_routes_and_disabled_accounts_edited_by_han
     sim.state.set_provider_disabled(newest, True)
     assert newest in await refresher.run_once()  # its list entry moved: read this round
     assert drifts[-1][1].details[newest].disabled and not drifts[-1][0].details[newest].disabled
+
+
+async def test_an_account_added_by_hand_is_drift_and_the_bots_own_is_not(sim, client, engine):
+    """The mirror keeps the ids the PBX listed: an account that appears without the bot
+    having written it is read and told as added; one the bot created is not."""
+    drifts: list[tuple[Snapshot, Snapshot]] = []
+
+    async def on_drift(before: Snapshot, after: Snapshot) -> None:
+        drifts.append((before, after))
+
+    reader = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)), on_drift=on_drift)
+    await reader.read(host=ZADARMA)
+    plan = await propose_with(reader, "/addnumber zadarma 847900 → IVR")
+    applied = await executor(client, reader=reader).apply(plan, {"847900": PASSWORD})
+    assert applied.status is ApplyStatus.APPLIED
+    await reader.read(host=ZADARMA)
+    assert drifts == []  # the bot's own account
+    (added,) = grow(sim, 1, host="sip.novofon.ru")
+    restarted = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)), on_drift=on_drift)
+    await restarted.read(host=ZADARMA)  # another host, a new process: the new id is still seen
+    [(before, after)] = drifts
+    assert added in after.details and added not in before.details
+    assert {p.id for p in after.providers} - {p.id for p in before.providers} == {added}

@@ -306,6 +306,7 @@ class SnapshotReader:
         self._details: dict[str, tuple[float, Provider]] = {}  # id -> (when its read began, the account)
         self._routes: list[Route] | None = None  # the lists as mirrored
         self._destinations: list[Destination] | None = None
+        self._listed: set[str] | None = None  # the account ids the PBX listed at the last read
         self._loaded = False  # the mirror's rows are in memory
         self._lists_at: dict[str, float] = {}  # when the mirrored lists were read
         self._synced: datetime | None = None  # the newest read time seen in the mirror
@@ -349,10 +350,12 @@ class SnapshotReader:
                 kept = self._details.get(row.key)
                 if kept is None or kept[0] < at:
                     self._details[row.key] = (at, Provider.model_validate(row.data))
-            elif row.kind in ("routes", "destinations") and at > self._lists_at.get(row.kind, 0.0):
+            elif row.kind in ("routes", "destinations", "listed") and at > self._lists_at.get(row.kind, 0.0):
                 self._lists_at[row.kind] = at
                 items = row.data.get("items", ())
-                if row.kind == "routes":
+                if row.kind == "listed":
+                    self._listed = {str(pid) for pid in items}
+                elif row.kind == "routes":
                     self._routes = [Route.model_validate(r) for r in items]
                 else:
                     self._destinations = [Destination.model_validate(d) for d in items]
@@ -403,7 +406,7 @@ class SnapshotReader:
             await self._store_list("routes", self._routes)
 
     async def _store_list(self, kind: str, items: Iterable[Any]) -> None:
-        data = {"items": [item.model_dump(mode="json") for item in items]}
+        data = {"items": [item if isinstance(item, str) else item.model_dump(mode="json") for item in items]}
         now = self._lists_at[kind] = self._clock()
         await self._store(kind, {"": data}, now)
 
@@ -411,6 +414,7 @@ class SnapshotReader:
         """Keep nothing, here or stored: the next read fetches every account it needs."""
         self._details.clear()
         self._routes = self._destinations = None
+        self._listed = None
         self._lists_at.clear()
         self._loaded = True
         self._wipe = self.mirror is not None
@@ -477,7 +481,7 @@ class SnapshotReader:
         # the rest of the mirror, unchanged, on both sides: the hook traces calls through it
         # (a route edited by hand moves calls of accounts no detail read touched)
         rest = {pid: entry[1] for pid, entry in self._details.items()}
-        then_details = {**rest, **before}
+        then_details = {pid: p for pid, p in {**rest, **before}.items() if pid in before or pid not in after}
         now_details = {pid: p for pid, p in {**rest, **after}.items() if pid in after or pid not in before}
         then = Snapshot(
             pbx=self.pbx.name,
@@ -519,6 +523,16 @@ class SnapshotReader:
             )
         if gone:
             await self.forget(gone)
+        # an account listed now that the last list lacked, and not the bot's own (its writes are
+        # mirrored): added by hand; read it, and tell it as drift
+        added = [p.id for p in providers if self._listed is not None and p.id not in self._listed]
+        added = [pid for pid in added if pid not in self._details]
+        if added:
+            details = await self._fetch(added, set(added))
+            await self._drifted({}, details)
+        if self._listed is None or self._listed != listed:
+            self._listed = listed
+            await self._store_list("listed", sorted(listed))
         if self._routes is None or routes_changed:
             await self._store_list("routes", routes)
         if self._destinations is None or dest_changed:
