@@ -73,7 +73,7 @@ async def doctor(message: Message, services: Services, pbx: str | None, lang: st
     handle = services.changes.pbxs[pbx]
     announcer = Announcer(message, lang)
     with announcer.listening():
-        _, findings = await examine(handle.client, handle.reader)
+        _, findings = await examine(handle.client, handle.reader, phone_dids=services.settings.phone_dids)
     keyboard = (
         fix_keyboard(findings, lang) if may(services.settings.policy, actor.id, Action.PROPOSE) else None
     )
@@ -88,7 +88,7 @@ async def map_(message: Message, services: Services, pbx: str | None, lang: str,
     if (pbx := await need_pbx(message, pbx, lang)) is None:
         return
     handle = services.changes.pbxs[pbx]
-    rmap = await read_map(handle.client, handle.reader)
+    rmap = await read_map(handle.client, handle.reader, phone_dids=services.settings.phone_dids)
     findings = rmap.findings
     if rmap.paths:
         png = await asyncio.to_thread(draw, rmap, lang)  # matplotlib: off the event loop
@@ -124,7 +124,7 @@ async def fix_pressed(
     if pbx is None or query.message is None:
         return
     handle = services.changes.pbxs[pbx]
-    _, findings = await examine(handle.client, handle.reader)
+    _, findings = await examine(handle.client, handle.reader, phone_dids=services.settings.phone_dids)
     fix = next(
         (f.fix for f in findings if isinstance(f.fix, FixHost) and f.fix_key == callback_data.key), None
     )

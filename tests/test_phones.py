@@ -278,6 +278,9 @@ async def test_the_doctor_flags_a_known_phone_without_a_route_and_its_fix_routes
     )
     await client.create_route(Route(rulename="847900", number="847900", extension=DEMO_IVR_EXTENSION))
     assert sim.simulate_call(ZADARMA, "74951234567")["outcome"] == "not_found"
+    _, found = await examine(client, SnapshotReader(client), phone_dids={"zadarma": "national"})
+    (national,) = [f for f in found if f.code == "phone_without_route"]
+    assert national.params["did"] == "84951234567"  # the DID the operator sends, as configured
     _, found = await examine(client, SnapshotReader(client))
     errors = [f for f in found if f.severity.value == "E"]
     assert [(f.code, f.params) for f in errors] == [

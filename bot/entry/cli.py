@@ -492,7 +492,7 @@ async def _routing(args: argparse.Namespace, client: MikoPbxClient) -> int:
         try:
             reader = SnapshotReader(client, mirror=db)  # the bot's mirror: as fast as in the bot
             if args.command == "doctor":
-                _, findings = await examine(client, reader)
+                _, findings = await examine(client, reader, phone_dids=settings.phone_dids)
                 if args.json:
                     print(jsonout.dumps(jsonout.doctor(client.name, findings, lang)))
                 else:
@@ -509,7 +509,16 @@ async def _routing(args: argparse.Namespace, client: MikoPbxClient) -> int:
                 return 0 if result.outcome == "dial" else 1
             tz = ZoneInfo(settings.timezone)
             since, until, _ = digests.period_bounds("weekly" if args.weekly else "daily", utcnow(), tz)
-            built = await digests.build(client, reader, store, client.name, since=since, until=until, tz=tz)
+            built = await digests.build(
+                client,
+                reader,
+                store,
+                client.name,
+                since=since,
+                until=until,
+                tz=tz,
+                phone_dids=settings.phone_dids,
+            )
         finally:
             db.close()
             store.engine.dispose()
@@ -526,7 +535,8 @@ async def _map(args: argparse.Namespace, client: MikoPbxClient) -> int:
     from bot.routing.routemap import read_map
     from bot.text.routemap import draw
 
-    rmap = await read_map(client, SnapshotReader(client))
+    phone_dids = {} if args.sandbox else load_settings(args.config).phone_dids
+    rmap = await read_map(client, SnapshotReader(client), phone_dids=phone_dids)
     data = await asyncio.to_thread(draw, rmap, args.lang, fmt=args.out.suffix.lower().lstrip("."))
     try:
         args.out.write_bytes(data)

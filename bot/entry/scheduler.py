@@ -163,7 +163,14 @@ class Scheduler:
             since = last.at  # "what changed since the last digest"
         handle = services.changes.pbxs[name]
         built = await digests.build(
-            handle.client, handle.reader, store, name, since=since, until=until, tz=tz
+            handle.client,
+            handle.reader,
+            store,
+            name,
+            since=since,
+            until=until,
+            tz=tz,
+            phone_dids=services.settings.phone_dids,
         )
         quiet = schedule is not None and schedule.quiet and period != "now"
         if (

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -139,7 +140,15 @@ async def read(
     return Readings(snapshot, registration, default, records)
 
 
-def compose(readings: Readings, store: Repos, name: str, *, since: datetime, until: datetime) -> Digest:
+def compose(
+    readings: Readings,
+    store: Repos,
+    name: str,
+    *,
+    since: datetime,
+    until: datetime,
+    phone_dids: Mapping[str, str] | None = None,
+) -> Digest:
     """The digest from what was read and the audit trail (no PBX calls here)."""
     digest = Digest(name, since, until)
     plans = {row.id: row for row in store.plans.find(pbx=name, limit=500)}
@@ -162,6 +171,7 @@ def compose(readings: Readings, store: Repos, name: str, *, since: datetime, unt
         {r.did for r in records if r.did},
         [(r.from_account, r.did) for r in records if r.did],
         default=readings.default,
+        phone_dids=phone_dids or {},
     )
     tracer = Tracer(readings.snapshot, readings.default)  # one for the doctor and the numbers
     digest.findings = diagnose(readings.snapshot, evidence, tracer=tracer)
@@ -179,12 +189,15 @@ async def build(
     since: datetime,
     until: datetime,
     tz: ZoneInfo,
+    phone_dids: Mapping[str, str] | None = None,
 ) -> Digest:
     """Read the PBX and put the digest together: composing (the audit trail, a
     trace of every number) runs off the event loop, on the store's own threads."""
     readings = await read(pbx, reader, since=since, until=until, tz=tz)
     sync = store.sync if hasattr(store, "sync") else store  # an AsyncRepos's Repos, or Repos
-    return await asyncio.to_thread(compose, readings, sync, name, since=since, until=until)
+    return await asyncio.to_thread(
+        compose, readings, sync, name, since=since, until=until, phone_dids=phone_dids
+    )
 
 
 def _numbers(digest: Digest, tracer: Tracer, snapshot: Snapshot, registration: dict, records: list) -> None:

@@ -15,7 +15,7 @@ import asyncio
 import enum
 import hashlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -70,6 +70,7 @@ class Evidence:
     calls: list[tuple[str, str]] = field(default_factory=list)  # (from_account, did) of recent inbound calls
     default: Route | None = None  # the default route, when read
     guest_calls: bool | None = None  # PBXAllowGuestCalls, when the key may read general settings
+    phone_dids: Mapping[str, str] = field(default_factory=dict)  # the config's [phone_dids]
 
 
 def groups_by_host(accounts: list[Provider]) -> dict[str, list[Provider]]:
@@ -234,7 +235,7 @@ def phone_without_a_route(f: Facts) -> Iterator[Finding]:
             forms = [rules.phone_did(phone, form) for form in rules.PHONE_DID_FORMS]
             if phone in any_keys or any(did_matches(d, n) for d in any_patterns for n in forms):
                 continue
-            did = rules.phone_did(phone, grammar.phone_did_form(p.host))
+            did = rules.phone_did(phone, grammar.phone_did_form(p.host, None, f.evidence.phone_dids))
             yield Finding(
                 "phone_without_route",
                 Severity.ERROR,
@@ -587,7 +588,7 @@ def worst(findings: list[Finding]) -> Severity | None:
 
 @at(Priority.REPORT)
 async def examine(
-    pbx: Pbx, reader: SnapshotReader, *, cdr_limit: int = 2000
+    pbx: Pbx, reader: SnapshotReader, *, cdr_limit: int = 2000, phone_dids: Mapping[str, str] | None = None
 ) -> tuple[Snapshot, list[Finding]]:
     """Read what the checks need (every account in full, registration states, the
     DIDs of recent calls) and diagnose. CDR is optional evidence: a PBX that
@@ -595,7 +596,7 @@ async def examine(
     snapshot, registration, default = await asyncio.gather(
         reader.read(every_host=True), reader.registrations(), pbx.default_route()
     )
-    evidence = Evidence(registration, default=default)
+    evidence = Evidence(registration, default=default, phone_dids=phone_dids or {})
     unchecked: list[Finding] = []  # a read the PBX refused: the check it feeds is named, not dropped
     iter_cdr = getattr(pbx, "iter_cdr", None)
     if iter_cdr is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from bot.plans.snapshot import Snapshot, SnapshotReader
@@ -196,7 +196,11 @@ def routing_map(
     return RoutingMap(snapshot.pbx, marked, list(findings), general)
 
 
-async def read_map(pbx: Pbx, reader: SnapshotReader) -> RoutingMap:
+async def read_map(
+    pbx: Pbx, reader: SnapshotReader, *, phone_dids: Mapping[str, str] | None = None
+) -> RoutingMap:
     """Read what the doctor reads (and the default route), diagnose, and map."""
-    (snapshot, findings), default = await asyncio.gather(examine(pbx, reader), pbx.default_route())
+    (snapshot, findings), default = await asyncio.gather(
+        examine(pbx, reader, phone_dids=phone_dids), pbx.default_route()
+    )
     return routing_map(snapshot, findings, default=default)
