@@ -152,3 +152,28 @@ def test_a_password_typed_in_the_command_is_refused(capsys):
     assert main(["--lang", "en", "plan", "--sandbox", "/password 847706 Secret-typed-1"]) == 2
     err = capsys.readouterr().err
     assert "Never type a password in a command" in err and "Secret-typed-1" not in err
+
+
+def test_drift_a_command_line_read_finds_is_kept_for_the_bot(served_pbx, tmp_path, capsys):
+    """`pbxbot doctor` from cron reads the bot's mirror: a hand edit it is the first to see
+    is kept in the audit trail (the bot's /drift and digest list it), not lost."""
+    from datetime import UTC, datetime
+
+    from bot.config import load_settings
+    from bot.entry.wiring import open_store
+
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[storage]\ndata_dir = "{tmp_path / "data"}"\n'
+        f'[pbx.office]\nurl = "{served_pbx.url}"\napi_key = "{API_KEY}"\n',
+        encoding="utf-8",
+    )
+    argv = ["--config", str(config), "--lang", "en", "doctor", "--pbx", "office"]
+    main(argv)  # the mirror filled
+    served_pbx.state.routes[2]["extension"] = "2000"  # the web interface: Sales -> Main menu
+    main(argv)
+    capsys.readouterr()
+    store = open_store(load_settings(config))
+    events = store.audit.since("office", datetime(2000, 1, 1, tzinfo=UTC), ("drift",))
+    store.engine.dispose()
+    assert [(e.detail["kind"], e.detail["what"]) for e in events] == [("route", "changed")]

@@ -367,12 +367,22 @@ async def _plan(args: argparse.Namespace) -> int:
                 recipe_when=settings.recipe.when,
                 phone_dids=settings.phone_dids,
             )
+            _record_drift(changes)
             try:
                 return await _plan_or_apply(changes, client, intent, passwords, args)
             except (PlanError, ChangeError) as exc:
                 print(error_text(exc, lang), file=sys.stderr)
                 return 2
     return 2
+
+
+def _record_drift(changes: Changes) -> None:
+    """Drift a command-line read finds in the bot's mirror is kept in the audit trail
+    (the digest and /drift list it), as the bot keeps what its own reads find."""
+    from bot.routing.watch import record_drift
+
+    for handle in changes.pbxs.values():
+        handle.reader.on_drift = lambda before, after: record_drift(changes.db, before, after, utcnow())
 
 
 async def _plan_or_apply(
@@ -462,6 +472,7 @@ async def _recover(args: argparse.Namespace) -> int:
             recipe_when=settings.recipe.when,
             phone_dids=settings.phone_dids,
         )
+        _record_drift(changes)
         recovered = await changes.recover(pbx=args.pbx)
     for recovery in recovered:
         print(_recovery_line(recovery, args.lang))
@@ -479,6 +490,7 @@ async def _routing(args: argparse.Namespace, client: MikoPbxClient) -> int:
     from bot.routing import digest as digests
     from bot.routing.doctor import Severity, examine, worst
     from bot.routing.trace import Tracer
+    from bot.routing.watch import record_drift
     from storage.aio import AsyncRepos
 
     lang = args.lang
@@ -490,7 +502,11 @@ async def _routing(args: argparse.Namespace, client: MikoPbxClient) -> int:
         store = open_store(settings)
         db = AsyncRepos(store)
         try:
-            reader = SnapshotReader(client, mirror=db)  # the bot's mirror: as fast as in the bot
+            # the bot's mirror: as fast as in the bot; drift it finds is recorded (audit, digest,
+            # /drift) for the bot to list, never left unsaid because the command line saw it first
+            reader = SnapshotReader(
+                client, mirror=db, on_drift=lambda before, after: record_drift(db, before, after, utcnow())
+            )
             if args.command == "doctor":
                 _, findings = await examine(client, reader, phone_dids=settings.phone_dids)
                 if args.json:

@@ -25,6 +25,7 @@ from bot.plans.commands import Intent, PutBack, intent_from_dict, intent_to_dict
 from bot.plans.snapshot import Snapshot
 from bot.services import local_time
 from bot.text.render import TELEGRAM_LIMIT, Html, lines_of, texts, tr, utf16_len
+from storage.tables import AuditRow
 
 from .drift import DriftEvent, OutcomeChange, diff, event_line, outcome_changes, outcome_line, put_back
 
@@ -73,6 +74,19 @@ class _Pending:
         return PutBack(tuple(self.routes.values()), tuple(self.accounts.values()))
 
 
+async def record_drift(db: Any, before: Snapshot, after: Snapshot, now: datetime) -> list[DriftEvent]:
+    """Name what changed outside the bot and keep each event in the audit trail (so the
+    digest and /drift have it), telling no one: what every reader of the mirror does with
+    drift it finds, the command line's too. `db`: the store (awaitable repos)."""
+    events = diff(before, after, noticed_at=now)
+    if events:
+        await db.audit.add(
+            *(AuditRow(at=now, pbx=after.pbx, event=DRIFT_EVENT, detail=e.to_detail()) for e in events)
+        )
+        log.info("drift on %s: %d event(s)", after.pbx, len(events))
+    return events
+
+
 class DriftWatch:
     def __init__(
         self, services: Services, notifier: Notifier | None = None, *, interval: float = ALERT_INTERVAL
@@ -87,15 +101,10 @@ class DriftWatch:
     async def observe(self, before: Snapshot, after: Snapshot) -> list[DriftEvent]:
         """The refresher's hook: record each drift event, alert when calls end elsewhere."""
         changes = self.services.changes
-        now = changes.clock()
-        events = diff(before, after, noticed_at=now)
+        events = await record_drift(changes.db, before, after, changes.clock())
         if not events:
             return []
         pbx = after.pbx
-        await changes.db.audit.add(
-            *(changes.ledger.event(DRIFT_EVENT, None, None, pbx=pbx, **e.to_detail()) for e in events)
-        )
-        log.info("drift on %s: %d event(s)", pbx, len(events))
         moved = outcome_changes(before, after, events)
         if moved:
             behind = [e for c in moved for e in c.events]
