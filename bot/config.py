@@ -167,8 +167,8 @@ class MirrorSettings(_Section):
     """The PBX mirror's background refresher (bot/plans/mirror.py): a round every
     `refresh_seconds`, with `refresh_share` of each PBX's `rate_limit_per_min`.
     At the defaults 1,000 accounts are all re-read within about 34 minutes;
-    a route added, edited or removed, or an account removed or disabled by hand, shows
-    within one round (an account added by hand without a route is not drift)."""
+    a route added, edited or removed, or an account added, removed or disabled by hand,
+    shows within one round."""
 
     refresh_seconds: float = Field(default=60.0, ge=5, le=3600)
     refresh_share: float = Field(default=0.2, ge=0, le=1)  # 0: no refresher

@@ -10,10 +10,8 @@ what commands, applies and reports leave).
 The bound: every account is re-read within `bound(accounts)` seconds. At the
 defaults (165 calls/min, 20 % of them, a round every 60 s) a round makes the 3
 list calls (accounts, routes, destinations: a route added, edited or removed, or
-an account removed or disabled by hand, shows there within a round; an account
-added by hand without a route is not drift, as the mirror cannot tell it from one
-never read) and 30 detail reads, so 1,000
-accounts are all re-read within 34 rounds, about 34 minutes (5,000: about
+an account added, removed or disabled by hand, shows there within a round) and
+30 detail reads, so 1,000 accounts are all re-read within 34 rounds, about 34 minutes (5,000: about
 2 h 47 min). A change found on the way goes to the reader's `on_drift` hook.
 """
 
