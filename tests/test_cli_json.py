@@ -65,7 +65,7 @@ def test_numbers_trace_digest_doctor_and_plan_on_the_demo_pbx(capsys):
 
     code, data = run(capsys, "digest", "--sandbox")
     digest_fields = {"schema", "pbx", "since", "until", "reachable", "error", "calls_total"}
-    digest_fields |= {"numbers", "changes", "findings", "waiting"}
+    digest_fields |= {"numbers", "changes", "findings", "drift", "waiting"}
     assert code == 0 and set(data) == digest_fields
     (number,) = data["numbers"]
     assert number["login"] == "847706" and number["destination"] == "Sales" and number["ok"] is True

@@ -188,6 +188,7 @@ def digest(d: Digest, lang: str) -> dict[str, Any]:
             for c in d.changes
         ],
         "findings": [finding(f, lang) for f in d.findings],
+        "drift": [{"at": _at(e.noticed_at), **e.to_detail()} for e in d.drift],
         "waiting": [
             {"plan": r.id, "status": r.status, "command": r.command, "proposer": r.proposer_name}
             for r in d.waiting
