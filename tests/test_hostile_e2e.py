@@ -54,7 +54,7 @@ async def test_hostile_arguments_get_one_answer_each(world: World):
         (ANNA, "/digest tz </code>&", "</code>&"),
         (ANNA, "/digest weekly <a 09:00", "<a"),
         (ANNA, "/trace <a href=x>", "<a href=x>"),
-        (ANNA, "/trace " + long, long[:100]),
+        (ANNA, "/trace " + long, long[:20]),  # refused as a login: the value clipped
         (ANNA, "/cancel </code>", "</code>"),
         (OLGA, "/addnumber zadarma <b> → IVR", "<b>"),
         (OLGA, "/addnumber zadarma 847900 → </code><b>", "</code><b>"),

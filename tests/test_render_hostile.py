@@ -276,7 +276,9 @@ async def test_numbers(lang, value):
     assert value in "\n".join(plain) and "&lt;" not in "\n".join(plain)
 
 
-DOCTOR_CODES = sorted({k.split(".")[1] for k in CATALOGUES["en"] if k.endswith(".title")})
+DOCTOR_CODES = sorted(
+    {k.split(".")[1] for k in CATALOGUES["en"] if k.startswith("doctor.") and k.endswith(".title")}
+)
 TRACE_KEYS = sorted(k.split(".", 1)[1] for k in CATALOGUES["en"] if k.startswith("trace."))
 
 
