@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from bot.plans.destinations import label
-from bot.routing.rules import has_number, number_key
+from bot.routing.rules import of_number
 from bot.text.i18n import t
 from bot.text.render import step_lines
 from bot.text.views import finding_title, finding_why
@@ -66,12 +66,7 @@ async def numbers(pbx: Pbx, *, only: str | None = None) -> dict[str, Any]:
         pbx.destinations(),
     )
     if only is not None:  # one number: its accounts, and the routes bound to them or with its DID
-        providers = [p for p in providers if has_number(p, only)]
-        ids, keys = (
-            {p.id for p in providers},
-            {number_key(only)} | {number_key(p.username) for p in providers},
-        )
-        routes = [r for r in routes if r.providerid in ids or (r.number and number_key(r.number) in keys)]
+        providers, routes = of_number(providers, routes, only)
     names = {d.value: label(d) for d in destinations}
     accounts = []
     for p in sorted(providers, key=lambda p: (p.host, p.username)):

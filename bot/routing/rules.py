@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import phonenumbers
 
-from pbx.models import Provider, ProviderSummary
+from pbx.models import Provider, ProviderSummary, Route
 
 # ---------------------------------------------------------------------- hosts
 
@@ -233,3 +233,15 @@ def has_recipe(manualattributes: str) -> bool:
     (`Attributes.recipe` is looser: any `[endpoint]` whose context is the recipe's,
     which is what MikoPBX acts on.)"""
     return merge_recipe(manualattributes) == manualattributes.replace("\r\n", "\n").rstrip("\n")
+
+
+def of_number(
+    providers: list[ProviderSummary], routes: list[Route], number: str
+) -> tuple[list[ProviderSummary], list[Route]]:
+    """One number's part of the lists: the accounts with that login or phone, and the
+    routes bound to them or whose DID is the number (login or phone, any spelling)."""
+    mine = [p for p in providers if has_number(p, number)]
+    keys = {number_key(number)} | {number_key(p.username) for p in mine}
+    keys |= {phone for p in mine if (phone := phone_of(p)) is not None}
+    ids = {p.id for p in mine}
+    return mine, [r for r in routes if r.providerid in ids or (r.number and number_key(r.number) in keys)]

@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
-from bot.routing.rules import has_number, number_key, phone_of
+from bot.routing.rules import of_number
 from pbx.base import Pbx
 from pbx.models import Route
 
@@ -41,11 +41,7 @@ async def numbers_lines(pbx: Pbx, lang: str, *, html: bool = False, only: str | 
 
     lines = [_t("numbers.header", lang, pbx=pbx.name, accounts=len(providers), routes=len(routes))]
     if only is not None:
-        providers = [p for p in providers if has_number(p, only)]
-        keys = {number_key(only)} | {number_key(p.username) for p in providers}
-        keys |= {phone for p in providers if (phone := phone_of(p)) is not None}
-        ids = {p.id for p in providers}
-        routes = [r for r in routes if r.providerid in ids or (r.number and number_key(r.number) in keys)]
+        providers, routes = of_number(providers, routes, only)
         lines.append(_t("numbers.filtered", lang, number=only, accounts=len(providers), routes=len(routes)))
     for p in sorted(providers, key=lambda p: (p.host, p.username)):
         status = states.get(p.id)
