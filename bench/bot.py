@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.plan import seed  # noqa: E402
+from bench.rig import pct, rss_mb, union  # noqa: E402
 from sandbox.demo import load_seed  # noqa: E402
 from sandbox.mikopbx import MikoPbxSimulator  # noqa: E402
 from sandbox.telegram import TelegramSandbox  # noqa: E402
@@ -47,28 +48,6 @@ GROUPS = [-1001000000700 - i for i in range(12)]  # Telegram allows 20 messages/
 OLGA = 3
 KEY = secrets.token_hex(32)
 TOKEN = f"{700000000 + secrets.randbelow(10**6)}:{secrets.token_urlsafe(24)}"
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def union(intervals: list[tuple[float, float]], lo: float, hi: float) -> float:
-    total, end = 0.0, lo
-    for a, b in sorted((max(a, lo), min(b, hi)) for a, b in intervals if b > lo and a < hi):
-        if b <= end:
-            continue
-        total += b - max(a, end)
-        end = b
-    return total
 
 
 class Rig:

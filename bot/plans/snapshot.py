@@ -152,54 +152,119 @@ class Depends:
         return await reader.read(host=host, accounts=full, fresh=full)
 
     def fingerprint(self, snapshot: Snapshot) -> str:
+        """The hash of what the PBX holds under these keys. It costs one pass over the
+        route list and one over the account list, keeping only the records under the
+        plan's keys: no index of every route or account is built for it (at 5,000
+        numbers those indexes were most of a warm propose's own time). The records
+        hashed, and so the hash, are the same as an index would give."""
         s = snapshot
-        destinations = {d.value: d for d in s.destinations}
+        routes = _DependedRoutes(self, s.routes)
+        accounts = _DependedAccounts(self, s.providers)
+        destinations = {d.value: d for d in s.destinations if d.value in self.destinations}
         records = {
             "accounts": [[pid, _account(s, pid)] for pid in sorted(self.accounts | self.relied)],
-            "routes": [[rid, _route(s.routes_by_id.get(rid))] for rid in sorted(self.routes)],
-            "bound": [[pid, sorted(r.id or 0 for r in s.routes_of(pid))] for pid in sorted(self.bound)],
-            "host": self._host_state(s),
+            "routes": [[rid, _route(routes.by_id.get(rid))] for rid in sorted(self.routes)],
+            "bound": [[pid, sorted(routes.bound_ids(pid))] for pid in sorted(self.bound)],
+            "host": self._host_state(s, accounts, routes),
             "logins": [
                 [
                     host,
                     login,
-                    sorted(p.id for p in s.providers_by_login.get(login, ()) if same_host(p.host, host)),
+                    sorted(p.id for p in accounts.by_login.get(login, ()) if same_host(p.host, host)),
                 ]
                 for host, login in sorted(self.logins)
             ],
             "numbers": [
                 [n, sorted(p.id for p in accounts_of_number(s.providers, n))] for n in sorted(self.numbers)
             ],
-            "dids": [[did, [_route(r) for r in s.any_by_did.get(did, ())]] for did in sorted(self.dids)],
+            "dids": [[did, [_route(r) for r in routes.by_did.get(did, ())]] for did in sorted(self.dids)],
             "destinations": [
                 [v, [d.type.value, d.name] if (d := destinations.get(v)) else None]
                 for v in sorted(self.destinations)
             ],
             "providers": [
-                [pid, [p.username, p.description, p.host] if (p := s.providers_by_id.get(pid)) else None]
+                [pid, [p.username, p.description, p.host] if (p := accounts.by_id.get(pid)) else None]
                 for pid in sorted(self.providers)
             ],
         }
         blob = json.dumps(records, sort_keys=True, ensure_ascii=False).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
-    def _host_state(self, s: Snapshot) -> list[Any] | None:
+    def _host_state(
+        self, s: Snapshot, accounts: _DependedAccounts, routes: _DependedRoutes
+    ) -> list[Any] | None:
         if self.host is None:
             return None
-        key = host_key(self.host)
-        enabled = [p for p in s.providers if not p.disabled and host_key(p.host) == key]
         if self.recipe is None:
-            return sorted(p.id for p in enabled)
+            return sorted(p.id for p in accounts.on_host)
+        recipe, details, with_bound = self.recipe, s.details, routes.providers
         state = []
-        by_provider = s.routes_by_provider
-        for p in enabled:
-            detail = s.details.get(p.id)
+        for p in accounts.on_host:
+            detail = details.get(p.id)
             attributes = detail.manualattributes if detail is not None else None
-            bound = by_provider.get(p.id)
-            if attributes == self.recipe and not bound:
+            if attributes == recipe and p.id not in with_bound:
                 continue
-            state.append([p.id, attributes, sorted(r.id or 0 for r in bound or ())])
+            state.append([p.id, attributes, sorted(routes.bound_ids(p.id))])
         return sorted(state)
+
+
+class _DependedRoutes:
+    """The routes a fingerprint hashes, picked in one pass over the route list: those
+    it names by id, the "any provider" routes of its DIDs (in list order), and which
+    accounts have a provider-bound route at all (a route's ids are gathered for the
+    few accounts that ask)."""
+
+    def __init__(self, depends: Depends, routes: list[Route]):
+        self._routes = routes
+        self.by_id: dict[int | None, Route] = {}
+        self.by_did: dict[str, list[Route]] = {}
+        self.providers: set[str] = set()
+        self._bound: dict[str, list[int]] = {}
+        wanted_ids, dids = depends.routes, depends.dids
+        for r in routes:
+            if r.id in wanted_ids:
+                self.by_id[r.id] = r  # the last of an id, as a dict of every route would keep
+            provider = r.providerid
+            if provider is None:
+                if r.number in dids:
+                    self.by_did.setdefault(r.number, []).append(r)
+            else:
+                self.providers.add(provider)
+
+    def bound_ids(self, provider_id: str) -> list[int]:
+        ids = self._bound.get(provider_id)
+        if ids is None:
+            if provider_id in self.providers:
+                ids = [r.id or 0 for r in self._routes if r.providerid == provider_id]
+            else:
+                ids = []
+            self._bound[provider_id] = ids
+        return ids
+
+
+class _DependedAccounts:
+    """The accounts a fingerprint hashes, picked in one pass over the account list: by
+    id (those the card names), by login (the logins claimed), and the enabled ones on
+    the plan's host (each distinct host string's key computed once)."""
+
+    def __init__(self, depends: Depends, providers: list[ProviderSummary]):
+        self.by_id: dict[str, ProviderSummary] = {}
+        self.by_login: dict[str, list[ProviderSummary]] = {}
+        self.on_host: list[ProviderSummary] = []
+        ids, logins = depends.providers, {login for _, login in depends.logins}
+        key = host_key(depends.host) if depends.host is not None else None
+        keys: dict[str, str] = {}
+        for p in providers:
+            if p.id in ids:
+                self.by_id[p.id] = p
+            if p.username in logins:
+                self.by_login.setdefault(p.username, []).append(p)
+            if key is not None and not p.disabled:
+                found = keys.get(p.host)
+                if found is None:
+                    found = keys[p.host] = host_key(p.host)
+                if found == key:
+                    self.on_host.append(p)
 
 
 def _account(snapshot: Snapshot, provider_id: str) -> dict[str, Any] | None:
