@@ -125,7 +125,7 @@ class Rig:
         self.tg.send(OLGA, group, f"/addnumber zadarma {self.login} → IVR")
         card = await self.tg.wait_for(
             lambda e: (
-                e["kind"] == "send"
+                e["kind"] in ("send", "edit")  # a long read's notice becomes the card
                 and e["chat_id"] == group
                 and re.search(r"(Plan|План) \w{6}", e["text"] or "")
             ),

@@ -279,10 +279,11 @@ class Rig:
         return group, after, sent
 
     async def card(self, login: str, group: int, after: int, sent: float, limit_s: float = 900) -> Card:
-        """The plan card for `login` in `group`, posted after event `after`."""
+        """The plan card for `login` in `group`, posted after event `after` (sent, or written
+        over the "reading N accounts" notice a long read posts first)."""
         event = await self.tg.wait_for(
             lambda e: (
-                e["kind"] == "send"
+                e["kind"] in ("send", "edit")
                 and e["chat_id"] == group
                 and login in (e.get("text") or "")
                 and CARD_RE.search(e.get("text") or "") is not None
