@@ -322,9 +322,18 @@ def _same(a: Provider, b: Provider) -> bool:
 _COMPARED = tuple(name for name in Provider.model_fields if name != "secret")
 
 
-def _route_key(routes: Iterable[Route]) -> list[Any]:
-    # priorities are renumbered by MikoPBX on its own when a route is added or removed
-    return sorted(json.dumps(r.model_dump(mode="json", exclude={"priority"}), sort_keys=True) for r in routes)
+def _routes_differ(old: list[Route], new: list[Route]) -> bool:
+    """The route lists hold different routes. Priorities do not count: MikoPBX renumbers
+    them on its own when a route is added or removed. Field by field, no serialising:
+    every read compares lists of thousands."""
+    if len(old) != len(new):
+        return True
+    by_id = {r.id: r for r in old}
+    for route in new:
+        was = by_id.get(route.id)
+        if was is None or {**vars(was), "priority": 0} != {**vars(route), "priority": 0}:
+            return True
+    return False
 
 
 def _summary(detail: Provider) -> ProviderSummary:
@@ -574,11 +583,9 @@ class SnapshotReader:
         changed routes or destinations not written by the bot are drift."""
         listed = {p.id for p in providers}
         gone = {pid: entry[1] for pid, entry in self._details.items() if pid not in listed}
-        routes_changed = self._routes is not None and _route_key(self._routes) != _route_key(routes)
+        routes_changed = self._routes is not None and _routes_differ(self._routes, routes)
         # a destination list changes with the bot's own writes too (an account is one): kept, not drift
-        dest_changed = self._destinations is not None and sorted(
-            d.model_dump_json() for d in self._destinations
-        ) != sorted(d.model_dump_json() for d in destinations)
+        dest_changed = self._destinations is not None and self._destinations != destinations
         if gone or routes_changed:
             await self._drifted(
                 gone,
