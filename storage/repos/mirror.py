@@ -34,17 +34,19 @@ class MirrorRepo(Repo):
         if not records:
             return
         at = at or utcnow()
-        with self.session() as s:
-            keys = list(records)
-            for start in range(0, len(keys), 500):  # a bounded IN list
-                chunk = keys[start : start + 500]
+        keys = list(records)
+        # 500 at a time: a bounded IN list, and a 5,000-account read never holds 5,000 ORM
+        # rows at once (the process's resident memory keeps such a peak)
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            with self.session() as s:
                 s.exec(
                     delete(MirrorRow).where(
                         col(MirrorRow.pbx) == pbx, col(MirrorRow.kind) == kind, col(MirrorRow.key).in_(chunk)
                     )
                 )
-            s.add_all(MirrorRow(pbx=pbx, kind=kind, key=k, data=records[k], read_at=at) for k in keys)
-            self.commit(s)
+                s.add_all(MirrorRow(pbx=pbx, kind=kind, key=k, data=records[k], read_at=at) for k in chunk)
+                self.commit(s)
 
     def drop(self, pbx: str, kind: str | None = None, keys: Iterable[str] | None = None) -> int:
         """Forget records: these keys of this kind, every record of the kind, or all of the PBX."""
