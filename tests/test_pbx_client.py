@@ -462,3 +462,21 @@ async def test_a_ca_bundle_path_becomes_an_ssl_context_without_a_warning(recwarn
     async with MikoPbxClient("https://pbx.invalid", api_key="k", verify=certifi.where()):
         pass
     assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning)]
+
+
+async def test_a_list_the_same_to_the_byte_is_not_validated_again(sim, client):
+    """Every command lists accounts and routes: an answer equal to the last one gives the
+    records parsed then (a new list each time); any change in the body parses anew."""
+    for rid in range(100, 200):  # a list long enough to be kept
+        sim.state.routes[rid] = {
+            "id": rid, "rulename": f"in {rid}", "number": str(900000 + rid), "provider": None,
+            "priority": rid, "timeout": 120, "extension": "2000", "audio_message_id": None, "note": "",
+        }  # fmt: skip
+    first = await client.list_routes()
+    second = await client.list_routes()
+    assert second == first and second is not first and all(a is b for a, b in zip(first, second, strict=True))
+    second.pop()  # the caller's own list: the kept one is whole
+    assert len(await client.list_routes()) == len(first)
+    sim.state.routes[150]["extension"] = "2200"
+    third = await client.list_routes()
+    assert {r.id: r.extension for r in third}[150] == "2200" and third[0] is not first[0]
