@@ -419,3 +419,32 @@ async def test_each_kind_of_work_takes_its_place_in_the_pbx_budget(changes, clie
     await examine(client, SnapshotReader(client))
     assert seen and {p for _, p in seen} == {Priority.REPORT}
     assert current_priority() is Priority.COMMAND  # nothing leaks out of them
+
+
+async def test_recipe_when_needed_keeps_the_recipe_for_a_phone_on_a_shared_context(
+    store, client, clock, sim, tmp_path
+):
+    """A phone's calls carry the phone as their DID: the shared host:port context has no
+    extension for it and would send them to the first account's routes (Sales). The plan
+    keeps the recipe, says why, and the phone reaches the IVR."""
+    from pbx.models import Provider, Route
+
+    second = await client.create_provider(
+        Provider(description="Zadarma 847800", username="847800", host="sip.zadarma.com"), secret="pw"
+    )
+    await client.create_route(Route(rulename="847800", providerid=second.id, extension="201"))
+    changes = make_changes(store, client, clock, tmp_path)
+    changes.lifecycle.recipe_when = "needed"
+    text = "/addnumber zadarma 847900 +7 495 123-45-67 → IVR"
+    proposal = await propose(changes, OLGA, text, {"847900": PASSWORD})
+    assert proposal.plan.notes[:2] == ["shared_context_phone", "recipe_applied"]
+    await changes.approve(BORIS, proposal.row.id)
+    assert (await changes.apply(BORIS, proposal.row.id)).row.status == "applied"
+    numbers = ("847706", "847800", "847900", "74951234567")
+    ends = {to: sim.simulate_call("sip.zadarma.com", to)["destination"] for to in numbers}
+    assert ends == {
+        "847706": DEMO_QUEUE_EXTENSION,
+        "847800": "201",
+        "847900": DEMO_IVR_EXTENSION,
+        "74951234567": DEMO_IVR_EXTENSION,
+    }

@@ -334,8 +334,11 @@ def plan_add_numbers(
     siblings = [a for a in accounts if not a.disabled]
     recipe = len(siblings) + len(intent.rows) >= 2
     shared = routed_by_shared_context(siblings, snapshot)
+    # a phone's calls come with the phone as their DID: the shared context has no extension
+    # for it and sends them to the first account's routes, so a phone keeps the recipe
+    phoned = any(phone_dids_of.values())
     if shared is not None:
-        if recipe_when == "needed":
+        if recipe_when == "needed" and not phoned:
             joining = [_new_account(row, siblings, False) for row in intent.rows]
             if shared_context(joining[0].host, joining[0].port) == shared:
                 recipe = False  # the new accounts join that context, each with a route of its own
@@ -347,7 +350,10 @@ def plan_add_numbers(
     steps: list[Step] = []
     notes: list[str] = []
     if shared is not None:
-        notes.append("shared_context_recipe" if recipe else "shared_context_kept")
+        if recipe_when == "needed" and phoned:
+            notes.append("shared_context_phone")
+        else:
+            notes.append("shared_context_recipe" if recipe else "shared_context_kept")
     new_accounts = []
     for row in intent.rows:
         new = _new_account(row, siblings, recipe)
