@@ -59,6 +59,7 @@ from .models import (
 log = logging.getLogger("pbxbot.pbx")
 
 API_PATH = "/pbxcore/api/v3"
+_KEPT = object()  # `_exchange`'s word for "the body is the kept list's"
 _KEEP_LISTS_OVER = 8192  # bytes: a list answer this long is kept parsed while it is the same
 _NOT_FOUND_CODES = {"api_ProviderNotFound", "api_IncomingRouteNotFound"}
 _RETRY_STATUSES = {429, 502, 503, 504}
@@ -269,7 +270,7 @@ class MikoPbxClient:
             claim = current_claim()
             with claimed(claim):
                 task = asyncio.ensure_future(
-                    self._exchange(method, path, params, None, None, False, auth, None, raw=True)
+                    self._exchange(method, path, params, None, None, False, auth, None, raw=key)
                 )
             shared = (self._epoch, task, claim)
             self._reads[key] = shared
@@ -277,6 +278,10 @@ class MikoPbxClient:
         else:
             shared[2].raise_to(current_priority())
         data, body = await asyncio.shield(shared[1])
+        if data is _KEPT:  # the body is the kept list's, to the byte: not even decoded
+            if parse is not None:
+                return list(self._lists[key][1])
+            data = self._unwrap(method, path, httpx.Response(200, content=body))
         if parse is None:
             return data
         return self._parsed_list(key, body, data, lambda: self._parsed(method, path, 200, data, parse))
@@ -312,10 +317,11 @@ class MikoPbxClient:
         auth: bool,
         parse: Callable[[Any], Any] | None,
         *,
-        raw: bool = False,
+        raw: Any = None,
     ) -> Any:
         """The call itself: rate limit, auth, retries of what may be retried.
-        `raw`: (the answer's data, its body as received) instead of the parsed answer."""
+        `raw` (a read's key): (the answer's data, its body as received) instead of the
+        parsed answer; (`_KEPT`, body) when the body is the one kept parsed for that key."""
         attempt = 0
         renewed = False
         while True:
@@ -350,9 +356,12 @@ class MikoPbxClient:
                 # 429 is refused at nginx's door, before MikoPBX sees the request.
                 retryable = status == 429 or (status in _RETRY_STATUSES and not write)
                 if not (retryable and attempt < self._retries):
+                    if raw is not None:
+                        kept = self._lists.get(raw)
+                        if status == 200 and kept is not None and kept[0] == response.content:
+                            return _KEPT, response.content
+                        return self._unwrap(method, path, response), response.content
                     data = self._unwrap(method, path, response)
-                    if raw:
-                        return data, response.content
                     return data if parse is None else self._parsed(method, path, status, data, parse)
                 await asyncio.sleep(self._delay(attempt, _retry_after(response)))
                 attempt += 1

@@ -461,7 +461,11 @@ def _recipe_steps(
         steps.append(Step(StepKind.CREATE_ROUTE, None, route_record(keep), "route_keeps_default", "", login))
         notes.append("login_without_route")
     phone = phone_of(account)
-    phone_route = _phone_route_did(phone, login, account.host, phone_did_form(account.host, None, phone_dids))
+    phone_route = (
+        _phone_route_did(phone, login, account.host, phone_did_form(account.host, None, phone_dids))
+        if phone is not None
+        else None
+    )
     if phone_route and phone and phone not in any_keys:
         route = Route(
             rulename=f"{account.description} ({phone})",

@@ -22,6 +22,7 @@ from pbx.models import Provider, ProviderSummary, Route
 # ---------------------------------------------------------------------- hosts
 
 
+@functools.lru_cache(maxsize=4096)  # pure; a plan over a 5,000-account host asks ~35,000 times
 def host_key(host: str) -> str:
     """One spelling per server: MikoPBX compares host strings as written, but
     surrounding spaces, a trailing dot or case never make another server."""
