@@ -9,7 +9,6 @@ key called `secret` from plan records on top of that.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Sequence
 from datetime import datetime
@@ -19,7 +18,7 @@ from bot.plans.destinations import label
 from bot.routing.rules import of_number
 from bot.text.i18n import t
 from bot.text.render import step_lines
-from bot.text.views import finding_title, finding_why
+from bot.text.views import finding_title, finding_why, read_numbers
 from pbx.base import Pbx
 from pbx.models import Provider, Route
 
@@ -58,13 +57,7 @@ def _route(r: Route, names: dict[str, str]) -> dict[str, Any]:
 
 
 async def numbers(pbx: Pbx, *, only: str | None = None) -> dict[str, Any]:
-    providers, routes, default, states, destinations = await asyncio.gather(
-        pbx.list_providers(),
-        pbx.list_routes(),
-        pbx.default_route(),
-        pbx.registration_statuses(),
-        pbx.destinations(),
-    )
+    providers, routes, default, states, destinations = await read_numbers(pbx)
     if only is not None:  # one number: its accounts, and the routes bound to them or with its DID
         providers, routes = of_number(providers, routes, only)
     names = {d.value: label(d) for d in destinations}

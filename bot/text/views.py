@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 from bot.routing.rules import of_number
 from pbx.base import Pbx
-from pbx.models import Route
+from pbx.models import Destination, ProviderSummary, RegistrationStatus, Route
 
 from .i18n import t
 from .render import Html, lines_of, texts, tr
@@ -19,19 +19,27 @@ if TYPE_CHECKING:  # the routing room reads the PBX; this one only draws what it
     from bot.routing.trace import Trace
 
 
-async def numbers_lines(pbx: Pbx, lang: str, *, html: bool = False, only: str | None = None) -> list[str]:
-    """`/numbers`: accounts by host with their registration state and routes, the
-    "any provider" routes, the default route. `Html` lines on request (values escaped).
-    `only`: one number (a login, or a phone as bot.plans.commands.parse_number gives it):
-    the accounts with that login or phone and the routes of the number in any spelling."""
-    _t = texts(html)
-    providers, routes, default, states, destinations = await asyncio.gather(
+async def read_numbers(
+    pbx: Pbx,
+) -> tuple[list[ProviderSummary], list[Route], Route, dict[str, RegistrationStatus], list[Destination]]:
+    """What /numbers shows, read at once: accounts, routes, the default route,
+    registration states, destinations (the text and `--json` alike)."""
+    return await asyncio.gather(
         pbx.list_providers(),
         pbx.list_routes(),
         pbx.default_route(),
         pbx.registration_statuses(),
         pbx.destinations(),
     )
+
+
+async def numbers_lines(pbx: Pbx, lang: str, *, html: bool = False, only: str | None = None) -> list[str]:
+    """`/numbers`: accounts by host with their registration state and routes, the
+    "any provider" routes, the default route. `Html` lines on request (values escaped).
+    `only`: one number (a login, or a phone as bot.plans.commands.parse_number gives it):
+    the accounts with that login or phone and the routes of the number in any spelling."""
+    _t = texts(html)
+    providers, routes, default, states, destinations = await read_numbers(pbx)
     names = {d.value: d.name for d in destinations}
     any_number = t("numbers.any_number", lang)
 
