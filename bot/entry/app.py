@@ -40,7 +40,6 @@ from bot.config import ConfigError, Settings
 from bot.plans.changes import PbxHandle
 from bot.plans.mirror import MirrorRefresher
 from bot.plans.policy import trap_warnings
-from bot.plans.service import Changes
 from bot.routing.watch import DriftWatch
 from bot.services import Services
 from bot.text.i18n import CATALOGUES, t
@@ -57,7 +56,7 @@ from .health import BEAT, heartbeat_path, remove_heartbeat, write_heartbeat
 from .leader import Leadership
 from .metrics import Metrics
 from .scheduler import Scheduler
-from .wiring import drift_watch, open_pbx, open_store, open_vault
+from .wiring import drift_watch, open_changes, open_pbx, open_store
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -618,14 +617,7 @@ async def running(
         name: PbxHandle.of(client, reload_wait=settings.pbx[name].reload_wait, **handle)
         for name, client in clients.items()
     }
-    changes = Changes(
-        store,
-        settings.policy,
-        open_vault(settings),
-        handles,
-        recipe_when=settings.recipe.when,
-        phone_dids=settings.phone_dids,
-    )
+    changes = open_changes(settings, handles, store)
     services = Services(settings, changes, store)
     throttle = make_throttle(settings)
     bot = make_bot(settings, throttle)

@@ -69,7 +69,7 @@ from storage.db import StorageError
 from storage.tables import utcnow
 
 from . import jsonout, logs
-from .wiring import open_pbx, open_store, open_vault
+from .wiring import open_changes, open_pbx, open_store
 
 if TYPE_CHECKING:
     from sandbox.mikopbx import MikoPbxSimulator
@@ -359,14 +359,7 @@ async def _plan(args: argparse.Namespace) -> int:
         async with _client(args) as (client, _sim):
             reload_wait = 0.5 if args.sandbox else settings.profile(args.pbx)[1].reload_wait
             handle = PbxHandle.of(client, reload_wait=reload_wait, verify_interval=0.5)
-            changes = Changes(
-                open_store(settings),
-                settings.policy,
-                open_vault(settings),
-                {client.name: handle},
-                recipe_when=settings.recipe.when,
-                phone_dids=settings.phone_dids,
-            )
+            changes = open_changes(settings, {client.name: handle})
             _record_drift(changes)
             try:
                 return await _plan_or_apply(changes, client, intent, passwords, args)
@@ -464,14 +457,7 @@ async def _recover(args: argparse.Namespace) -> int:
             profile = settings.profile(name)[1]
             client = await stack.enter_async_context(open_pbx(settings, name))
             handles[name] = PbxHandle.of(client, reload_wait=profile.reload_wait, verify_interval=0.5)
-        changes = Changes(
-            open_store(settings),
-            settings.policy,
-            open_vault(settings),
-            handles,
-            recipe_when=settings.recipe.when,
-            phone_dids=settings.phone_dids,
-        )
+        changes = open_changes(settings, handles)
         _record_drift(changes)
         recovered = await changes.recover(pbx=args.pbx)
     for recovery in recovered:

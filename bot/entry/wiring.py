@@ -3,11 +3,13 @@ Shared by the CLI, the bot and the scheduler."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from bot.config import PbxProfile, Settings
 from bot.plans.changes import PbxHandle
+from bot.plans.service import Changes
 from bot.plans.vault import KEY_FILE, Vault
 from bot.routing.watch import DriftWatch
 from bot.services import Services
@@ -29,6 +31,19 @@ def open_vault(settings: Settings) -> Vault:
     if key is not None:
         return Vault(key.get_secret_value())
     return Vault.from_file(settings.storage.data_dir / KEY_FILE)
+
+
+def open_changes(settings: Settings, handles: Mapping[str, PbxHandle], store: Repos | None = None) -> Changes:
+    """The core's facade over these PBXs, as the settings configure it (one place for
+    the bot and every CLI command: a new setting of the core is wired here once)."""
+    return Changes(
+        store if store is not None else open_store(settings),
+        settings.policy,
+        open_vault(settings),
+        handles,
+        recipe_when=settings.recipe.when,
+        phone_dids=settings.phone_dids,
+    )
 
 
 def pbx_handle(client: MikoPbxClient, profile: PbxProfile) -> PbxHandle:

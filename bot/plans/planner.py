@@ -278,7 +278,7 @@ def _any_keys(any_by_did: Mapping[str, Route]) -> dict[str, Route]:
     return keys
 
 
-def _phone_route_did(account_phone: str | None, login: str, host: str, form: str) -> str | None:
+def _phone_route_did(account_phone: str | None, login: str, form: str) -> str | None:
     """The DID of the phone's own route: None when there is no phone, or the
     phone is the login itself (the login's route serves its calls)."""
     if account_phone is None or number_key(login) == account_phone:
@@ -310,7 +310,7 @@ def plan_add_numbers(
     existing = {a.username: a for a in accounts}
     any_by_did = {r.number: r for r in snapshot.any_routes()}
     any_keys = _any_keys(any_by_did)
-    phone_dids_of = {row.login: _phone_route_did(row.phone, row.login, host, form) for row in intent.rows}
+    phone_dids_of = {row.login: _phone_route_did(row.phone, row.login, form) for row in intent.rows}
     # the new logins and their DIDs must stay free (or the DID's route as it is); so must the phones
     depends = Depends(logins={(host, row.login) for row in intent.rows}, dids={r.login for r in intent.rows})
     depends.dids |= {did for did in phone_dids_of.values() if did}
@@ -462,7 +462,7 @@ def _recipe_steps(
         notes.append("login_without_route")
     phone = phone_of(account)
     phone_route = (
-        _phone_route_did(phone, login, account.host, phone_did_form(account.host, None, phone_dids))
+        _phone_route_did(phone, login, phone_did_form(account.host, None, phone_dids))
         if phone is not None
         else None
     )
@@ -579,7 +579,7 @@ def plan_route(
     phone = phone_of(account) if account is not None else None
     if account is not None and phone is not None and has_recipe(account.manualattributes):
         form = phone_did_form(account.host, None, phone_dids)
-        did = _phone_route_did(phone, login, account.host, form)
+        did = _phone_route_did(phone, login, form)
         if did and not any(number_key(r.number) == phone for r in routes if r.number):
             route = Route(
                 rulename=f"{account.description} ({phone})", number=did, extension=destination.value

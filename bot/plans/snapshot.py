@@ -392,8 +392,8 @@ class SnapshotReader:
     @property
     def rate(self) -> float:
         """PBX calls a second this reader can count on (for the time a read will take)."""
-        limiter = getattr(self.pbx, "limiter", None)
-        rate = getattr(limiter, "rate", None)
+        budget = getattr(self.pbx, "budget", None)
+        rate = getattr(budget, "rate", None)
         return float(rate) if isinstance(rate, int | float) and rate > 0 else DEFAULT_RATE
 
     def attach(self, mirror: AsyncRepos) -> None:
@@ -576,6 +576,15 @@ class SnapshotReader:
         except Exception:  # a hook's failure never fails the read
             log.exception("the drift hook of %s failed", self.pbx.name)
 
+    async def _lists_now(self) -> tuple[list[ProviderSummary], list[Route], list[Destination]]:
+        """The 3 list calls (with the stored mirror brought in meanwhile), compared with the mirror."""
+        (providers, routes, destinations), _ = await asyncio.gather(
+            asyncio.gather(self.pbx.list_providers(), self.pbx.list_routes(), self.pbx.destinations()),
+            self._sync(),
+        )
+        await self._lists(providers, routes, destinations)
+        return providers, routes, destinations
+
     async def _lists(
         self, providers: list[ProviderSummary], routes: list[Route], destinations: list[Destination]
     ) -> None:
@@ -623,11 +632,7 @@ class SnapshotReader:
         """The lists, plus the accounts of `host` in full (or of the host that has
         the login/phone `number`), and the `accounts` named by id (those still listed).
         `fresh`: ids (or True for all) read now, never taken from the mirror."""
-        (providers, routes, destinations), _ = await asyncio.gather(
-            asyncio.gather(self.pbx.list_providers(), self.pbx.list_routes(), self.pbx.destinations()),
-            self._sync(),
-        )
-        await self._lists(providers, routes, destinations)
+        providers, routes, destinations = await self._lists_now()
         matching = accounts_of_number(providers, number) if number is not None else []
         if host is None and len({host_key(p.host) for p in matching}) == 1:
             host = matching[0].host
@@ -668,11 +673,7 @@ class SnapshotReader:
         by hand) is found within (accounts / count) refresh rounds. Returns the ids read."""
         if count <= 0:
             return []
-        (providers, routes, destinations), _ = await asyncio.gather(
-            asyncio.gather(self.pbx.list_providers(), self.pbx.list_routes(), self.pbx.destinations()),
-            self._sync(),
-        )
-        await self._lists(providers, routes, destinations)  # routes and removed accounts: drift at once
+        providers, _, _ = await self._lists_now()  # routes edited, accounts added or removed: drift now
         listed = {p.id for p in providers}
         never = [p.id for p in providers if p.id not in self._details]
         # a list entry that no longer matches its mirrored details (disabled, host, port): next

@@ -29,7 +29,7 @@ from pbx.models import CdrRecord, RegistrationStatus, Route
 from storage.tables import DigestScheduleRow
 
 from .doctor import Evidence, Finding, Severity, diagnose
-from .drift import DriftEvent, event_line
+from .drift import DRIFT_EVENT, DriftEvent, event_line
 from .rules import number_key
 from .trace import Tracer
 
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from storage.tables import PlanRow
 
 CHANGE_EVENTS = ("applied", "rolled_back", "failed")
-DRIFT_EVENT = "drift"  # what bot/routing/watch.py records
 DRIFT_SHOWN = 30  # drift events a digest lists at most
 COMPACT_OVER = 40  # more numbers than this: list those in trouble and the busiest, attach the rest
 TOP_BUSIEST = 10

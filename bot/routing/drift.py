@@ -56,6 +56,7 @@ ROUTE_FIELDS = (
     "audio_message_id",
     "note",
 )
+DRIFT_EVENT = "drift"  # the audit event of a change made outside the bot (watch.py writes, digest reads)
 EXTRA = "extra"  # field names of extra parameters: "extra [endpoint] context"
 
 

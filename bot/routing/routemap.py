@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from bot.plans.snapshot import Snapshot, SnapshotReader
 from pbx.base import Pbx
 from pbx.models import Provider, Route
 
-from .doctor import Finding, Severity, examine
+from .doctor import Finding, Severity, examine, worst
 from .rules import RECIPE_CONTEXT, host_key, number_key
 from .trace import Tracer
 
@@ -90,7 +90,6 @@ class RoutingMap:
     pbx: str
     paths: list[Path]  # worst first, then by host, destination, login
     findings: list[Finding]  # the doctor's, as given
-    general: list[Finding] = field(default_factory=list)  # about no one number (a route, the settings)
 
     @property
     def summarised(self) -> bool:
@@ -115,10 +114,6 @@ class RoutingMap:
         else:
             lanes += [Lane(tuple(g)) for g in ordered]
         return lanes
-
-
-def _worst(severities: Iterable[Severity]) -> Severity | None:
-    return min(severities, key=lambda s: s.rank, default=None)
 
 
 def _about(f: Finding, paths: Sequence[Path], by_login: dict[str, list[int]]) -> set[int]:
@@ -179,21 +174,17 @@ def routing_map(
     for i, p in enumerate(paths):
         by_login[p.login].append(i)
     about: dict[int, list[Finding]] = defaultdict(list)
-    general: list[Finding] = []
     for f in findings:
-        hit = _about(f, paths, by_login)
-        if not hit:
-            general.append(f)
-        for i in hit:
+        for i in _about(f, paths, by_login):
             about[i].append(f)
     marked = []
     for i, p in enumerate(paths):
         mine = about.get(i, [])
-        severity = _worst(f.severity for f in mine)
+        severity = worst(mine)
         codes = tuple(dict.fromkeys(f.code for f in mine))
         marked.append(replace(p, severity=severity, codes=codes))
     marked.sort(key=lambda p: (p.rank, host_key(p.host), p.destination_name, p.login))
-    return RoutingMap(snapshot.pbx, marked, list(findings), general)
+    return RoutingMap(snapshot.pbx, marked, list(findings))
 
 
 async def read_map(

@@ -27,14 +27,22 @@ from bot.services import local_time
 from bot.text.render import TELEGRAM_LIMIT, Html, lines_of, texts, tr, utf16_len
 from storage.tables import AuditRow
 
-from .drift import DriftEvent, OutcomeChange, diff, event_line, outcome_changes, outcome_line, put_back
+from .drift import (
+    DRIFT_EVENT,
+    DriftEvent,
+    OutcomeChange,
+    diff,
+    event_line,
+    outcome_changes,
+    outcome_line,
+    put_back,
+)
 
 if TYPE_CHECKING:
     from bot.services import Services
 
 log = logging.getLogger("pbxbot.drift")
 
-DRIFT_EVENT = "drift"
 ALERT_EVENT = "drift_alert"
 ALERT_INTERVAL = 60.0  # seconds between two alerts to one chat
 ALERT_LINES = 20  # outcome changes one alert lists at most
@@ -203,11 +211,6 @@ async def recent(services: Services, pbx: str, *, limit: int = 20) -> list[Drift
     """/drift: the newest drift events of a PBX, newest first."""
     rows = await services.db.audit.latest(pbx, [DRIFT_EVENT], limit=limit)
     return [DriftEvent.from_detail(r.detail, r.at) for r in rows]
-
-
-def events_since(rows: list[Any]) -> list[DriftEvent]:
-    """The digest's section: audit rows of kind `drift` as events."""
-    return [DriftEvent.from_detail(r.detail, r.at) for r in rows if r.event == DRIFT_EVENT]
 
 
 async def put_back_intent(services: Services, pbx: str, alert_id: int) -> Intent | None:
