@@ -30,7 +30,7 @@ from aiogram.exceptions import (
 )
 from aiogram.types import BufferedInputFile, ForceReply, InlineKeyboardButton, InlineKeyboardMarkup
 
-from bot.plans.changes import APPLIED, APPLYING, OPEN, Actor, ChangeError, Outcome
+from bot.plans.changes import APPLIED, APPLYING, OPEN, Actor, CardFacts, ChangeError, Outcome
 from bot.plans.policy import Action, may
 from bot.services import Services, local_time
 from bot.text.i18n import t
@@ -53,10 +53,10 @@ def card_language(services: Services, row: PlanRow, lang: str | None = None) -> 
     return lang or services.settings.default_language
 
 
-async def alone(services: Services, row: PlanRow) -> bool:
+def alone(services: Services, row: PlanRow, facts: CardFacts) -> bool:
     """The policy lets the proposer approve alone: the card says Apply, not Approve."""
     policy = services.settings.policy
-    need = (await services.changes.tally_of(row)).need
+    need = facts.tally.need
     return policy.self_approve and may(policy, row.proposer_id, Action.APPROVE) and need <= 1
 
 
@@ -88,15 +88,18 @@ def _new_password_buttons(row: PlanRow, lang: str) -> InlineKeyboardMarkup | Non
     return InlineKeyboardMarkup(inline_keyboard=rows)
 
 
-async def keyboard(services: Services, row: PlanRow, lang: str) -> InlineKeyboardMarkup | None:
+async def keyboard(
+    services: Services, row: PlanRow, lang: str, facts: CardFacts | None = None
+) -> InlineKeyboardMarkup | None:
     if row.status not in OPEN:
         return _new_password_buttons(row, lang)
+    facts = facts or await services.changes.card_facts(row)
 
     def button(action: PlanAction, key: str) -> InlineKeyboardButton:
         data = PlanButton(action=action, plan=row.id, version=row.version).pack()
         return InlineKeyboardButton(text=t(key, lang), callback_data=data)
 
-    if await alone(services, row):
+    if alone(services, row, facts):
         rows = [
             [button(PlanAction.APPROVE, "tg.button.apply"), button(PlanAction.CANCEL, "tg.button.cancel")]
         ]
@@ -105,18 +108,17 @@ async def keyboard(services: Services, row: PlanRow, lang: str) -> InlineKeyboar
             [button(PlanAction.APPROVE, "tg.button.approve"), button(PlanAction.REJECT, "tg.button.reject")],
             [button(PlanAction.CANCEL, "tg.button.cancel")],
         ]
-    if await services.changes.missing_secrets(row) and services.bot_username:
+    if facts.missing and services.bot_username:
         url = f"https://t.me/{services.bot_username}?start=pw-{row.id}"
         rows.append([InlineKeyboardButton(text=t("tg.button.password", lang), url=url)])
     return InlineKeyboardMarkup(inline_keyboard=rows)
 
 
-async def _lines_about(services: Services, row: PlanRow, lang: str) -> list[Html]:
+async def _lines_about(services: Services, row: PlanRow, lang: str, facts: CardFacts) -> list[Html]:
     lines = [tr("tg.card.proposer", lang, name=row.proposer_name or str(row.proposer_id))]
-    approvers = await services.changes.approvers_of(row)
-    if approvers:
-        lines.append(tr("tg.card.approved_by", lang, names=", ".join(approvers)))
-    missing = await services.changes.missing_secrets(row) if row.status in OPEN else []
+    if facts.approvers:
+        lines.append(tr("tg.card.approved_by", lang, names=", ".join(facts.approvers)))
+    missing = facts.missing if row.status in OPEN else []
     if missing:
         lines.append(tr("tg.card.waiting_secret", lang, logins=", ".join(missing)))
     if row.status in OPEN:
@@ -126,13 +128,20 @@ async def _lines_about(services: Services, row: PlanRow, lang: str) -> list[Html
 
 
 async def card_text(
-    services: Services, row: PlanRow, lang: str, *, extra: str = "", summary: bool = False
+    services: Services,
+    row: PlanRow,
+    lang: str,
+    *,
+    extra: str = "",
+    summary: bool = False,
+    facts: CardFacts | None = None,
 ) -> str:
     changes = services.changes
+    facts = facts or await changes.card_facts(row)
     plan = changes.plan_of(row)
-    plan.needs_secret = await changes.missing_secrets(row) if row.status in OPEN else []
+    plan.needs_secret = facts.missing if row.status in OPEN else []
     names = row.summary.get("names") or {}
-    tally = await changes.tally_of(row) if row.status in OPEN else None
+    tally = facts.tally if row.status in OPEN else None
     if summary:
         body = _summary(plan, row, lang)
     else:
@@ -146,7 +155,7 @@ async def card_text(
             tally=tally,
             html=True,
         )
-    parts = [body, lines_of(await _lines_about(services, row, lang), html=True)]
+    parts = [body, lines_of(await _lines_about(services, row, lang, facts), html=True)]
     outcome = outcome_text(None, row.outcome, lang, html=True) if row.status not in (*OPEN, APPLYING) else ""
     parts += [p for p in (outcome, extra) if p]
     return Html("\n\n").join(p for p in parts if p)  # `extra` (plain) is escaped here
@@ -236,6 +245,7 @@ async def post_card(
     lang: str | None = None,
     *,
     placeholder: int | None = None,
+    facts: CardFacts | None = None,
 ) -> PlanRow:
     """Send the card (and the full plan as a document when it is too long); remember
     where it is. Retried until posted, at most until the plan expires; when it cannot
@@ -249,10 +259,11 @@ async def post_card(
         return current is not None and current.status in OPEN
 
     try:
-        text = await card_text(services, row, lang)
+        facts = facts or await services.changes.card_facts(row)
+        text = await card_text(services, row, lang, facts=facts)
         summary = not fits(text)
         if summary:
-            text = await card_text(services, row, lang, summary=True)
+            text = await card_text(services, row, lang, summary=True, facts=facts)
             full = plan_text(
                 services.changes.plan_of(row),
                 lang,
@@ -267,7 +278,7 @@ async def post_card(
                 until=until,
                 wanted=wanted,
             )
-        markup = await keyboard(services, row, lang)
+        markup = await keyboard(services, row, lang, facts)
         message_id = None
         if placeholder is not None and not summary:
             message_id = await _in_place(bot, chat_id, placeholder, text, markup, until)
@@ -342,10 +353,11 @@ async def _refresh(
     if row.chat_id is None or row.message_id is None:
         return
     lang = card_language(services, row, lang)
-    text = await card_text(services, row, lang, extra=extra)
+    facts = await services.changes.card_facts(row)
+    text = await card_text(services, row, lang, extra=extra, facts=facts)
     if not fits(text):
-        text = await card_text(services, row, lang, extra=extra, summary=True)
-    markup = await keyboard(services, row, lang)
+        text = await card_text(services, row, lang, extra=extra, summary=True, facts=facts)
+    markup = await keyboard(services, row, lang, facts)
     where, digest = (row.chat_id, row.message_id), _digest(text, markup)
     if services.shown is not None and services.shown.get(where) == digest:
         return  # the card shows exactly this: Telegram would refuse the edit ("not modified")

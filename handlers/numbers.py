@@ -58,7 +58,8 @@ async def propose_and_post(
         if groups:
             chat_id = groups[0]
             await answer_in_place(announcer, tr("tg.card.posted_in_group", lang, id=proposal.row.id))
-    row = await post_card(bot, services, proposal.row, chat_id, placeholder=announcer.placeholder(chat_id))
+    placeholder = announcer.placeholder(chat_id)
+    row = await post_card(bot, services, proposal.row, chat_id, placeholder=placeholder, facts=proposal.facts)
     if row.message_id is None:  # the card could not be posted: the plan is released
         await tell_released(bot, row, [message.chat.id, actor.id], lang)
         return proposal

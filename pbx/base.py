@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 from .models import (
@@ -12,6 +13,12 @@ from .models import (
     RegistrationStatus,
     Route,
 )
+
+# Set by a caller that wants to know when its calls are on their way: a client calls it
+# once per call, when the request has been written to the PBX (or the call joined one
+# already sent). The caller works on what it knows meanwhile, without holding the
+# requests back (SnapshotReader.read_then). A client that never calls it is correct too.
+call_written: ContextVar[Callable[[], None] | None] = ContextVar("call_written", default=None)
 
 
 class Pbx(Protocol):

@@ -29,6 +29,7 @@ from urllib.parse import quote
 
 import httpx
 
+from .base import call_written
 from .budget import Budget, Claim, LocalBudget, claimed, current_claim, current_priority
 from .errors import (
     PbxAuthError,
@@ -277,6 +278,8 @@ class MikoPbxClient:
             task.add_done_callback(lambda done: self._read_done(key, done))
         else:
             shared[2].raise_to(current_priority())
+            if (written := call_written.get()) is not None:
+                written()  # the one joined is on its way (or about to be)
         data, body = await asyncio.shield(shared[1])
         if data is _KEPT:  # the body is the kept list's, to the byte: not even decoded
             if parse is not None:
@@ -324,6 +327,7 @@ class MikoPbxClient:
         parsed answer; (`_KEPT`, body) when the body is the one kept parsed for that key."""
         attempt = 0
         renewed = False
+        extensions = _written_trace(call_written.get())
         while True:
             await self.budget.acquire()
             headers = await self._auth_header(renew=False) if auth else {}
@@ -331,7 +335,13 @@ class MikoPbxClient:
                 async with self._in_flight:
                     started = time.perf_counter()
                     response = await self._http.request(
-                        method, path, params=params, json=json, data=form, headers=headers
+                        method,
+                        path,
+                        params=params,
+                        json=json,
+                        data=form,
+                        headers=headers,
+                        extensions=extensions,
                     )
             except httpx.TimeoutException as exc:
                 self._emit(CallRecord(method, path, None, _ms(started), "timeout"))
@@ -628,6 +638,22 @@ def _provider_summaries(data: Any) -> list[ProviderSummary]:
 
 def _id(value: str) -> str:
     return quote(str(value), safe="")
+
+
+def _written_trace(written: Callable[[], None] | None) -> dict[str, Any] | None:
+    """httpx's `trace` extension calling `written` once, when a request's body has been
+    written (httpcore's "http11.send_request_body.complete"); None when nobody asks."""
+    if written is None:
+        return None
+    told = False
+
+    async def trace(event: str, _info: dict[str, Any]) -> None:
+        nonlocal told
+        if not told and event.endswith("send_request_body.complete"):
+            told = True
+            written()
+
+    return {"trace": trace}
 
 
 def _ms(started: float) -> float:

@@ -109,11 +109,21 @@ def _record_call(record: Any) -> None:
         calls.append({"method": record.method, "path": record.path, "status": record.status})
 
 
+@dataclass(frozen=True)
+class CardFacts:
+    """A plan's state as its card shows it (besides the plan): see Lifecycle.card_facts."""
+
+    tally: Tally
+    approvers: list[str]  # the names of those who approved this version
+    missing: list[str]  # logins whose SIP password is still to come
+
+
 @dataclass
 class Proposal:
     plan: Plan
     row: PlanRow | None  # None: the plan changes nothing, and nothing is stored
     tally: Tally | None = None
+    facts: CardFacts | None = None  # for the card of a plan just stored, when known without asking
 
 
 @dataclass

@@ -33,6 +33,7 @@ from .changes import (
     ROLLED_BACK,
     STALE,
     Actor,
+    CardFacts,
     ChangeError,
     Ledger,
     Next,
@@ -69,7 +70,7 @@ from .planner import (
     plan_route,
     plan_undo,
 )
-from .policy import LOCAL_ADMIN_ID, Action, Tally, may, refuse_approval, refuse_cancel
+from .policy import LOCAL_ADMIN_ID, Action, Tally, may, refuse_approval, refuse_cancel, tally
 from .secrets import Secrets
 from .snapshot import Snapshot
 from .validate import sip_passwords
@@ -99,29 +100,45 @@ class Lifecycle:
         handle = self.ledger.handle(pbx)
         if isinstance(intent, AddNumber):
             intent = AddNumbers(intent.provider, (intent,))
+        # planned while the lists are read, on what the mirror holds, when it holds it all
+        # (the plan is the one on the snapshot read: see read_then)
+        reader = handle.reader
         if isinstance(intent, AddNumbers):
-            snapshot = await handle.reader.read(host=intent.provider.host)
-            plan = plan_add_numbers(
-                intent,
-                snapshot,
-                default_extension=self.default_extension,
-                recipe_when=self.recipe_when,
-                phone_dids=self.phone_dids,
+            adding = intent
+            snapshot, plan = await reader.read_then(
+                lambda s: plan_add_numbers(
+                    adding,
+                    s,
+                    default_extension=self.default_extension,
+                    recipe_when=self.recipe_when,
+                    phone_dids=self.phone_dids,
+                ),
+                host=intent.provider.host,
             )
             return plan, snapshot
         if isinstance(intent, RouteNumber):
-            snapshot = await handle.reader.read(number=intent.number)
-            return plan_route(intent, snapshot, phone_dids=self.phone_dids), snapshot
+            routing = intent
+            snapshot, plan = await reader.read_then(
+                lambda s: plan_route(routing, s, phone_dids=self.phone_dids), number=intent.number
+            )
+            return plan, snapshot
         if isinstance(intent, RemoveNumber):
-            snapshot = await handle.reader.read(number=intent.number)
-            return plan_remove(intent, snapshot), snapshot
+            removing = intent
+            snapshot, plan = await reader.read_then(lambda s: plan_remove(removing, s), number=intent.number)
+            return plan, snapshot
         if isinstance(intent, ChangePassword):
-            snapshot = await handle.reader.read(number=intent.number)
-            return plan_password(intent, snapshot), snapshot
+            changing = intent
+            snapshot, plan = await reader.read_then(
+                lambda s: plan_password(changing, s), number=intent.number
+            )
+            return plan, snapshot
         if isinstance(intent, FixHost):
-            snapshot = await handle.reader.read(host=intent.host)
-            plan = plan_fix_host(
-                intent, snapshot, default_extension=self.default_extension, phone_dids=self.phone_dids
+            fixing = intent
+            snapshot, plan = await reader.read_then(
+                lambda s: plan_fix_host(
+                    fixing, s, default_extension=self.default_extension, phone_dids=self.phone_dids
+                ),
+                host=intent.host,
             )
             return plan, snapshot
         if isinstance(intent, PutBack):
@@ -156,7 +173,7 @@ class Lifecycle:
     ) -> Proposal:
         await self.ledger.require(actor, Action.PROPOSE)
         secrets = sip_passwords(secrets, also=ChangeError)  # one validator for chat, CSV and CLI
-        calls: list[dict[str, Any]] = []
+        calls: list[dict[str, Any]] = []  # the reads' api_call events: stored with the plan, or alone
         token = api_calls.set(calls)
         try:
             plan, snapshot = await self.plan(pbx, intent)
@@ -164,13 +181,15 @@ class Lifecycle:
             if isinstance(intent, ChangePassword) and secrets and intent.number in secrets:
                 # given for the number as typed (a phone, maybe): it is the account's login's
                 secrets = {login: secrets[intent.number] for login in plan.needs_secret}
-        except PlanError as exc:
-            await self.ledger.audit("plan_refused", actor, None, pbx=pbx, code=exc.code, command=command)
-            raise
-        finally:
+        except BaseException as exc:
             api_calls.reset(token)
             await self.ledger.flush_calls(calls, actor, None, pbx=pbx)
+            if isinstance(exc, PlanError):
+                await self.ledger.audit("plan_refused", actor, None, pbx=pbx, code=exc.code, command=command)
+            raise
+        api_calls.reset(token)
         if plan.empty:
+            await self.ledger.flush_calls(calls, actor, None, pbx=pbx)
             await self.ledger.audit("plan_empty", actor, None, pbx=pbx, command=command)
             return Proposal(plan, None)
         now = self.ledger.clock()
@@ -196,8 +215,17 @@ class Lifecycle:
             needs_secret=plan.needs_secret,
             undo_of=intent.plan_id if isinstance(intent, Undo) else None,
         )
-        conflict = await self.db.add_plan(row, plan.logins)
+        ledger = self.ledger
+        read_calls = [ledger.event("api_call", actor, None, **call, pbx=pbx) for call in calls]
+        proposed = dict(kind=row.kind, steps=len(plan.steps), command=command, version=version)
+        conflict = await self.db.add_plan(
+            row,
+            plan.logins,
+            # the reads and the proposal audited in the plan's own transaction: one trip to the database
+            lambda stored: [*read_calls, ledger.event("proposed", actor, stored, **proposed)],
+        )
         if conflict is not None:
+            await ledger.flush_calls(calls, actor, None, pbx=pbx)
             held = await self.db.plans.get(conflict.plan_id)
             who = (held.proposer_name or str(held.proposer_id)) if held is not None else "?"
             await self.ledger.audit(
@@ -214,13 +242,14 @@ class Lifecycle:
             )
         if secrets:
             await self.secrets.seal(row, secrets)
-        await self.ledger.audit(
-            "proposed", actor, row, kind=row.kind, steps=len(plan.steps), command=command, version=version
-        )
-        count = await self.ledger.tally_of(row)
+        # a plan stored this instant has no approvals yet: the policy alone says whether it needs any
+        count = tally(ledger.policy, row.kind, row.proposer_id, [])
         if count.done:
             await self.promote(row, actor)
-        return Proposal(plan, await self.db.plans.get(row.id), count)
+            return Proposal(plan, await self.db.plans.get(row.id), count)
+        # the card's facts as just stored: no approval, the passwords not given
+        missing = [login for login in row.needs_secret if login not in (secrets or {})]
+        return Proposal(plan, row, count, CardFacts(count, [], missing))
 
     async def next_step(self, row: PlanRow) -> Next:
         """What happens to the plan next; the handlers only render and send it."""
@@ -231,6 +260,22 @@ class Lifecycle:
         if await self.secrets.missing(row):
             return Next.NEED_SECRET
         return Next.APPLY if row.status == APPROVED else Next.WAIT_APPROVALS
+
+    async def card_facts(self, row: PlanRow) -> CardFacts:
+        """What the card shows besides the plan, in one trip to the database: who approved
+        this version, how many approvals count, the logins whose password is still to come."""
+
+        def read() -> tuple[list[ApprovalRow], set[str]]:
+            with self.db.sync.transaction() as tx:  # one session for both
+                return tx.approvals.of(row.id, row.version), set(tx.secrets.of(row.id))
+
+        approvals, have = await self.db.run(read)
+        approving = [a for a in approvals if a.decision == "approve"]
+        return CardFacts(
+            tally=tally(self.ledger.policy, row.kind, row.proposer_id, [a.user_id for a in approving]),
+            approvers=[a.user_name or str(a.user_id) for a in approving],
+            missing=[login for login in row.needs_secret if login not in have],
+        )
 
     async def approvers_of(self, row: PlanRow) -> list[str]:
         return [

@@ -60,7 +60,7 @@ class Changes:
         self.apply, self.expire, self.release = life.apply, life.expire, life.release
         self.next_step, self.approvers_of = life.next_step, life.approvers_of
         self.row, self.open_plans, self.history = life.row, life.open_plans, life.history
-        self.card_posted = life.card_posted
+        self.card_posted, self.card_facts = life.card_posted, life.card_facts
         # the secrets
         self.add_secret, self.missing_secrets = self.secrets.add, self.secrets.missing
         self.awaiting_secret, self.pasted_secret = self.secrets.awaiting, self.secrets.pasted

@@ -17,14 +17,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import secrets as _secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from ..tables import PlanRow
+from ..tables import AuditRow, PlanRow
 from .approvals import ApprovalRepo
 from .audit import AuditRepo
 from .base import Repo
@@ -131,9 +131,15 @@ class Repos:
 
     # ------------------------------------------------------------------ across repos
 
-    def add_plan(self, row: PlanRow, logins: Iterable[str] = ()) -> Conflict | None:
-        """Insert the plan with a fresh id and lock its logins, in one transaction.
-        Returns None, or the open plan that holds some of the logins (which, since when)."""
+    def add_plan(
+        self,
+        row: PlanRow,
+        logins: Iterable[str] = (),
+        events: Callable[[PlanRow], Iterable[AuditRow]] | None = None,
+    ) -> Conflict | None:
+        """Insert the plan with a fresh id and lock its logins, in one transaction, with
+        the audit `events(row)` give once the row has its id. Returns None, or the open
+        plan that holds some of the logins (which, since when): then nothing is stored."""
         logins = sorted(set(logins))
         for _ in range(20):
             row.id = _secrets.token_hex(PLAN_ID_BYTES)
@@ -146,6 +152,8 @@ class Repos:
                         return holder
                     tx.plans.add(row)
                     tx.locks.take(row.pbx, logins, row.id)
+                    if events is not None:
+                        tx.audit.add(*events(row))
             except IntegrityError:
                 holder = self.locks.conflict(row.pbx, logins)
                 if holder is not None:
