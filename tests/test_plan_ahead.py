@@ -126,3 +126,21 @@ async def test_the_client_tells_when_each_call_is_written(client):
         call_written.reset(token)
     await client.list_routes()
     assert len(told) == 2  # nobody asked this time
+
+
+async def test_the_refreshers_reread_of_unchanged_accounts_keeps_the_plan_made_ahead(sim, client, engine):
+    """A big PBX's refresher re-reads details all the time; the same settings read again
+    change nothing a plan reads, a hand edit of extra parameters does."""
+    reader = await warm(sim, client, engine)
+    await reader.refresh(10)  # re-reads 10 unchanged accounts (and compares the lists)
+    work = Planner("/addnumber zadarma 847900 → IVR")
+    await reader.read_then(work, host=ZADARMA)
+    assert len(work.seen) == 1
+
+    edited = next(pid for pid, p in sim.state.providers.items() if p["username"] == "900001")
+    sim.state.providers[edited]["manualattributes"] = "[endpoint]\ncontext=by-hand"
+    await reader.refresh(100)  # the edit found (drift) after the lists compared: the mirror moved on
+    work = Planner("/addnumber zadarma 847901 → IVR")
+    snapshot, _ = await reader.read_then(work, host=ZADARMA)
+    assert work.seen == [snapshot]  # planned once, on the read: the mirror had moved since the lists
+    assert snapshot.details[edited].manualattributes == "[endpoint]\ncontext=by-hand"

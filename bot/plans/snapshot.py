@@ -288,6 +288,13 @@ def _matches(summary: ProviderSummary, detail: Provider) -> bool:
     )
 
 
+def _later(stored: float, kept: float) -> bool:
+    """A stored read time is later than one kept here (the database keeps microseconds, rounded:
+    what this reader stored itself comes back up to half a microsecond later)."""
+    return stored > kept + 1e-6
+
+
+_LISTS = ("routes", "destinations", "listed")  # the lists the mirror keeps (registrations aside)
 NOTICE_OVER = 10  # a read of more account details than this is announced first ("never silent")
 DEFAULT_RATE = 165 / 60  # calls a second, when the client does not say its own
 
@@ -440,10 +447,10 @@ class SnapshotReader:
             at = row.read_at.timestamp()
             if row.kind == "account":
                 kept = self._details.get(row.key)
-                if kept is None or kept[0] < at:
+                if kept is None or _later(at, kept[0]):
                     self._details[row.key] = (at, Provider.model_validate(row.data))
                     self._version += 1
-            elif row.kind in ("routes", "destinations", "listed") and at > self._lists_at.get(row.kind, 0.0):
+            elif row.kind in _LISTS and _later(at, self._lists_at.get(row.kind, 0.0)):
                 self._version += 1
                 self._lists_at[row.kind] = at
                 items = row.data.get("items", ())
@@ -502,7 +509,8 @@ class SnapshotReader:
             await self._store_list("routes", self._routes)
 
     async def _store_list(self, kind: str, items: Iterable[Any]) -> None:
-        self._version += 1
+        if kind in _LISTS:
+            self._version += 1
         data = {"items": [item if isinstance(item, str) else item.model_dump(mode="json") for item in items]}
         now = self._lists_at[kind] = self._clock()
         await self._store(kind, {"": data}, now)
@@ -549,7 +557,9 @@ class SnapshotReader:
         kept = self._details.get(pid)
         if kept is None or kept[0] <= started:
             self._details[pid] = (started, detail)
-            self._version += 1
+            # the refresher's re-read of the same settings changes nothing a plan reads (never the password)
+            if kept is None or not _same(kept[1], detail):
+                self._version += 1
         return started, detail
 
     async def _fetch(self, pids: list[str], forced: set[str]) -> dict[str, Provider]:
