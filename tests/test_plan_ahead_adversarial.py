@@ -1,0 +1,102 @@
+"""read_then under pressure (see tests/test_plan_ahead.py): what lands while the list
+calls are on the wire, and a caller that gives up meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bot.plans.planner import plan_add_number
+from bot.plans.snapshot import SnapshotReader
+from storage.aio import AsyncRepos
+from storage.repos import Repos
+from tests.test_mirror import ZADARMA, grow
+from tests.test_plan_ahead import Planner
+
+
+class Held:
+    """The client, with its next `count` list calls held until `release` is set: their
+    answers (`before=False`: the requests go out) or the calls themselves (`before=True`:
+    nothing is written yet, as behind the rate limit)."""
+
+    def __init__(self, client: Any):
+        self._client = client
+        self.name = client.name
+        self.count = 0
+        self.before = False
+        self.release = asyncio.Event()
+        self.holding = 0
+        self.all_held = asyncio.Event()
+        self.cancelled = 0
+        self.all_cancelled = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def _held(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        hold = self.count > 0
+        if not hold:
+            return await call()
+        self.count -= 1
+        result = None if self.before else await call()
+        self.holding += 1
+        if self.count == 0:
+            self.all_held.set()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            if self.cancelled == self.holding:
+                self.all_cancelled.set()
+            raise
+        return await call() if self.before else result
+
+    async def list_providers(self, **kw: Any) -> Any:
+        return await self._held(lambda: self._client.list_providers(**kw))
+
+    async def list_routes(self) -> Any:
+        return await self._held(self._client.list_routes)
+
+    async def destinations(self) -> Any:
+        return await self._held(self._client.destinations)
+
+
+async def warm(sim, client, engine) -> tuple[SnapshotReader, Held]:
+    grow(sim, 5)
+    held = Held(client)
+    reader = SnapshotReader(held, mirror=AsyncRepos(Repos(engine)))
+    await reader.read(host=ZADARMA)
+    await reader.read(host=ZADARMA)  # the lists compared with nothing fetched since: a guess may be made
+    return reader, held
+
+
+async def test_a_reread_of_a_setting_the_model_does_not_name_landing_meanwhile_voids_the_plan_made_ahead(
+    sim, client, engine
+):
+    """MikoPBX answers settings the model keeps as extras (cid_source, did_source); a plan
+    writes them back (update steps) and its fingerprint hashes them. The refresher's
+    re-read of an account edited there by hand lands while the lists are on the wire:
+    the plan made ahead on the account as it was is not the plan on the snapshot read."""
+    reader, held = await warm(sim, client, engine)
+    edited = "SIP-TRUNK-00000000"  # on the host: the plan's update step writes its settings back
+    sim.state.providers[edited]["cid_source"] = "by-hand"
+    work = Planner("/addnumber zadarma 847900 → IVR")
+    refreshing: list[asyncio.Future[list[str]]] = []
+
+    def planner(snapshot):
+        if not refreshing:  # the refresher's round runs while the answers are held, and ends first
+            refreshing.append(asyncio.ensure_future(reader.refresh(100)))
+            refreshing[0].add_done_callback(lambda _: held.release.set())
+        return work(snapshot)
+
+    held.count = 3
+    snapshot, plan = await reader.read_then(planner, host=ZADARMA)
+    assert edited in await refreshing[0]
+    assert reader._details[edited][1].model_extra["cid_source"] == "by-hand"  # what a read gives now
+    planned = plan_add_number(work.intent, await reader.read(host=ZADARMA))
+    step = next(s for s in planned.steps if s.target == edited)
+    assert step.after["cid_source"] == "by-hand"
+    assert snapshot.details[edited].model_extra["cid_source"] == "by-hand"
+    assert plan.fingerprint == planned.fingerprint
+    assert [s.to_dict() for s in plan.steps] == [s.to_dict() for s in planned.steps]
