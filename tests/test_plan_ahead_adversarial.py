@@ -100,3 +100,37 @@ async def test_a_reread_of_a_setting_the_model_does_not_name_landing_meanwhile_v
     assert snapshot.details[edited].model_extra["cid_source"] == "by-hand"
     assert plan.fingerprint == planned.fingerprint
     assert [s.to_dict() for s in plan.steps] == [s.to_dict() for s in planned.steps]
+
+
+async def test_a_read_then_given_up_before_the_lists_are_written_leaves_no_list_call_behind(
+    sim, client, engine
+):
+    """A command cancelled while its list calls wait (behind the rate limit, say) takes
+    them with it, as `read` does: nothing keeps reading (or fails later, unretrieved)."""
+    reader, held = await warm(sim, client, engine)
+    held.count, held.before = 3, True
+    work = Planner("/addnumber zadarma 847900 → IVR")
+    proposing = asyncio.ensure_future(reader.read_then(work, host=ZADARMA))
+    await held.all_held.wait()
+    proposing.cancel()
+    await asyncio.gather(proposing, return_exceptions=True)
+    try:
+        await asyncio.wait_for(held.all_cancelled.wait(), 5)
+    finally:
+        held.release.set()
+    assert held.cancelled == 3
+
+
+async def test_a_read_given_up_leaves_no_list_call_behind(sim, client, engine):
+    """The baseline read_then must match: `read` cancelled takes its list calls with it."""
+    reader, held = await warm(sim, client, engine)
+    held.count, held.before = 3, True
+    reading = asyncio.ensure_future(reader.read(host=ZADARMA))
+    await held.all_held.wait()
+    reading.cancel()
+    await asyncio.gather(reading, return_exceptions=True)
+    try:
+        await asyncio.wait_for(held.all_cancelled.wait(), 5)
+    finally:
+        held.release.set()
+    assert held.cancelled == 3

@@ -762,6 +762,21 @@ class SnapshotReader:
             reading = asyncio.ensure_future(self._read_lists())
         finally:
             call_written.reset(token)
+        try:
+            return await self._then(work, query, seen, version, reading, sent)
+        finally:
+            if not reading.done():  # given up or `work` failed: the list calls go too, as in `read`
+                reading.cancel()
+
+    async def _then(
+        self,
+        work: Callable[[Snapshot], T],
+        query: Query,
+        seen: tuple[list[ProviderSummary], list[Route], list[Destination]],
+        version: int,
+        reading: asyncio.Future[tuple[list[ProviderSummary], list[Route], list[Destination]]],
+        sent: asyncio.Event,
+    ) -> tuple[Snapshot, T]:
         waiting = asyncio.ensure_future(sent.wait())
         try:  # the requests leave before the loop is busy planning (or the read ends: an error)
             await asyncio.wait((reading, waiting), return_when=asyncio.FIRST_COMPLETED)
