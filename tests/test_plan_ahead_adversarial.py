@@ -11,6 +11,9 @@ from bot.plans.planner import plan_add_number
 from bot.plans.snapshot import SnapshotReader
 from storage.aio import AsyncRepos
 from storage.repos import Repos
+from tests.test_changes import OLGA, PASSWORD, propose
+from tests.test_changes import changes as changes  # a fixture
+from tests.test_changes import clock as clock  # a fixture
 from tests.test_mirror import ZADARMA, grow
 from tests.test_plan_ahead import Planner
 
@@ -134,3 +137,23 @@ async def test_a_read_given_up_leaves_no_list_call_behind(sim, client, engine):
     finally:
         held.release.set()
     assert held.cancelled == 3
+
+
+async def test_the_facts_a_fresh_proposal_carries_are_what_its_card_would_read(changes):
+    """Proposal.facts (the card of a plan just proposed, without asking the database) is
+    card_facts of the stored plan: passwords given for logins the plan does not need, or
+    for the number as typed, or only some of those it needs."""
+    cases = [
+        ("/addnumber zadarma 847900 → IVR", {"847900": PASSWORD, "847999": PASSWORD}),
+        ("/addnumber zadarma 847901 → IVR", {"847999": PASSWORD}),
+        ("/addnumber zadarma 847902 → IVR", None),
+        ("/password 847706", {"847706": PASSWORD}),
+    ]
+    missing = []
+    for text, secrets in cases:
+        proposal = await propose(changes, OLGA, text, secrets)
+        assert proposal.row is not None and proposal.facts is not None, text
+        assert proposal.facts == await changes.card_facts(proposal.row), text
+        missing.append(proposal.facts.missing)
+        await changes.cancel(OLGA, proposal.row.id)  # its logins free for the next
+    assert missing == [[], ["847901"], ["847902"], []]
