@@ -342,6 +342,12 @@ def _same(a: Provider, b: Provider) -> bool:
 _COMPARED = tuple(name for name in Provider.model_fields if name != "secret")
 
 
+def _same_for_a_plan(a: Provider, b: Provider) -> bool:
+    """The same account as a plan reads it: the settings and those MikoPBX answers beyond
+    the model (cid_source, did_source...): update steps write them back, fingerprints hash them."""
+    return _same(a, b) and a.model_extra == b.model_extra
+
+
 def _routes_differ(old: list[Route], new: list[Route]) -> bool:
     """The route lists hold different routes. Priorities do not count: MikoPBX renumbers
     them on its own when a route is added or removed. Field by field, no serialising:
@@ -558,7 +564,7 @@ class SnapshotReader:
         if kept is None or kept[0] <= started:
             self._details[pid] = (started, detail)
             # the refresher's re-read of the same settings changes nothing a plan reads (never the password)
-            if kept is None or not _same(kept[1], detail):
+            if kept is None or not _same_for_a_plan(kept[1], detail):
                 self._version += 1
         return started, detail
 
@@ -756,6 +762,21 @@ class SnapshotReader:
             reading = asyncio.ensure_future(self._read_lists())
         finally:
             call_written.reset(token)
+        try:
+            return await self._then(work, query, seen, version, reading, sent)
+        finally:
+            if not reading.done():  # given up or `work` failed: the list calls go too, as in `read`
+                reading.cancel()
+
+    async def _then(
+        self,
+        work: Callable[[Snapshot], T],
+        query: Query,
+        seen: tuple[list[ProviderSummary], list[Route], list[Destination]],
+        version: int,
+        reading: asyncio.Future[tuple[list[ProviderSummary], list[Route], list[Destination]]],
+        sent: asyncio.Event,
+    ) -> tuple[Snapshot, T]:
         waiting = asyncio.ensure_future(sent.wait())
         try:  # the requests leave before the loop is busy planning (or the read ends: an error)
             await asyncio.wait((reading, waiting), return_when=asyncio.FIRST_COMPLETED)
