@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import ctypes
+import gc
 import hashlib
 import json
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -287,6 +290,8 @@ def _matches(summary: ProviderSummary, detail: Provider) -> bool:
 
 
 NOTICE_OVER = 10  # a read of more account details than this is announced first ("never silent")
+FETCH_BATCH = 500  # account details read at once, then stored (the mirror's transaction size too)
+TRIM_AFTER = 1000  # after a read of this many details, the heap it freed goes back to the system
 DEFAULT_RATE = 165 / 60  # calls a second, when the client does not say its own
 
 
@@ -334,6 +339,31 @@ def _routes_differ(old: list[Route], new: list[Route]) -> bool:
         if was is None or {**vars(was), "priority": 0} != {**vars(route), "priority": 0}:
             return True
     return False
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None where there is none (musl, macOS, Windows)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+_trim = _malloc_trim()
+
+
+def release_memory() -> None:
+    """Give the heap a big read freed back to the system. glibc keeps freed memory
+    for reuse: after a cold read of 5,000 accounts the process stayed ~20 MB above
+    what it held. Once after such a read only: a full collection and a trim take
+    tens of milliseconds."""
+    gc.collect()
+    if _trim is not None:
+        _trim(0)
 
 
 def _summary(detail: Provider) -> ProviderSummary:
@@ -528,16 +558,36 @@ class SnapshotReader:
         return started, detail
 
     async def _fetch(self, pids: list[str], forced: set[str]) -> dict[str, Provider]:
-        """Read these accounts' details, store them, and tell `on_drift` what changed."""
-        before = {pid: self._details[pid][1] for pid in pids if pid in self._details}
-        fetched = await asyncio.gather(*(self._detail(pid, forced=pid in forced) for pid in pids))
-        details = {detail.id: detail for _, detail in fetched}
-        if fetched:
+        """Read these accounts' details, store them, and tell `on_drift` what changed.
+
+        FETCH_BATCH at a time, each batch stored before the next begins: a cold read of
+        5,000 accounts held two tasks, two shields and a budget ticket for every account
+        for the whole read (~8 KB each, 40 MB), and the process kept that peak as resident
+        memory. The budget paces the calls anyway: a batch waits no longer than the
+        accounts in it would. A detail another reader began after this read began (two
+        commands reading one host) is taken as it is, not read twice."""
+        began = self._clock()
+        details: dict[str, Provider] = {}
+        before: dict[str, Provider] = {}
+        after: dict[str, Provider] = {}
+        for start in range(0, len(pids), FETCH_BATCH):
+            batch = pids[start : start + FETCH_BATCH]
+            old = {pid: self._details[pid] for pid in batch if pid in self._details}
+            # read by another reader since this read began: as fresh as a read of its own
+            done = [old[pid] for pid in batch if pid not in forced and pid in old and old[pid][0] >= began]
+            reads = [pid for pid in batch if pid in forced or pid not in old or old[pid][0] < began]
+            fetched = done + await asyncio.gather(*(self._detail(pid, forced=pid in forced) for pid in reads))
+            new = {detail.id: detail for _, detail in fetched}
             read_at = min(started for started, _ in fetched)
-            await self._store("account", {d.id: _stored(d) for d in details.values()}, read_at)
-        changed = [pid for pid, old in before.items() if pid in details and not _same(old, details[pid])]
-        if changed:
-            await self._drifted({pid: before[pid] for pid in changed}, {pid: details[pid] for pid in changed})
+            await self._store("account", {pid: _stored(d) for pid, d in new.items()}, read_at)
+            for pid, (_, was) in old.items():
+                if pid in new and not _same(was, new[pid]):
+                    before[pid], after[pid] = was, new[pid]
+            details.update(new)
+        if before:
+            await self._drifted(before, after)
+        if len(pids) >= TRIM_AFTER:
+            release_memory()
         return details
 
     async def _drifted(
