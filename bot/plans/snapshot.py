@@ -291,6 +291,7 @@ def _matches(summary: ProviderSummary, detail: Provider) -> bool:
 
 NOTICE_OVER = 10  # a read of more account details than this is announced first ("never silent")
 FETCH_BATCH = 500  # account details read at once, then stored (the mirror's transaction size too)
+_MICROSECOND = 1e-6
 TRIM_AFTER = 1000  # after a read of this many details, the heap it freed goes back to the system
 DEFAULT_RATE = 165 / 60  # calls a second, when the client does not say its own
 
@@ -435,36 +436,53 @@ class SnapshotReader:
 
     async def _sync(self) -> None:
         """Bring the stored mirror into memory: all of it the first time, then what
-        other processes (or readers) stored since (their reads and their writes)."""
+        other processes (or readers) stored since (their reads and their writes).
+        Which records are newer than the ones in memory is asked first, then only
+        those are loaded, FETCH_BATCH at a time: the records this reader stored
+        itself are not loaded back, and 5,000 at once were a 30 MB peak."""
         if self.mirror is None:
             return
         name = self.pbx.name
         if self._wipe:
             self._wipe = False
             await self.mirror.mirror.drop(name)
-        if not self._loaded:
-            rows = await self.mirror.mirror.load(name, None)
-            self._loaded = True
+        stamps = await self.mirror.mirror.stamps(name, self._synced if self._loaded else None)
+        self._loaded = True
+        wanted: dict[str, list[str]] = {}
+        for kind, key, read_at in stamps:
+            if self._newer(kind, key, read_at.timestamp()):
+                wanted.setdefault(kind, []).append(key)
+            if self._synced is None or read_at > self._synced:
+                self._synced = read_at
+        for kind, keys in wanted.items():
+            for start in range(0, len(keys), FETCH_BATCH):
+                for row in await self.mirror.mirror.get(name, kind, keys[start : start + FETCH_BATCH]):
+                    self._take(row.kind, row.key, row.read_at.timestamp(), row.data)
+
+    def _newer(self, kind: str, key: str, at: float) -> bool:
+        """A stored record read after the one in memory. The database keeps microseconds:
+        a time read back may be up to half of one above the float it was stored from."""
+        if kind == "account":
+            kept = self._details.get(key)
+            return kept is None or at - kept[0] > _MICROSECOND
+        if kind in ("routes", "destinations", "listed"):
+            return at - self._lists_at.get(kind, 0.0) > _MICROSECOND
+        return False
+
+    def _take(self, kind: str, key: str, at: float, data: dict[str, Any]) -> None:
+        if not self._newer(kind, key, at):
+            return
+        if kind == "account":
+            self._details[key] = (at, Provider.model_validate(data))
+            return
+        self._lists_at[kind] = at
+        items = data.get("items", ())
+        if kind == "listed":
+            self._listed = {str(pid) for pid in items}
+        elif kind == "routes":
+            self._routes = [Route.model_validate(r) for r in items]
         else:
-            since = self._synced or datetime.min.replace(tzinfo=UTC)
-            rows = await self.mirror.mirror.changed_since(name, since, None)
-        for row in rows:
-            at = row.read_at.timestamp()
-            if row.kind == "account":
-                kept = self._details.get(row.key)
-                if kept is None or kept[0] < at:
-                    self._details[row.key] = (at, Provider.model_validate(row.data))
-            elif row.kind in ("routes", "destinations", "listed") and at > self._lists_at.get(row.kind, 0.0):
-                self._lists_at[row.kind] = at
-                items = row.data.get("items", ())
-                if row.kind == "listed":
-                    self._listed = {str(pid) for pid in items}
-                elif row.kind == "routes":
-                    self._routes = [Route.model_validate(r) for r in items]
-                else:
-                    self._destinations = [Destination.model_validate(d) for d in items]
-            if self._synced is None or row.read_at > self._synced:
-                self._synced = row.read_at
+            self._destinations = [Destination.model_validate(d) for d in items]
 
     async def _store(self, kind: str, records: dict[str, dict[str, Any]], at: float) -> None:
         if self.mirror is not None and records:
@@ -532,13 +550,26 @@ class SnapshotReader:
     # ------------------------------------------------------------------ reading
 
     def _read_done(self, pid: str, task: asyncio.Task[tuple[float, Provider]]) -> None:
+        """A read over: kept at once, in the step that ends it as a read under way (between
+        the two, a reader starting a batch would find the account neither kept nor being read)."""
         if self._reading.get(pid) is task:
             del self._reading[pid]
-        if not task.cancelled():
-            task.exception()  # retrieved: every waiter got it already, or none is left
+        if (
+            task.cancelled() or task.exception() is not None
+        ):  # retrieved: its waiters have it, or none is left
+            return
+        started, detail = task.result()
+        kept = self._details.get(pid)
+        if kept is None or kept[0] <= started:
+            self._details[pid] = (started, detail)
 
-    async def _detail(self, pid: str, *, forced: bool) -> tuple[float, Provider]:
-        """One account's details, read now; a read under way is joined unless `forced`."""
+    async def _detail(self, pid: str, *, forced: bool, since: float) -> tuple[float, Provider]:
+        """One account's details, read now; unless `forced`, a read under way is joined and
+        one another reader began at `since` or later is taken as it is (checked as this
+        coroutine starts, not when its batch was made: meanwhile a read may have ended)."""
+        kept = None if forced else self._details.get(pid)
+        if kept is not None and kept[0] >= since:
+            return kept
         task = None if forced else self._reading.get(pid)
         if task is None:
             started = self._clock()  # a detail's age counts from when its read began
@@ -551,11 +582,7 @@ class SnapshotReader:
             if current_priority() is not Priority.BACKGROUND:
                 self._reading[pid] = task
             task.add_done_callback(lambda done: self._read_done(pid, done))
-        started, detail = await asyncio.shield(task)
-        kept = self._details.get(pid)
-        if kept is None or kept[0] <= started:
-            self._details[pid] = (started, detail)
-        return started, detail
+        return await asyncio.shield(task)  # kept by _read_done
 
     async def _fetch(self, pids: list[str], forced: set[str]) -> dict[str, Provider]:
         """Read these accounts' details, store them, and tell `on_drift` what changed.
@@ -573,10 +600,8 @@ class SnapshotReader:
         for start in range(0, len(pids), FETCH_BATCH):
             batch = pids[start : start + FETCH_BATCH]
             old = {pid: self._details[pid] for pid in batch if pid in self._details}
-            # read by another reader since this read began: as fresh as a read of its own
-            done = [old[pid] for pid in batch if pid not in forced and pid in old and old[pid][0] >= began]
-            reads = [pid for pid in batch if pid in forced or pid not in old or old[pid][0] < began]
-            fetched = done + await asyncio.gather(*(self._detail(pid, forced=pid in forced) for pid in reads))
+            reads = (self._detail(pid, forced=pid in forced, since=began) for pid in batch)
+            fetched = await asyncio.gather(*reads)
             new = {detail.id: detail for _, detail in fetched}
             read_at = min(started for started, _ in fetched)
             await self._store("account", {pid: _stored(d) for pid, d in new.items()}, read_at)
