@@ -520,3 +520,18 @@ async def test_a_reader_does_not_load_back_what_it_stored_itself(sim, client, en
     await other.read(host=ZADARMA, accounts=["SIP-TRUNK-00000003"], fresh=["SIP-TRUNK-00000003"])
     await reader.read(host=ZADARMA)
     assert loaded == [("account", ["SIP-TRUNK-00000003"])]
+
+
+def test_memory_is_given_back_only_where_glibc_is(monkeypatch):
+    """malloc_trim is glibc's: elsewhere (macOS, Windows) nothing is called and nothing fails."""
+    snapshot._malloc_trim.cache_clear()
+    monkeypatch.setattr(snapshot.sys, "platform", "darwin")
+    assert snapshot._malloc_trim() is None
+    snapshot.release_memory()
+    snapshot._malloc_trim.cache_clear()
+    monkeypatch.undo()
+    import platform
+
+    if platform.libc_ver()[0] == "glibc":
+        assert snapshot._malloc_trim() is not None
+    snapshot._malloc_trim.cache_clear()
