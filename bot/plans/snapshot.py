@@ -290,7 +290,7 @@ def _matches(summary: ProviderSummary, detail: Provider) -> bool:
 
 NOTICE_OVER = 10  # a read of more account details than this is announced first ("never silent")
 FETCH_BATCH = 500  # account details read at once, then stored (the mirror's transaction size too)
-_MICROSECOND = 1e-6
+_MICROSECOND = 1e-6  # the database keeps read times to the microsecond
 TRIM_AFTER = 1000  # after a read of this many details, the heap it freed goes back to the system
 DEFAULT_RATE = 165 / 60  # calls a second, when the client does not say its own
 
@@ -554,9 +554,8 @@ class SnapshotReader:
         the two, a reader starting a batch would find the account neither kept nor being read)."""
         if self._reading.get(pid) is task:
             del self._reading[pid]
-        if (
-            task.cancelled() or task.exception() is not None
-        ):  # retrieved: its waiters have it, or none is left
+        # an exception is retrieved here: every waiter has it already, or none is left
+        if task.cancelled() or task.exception() is not None:
             return
         started, detail = task.result()
         kept = self._details.get(pid)
