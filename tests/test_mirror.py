@@ -11,6 +11,7 @@ from alembic import command
 from sqlalchemy import inspect
 
 from bot.entry.cli import main
+from bot.plans import snapshot
 from bot.plans.commands import parse
 from bot.plans.executor import ApplyStatus
 from bot.plans.mirror import MirrorRefresher
@@ -418,3 +419,119 @@ async def test_an_account_added_by_hand_is_drift_and_the_bots_own_is_not(sim, cl
     [(before, after)] = drifts
     assert added in after.details and added not in before.details
     assert {p.id for p in after.providers} - {p.id for p in before.providers} == {added}
+
+
+class Counted:
+    """The client, counting the detail reads under way at once (and the most ever)."""
+
+    def __init__(self, client, on_ask=None):
+        self.client = client
+        self.name = client.name
+        self.under_way = self.most = 0
+        self.on_ask = on_ask
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+    async def get_provider(self, provider_id: str):
+        if self.on_ask is not None:
+            self.on_ask()
+        self.under_way += 1
+        self.most = max(self.most, self.under_way)
+        try:
+            return await self.client.get_provider(provider_id)
+        finally:
+            self.under_way -= 1
+
+
+async def test_a_cold_read_of_a_big_host_goes_batch_by_batch_each_stored_before_the_next(
+    sim, client, engine, monkeypatch
+):
+    """120 accounts, 50 a batch: never more than 50 detail reads under way, and the
+    mirror holds each batch before the next one is asked (a crash mid-read keeps them)."""
+    monkeypatch.setattr(snapshot, "FETCH_BATCH", 50)
+    grow(sim, 119)
+    stored_when_asked: list[int] = []
+    counted = Counted(client, on_ask=lambda: stored_when_asked.append(len(Repos(engine).mirror.load("demo"))))
+    reader = SnapshotReader(counted, mirror=AsyncRepos(Repos(engine)))
+    sim.stats.clear()
+    cold = await reader.read(host=ZADARMA)
+    assert len(cold.details) == 120 and details_read(sim) == 120
+    assert counted.most == 50
+    assert stored_when_asked[0] == stored_when_asked[49] == 0
+    assert stored_when_asked[50] == stored_when_asked[99] == 50 and stored_when_asked[100] == 100
+    assert len(Repos(engine).mirror.load("demo")) == 120
+    # and a new process loads them all, batch by batch, reading no detail
+    sim.stats.clear()
+    again = await SnapshotReader(client, mirror=AsyncRepos(Repos(engine))).read(host=ZADARMA)
+    assert details_read(sim) == 0 and again.details.keys() == cold.details.keys()
+
+
+async def test_two_commands_reading_a_big_host_at_once_read_each_account_once(sim, client, monkeypatch):
+    """The second command begins while the first is in its second batch: what the
+    first has read, is reading or reads later is never read twice."""
+    monkeypatch.setattr(snapshot, "FETCH_BATCH", 50)
+    grow(sim, 119)
+    gated = Gated(client)
+    gated.open.set()
+    reader = SnapshotReader(gated)
+    original = gated.get_provider
+    holding = [True]
+
+    async def held_after_60(provider_id: str):
+        if holding[0] and len(gated.asked) >= 60:
+            gated.open.clear()  # from the 61st on, details wait
+        return await original(provider_id)
+
+    gated.get_provider = held_after_60
+    sim.stats.clear()
+    first = asyncio.create_task(reader.read(host=ZADARMA))
+    await gated.wait_asked(100)  # the first command's second batch is under way, 40 of it held
+    second = asyncio.create_task(reader.read(host=ZADARMA))
+    await gated.wait_asked(110)  # the second command's own reads of the third batch's accounts
+    holding[0] = False
+    gated.open.set()
+    a, b = await asyncio.gather(first, second)
+    assert len(a.details) == len(b.details) == 120
+    assert details_read(sim) == 120, sim.stats
+    assert len({pid for pid, _ in gated.asked}) == len(gated.asked) == 120
+
+
+async def test_a_reader_does_not_load_back_what_it_stored_itself(sim, client, engine):
+    """The next read after a cold one asks the mirror which records are newer than its
+    own and loads none of its own back (at 5,000 accounts that reload was a 30 MB peak);
+    a record another process stored since is loaded."""
+    grow(sim, 59)
+    store = Repos(engine)
+    reader = SnapshotReader(client, mirror=AsyncRepos(store))
+    await reader.read(host=ZADARMA)
+    loaded: list[tuple[str, list[str]]] = []
+    get = store.mirror.get
+
+    def counting_get(pbx, kind, keys):
+        keys = list(keys)
+        loaded.append((kind, keys))
+        return get(pbx, kind, keys)
+
+    store.mirror.get = counting_get
+    await reader.read(host=ZADARMA)
+    assert loaded == []
+    other = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)))  # another process
+    await other.read(host=ZADARMA, accounts=["SIP-TRUNK-00000003"], fresh=["SIP-TRUNK-00000003"])
+    await reader.read(host=ZADARMA)
+    assert loaded == [("account", ["SIP-TRUNK-00000003"])]
+
+
+def test_memory_is_given_back_only_where_glibc_is(monkeypatch):
+    """malloc_trim is glibc's: elsewhere (macOS, Windows) nothing is called and nothing fails."""
+    snapshot._malloc_trim.cache_clear()
+    monkeypatch.setattr(snapshot.sys, "platform", "darwin")
+    assert snapshot._malloc_trim() is None
+    snapshot.release_memory()
+    snapshot._malloc_trim.cache_clear()
+    monkeypatch.undo()
+    import platform
+
+    if platform.libc_ver()[0] == "glibc":
+        assert snapshot._malloc_trim() is not None
+    snapshot._malloc_trim.cache_clear()

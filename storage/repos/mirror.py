@@ -63,6 +63,26 @@ class MirrorRepo(Repo):
             self.commit(s)
             return int(count or 0)
 
+    def stamps(self, pbx: str, since: datetime | None = None) -> list[tuple[str, str, datetime]]:
+        """(kind, key, read_at) of every record of the PBX (read after `since`): which to
+        load, without loading them (5,000 accounts' records at once were a 30 MB peak)."""
+        query = select(MirrorRow.kind, MirrorRow.key, MirrorRow.read_at).where(MirrorRow.pbx == pbx)
+        if since is not None:
+            query = query.where(col(MirrorRow.read_at) > since)
+        with self.session() as s:
+            return [(kind, key, read_at) for kind, key, read_at in s.exec(query)]
+
+    def get(self, pbx: str, kind: str, keys: Iterable[str]) -> list[MirrorRow]:
+        """These records of this kind (a few hundred keys at most: one IN list)."""
+        wanted = list(keys)
+        if not wanted:
+            return []
+        query = select(MirrorRow).where(
+            col(MirrorRow.pbx) == pbx, col(MirrorRow.kind) == kind, col(MirrorRow.key).in_(wanted)
+        )
+        with self.session() as s:
+            return list(s.exec(query))
+
     def changed_since(self, pbx: str, since: datetime, kind: str | None = ACCOUNT) -> list[MirrorRow]:
         """Records of this kind (None: of every kind) read after `since` (another process's
         reads and writes)."""
