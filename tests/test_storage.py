@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 import threading
 from datetime import timedelta
 
@@ -38,6 +40,43 @@ def test_migrations_create_every_table_and_run_twice(engine):
     migrate(engine)  # idempotent
     tables = set(inspect(engine).get_table_names())
     assert {"plans", "approvals", "audit_events", "locks", "secrets", "chats", "alembic_version"} <= tables
+
+
+def test_head_is_alembics_head_and_a_database_there_is_not_handed_to_alembic(engine):
+    """storage.db.HEAD names the newest migration; the bot's start-up at head never
+    imports alembic (a process of its own, as the bot starts)."""
+    from alembic.script import ScriptDirectory
+
+    from storage.db import HEAD, alembic_config, revision_of
+
+    assert ScriptDirectory.from_config(alembic_config(engine)).get_current_head() == HEAD
+    assert revision_of(engine) == HEAD
+    if engine.dialect.name != "sqlite":
+        return  # the probe below opens the database by its URL: PostgreSQL's test schema is not in it
+    url = engine.url.render_as_string(hide_password=False)
+    probe = (
+        "import sys; from storage.db import make_engine, migrate; "
+        f"migrate(make_engine({url!r})); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert ran.stdout.strip() == "[]"
+
+
+def test_a_database_behind_head_is_brought_there(engine):
+    from alembic import command
+
+    from storage.db import HEAD, alembic_config, revision_of
+
+    config = alembic_config(engine)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0005")
+    assert revision_of(engine) == "0005"
+    migrate(engine)
+    assert revision_of(engine) == HEAD and "mirror" in inspect(engine).get_table_names()
 
 
 def test_a_plan_round_trips_with_its_json_and_aware_times(store):
