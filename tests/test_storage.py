@@ -79,6 +79,24 @@ def test_a_database_behind_head_is_brought_there(engine):
     assert revision_of(engine) == HEAD and "mirror" in inspect(engine).get_table_names()
 
 
+def test_a_plan_id_drawn_twice_is_drawn_again_and_nothing_of_the_first_try_stays(store, monkeypatch):
+    """The plan, its locks and its events are inserted at once; an id already taken fails
+    the insert, which is rolled back whole and tried with a new id."""
+    import storage.repos as repos_module
+
+    first = plan_row()
+    assert store.add_plan(first, ["847706"]) is None
+    drawn = iter([first.id, first.id, "c0ffee"])
+    monkeypatch.setattr(repos_module._secrets, "token_hex", lambda _n: next(drawn))
+    second = plan_row()
+    event = lambda row: [AuditRow(plan_id=row.id, pbx="office", event="proposed", detail={})]  # noqa: E731
+    assert store.add_plan(second, ["847900"], event) is None
+    assert second.id == "c0ffee" and store.plans.get("c0ffee") is not None
+    assert store.plans.get(first.id).steps == first.steps  # the first plan untouched
+    assert [e.plan_id for e in store.audit.trail() if e.event == "proposed"] == ["c0ffee"]
+    assert store.locks.conflict("office", ["847900"]).plan_id == "c0ffee"
+
+
 def test_a_plan_round_trips_with_its_json_and_aware_times(store):
     row = plan_row(summary={"logins": ["847900"], "destination": "Главное меню"})
     assert store.add_plan(row, ["847900"]) is None

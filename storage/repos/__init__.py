@@ -143,13 +143,8 @@ class Repos:
         logins = sorted(set(logins))
         for _ in range(20):
             row.id = _secrets.token_hex(PLAN_ID_BYTES)
-            try:
+            try:  # inserted at once: a login locked already, or an id taken, fails the insert
                 with self.transaction() as tx:
-                    if tx.plans.get(row.id) is not None:
-                        continue
-                    holder = tx.locks.conflict(row.pbx, logins)
-                    if holder is not None:
-                        return holder
                     tx.plans.add(row)
                     tx.locks.take(row.pbx, logins, row.id)
                     if events is not None:
@@ -158,7 +153,7 @@ class Repos:
                 holder = self.locks.conflict(row.pbx, logins)
                 if holder is not None:
                     return holder
-                continue  # an id collision with a concurrent insert: draw again
+                continue  # the id was taken: draw again
             return None
         raise RuntimeError("could not draw a free plan id")
 
