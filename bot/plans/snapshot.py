@@ -439,6 +439,10 @@ class SnapshotReader:
         # reads under way, shared by whoever wants the same account meanwhile
         # (two commands at once read a host once); a forced read never joins one
         self._reading: dict[str, asyncio.Task[tuple[float, Provider]]] = {}
+        # how often each account was forgotten, and the mirror cleared: a read begun before
+        # either is not kept when it ends (it would bring back what was dropped)
+        self._dropped: dict[str, int] = {}
+        self._cleared = 0
         # what `read_then` guesses from: the lists as last compared with the mirror, and the
         # mirror's version then (every change of what is kept here counts one)
         self._version = 0
@@ -542,6 +546,7 @@ class SnapshotReader:
         for pid in ids:
             self._details.pop(pid, None)
             self._reading.pop(pid, None)
+            self._dropped[pid] = self._dropped.get(pid, 0) + 1
         await self._drop(ids)
 
     async def remember_route(self, route: Route) -> None:
@@ -565,7 +570,9 @@ class SnapshotReader:
     def clear(self) -> None:
         """Keep nothing, here or stored: the next read fetches every account it needs."""
         self._version += 1
+        self._cleared += 1
         self._details.clear()
+        self._reading.clear()
         self._routes = self._destinations = None
         self._listed = None
         self._lists_at.clear()
@@ -580,13 +587,18 @@ class SnapshotReader:
 
     # ------------------------------------------------------------------ reading
 
-    def _read_done(self, pid: str, task: asyncio.Task[tuple[float, Provider]]) -> None:
+    def _read_done(
+        self, pid: str, task: asyncio.Task[tuple[float, Provider]], epoch: tuple[int, int]
+    ) -> None:
         """A read over: kept at once, in the step that ends it as a read under way (between
-        the two, a reader starting a batch would find the account neither kept nor being read)."""
+        the two, a reader starting a batch would find the account neither kept nor being read).
+        Not kept if the account was forgotten (or the mirror cleared) since the read began."""
         if self._reading.get(pid) is task:
             del self._reading[pid]
         # an exception is retrieved here: every waiter has it already, or none is left
         if task.cancelled() or task.exception() is not None:
+            return
+        if epoch != (self._cleared, self._dropped.get(pid, 0)):
             return
         started, detail = task.result()
         kept = self._details.get(pid)
@@ -610,11 +622,12 @@ class SnapshotReader:
             async def fetch() -> tuple[float, Provider]:
                 return started, await self.pbx.get_provider(pid)
 
+            epoch = (self._cleared, self._dropped.get(pid, 0))
             task = asyncio.ensure_future(fetch())
             # a command never waits behind the refresher's read: that one takes spare budget only
             if current_priority() is not Priority.BACKGROUND:
                 self._reading[pid] = task
-            task.add_done_callback(lambda done: self._read_done(pid, done))
+            task.add_done_callback(lambda done: self._read_done(pid, done, epoch))
         return await asyncio.shield(task)  # kept by _read_done
 
     async def _fetch(self, pids: list[str], forced: set[str]) -> dict[str, Provider]:
@@ -630,20 +643,40 @@ class SnapshotReader:
         details: dict[str, Provider] = {}
         before: dict[str, Provider] = {}
         after: dict[str, Provider] = {}
+        failure: BaseException | None = None
         for start in range(0, len(pids), FETCH_BATCH):
             batch = pids[start : start + FETCH_BATCH]
             old = {pid: self._details[pid] for pid in batch if pid in self._details}
             reads = (self._detail(pid, forced=pid in forced, since=began) for pid in batch)
-            fetched = await asyncio.gather(*reads)
-            new = {detail.id: detail for _, detail in fetched}
-            read_at = min(started for started, _ in fetched)
-            await self._store("account", {pid: _stored(d) for pid, d in new.items()}, read_at)
+            # one failed read fails the read, after the others of its batch are stored and told
+            results = await asyncio.gather(*reads, return_exceptions=True)
+            fetched: dict[str, tuple[float, Provider]] = {}
+            for pid, result in zip(batch, results, strict=True):
+                if isinstance(result, BaseException):
+                    failure = failure or result
+                else:
+                    fetched[pid] = result
+            new = {detail.id: detail for _, detail in fetched.values()}
+            # stored and told only where it is what the mirror keeps: a read ended after a newer
+            # one (the refresher's, not joined), after `remember`, or after `forget` is not
+            current = {
+                pid: entry
+                for pid, entry in fetched.items()
+                if (kept := self._details.get(pid)) is not None and kept[1] is entry[1]
+            }
+            if current:
+                read_at = min(started for started, _ in current.values())
+                await self._store("account", {pid: _stored(d) for pid, (_, d) in current.items()}, read_at)
             for pid, (_, was) in old.items():
-                if pid in new and not _same(was, new[pid]):
-                    before[pid], after[pid] = was, new[pid]
+                if pid in current and not _same(was, current[pid][1]):
+                    before[pid], after[pid] = was, current[pid][1]
             details.update(new)
+            if failure is not None:
+                break
         if before:
             await self._drifted(before, after)
+        if failure is not None:
+            raise failure
         if len(pids) >= TRIM_AFTER:
             release_memory()
         return details

@@ -1,0 +1,135 @@
+"""The merge of plan-ahead and rss (aa4de09), reviewed: a read that ends after the
+mirror dropped or re-read its account, and a batch in which one read fails."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from bot.plans.mirror import MirrorRefresher
+from bot.plans.snapshot import SnapshotReader
+from pbx.budget import Priority, current_priority
+from storage.aio import AsyncRepos
+from storage.repos import Repos
+from tests.test_mirror import ZADARMA, grow
+
+
+class Answered:
+    """The client, with the answers of some detail reads held: the PBX answered (the
+    record is as it was when asked), the answer reaches the bot when `release` is set."""
+
+    def __init__(self, client: Any, *, hold: str, priority: Priority | None = None):
+        self._client = client
+        self.name = client.name
+        self.hold, self.priority = hold, priority
+        self.release = asyncio.Event()
+        self.answered = asyncio.Event()
+        self.active = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def get_provider(self, provider_id: str) -> Any:
+        answer = await self._client.get_provider(provider_id)
+        held = self.active and provider_id == self.hold
+        if held and (self.priority is None or current_priority() is self.priority):
+            self.answered.set()
+            await self.release.wait()
+        return answer
+
+
+async def test_a_read_ending_after_forget_does_not_bring_the_forgotten_account_back(sim, client, engine):
+    """`forget` drops an account written with an unknown outcome, so that the next read
+    reads it. A read begun before that write, answered before it and ending after the
+    forget, must not put the old record back: in memory or in the stored mirror."""
+    ids = grow(sim, 2)
+    pid = ids[0]
+    held = Answered(client, hold=pid)
+    reader = SnapshotReader(held, mirror=AsyncRepos(Repos(engine)))
+    await reader.read(host=ZADARMA)
+    held.active = True
+    early = asyncio.create_task(reader.read(host=ZADARMA, fresh=[pid]))
+    await asyncio.wait_for(held.answered.wait(), 30)  # the PBX answered with the old record
+    sim.state.providers[pid]["manualattributes"] = "[endpoint]\nlanguage=en"  # the bot's write...
+    await reader.forget([pid])  # ...whose outcome is unknown
+    held.release.set()
+    await early
+    held.active = False
+    snapshot = await reader.read(host=ZADARMA)
+    assert snapshot.details[pid].manualattributes == "[endpoint]\nlanguage=en"
+    other = await SnapshotReader(client, mirror=AsyncRepos(Repos(engine))).read(host=ZADARMA)
+    assert other.details[pid].manualattributes == "[endpoint]\nlanguage=en"
+
+
+async def test_the_refreshers_older_answer_never_overwrites_a_newer_stored_record(sim, client, engine):
+    """The refresher's read (not joined by commands) answered before a hand edit and
+    ending after a command's fresh read of the edit: the mirror in memory keeps the
+    command's record, and so must the stored mirror (what other processes and a restart take)."""
+    (pid,) = grow(sim, 1)
+    held = Answered(client, hold=pid, priority=Priority.BACKGROUND)
+    reader = SnapshotReader(held, mirror=AsyncRepos(Repos(engine)))
+    await reader.read(host=ZADARMA)
+    held.active = True
+    refresher = MirrorRefresher(reader, per_minute=360, share=1.0, every=1)
+    background = asyncio.create_task(refresher.run_once())
+    await asyncio.wait_for(held.answered.wait(), 30)
+    sim.state.providers[pid]["manualattributes"] = "[endpoint]\nlanguage=en"  # by hand
+    fresh = await reader.read(host=ZADARMA, fresh=[pid])  # the stale check's own read
+    assert fresh.details[pid].manualattributes == "[endpoint]\nlanguage=en"
+    held.release.set()
+    await background
+    assert reader._details[pid][1].manualattributes == "[endpoint]\nlanguage=en"
+    other = await SnapshotReader(client, mirror=AsyncRepos(Repos(engine))).read(host=ZADARMA)
+    assert other.details[pid].manualattributes == "[endpoint]\nlanguage=en"
+
+
+class OneFails:
+    """The client, whose read of `failing` fails once the other reads have been answered."""
+
+    def __init__(self, client: Any, *, failing: str, others: int):
+        self._client = client
+        self.name = client.name
+        self.failing, self.others = failing, others
+        self.answered = 0
+        self.all_answered = asyncio.Event()
+        self.active = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def get_provider(self, provider_id: str) -> Any:
+        if self.active and provider_id == self.failing:
+            await self.all_answered.wait()
+            raise RuntimeError("the PBX failed this one")
+        answer = await self._client.get_provider(provider_id)
+        if self.active:
+            self.answered += 1
+            if self.answered == self.others:
+                self.all_answered.set()
+        return answer
+
+
+async def test_a_failed_read_in_a_batch_loses_no_drift_of_the_accounts_read_with_it(sim, client, engine):
+    """One detail read of a batch fails (an account removed meanwhile, a timeout): the
+    others were read and are kept. Their hand edits are still told as drift, and stored."""
+    ids = grow(sim, 3)
+    drifts: list[tuple[Any, Any]] = []
+
+    async def on_drift(before, after):
+        drifts.append((before, after))
+
+    failing = OneFails(client, failing=ids[0], others=2)
+    reader = SnapshotReader(failing, mirror=AsyncRepos(Repos(engine)), on_drift=on_drift)
+    await reader.read(host=ZADARMA)
+    sim.state.providers[ids[1]]["manualattributes"] = "[endpoint]\nlanguage=en"  # by hand
+    failing.active = True
+    with pytest.raises(RuntimeError):
+        await reader.read(host=ZADARMA, fresh=True)
+    failing.active = False
+    await reader.read(host=ZADARMA, fresh=True)
+    told = {pid for _, after in drifts for pid in after.details}
+    assert ids[1] in told
+    other = await SnapshotReader(client, mirror=AsyncRepos(Repos(engine))).read(host=ZADARMA)
+    assert other.details[ids[1]].manualattributes == "[endpoint]\nlanguage=en"
