@@ -13,7 +13,7 @@ from bot.plans.snapshot import SnapshotReader
 from pbx.budget import Priority, current_priority
 from storage.aio import AsyncRepos
 from storage.repos import Repos
-from tests.test_mirror import ZADARMA, grow
+from tests.test_mirror import ZADARMA, Gated, grow
 
 
 class Answered:
@@ -133,3 +133,41 @@ async def test_a_failed_read_in_a_batch_loses_no_drift_of_the_accounts_read_with
     assert ids[1] in told
     other = await SnapshotReader(client, mirror=AsyncRepos(Repos(engine))).read(host=ZADARMA)
     assert other.details[ids[1]].manualattributes == "[endpoint]\nlanguage=en"
+
+
+async def test_a_hand_edit_read_once_by_two_commands_at_once_is_told_once(sim, client):
+    """Two commands read a host at once; an account's list entry changed by hand, so both
+    want it, and the second joins the first one's read. The edit is one drift event."""
+    ids = grow(sim, 2)
+    drifts: list[tuple[Any, Any]] = []
+
+    async def on_drift(before, after):
+        drifts.append((before, after))
+
+    gated = Gated(client)
+    gated.open.set()
+    reader = SnapshotReader(gated, on_drift=on_drift)
+    await reader.read(host=ZADARMA)
+    gated.open.clear()
+    gated.asked.clear()
+    sim.state.providers[ids[0]]["port"] = 5080  # by hand
+    fetching = asyncio.Event()
+    fetch = reader._fetch
+
+    async def counted(pids, forced):
+        fetching.set()
+        return await fetch(pids, forced)
+
+    reader._fetch = counted  # type: ignore[method-assign]
+    first = asyncio.create_task(reader.read(host=ZADARMA))
+    await gated.wait_asked(1)
+    fetching.clear()
+    second = asyncio.create_task(reader.read(host=ZADARMA))
+    await asyncio.wait_for(fetching.wait(), 30)  # the second read's batch begins: it joins
+    gated.open.set()
+    await asyncio.gather(first, second)
+    assert [pid for pid, _ in gated.asked] == [ids[0]]  # read once, by the first
+    told = [
+        pid for before, after in drifts for pid, p in after.details.items() if before.details.get(pid) != p
+    ]
+    assert told == [ids[0]]

@@ -443,6 +443,9 @@ class SnapshotReader:
         # either is not kept when it ends (it would bring back what was dropped)
         self._dropped: dict[str, int] = {}
         self._cleared = 0
+        # the record each account's last drift told it became: readers sharing a read (joined,
+        # or taken as another one began it) tell its change once
+        self._told: dict[str, Provider] = {}
         # what `read_then` guesses from: the lists as last compared with the mirror, and the
         # mirror's version then (every change of what is kept here counts one)
         self._version = 0
@@ -547,6 +550,7 @@ class SnapshotReader:
             self._details.pop(pid, None)
             self._reading.pop(pid, None)
             self._dropped[pid] = self._dropped.get(pid, 0) + 1
+            self._told.pop(pid, None)
         await self._drop(ids)
 
     async def remember_route(self, route: Route) -> None:
@@ -573,6 +577,7 @@ class SnapshotReader:
         self._cleared += 1
         self._details.clear()
         self._reading.clear()
+        self._told.clear()
         self._routes = self._destinations = None
         self._listed = None
         self._lists_at.clear()
@@ -668,8 +673,13 @@ class SnapshotReader:
                 read_at = min(started for started, _ in current.values())
                 await self._store("account", {pid: _stored(d) for pid, (_, d) in current.items()}, read_at)
             for pid, (_, was) in old.items():
-                if pid in current and not _same(was, current[pid][1]):
-                    before[pid], after[pid] = was, current[pid][1]
+                if (
+                    pid in current
+                    and not _same(was, now := current[pid][1])
+                    and self._told.get(pid) is not now
+                ):
+                    before[pid], after[pid] = was, now
+                    self._told[pid] = now
             details.update(new)
             if failure is not None:
                 break
