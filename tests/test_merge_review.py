@@ -171,3 +171,25 @@ async def test_a_hand_edit_read_once_by_two_commands_at_once_is_told_once(sim, c
         pid for before, after in drifts for pid, p in after.details.items() if before.details.get(pid) != p
     ]
     assert told == [ids[0]]
+
+
+async def test_a_read_ending_after_the_bots_own_write_does_not_store_the_record_it_replaced(
+    sim, client, engine
+):
+    """A read answered before the bot's write and ending after `remember` (the PBX's answer
+    to that write): the stored mirror keeps the written record, not the one read before it."""
+    (pid,) = grow(sim, 1)
+    held = Answered(client, hold=pid)
+    reader = SnapshotReader(held, mirror=AsyncRepos(Repos(engine)))
+    await reader.read(host=ZADARMA)
+    held.active = True
+    early = asyncio.create_task(reader.read(host=ZADARMA, fresh=[pid]))
+    await asyncio.wait_for(held.answered.wait(), 30)
+    sim.state.providers[pid]["manualattributes"] = "[endpoint]\nlanguage=en"  # the bot's write
+    held.active = False
+    await reader.remember(await client.get_provider(pid))
+    held.release.set()
+    await early
+    assert reader._details[pid][1].manualattributes == "[endpoint]\nlanguage=en"
+    other = await SnapshotReader(client, mirror=AsyncRepos(Repos(engine))).read(host=ZADARMA)
+    assert other.details[pid].manualattributes == "[endpoint]\nlanguage=en"
