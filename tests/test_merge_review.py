@@ -193,3 +193,25 @@ async def test_a_read_ending_after_the_bots_own_write_does_not_store_the_record_
     assert reader._details[pid][1].manualattributes == "[endpoint]\nlanguage=en"
     other = await SnapshotReader(client, mirror=AsyncRepos(Repos(engine))).read(host=ZADARMA)
     assert other.details[pid].manualattributes == "[endpoint]\nlanguage=en"
+
+
+@pytest.mark.xfail(
+    strict=True, reason="a removal by another process leaves no trace in the mirror (no tombstone)"
+)
+async def test_an_account_the_bot_removed_in_another_process_is_no_drift(sim, client, engine):
+    """Two processes on one database: one removes an account (the executor's delete step,
+    then `forget`). The other's next read must not tell it as removed by hand."""
+    ids = grow(sim, 2)
+    drifts: list[tuple[Any, Any]] = []
+
+    async def on_drift(before, after):
+        drifts.append((before, after))
+
+    other = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)), on_drift=on_drift)
+    await other.read(host=ZADARMA)
+    writer = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)))
+    await writer.read(host=ZADARMA)
+    await client.delete_provider(ids[0])  # the executor's DELETE_PROVIDER step...
+    await writer.forget([ids[0]])  # ...and what it tells the mirror
+    await other.read(host=ZADARMA)
+    assert drifts == []
