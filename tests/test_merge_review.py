@@ -215,3 +215,17 @@ async def test_an_account_the_bot_removed_in_another_process_is_no_drift(sim, cl
     await writer.forget([ids[0]])  # ...and what it tells the mirror
     await other.read(host=ZADARMA)
     assert drifts == []
+
+
+async def test_a_wall_clock_stepped_back_never_serves_a_detail_its_list_entry_contradicts(sim, client):
+    """The clock is the wall clock (NTP may step it back). A list entry changed by hand
+    makes a read want the account; the detail kept from before the step looks "begun
+    since this read began", yet it is the very one the list contradicts."""
+    (pid,) = grow(sim, 1)
+    now = [1_000_000.0]
+    reader = SnapshotReader(client, clock=lambda: now[0])
+    await reader.read(host=ZADARMA)
+    now[0] -= 5  # stepped back
+    sim.state.providers[pid]["port"] = 5080  # by hand: the list shows it
+    snapshot = await reader.read(host=ZADARMA)
+    assert snapshot.details[pid].port == 5080

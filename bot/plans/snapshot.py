@@ -18,6 +18,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -446,6 +447,10 @@ class SnapshotReader:
         # the record each account's last drift told it became: readers sharing a read (joined,
         # or taken as another one began it) tell its change once
         self._told: dict[str, Provider] = {}
+        # when (time.monotonic) the read of each kept record began, for those kept while a read is
+        # under way (emptied when none is): "begun since this read began" by a clock never stepped back
+        self._began: dict[str, float] = {}
+        self._fetching = 0
         # what `read_then` guesses from: the lists as last compared with the mirror, and the
         # mirror's version then (every change of what is kept here counts one)
         self._version = 0
@@ -507,6 +512,7 @@ class SnapshotReader:
         self._version += 1  # another reader's record: what a plan made ahead read may be gone
         if kind == "account":
             self._details[key] = (at, Provider.model_validate(data))
+            self._began.pop(key, None)  # another process's clock: never "begun since" a read here
             return
         self._lists_at[kind] = at
         items = data.get("items", ())
@@ -540,6 +546,8 @@ class SnapshotReader:
             if account.id:
                 self._details[account.id] = (now, account)
                 self._reading.pop(account.id, None)
+                if self._fetching:
+                    self._began[account.id] = time.monotonic()
         await self._store("account", {a.id: _stored(a) for a in accounts if a.id}, now)
 
     async def forget(self, provider_ids: Iterable[str]) -> None:
@@ -551,6 +559,7 @@ class SnapshotReader:
             self._reading.pop(pid, None)
             self._dropped[pid] = self._dropped.get(pid, 0) + 1
             self._told.pop(pid, None)
+            self._began.pop(pid, None)
         await self._drop(ids)
 
     async def remember_route(self, route: Route) -> None:
@@ -578,6 +587,7 @@ class SnapshotReader:
         self._details.clear()
         self._reading.clear()
         self._told.clear()
+        self._began.clear()
         self._routes = self._destinations = None
         self._listed = None
         self._lists_at.clear()
@@ -593,7 +603,7 @@ class SnapshotReader:
     # ------------------------------------------------------------------ reading
 
     def _read_done(
-        self, pid: str, task: asyncio.Task[tuple[float, Provider]], epoch: tuple[int, int]
+        self, pid: str, task: asyncio.Task[tuple[float, Provider]], epoch: tuple[int, int], began: float
     ) -> None:
         """A read over: kept at once, in the step that ends it as a read under way (between
         the two, a reader starting a batch would find the account neither kept nor being read).
@@ -609,16 +619,20 @@ class SnapshotReader:
         kept = self._details.get(pid)
         if kept is None or kept[0] <= started:
             self._details[pid] = (started, detail)
+            if self._fetching:
+                self._began[pid] = began
+            else:
+                self._began.pop(pid, None)
             # the refresher's re-read of the same settings changes nothing a plan reads (never the password)
             if kept is None or not _same_for_a_plan(kept[1], detail):
                 self._version += 1
 
     async def _detail(self, pid: str, *, forced: bool, since: float) -> tuple[float, Provider]:
         """One account's details, read now; unless `forced`, a read under way is joined and
-        one another reader began at `since` or later is taken as it is (checked as this
+        one another reader here began at `since` (time.monotonic) or later is taken as it is (checked as this
         coroutine starts, not when its batch was made: meanwhile a read may have ended)."""
         kept = None if forced else self._details.get(pid)
-        if kept is not None and kept[0] >= since:
+        if kept is not None and self._began.get(pid, -math.inf) >= since:
             return kept
         task = None if forced else self._reading.get(pid)
         if task is None:
@@ -628,11 +642,12 @@ class SnapshotReader:
                 return started, await self.pbx.get_provider(pid)
 
             epoch = (self._cleared, self._dropped.get(pid, 0))
+            began = time.monotonic()
             task = asyncio.ensure_future(fetch())
             # a command never waits behind the refresher's read: that one takes spare budget only
             if current_priority() is not Priority.BACKGROUND:
                 self._reading[pid] = task
-            task.add_done_callback(lambda done: self._read_done(pid, done, epoch))
+            task.add_done_callback(lambda done: self._read_done(pid, done, epoch, began))
         return await asyncio.shield(task)  # kept by _read_done
 
     async def _fetch(self, pids: list[str], forced: set[str]) -> dict[str, Provider]:
@@ -644,7 +659,16 @@ class SnapshotReader:
         memory. The budget paces the calls anyway: a batch waits no longer than the
         accounts in it would. A detail another reader began after this read began (two
         commands reading one host) is taken as it is, not read twice."""
-        began = self._clock()
+        began = time.monotonic()  # not the wall clock: `since` compares reads of this process only
+        self._fetching += 1
+        try:
+            return await self._fetch_batches(pids, forced, began)
+        finally:
+            self._fetching -= 1
+            if not self._fetching:
+                self._began.clear()
+
+    async def _fetch_batches(self, pids: list[str], forced: set[str], began: float) -> dict[str, Provider]:
         details: dict[str, Provider] = {}
         before: dict[str, Provider] = {}
         after: dict[str, Provider] = {}
