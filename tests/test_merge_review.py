@@ -229,3 +229,46 @@ async def test_a_wall_clock_stepped_back_never_serves_a_detail_its_list_entry_co
     sim.state.providers[pid]["port"] = 5080  # by hand: the list shows it
     snapshot = await reader.read(host=ZADARMA)
     assert snapshot.details[pid].port == 5080
+
+
+class FailingGet:
+    """The mirror repo (awaitable), whose next `get` fails (the database went away a moment)."""
+
+    def __init__(self, repo: Any):
+        self._repo = repo
+        self.fail = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._repo, name)
+
+    async def get(self, *args: Any, **kwargs: Any) -> Any:
+        if self.fail:
+            self.fail = False
+            raise RuntimeError("the database went away")
+        return await self._repo.get(*args, **kwargs)
+
+
+class Mirror:
+    def __init__(self, repos: AsyncRepos):
+        self.mirror = FailingGet(repos.mirror)
+
+
+async def test_records_another_process_stored_are_taken_though_a_sync_failed_before_loading_them(
+    sim, client, engine
+):
+    """`_sync` asks which records are newer, then loads them. If the load fails (or the
+    read is given up) in between, the next sync still loads them: else the other process's
+    write is never taken, and its record (a list cannot show) is served stale."""
+    (pid,) = grow(sim, 1)
+    mirror = Mirror(AsyncRepos(Repos(engine)))
+    reader = SnapshotReader(client, mirror=mirror)  # type: ignore[arg-type]
+    await reader.read(host=ZADARMA)
+    writer = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)))
+    await writer.read(host=ZADARMA)
+    sim.state.providers[pid]["manualattributes"] = "[endpoint]\nlanguage=en"  # the bot's write there
+    await writer.remember(await client.get_provider(pid))
+    mirror.mirror.fail = True
+    with pytest.raises(RuntimeError):
+        await reader.read(host=ZADARMA)
+    snapshot = await reader.read(host=ZADARMA)
+    assert snapshot.details[pid].manualattributes == "[endpoint]\nlanguage=en"

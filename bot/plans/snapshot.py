@@ -484,17 +484,21 @@ class SnapshotReader:
             self._wipe = False
             await self.mirror.mirror.drop(name)
         stamps = await self.mirror.mirror.stamps(name, self._synced if self._loaded else None)
-        self._loaded = True
         wanted: dict[str, list[str]] = {}
+        newest = self._synced
         for kind, key, read_at in stamps:
             if self._newer(kind, key, read_at.timestamp()):
                 wanted.setdefault(kind, []).append(key)
-            if self._synced is None or read_at > self._synced:
-                self._synced = read_at
+            if newest is None or read_at > newest:
+                newest = read_at
         for kind, keys in wanted.items():
             for start in range(0, len(keys), FETCH_BATCH):
                 for row in await self.mirror.mirror.get(name, kind, keys[start : start + FETCH_BATCH]):
                     self._take(row.kind, row.key, row.read_at.timestamp(), row.data)
+        # only now: a load that failed or was given up is asked for again at the next sync
+        if newest is not None and (self._synced is None or newest > self._synced):
+            self._synced = newest
+        self._loaded = True
 
     def _newer(self, kind: str, key: str, at: float) -> bool:
         """A stored record read after the one in memory. The database keeps microseconds:
