@@ -272,3 +272,29 @@ async def test_records_another_process_stored_are_taken_though_a_sync_failed_bef
         await reader.read(host=ZADARMA)
     snapshot = await reader.read(host=ZADARMA)
     assert snapshot.details[pid].manualattributes == "[endpoint]\nlanguage=en"
+
+
+async def test_an_account_added_by_hand_seen_by_two_reads_at_once_is_read_and_told_once(sim, client):
+    """Two reads at once both list an account added by hand: it is read once and told once."""
+    (first,) = grow(sim, 1)
+    drifts: list[tuple[Any, Any]] = []
+
+    async def on_drift(before, after):
+        drifts.append((before, after))
+
+    gated = Gated(client)
+    gated.open.set()
+    reader = SnapshotReader(gated, on_drift=on_drift)
+    await reader.read(host=ZADARMA)
+    gated.asked.clear()
+    added = "SIP-TRUNK-ADDED"
+    sim.state.providers[added] = {
+        **sim.state.providers[first],
+        "id": added,
+        "username": "999999",
+        "host": "sip.novofon.ru",
+    }
+    await asyncio.gather(reader.read(host=ZADARMA), reader.read(host=ZADARMA))
+    assert [pid for pid, _ in gated.asked] == [added]  # read once
+    told = [pid for before, after in drifts for pid in after.details if pid not in before.details]
+    assert told == [added]

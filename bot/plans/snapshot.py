@@ -793,8 +793,12 @@ class SnapshotReader:
         added = [p.id for p in providers if self._listed is not None and p.id not in self._listed]
         added = [pid for pid in added if pid not in self._details]
         if added:
-            details = await self._fetch(added, set(added))
-            await self._drifted({}, details)
+            # not forced: two reads listing it at once share one read of it, and tell it once
+            details = await self._fetch(added, set())
+            new = {pid: d for pid, d in details.items() if self._told.get(pid) is not d}
+            self._told.update(new)
+            if new:
+                await self._drifted({}, new)
         if self._listed is None or self._listed != listed:
             self._listed = listed
             await self._store_list("listed", sorted(listed))
