@@ -298,3 +298,29 @@ async def test_an_account_added_by_hand_seen_by_two_reads_at_once_is_read_and_to
     assert [pid for pid, _ in gated.asked] == [added]  # read once
     told = [pid for before, after in drifts for pid in after.details if pid not in before.details]
     assert told == [added]
+
+
+async def test_a_hand_edit_is_told_though_the_refresher_re_read_it_before_the_read_ended(sim, client):
+    """A command's read of a big batch keeps each detail as it comes; the refresher's
+    round re-reads one of them (the command's record is its "before": no change to tell)
+    before the command's batch ends. The hand edit the command read is still told, once."""
+    first, other = grow(sim, 2)
+    drifts: list[tuple[Any, Any]] = []
+
+    async def on_drift(before, after):
+        drifts.append((before, after))
+
+    held = Answered(client, hold=other, priority=Priority.COMMAND)
+    reader = SnapshotReader(held, on_drift=on_drift)
+    await reader.read(host=ZADARMA)
+    sim.state.providers[first]["manualattributes"] = "[endpoint]\nlanguage=en"  # by hand
+    held.active = True
+    command = asyncio.create_task(reader.read(host=ZADARMA, fresh=True))
+    await asyncio.wait_for(held.answered.wait(), 30)  # the batch waits for `other`
+    await MirrorRefresher(reader, per_minute=360, share=1.0, every=1).run_once()
+    held.release.set()
+    await command
+    told = [
+        pid for before, after in drifts for pid, p in after.details.items() if before.details.get(pid) != p
+    ]
+    assert told == [first]

@@ -690,8 +690,8 @@ class SnapshotReader:
                 else:
                     fetched[pid] = result
             new = {detail.id: detail for _, detail in fetched.values()}
-            # stored and told only where it is what the mirror keeps: a read ended after a newer
-            # one (the refresher's, not joined), after `remember`, or after `forget` is not
+            # stored only where it is what the mirror keeps: a read ended after a newer one (the
+            # refresher's, not joined), after `remember`, or after `forget` is not
             current = {
                 pid: entry
                 for pid, entry in fetched.items()
@@ -700,10 +700,12 @@ class SnapshotReader:
             if current:
                 read_at = min(started for started, _ in current.values())
                 await self._store("account", {pid: _stored(d) for pid, (_, d) in current.items()}, read_at)
+            # told whether or not it is still kept: a newer read may have replaced it since (the
+            # refresher's, with this one's record as its "before"), and that one tells nothing
             for pid, (_, was) in old.items():
                 if (
-                    pid in current
-                    and not _same(was, now := current[pid][1])
+                    pid in fetched
+                    and not _same(was, now := fetched[pid][1])
                     and self._told.get(pid) is not now
                 ):
                     before[pid], after[pid] = was, now
