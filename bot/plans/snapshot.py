@@ -18,6 +18,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -439,6 +440,17 @@ class SnapshotReader:
         # reads under way, shared by whoever wants the same account meanwhile
         # (two commands at once read a host once); a forced read never joins one
         self._reading: dict[str, asyncio.Task[tuple[float, Provider]]] = {}
+        # how often each account was forgotten, and the mirror cleared: a read begun before
+        # either is not kept when it ends (it would bring back what was dropped)
+        self._dropped: dict[str, int] = {}
+        self._cleared = 0
+        # the record each account's last drift told it became: readers sharing a read (joined,
+        # or taken as another one began it) tell its change once
+        self._told: dict[str, Provider] = {}
+        # when (time.monotonic) the read of each kept record began, for those kept while a read is
+        # under way (emptied when none is): "begun since this read began" by a clock never stepped back
+        self._began: dict[str, float] = {}
+        self._fetching = 0
         # what `read_then` guesses from: the lists as last compared with the mirror, and the
         # mirror's version then (every change of what is kept here counts one)
         self._version = 0
@@ -472,17 +484,21 @@ class SnapshotReader:
             self._wipe = False
             await self.mirror.mirror.drop(name)
         stamps = await self.mirror.mirror.stamps(name, self._synced if self._loaded else None)
-        self._loaded = True
         wanted: dict[str, list[str]] = {}
+        newest = self._synced
         for kind, key, read_at in stamps:
             if self._newer(kind, key, read_at.timestamp()):
                 wanted.setdefault(kind, []).append(key)
-            if self._synced is None or read_at > self._synced:
-                self._synced = read_at
+            if newest is None or read_at > newest:
+                newest = read_at
         for kind, keys in wanted.items():
             for start in range(0, len(keys), FETCH_BATCH):
                 for row in await self.mirror.mirror.get(name, kind, keys[start : start + FETCH_BATCH]):
                     self._take(row.kind, row.key, row.read_at.timestamp(), row.data)
+        # only now: a load that failed or was given up is asked for again at the next sync
+        if newest is not None and (self._synced is None or newest > self._synced):
+            self._synced = newest
+        self._loaded = True
 
     def _newer(self, kind: str, key: str, at: float) -> bool:
         """A stored record read after the one in memory. The database keeps microseconds:
@@ -500,6 +516,7 @@ class SnapshotReader:
         self._version += 1  # another reader's record: what a plan made ahead read may be gone
         if kind == "account":
             self._details[key] = (at, Provider.model_validate(data))
+            self._began.pop(key, None)  # another process's clock: never "begun since" a read here
             return
         self._lists_at[kind] = at
         items = data.get("items", ())
@@ -533,6 +550,8 @@ class SnapshotReader:
             if account.id:
                 self._details[account.id] = (now, account)
                 self._reading.pop(account.id, None)
+                if self._fetching:
+                    self._began[account.id] = time.monotonic()
         await self._store("account", {a.id: _stored(a) for a in accounts if a.id}, now)
 
     async def forget(self, provider_ids: Iterable[str]) -> None:
@@ -542,6 +561,9 @@ class SnapshotReader:
         for pid in ids:
             self._details.pop(pid, None)
             self._reading.pop(pid, None)
+            self._dropped[pid] = self._dropped.get(pid, 0) + 1
+            self._told.pop(pid, None)
+            self._began.pop(pid, None)
         await self._drop(ids)
 
     async def remember_route(self, route: Route) -> None:
@@ -565,7 +587,11 @@ class SnapshotReader:
     def clear(self) -> None:
         """Keep nothing, here or stored: the next read fetches every account it needs."""
         self._version += 1
+        self._cleared += 1
         self._details.clear()
+        self._reading.clear()
+        self._told.clear()
+        self._began.clear()
         self._routes = self._destinations = None
         self._listed = None
         self._lists_at.clear()
@@ -580,28 +606,37 @@ class SnapshotReader:
 
     # ------------------------------------------------------------------ reading
 
-    def _read_done(self, pid: str, task: asyncio.Task[tuple[float, Provider]]) -> None:
+    def _read_done(
+        self, pid: str, task: asyncio.Task[tuple[float, Provider]], epoch: tuple[int, int], began: float
+    ) -> None:
         """A read over: kept at once, in the step that ends it as a read under way (between
-        the two, a reader starting a batch would find the account neither kept nor being read)."""
+        the two, a reader starting a batch would find the account neither kept nor being read).
+        Not kept if the account was forgotten (or the mirror cleared) since the read began."""
         if self._reading.get(pid) is task:
             del self._reading[pid]
         # an exception is retrieved here: every waiter has it already, or none is left
         if task.cancelled() or task.exception() is not None:
             return
+        if epoch != (self._cleared, self._dropped.get(pid, 0)):
+            return
         started, detail = task.result()
         kept = self._details.get(pid)
         if kept is None or kept[0] <= started:
             self._details[pid] = (started, detail)
+            if self._fetching:
+                self._began[pid] = began
+            else:
+                self._began.pop(pid, None)
             # the refresher's re-read of the same settings changes nothing a plan reads (never the password)
             if kept is None or not _same_for_a_plan(kept[1], detail):
                 self._version += 1
 
     async def _detail(self, pid: str, *, forced: bool, since: float) -> tuple[float, Provider]:
         """One account's details, read now; unless `forced`, a read under way is joined and
-        one another reader began at `since` or later is taken as it is (checked as this
+        one another reader here began at `since` (time.monotonic) or later is taken as it is (checked as this
         coroutine starts, not when its batch was made: meanwhile a read may have ended)."""
         kept = None if forced else self._details.get(pid)
-        if kept is not None and kept[0] >= since:
+        if kept is not None and self._began.get(pid, -math.inf) >= since:
             return kept
         task = None if forced else self._reading.get(pid)
         if task is None:
@@ -610,11 +645,13 @@ class SnapshotReader:
             async def fetch() -> tuple[float, Provider]:
                 return started, await self.pbx.get_provider(pid)
 
+            epoch = (self._cleared, self._dropped.get(pid, 0))
+            began = time.monotonic()
             task = asyncio.ensure_future(fetch())
             # a command never waits behind the refresher's read: that one takes spare budget only
             if current_priority() is not Priority.BACKGROUND:
                 self._reading[pid] = task
-            task.add_done_callback(lambda done: self._read_done(pid, done))
+            task.add_done_callback(lambda done: self._read_done(pid, done, epoch, began))
         return await asyncio.shield(task)  # kept by _read_done
 
     async def _fetch(self, pids: list[str], forced: set[str]) -> dict[str, Provider]:
@@ -626,24 +663,60 @@ class SnapshotReader:
         memory. The budget paces the calls anyway: a batch waits no longer than the
         accounts in it would. A detail another reader began after this read began (two
         commands reading one host) is taken as it is, not read twice."""
-        began = self._clock()
+        began = time.monotonic()  # not the wall clock: `since` compares reads of this process only
+        self._fetching += 1
+        try:
+            return await self._fetch_batches(pids, forced, began)
+        finally:
+            self._fetching -= 1
+            if not self._fetching:
+                self._began.clear()
+
+    async def _fetch_batches(self, pids: list[str], forced: set[str], began: float) -> dict[str, Provider]:
         details: dict[str, Provider] = {}
         before: dict[str, Provider] = {}
         after: dict[str, Provider] = {}
+        failure: BaseException | None = None
         for start in range(0, len(pids), FETCH_BATCH):
             batch = pids[start : start + FETCH_BATCH]
             old = {pid: self._details[pid] for pid in batch if pid in self._details}
             reads = (self._detail(pid, forced=pid in forced, since=began) for pid in batch)
-            fetched = await asyncio.gather(*reads)
-            new = {detail.id: detail for _, detail in fetched}
-            read_at = min(started for started, _ in fetched)
-            await self._store("account", {pid: _stored(d) for pid, d in new.items()}, read_at)
+            # one failed read fails the read, after the others of its batch are stored and told
+            results = await asyncio.gather(*reads, return_exceptions=True)
+            fetched: dict[str, tuple[float, Provider]] = {}
+            for pid, result in zip(batch, results, strict=True):
+                if isinstance(result, BaseException):
+                    failure = failure or result
+                else:
+                    fetched[pid] = result
+            new = {detail.id: detail for _, detail in fetched.values()}
+            # stored only where it is what the mirror keeps: a read ended after a newer one (the
+            # refresher's, not joined), after `remember`, or after `forget` is not
+            current = {
+                pid: entry
+                for pid, entry in fetched.items()
+                if (kept := self._details.get(pid)) is not None and kept[1] is entry[1]
+            }
+            if current:
+                read_at = min(started for started, _ in current.values())
+                await self._store("account", {pid: _stored(d) for pid, (_, d) in current.items()}, read_at)
+            # told whether or not it is still kept: a newer read may have replaced it since (the
+            # refresher's, with this one's record as its "before"), and that one tells nothing
             for pid, (_, was) in old.items():
-                if pid in new and not _same(was, new[pid]):
-                    before[pid], after[pid] = was, new[pid]
+                if (
+                    pid in fetched
+                    and not _same(was, now := fetched[pid][1])
+                    and self._told.get(pid) is not now
+                ):
+                    before[pid], after[pid] = was, now
+                    self._told[pid] = now
             details.update(new)
+            if failure is not None:
+                break
         if before:
             await self._drifted(before, after)
+        if failure is not None:
+            raise failure
         if len(pids) >= TRIM_AFTER:
             release_memory()
         return details
@@ -722,8 +795,12 @@ class SnapshotReader:
         added = [p.id for p in providers if self._listed is not None and p.id not in self._listed]
         added = [pid for pid in added if pid not in self._details]
         if added:
-            details = await self._fetch(added, set(added))
-            await self._drifted({}, details)
+            # not forced: two reads listing it at once share one read of it, and tell it once
+            details = await self._fetch(added, set())
+            new = {pid: d for pid, d in details.items() if self._told.get(pid) is not d}
+            self._told.update(new)
+            if new:
+                await self._drifted({}, new)
         if self._listed is None or self._listed != listed:
             self._listed = listed
             await self._store_list("listed", sorted(listed))
