@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from pbx.budget import Priority, at
@@ -104,42 +105,30 @@ class Lifecycle:
         # (the plan is the one on the snapshot read: see read_then)
         reader = handle.reader
         if isinstance(intent, AddNumbers):
-            adding = intent
-            snapshot, plan = await reader.read_then(
-                lambda s: plan_add_numbers(
-                    adding,
-                    s,
-                    default_extension=self.default_extension,
-                    recipe_when=self.recipe_when,
-                    phone_dids=self.phone_dids,
-                ),
-                host=intent.provider.host,
+            add = partial(
+                plan_add_numbers,
+                intent,
+                default_extension=self.default_extension,
+                recipe_when=self.recipe_when,
+                phone_dids=self.phone_dids,
             )
+            snapshot, plan = await reader.read_then(add, host=intent.provider.host)
             return plan, snapshot
         if isinstance(intent, RouteNumber):
-            routing = intent
-            snapshot, plan = await reader.read_then(
-                lambda s: plan_route(routing, s, phone_dids=self.phone_dids), number=intent.number
-            )
+            route = partial(plan_route, intent, phone_dids=self.phone_dids)
+            snapshot, plan = await reader.read_then(route, number=intent.number)
             return plan, snapshot
         if isinstance(intent, RemoveNumber):
-            removing = intent
-            snapshot, plan = await reader.read_then(lambda s: plan_remove(removing, s), number=intent.number)
+            snapshot, plan = await reader.read_then(partial(plan_remove, intent), number=intent.number)
             return plan, snapshot
         if isinstance(intent, ChangePassword):
-            changing = intent
-            snapshot, plan = await reader.read_then(
-                lambda s: plan_password(changing, s), number=intent.number
-            )
+            snapshot, plan = await reader.read_then(partial(plan_password, intent), number=intent.number)
             return plan, snapshot
         if isinstance(intent, FixHost):
-            fixing = intent
-            snapshot, plan = await reader.read_then(
-                lambda s: plan_fix_host(
-                    fixing, s, default_extension=self.default_extension, phone_dids=self.phone_dids
-                ),
-                host=intent.host,
+            fix = partial(
+                plan_fix_host, intent, default_extension=self.default_extension, phone_dids=self.phone_dids
             )
+            snapshot, plan = await reader.read_then(fix, host=intent.host)
             return plan, snapshot
         if isinstance(intent, PutBack):
             ids = {a["id"] for a in intent.accounts}
@@ -276,13 +265,6 @@ class Lifecycle:
             approvers=[a.user_name or str(a.user_id) for a in approving],
             missing=[login for login in row.needs_secret if login not in have],
         )
-
-    async def approvers_of(self, row: PlanRow) -> list[str]:
-        return [
-            a.user_name or str(a.user_id)
-            for a in await self.db.approvals.of(row.id, row.version)
-            if a.decision == "approve"
-        ]
 
     async def promote(self, row: PlanRow, actor: Actor) -> None:
         if await self.ledger.move(row.id, [PROPOSED], APPROVED):

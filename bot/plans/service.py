@@ -58,7 +58,7 @@ class Changes:
         self.plan, self.propose, self.undo = life.plan, life.propose, life.undo
         self.approve, self.reject, self.cancel = life.approve, life.reject, life.cancel
         self.apply, self.expire, self.release = life.apply, life.expire, life.release
-        self.next_step, self.approvers_of = life.next_step, life.approvers_of
+        self.next_step = life.next_step
         self.row, self.open_plans, self.history = life.row, life.open_plans, life.history
         self.card_posted, self.card_facts = life.card_posted, life.card_facts
         # the secrets

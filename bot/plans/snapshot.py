@@ -891,7 +891,7 @@ class SnapshotReader:
         query = Query(host, number, False, False, tuple(accounts))
         seen, version = self._seen, self._version
         if seen is None or version != self._seen_version:
-            snapshot = await self.read(host=host, number=number, accounts=accounts)
+            snapshot = await self._read(query, await self._lists_now())
             return snapshot, work(snapshot)
         sent = asyncio.Event()
         written = [0]
@@ -927,18 +927,14 @@ class SnapshotReader:
         finally:
             waiting.cancel()
         guess, wanted, _ = self._select(query, seen)
-        if wanted:  # the mirror lacks a record the query needs: no guess
-            lists = await reading
-            await self._lists(*lists)
-            snapshot = await self._read(query, lists)
-            return snapshot, work(snapshot)
         failure: Exception | None = None
-        try:
-            result = work(guess)
-        except Exception as exc:  # the answer only if the guess holds
-            failure = exc
+        if not wanted:  # the mirror holds every record the query needs: the guess is made
+            try:
+                result = work(guess)
+            except Exception as exc:  # the answer only if the guess holds
+                failure = exc
         lists = await reading
-        if self._version == version and lists == seen:
+        if not wanted and self._version == version and lists == seen:
             if failure is not None:
                 raise failure
             return guess, result
