@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -61,7 +62,14 @@ log = logging.getLogger("pbxbot.pbx")
 
 API_PATH = "/pbxcore/api/v3"
 _KEPT = object()  # `_exchange`'s word for "the body is the kept list's"
-_KEEP_LISTS_OVER = 8192  # bytes: a list answer this long is kept parsed while it is the same
+_KEEP_LISTS_OVER = 8192  # bytes: a list answer this long is kept parsed while it says the same
+# The end of every answer as Http/Response.php sends it: the pid of whichever API worker
+# answered, then `meta` (the second it was sent, a hash over that and the content).
+# Two answers of an unchanged list differ there and only there.
+_VOLATILE_TAIL = re.compile(
+    rb'\s*,\s*"pid"\s*:\s*\d+\s*,\s*"meta"\s*:\s*\{\s*"timestamp"\s*:\s*"[^"\\]*"\s*,'
+    rb'\s*"hash"\s*:\s*"[0-9a-fA-F]*"\s*\}\s*\}\s*'
+)
 _NOT_FOUND_CODES = {"api_ProviderNotFound", "api_IncomingRouteNotFound"}
 _RETRY_STATUSES = {429, 502, 503, 504}
 
@@ -151,7 +159,8 @@ class MikoPbxClient:
         # took minutes of CPU. MikoPBX serves a few PHP workers anyway.
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self._reads: dict[tuple[str, tuple[tuple[str, Any], ...]], tuple[int, asyncio.Task[Any], Claim]] = {}
-        # list answers kept parsed while the PBX sends them the same to the byte (`_parsed_list`)
+        # list answers kept parsed while the PBX sends them the same to the byte but for the
+        # envelope's volatile tail (`_parsed_list`): (that lasting part, the records)
         self._lists: dict[tuple[str, tuple[tuple[str, Any], ...]], tuple[bytes, list[Any]]] = {}
         self._epoch = 0  # moves at each write's start and end: reads begun before may not show it
         self.listeners: list[Callable[[CallRecord], None]] = []
@@ -295,11 +304,11 @@ class MikoPbxClient:
         lists accounts and routes, and validating thousands of them is most of a warm
         read's time (5,000 accounts and 5,000 routes: ~40 ms). Anything else is parsed."""
         kept = self._lists.get(key)
-        if kept is not None and kept[0] == body:
+        if kept is not None and _same_answer(body, kept[0]):
             return list(kept[1])
         parsed = parse()
         if isinstance(parsed, list) and len(body) >= _KEEP_LISTS_OVER:
-            self._lists[key] = (body, parsed)
+            self._lists[key] = (body[: _lasting_end(body)], parsed)
             return list(parsed)
         return parsed
 
@@ -368,7 +377,7 @@ class MikoPbxClient:
                 if not (retryable and attempt < self._retries):
                     if raw is not None:
                         kept = self._lists.get(raw)
-                        if status == 200 and kept is not None and kept[0] == response.content:
+                        if status == 200 and kept is not None and _same_answer(response.content, kept[0]):
                             return _KEPT, response.content
                         return self._unwrap(method, path, response), response.content
                     data = self._unwrap(method, path, response)
@@ -575,6 +584,23 @@ class MikoPbxClient:
             if not page.has_more or not page.records:
                 return
             offset += len(page.records)
+
+
+def _lasting_end(body: bytes) -> int:
+    """Where what an answer says ends: before its volatile tail (the worker's pid and
+    `meta`), when the body ends with exactly that; else its length (all of it counts).
+    The tail is found from the end: the last `"pid"`, then a match to the very end, so
+    a `pid` or `meta` inside `data` is never taken for the envelope's."""
+    at = body.rfind(b'"pid"')
+    comma = body.rfind(b",", 0, at) if at > 0 else -1
+    if comma > 0 and _VOLATILE_TAIL.fullmatch(body, comma):
+        return comma
+    return len(body)
+
+
+def _same_answer(body: bytes, lasting: bytes) -> bool:
+    """`body` says what the answer whose lasting part is `lasting` said (no copy made)."""
+    return _lasting_end(body) == len(lasting) and body.startswith(lasting)
 
 
 def _mapping(data: Any) -> Mapping[str, Any]:

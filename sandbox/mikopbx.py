@@ -7,7 +7,11 @@ What it imitates (mikopbx/Core 2026.1):
   resource (a wrong id is a plain 404 "Endpoint not found", with `success`
   instead of `result`, as Phalcon's notFound handler writes it);
 - Bearer auth (API keys or JWTs from `auth:login`), 401 "The user isn't authenticated.";
-- the envelope (`result`, `data`, `messages`, `function`, `processor`, `pid`, `meta`);
+- the envelope (`result`, `data`, `messages`, `function`, `processor`, `pid`, `meta`), as
+  `Http/Response.php` sends it: PHP's `json_encode` (compact, slashes and non-ASCII escaped),
+  `pid` of whichever of the three API workers answered, `meta.timestamp` to the second
+  and `meta.hash` = sha1(timestamp + content), an `E-Tag` header = sha1(content): two
+  answers of the same unchanged list are rarely the same to the byte;
 - nginx's rate limit: 180 requests per 60 s window + 20 burst per client, then
   "Too many requests" (429, plain text) and a 300 s block doubling per offence,
   off when general setting `PBXRateLimitEnabled` is "0";
@@ -25,12 +29,14 @@ import hashlib
 import inspect
 import json
 import os
+import random
 import re
 import secrets
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -725,6 +731,16 @@ async def _request_data(request: web.Request) -> dict[str, Any]:
     return data
 
 
+# MikoPBX answers from one of its WorkerApiCommands processes (three by default);
+# the envelope's `pid` is the worker's own (getmypid)
+_WORKER_PIDS = (os.getpid() + 1, os.getpid() + 2, os.getpid() + 3)
+
+
+def php_json(value: Any) -> str:
+    """`json_encode($value)` with PHP's default flags: compact, `/` escaped, non-ASCII as \\uXXXX."""
+    return json.dumps(value, separators=(",", ":")).replace("/", "\\/")
+
+
 def _envelope(status: int, data: Any, messages: Any, function: str) -> web.Response:
     ok = status < 400
     body: dict[str, Any] = {
@@ -733,13 +749,18 @@ def _envelope(status: int, data: Any, messages: Any, function: str) -> web.Respo
         "messages": messages,
         "function": function,
         "processor": "sandbox",
-        "pid": os.getpid(),
+        "pid": random.choice(_WORKER_PIDS),
     }
     if status not in (200,):
         body["httpCode"] = status
-    digest = hashlib.sha1(json.dumps(body["data"], sort_keys=True, default=str).encode()).hexdigest()
-    body["meta"] = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "hash": digest}
-    return web.json_response(body, status=status, dumps=lambda o: json.dumps(o, ensure_ascii=False))
+    # Http/Response.php::send: meta appended to the content, E-Tag over the content
+    content = php_json(body)
+    timestamp = datetime.now().astimezone().isoformat(timespec="seconds")  # date('c')
+    body["meta"] = {"timestamp": timestamp, "hash": hashlib.sha1((timestamp + content).encode()).hexdigest()}
+    etag = hashlib.sha1(content.encode()).hexdigest()
+    return web.Response(
+        text=php_json(body), status=status, content_type="application/json", headers={"E-Tag": etag}
+    )
 
 
 def _not_found(request: web.Request) -> web.Response:

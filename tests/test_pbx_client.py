@@ -480,3 +480,46 @@ async def test_a_list_the_same_to_the_byte_is_not_validated_again(sim, client):
     sim.state.routes[150]["extension"] = "2200"
     third = await client.list_routes()
     assert {r.id: r.extension for r in third}[150] == "2200" and third[0] is not first[0]
+
+
+# ---------------------------------------------------------------- lists kept parsed
+
+
+async def test_a_list_answered_again_by_another_worker_a_second_later_is_not_parsed_again(
+    sim, client, monkeypatch
+):
+    """MikoPBX's answers of an unchanged list differ in the worker's pid and in `meta`
+    (its time to the second and a hash over it): the records parsed last time are given
+    again, and a change inside `data` is parsed."""
+    import sandbox.mikopbx as simulator
+    from tests.test_mirror import grow
+
+    grow(sim, 60)  # a list long enough to be kept parsed
+    monkeypatch.setattr(simulator, "_WORKER_PIDS", (4101,))
+    first = await client.list_providers()
+    monkeypatch.setattr(simulator, "_WORKER_PIDS", (4102,))
+    again = await client.list_providers()
+    assert len(again) == len(first) and all(a is b for a, b in zip(again, first, strict=True))
+
+    changed = next(p for p in sim.state.providers.values() if p["username"] == "900007")
+    changed["port"] = 5080
+    after = await client.list_providers()
+    assert {p.username: p.port for p in after}["900007"] == 5080
+    assert after[0] is not first[0]
+
+
+def test_only_the_envelopes_own_pid_and_meta_are_left_out_of_the_comparison():
+    from pbx.mikopbx import _lasting_end
+
+    meta = b'"meta":{"timestamp":"2026-11-27T00:24:44+00:00","hash":"a8ea56"}'
+    envelope = b'{"result":true,"data":[{"id":1}],"messages":[],"function":"f","processor":"p"'
+    body = envelope + b',"pid":6825,' + meta + b"}"
+    assert _lasting_end(body) == len(envelope)
+    assert _lasting_end(envelope + b', "pid": 12 , ' + meta + b" }\n") == len(envelope)
+    # a pid and meta inside `data`, with no envelope tail after them: everything counts
+    inner = b'{"result":true,"data":{"x":1,"pid":5,' + meta + b"}}"
+    assert _lasting_end(inner) == len(inner)
+    # anything else in the tail (httpCode, pagination, a key MikoPBX may add): everything counts
+    for tail in (b',"pid":1,"httpCode":200,', b',"pid":1,"pagination":{"total":3},', b',"pid":"1",'):
+        assert _lasting_end(envelope + tail + meta + b"}") == len(envelope + tail + meta) + 1
+    assert _lasting_end(b"") == 0 and _lasting_end(b'{"pid":1}') == 9

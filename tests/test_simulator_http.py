@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -33,6 +34,24 @@ async def test_envelope_of_a_success_and_of_an_error(sim):
         assert bad.status_code == 422
         assert bad.json()["result"] is False
         assert bad.json()["messages"]["error"]["description"] == "Provider description is required"
+
+
+async def test_two_answers_of_an_unchanged_list_differ_where_mikopbx_s_differ(sim):
+    """Http/Response.php: PHP's json_encode, the answering worker's pid, meta.timestamp to
+    the second, meta.hash = sha1(timestamp . content), E-Tag = sha1(content)."""
+    async with httpx.AsyncClient(base_url=sim.url + "/pbxcore/api/v3", headers=AUTH) as http:
+        answers = [await http.get("/sip-providers") for _ in range(12)]
+    first = answers[0]
+    assert b", " not in first.content[:200] and b"<\\/i>" in first.content  # compact, "/" escaped
+    bodies = [a.json() for a in answers]
+    assert len({b["pid"] for b in bodies}) > 1  # three workers answer, twelve times
+    assert all(b["data"] == bodies[0]["data"] for b in bodies)
+    for answer, body in zip(answers, bodies, strict=True):
+        meta = body["meta"]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", meta["timestamp"])
+        content = answer.content[: answer.content.rindex(b',"meta":')] + b"}"
+        assert meta["hash"] == hashlib.sha1(meta["timestamp"].encode() + content).hexdigest()
+        assert answer.headers["E-Tag"] == hashlib.sha1(content).hexdigest()
 
 
 async def test_unknown_endpoint_is_phalcons_404_with_success_not_result(sim):
