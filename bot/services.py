@@ -9,6 +9,8 @@ from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
+from bot.errors import UsageError
+from bot.plans.commands import parse
 from bot.plans.service import Changes
 from pbx.base import Pbx
 from storage.aio import AsyncRepos
@@ -33,6 +35,9 @@ class Services:
     # buttons, so a card is never edited to what it already shows (one process; replicas: None)
     shown: dict[tuple[int, int], str] | None = field(default_factory=dict)
     card_locks: dict[str, asyncio.Lock] = field(default_factory=dict)  # plan id -> one card edit at a time
+    # the PBX each chat was last found to work on, here: where a change command's reads
+    # begin while its binding is looked up (`read_ahead`); never where anything is written
+    last_pbx: dict[int, str] = field(default_factory=dict)
 
     @property
     def db(self) -> AsyncRepos:
@@ -58,6 +63,14 @@ class Services:
     async def pbx_of_chat(self, chat_id: int, *, private: bool) -> str | None:
         """A chat's PBX: its binding (`/pbx`), the config's groups, or, for a
         private chat, the only PBX there is. None: an unknown chat."""
+        pbx = await self._pbx_of_chat(chat_id, private=private)
+        if pbx is None:
+            self.last_pbx.pop(chat_id, None)
+        else:
+            self.last_pbx[chat_id] = pbx
+        return pbx
+
+    async def _pbx_of_chat(self, chat_id: int, *, private: bool) -> str | None:
         bound = await self.db.chats.pbx_of(chat_id)
         if bound is not None and bound in self.changes.pbxs:
             return bound
@@ -68,9 +81,32 @@ class Services:
             return next(iter(self.changes.pbxs))
         return None
 
+    def read_ahead(self, chat_id: int, text: str | None) -> asyncio.Event | None:
+        """A change command's list calls, begun before the chat's binding is looked up:
+        on the PBX the chat was last found to work on here (or, not seen yet, the one the
+        config gives it). The command joins them once it knows its PBX.
+        - Only for a command that parses: a typo costs no PBX read.
+        - A chat rebound meanwhile by another process costs three reads of the old PBX's
+          budget and nothing else: the command reads, plans and writes on the PBX looked up.
+        None: nothing begun; else an event set once the requests are written."""
+        pbx = self.last_pbx.get(chat_id) or self.settings.telegram.groups.get(chat_id)
+        if pbx is None and chat_id > 0 and len(self.changes.pbxs) == 1:
+            pbx = next(iter(self.changes.pbxs))  # a private chat, one PBX
+        if pbx is None or not text or not text.startswith("/"):
+            return None
+        mention = text.split(maxsplit=1)[0].partition("@")[2]
+        if mention and mention.lower() != self.bot_username.lower():
+            return None  # another bot's command
+        try:
+            intent = parse(text)
+        except UsageError:
+            return None
+        return self.changes.read_ahead(pbx, intent)
+
     async def bind_chat(self, chat_id: int, pbx: str, *, title: str = "", by: int | None = None) -> None:
         """`/pbx`: the chat works on this PBX from now on."""
         await self.db.chats.bind(chat_id, pbx, title=title, by=by)
+        self.last_pbx[chat_id] = pbx
 
     async def move_chat(self, old: int, new: int, title: str = "") -> None:
         """A group became a supergroup (a new id): the new chat keeps the old one's PBX,

@@ -9,6 +9,8 @@ that becomes a supergroup keeps its PBX.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,11 +20,12 @@ from aiogram.types import CallbackQuery, Message, TelegramObject
 
 from bot.errors import expected
 from bot.plans.changes import Actor
-from bot.plans.policy import role_of
+from bot.plans.policy import Action, may, role_of
 from bot.services import Services
 from bot.text.i18n import pick_language, t
 
 ANONYMOUS_ADMIN_ID = 1087968824  # @GroupAnonymousBot
+AHEAD_WAIT = 0.02  # s: the longest a command waits for its reads ahead to be written
 
 
 class Access(BaseMiddleware):
@@ -57,6 +60,13 @@ class Access(BaseMiddleware):
             await self._refuse(event, user.id, chat.id if chat else None, lang)
             return None
         private = chat is None or chat.type == "private"
+        if chat and isinstance(event, Message) and may(services.settings.policy, user.id, Action.PROPOSE):
+            # the PBX answers while the chat's binding is read: once the requests are written
+            # (the database's thread would hold them up), or a few ms at most (the budget may)
+            written = services.read_ahead(chat.id, event.text)
+            if written is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(written.wait(), AHEAD_WAIT)
         pbx = await services.pbx_of_chat(chat.id, private=private) if chat else None
         data.update(actor=Actor(user.id, user.full_name), role=role, pbx=pbx, private=private)
         return await handler(event, data)

@@ -20,6 +20,12 @@ from .models import (
 # requests back (SnapshotReader.read_then). A client that never calls it is correct too.
 call_written: ContextVar[Callable[[], None] | None] = ContextVar("call_written", default=None)
 
+# Set by a caller that begins reads for a command about to make them (SnapshotReader.read_ahead):
+# the command joins them, or, if they were answered before it asked, takes the answer (once,
+# within a few seconds, and only if the client wrote nothing meanwhile). A client that treats
+# them as plain reads is correct too: the command then reads again.
+reading_ahead: ContextVar[bool] = ContextVar("reading_ahead", default=False)
+
 
 class Pbx(Protocol):
     name: str

@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 import httpx
 
-from .base import call_written
+from .base import call_written, reading_ahead
 from .budget import Budget, Claim, LocalBudget, claimed, current_claim, current_priority
 from .errors import (
     PbxAuthError,
@@ -62,6 +62,9 @@ log = logging.getLogger("pbxbot.pbx")
 
 API_PATH = "/pbxcore/api/v3"
 _KEPT = object()  # `_exchange`'s word for "the body is the kept list's"
+# how long an answer read ahead waits for the command it was begun for (its reader looks up
+# the chat's PBX first: a millisecond, or a slow database's round trip)
+AHEAD_KEEP = 5.0
 _KEEP_LISTS_OVER = 8192  # bytes: a list answer this long is kept parsed while it says the same
 # The end of every answer as Http/Response.php sends it: the pid of whichever API worker
 # answered, then `meta` (the second it was sent, a hash over that and the content).
@@ -74,6 +77,17 @@ _NOT_FOUND_CODES = {"api_ProviderNotFound", "api_IncomingRouteNotFound"}
 _RETRY_STATUSES = {429, 502, 503, 504}
 
 
+@dataclass(slots=True)
+class _Shared:
+    """A read others may join (`_call`): under way, or answered ahead of its reader."""
+
+    epoch: int  # the client's write epoch when it began
+    task: asyncio.Task[Any]
+    claim: Claim
+    ahead: bool  # begun for a command about to ask (`reading_ahead`), and not joined by it yet
+    until: float | None = None  # answered ahead: the first reader takes it until then (monotonic)
+
+
 @dataclass(frozen=True, slots=True)
 class CallRecord:
     """One HTTP call, as the audit trail and the metrics see it: no body, no headers."""
@@ -83,6 +97,7 @@ class CallRecord:
     status: int | None
     elapsed_ms: float
     error: str | None = None
+    joined: bool = False  # no request of its own: it shared one under way (not a PBX call)
 
 
 def _error_texts(messages: Any) -> tuple[list[str], dict[str, str]]:
@@ -158,7 +173,7 @@ class MikoPbxClient:
         # whose queue is scanned per request: 5,000 detail reads queued there
         # took minutes of CPU. MikoPBX serves a few PHP workers anyway.
         self._in_flight = asyncio.Semaphore(max_in_flight)
-        self._reads: dict[tuple[str, tuple[tuple[str, Any], ...]], tuple[int, asyncio.Task[Any], Claim]] = {}
+        self._reads: dict[tuple[str, tuple[tuple[str, Any], ...]], _Shared] = {}
         # list answers kept parsed while the PBX sends them the same to the byte but for the
         # envelope's volatile tail (`_parsed_list`): (that lasting part, the records)
         self._lists: dict[tuple[str, tuple[tuple[str, Any], ...]], tuple[bytes, list[Any]]] = {}
@@ -265,7 +280,9 @@ class MikoPbxClient:
         limit or on the wire) unless a write of this client began since that
         one began: what it answers is then as fresh as a read of one's own. The
         shared read waits in the budget at the most urgent of its callers'
-        priorities (a background read joined by a command is the command's)."""
+        priorities (a background read joined by a command is the command's).
+        A read begun ahead (`reading_ahead`) and answered before its command asked
+        is taken by the first read of the same, within AHEAD_KEEP and before any write."""
         if write is None:
             write = method != "GET"
         if write or method != "GET" or not auth:
@@ -275,21 +292,36 @@ class MikoPbxClient:
             finally:
                 self._epoch += 1
         key = (path, tuple(sorted((params or {}).items())))
+        ahead = reading_ahead.get()
         shared = self._reads.get(key)
-        if shared is None or shared[0] != self._epoch:
+        if shared is not None and shared.until is not None and not ahead:  # answered ahead: taken once
+            del self._reads[key]
+            if time.monotonic() > shared.until:
+                shared = None
+        joined = shared is not None and shared.epoch == self._epoch
+        if shared is None or not joined:
             claim = current_claim()
             with claimed(claim):
                 task = asyncio.ensure_future(
                     self._exchange(method, path, params, None, None, False, auth, None, raw=key)
                 )
-            shared = (self._epoch, task, claim)
+            shared = _Shared(self._epoch, task, claim, ahead)
             self._reads[key] = shared
             task.add_done_callback(lambda done: self._read_done(key, done))
         else:
-            shared[2].raise_to(current_priority())
+            shared.claim.raise_to(current_priority())
+            shared.ahead = shared.ahead and ahead  # joined by its command: not kept once answered
             if (written := call_written.get()) is not None:
                 written()  # the one joined is on its way (or about to be)
-        data, body = await asyncio.shield(shared[1])
+        started = time.perf_counter()
+        try:
+            data, body = await asyncio.shield(shared.task)
+        except PbxError as exc:
+            if joined:  # told to the joiner's listeners too (its audit): not a call of its own
+                self._emit(CallRecord(method, path, exc.status, _ms(started), type(exc).__name__, True))
+            raise
+        if joined:
+            self._emit(CallRecord(method, path, 200, _ms(started), joined=True))
         if data is _KEPT:  # the body is the kept list's, to the byte: not even decoded
             if parse is not None:
                 return list(self._lists[key][1])
@@ -313,10 +345,18 @@ class MikoPbxClient:
         return parsed
 
     def _read_done(self, key: tuple[str, tuple[tuple[str, Any], ...]], task: asyncio.Task[Any]) -> None:
-        if (shared := self._reads.get(key)) is not None and shared[1] is task:
+        failed = task.cancelled() or task.exception() is not None  # retrieved: its waiters have it
+        if (shared := self._reads.get(key)) is None or shared.task is not task:
+            return
+        if shared.ahead and not failed:  # its command has not asked yet: kept for it a while
+            shared.until = time.monotonic() + AHEAD_KEEP
+            asyncio.get_running_loop().call_later(AHEAD_KEEP, self._not_taken, key, task)
+        else:
             del self._reads[key]
-        if not task.cancelled():
-            task.exception()  # retrieved: its waiters have it, or none is left
+
+    def _not_taken(self, key: tuple[str, tuple[tuple[str, Any], ...]], task: asyncio.Task[Any]) -> None:
+        if (shared := self._reads.get(key)) is not None and shared.task is task:
+            del self._reads[key]  # nobody came for it: let it go
 
     async def _exchange(
         self,

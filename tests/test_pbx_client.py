@@ -523,3 +523,46 @@ def test_only_the_envelopes_own_pid_and_meta_are_left_out_of_the_comparison():
     for tail in (b',"pid":1,"httpCode":200,', b',"pid":1,"pagination":{"total":3},', b',"pid":"1",'):
         assert _lasting_end(envelope + tail + meta + b"}") == len(envelope + tail + meta) + 1
     assert _lasting_end(b"") == 0 and _lasting_end(b'{"pid":1}') == 9
+
+
+# ---------------------------------------------------------------- reads begun ahead
+
+
+async def ahead(client, call):
+    """`call` begun as a read ahead (SnapshotReader.read_ahead), awaited to its answer."""
+    from pbx.base import reading_ahead
+
+    token = reading_ahead.set(True)
+    try:
+        task = asyncio.ensure_future(call())
+    finally:
+        reading_ahead.reset(token)
+    return await task
+
+
+async def test_an_answer_read_ahead_is_taken_once_by_the_read_it_was_begun_for(sim, client):
+    records: list = []
+    client.listeners.append(records.append)
+    await ahead(client, client.list_routes)
+    assert sim.stats["GET incoming-routes"] == 1
+    await client.list_routes()  # the command, after the answer came: takes it
+    assert sim.stats["GET incoming-routes"] == 1
+    assert [r.joined for r in records] == [False, True]  # told as joined, not as a call
+    await client.list_routes()  # taken already: read anew
+    assert sim.stats["GET incoming-routes"] == 2
+
+
+async def test_an_answer_read_ahead_is_not_taken_late_or_after_a_write(sim, client, monkeypatch):
+    import pbx.mikopbx as module
+
+    monkeypatch.setattr(module, "AHEAD_KEEP", 0.0)  # nobody came in time
+    await ahead(client, client.list_routes)
+    await client.list_routes()
+    assert sim.stats["GET incoming-routes"] == 2
+
+    monkeypatch.setattr(module, "AHEAD_KEEP", 60.0)
+    await ahead(client, client.list_routes)
+    await client.patch_route(2, {"note": "edited"}, providerid=None)  # what was read ahead may not show it
+    routes = await client.list_routes()
+    assert sim.stats["GET incoming-routes"] == 4
+    assert {r.id: r.note for r in routes}[2] == "edited"

@@ -49,6 +49,8 @@ class Metrics:
 
     def pbx_listener(self, pbx: str) -> Callable[[Any], None]:
         def record(call: Any) -> None:
+            if getattr(call, "joined", False):  # shared a call counted already
+                return
             self.pbx_calls.labels(pbx, call.method, str(call.status or "error")).inc()
             self.pbx_seconds.labels(pbx).observe(call.elapsed_ms / 1000)
 

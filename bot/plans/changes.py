@@ -106,7 +106,10 @@ class PbxHandle:
 def _record_call(record: Any) -> None:
     calls = api_calls.get()
     if calls is not None:
-        calls.append({"method": record.method, "path": record.path, "status": record.status})
+        call = {"method": record.method, "path": record.path, "status": record.status}
+        if getattr(record, "joined", False):  # answered by a call begun for someone else, or ahead
+            call["joined"] = True
+        calls.append(call)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ SIP passwords come through `secrets.py` and are erased when the plan ends.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from functools import partial
@@ -76,6 +77,9 @@ from .secrets import Secrets
 from .snapshot import Snapshot
 from .validate import sip_passwords
 
+# what `plan` plans with `read_then`: the 3 list calls first
+_READ_THEN = (AddNumber, AddNumbers, RouteNumber, RemoveNumber, ChangePassword, FixHost)
+
 
 class Lifecycle:
     def __init__(
@@ -95,6 +99,15 @@ class Lifecycle:
         self.lease = lease
         self.default_extension = default_extension
         self.phone_dids = dict(phone_dids or {})  # the config's [phone_dids]: family or host -> form
+
+    def read_ahead(self, pbx: str, intent: Intent) -> asyncio.Event | None:
+        """The list calls `plan` will make for this intent, begun now (before the caller
+        has checked what it checks first): `plan` joins them. None: nothing begun; else
+        an event set once their requests are written."""
+        handle = self.ledger.pbxs.get(pbx)
+        if handle is None or not isinstance(intent, _READ_THEN):
+            return None
+        return handle.reader.read_ahead()
 
     async def plan(self, pbx: str, intent: Intent) -> tuple[Plan, Snapshot]:
         """Read the PBX and plan, storing nothing (what `pbxbot plan` shows)."""

@@ -28,7 +28,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from bot.routing.rules import accounts_of_number, host_key, same_host
-from pbx.base import Pbx, call_written
+from pbx.base import Pbx, call_written, reading_ahead
 from pbx.budget import Priority, current_priority
 from pbx.models import Destination, Provider, ProviderSummary, RegistrationStatus, Route
 
@@ -872,6 +872,33 @@ class SnapshotReader:
         )
         return snapshot, wanted, forced
 
+    def read_ahead(self) -> asyncio.Event:
+        """Begin the 3 list calls now, for a command about to read (it joins them, as any
+        read under way is joined): they leave before the command has looked up whatever
+        it looks up first (or takes their answers, if they came before it asked: see
+        `reading_ahead`). Nothing is compared or kept here; the command does that.
+        Returns an event set once the requests are written (or have failed)."""
+        written = asyncio.Event()
+        left = [3]
+
+        def one_written() -> None:
+            left[0] -= 1
+            if left[0] == 0:
+                written.set()
+
+        def done(task: asyncio.Future[Any]) -> None:
+            written.set()  # answered or failed: written, or never will be
+            _retrieved(task)
+
+        ahead, told = reading_ahead.set(True), call_written.set(one_written)
+        try:
+            for call in (self.pbx.list_providers, self.pbx.list_routes, self.pbx.destinations):
+                asyncio.ensure_future(call()).add_done_callback(done)
+        finally:
+            call_written.reset(told)
+            reading_ahead.reset(ahead)
+        return written
+
     async def read_then(
         self,
         work: Callable[[Snapshot], T],
@@ -963,6 +990,12 @@ class SnapshotReader:
         chosen = list(dict.fromkeys(never + moved + [pid for _, pid in oldest]))[:count]
         await self._fetch(chosen, set(chosen))
         return chosen
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """A call begun ahead fails for its joiner (told there), or for nobody."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def read_snapshot(pbx: Pbx, *, host: str | None = None, number: str | None = None) -> Snapshot:

@@ -1,0 +1,195 @@
+"""A change command's list calls leave as soon as the message is in, while the chat's
+binding is still being looked up (Services.read_ahead): the command joins them. The
+guess of the chat's PBX never decides anything: the command plans and writes on the
+PBX looked up, and its audit names the calls it was answered by.
+
+End to end: the real aiogram polling loop against sandbox/telegram/, the real client
+against two simulators, SQLite. Waits are for events or states, never fixed sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from bot.config import load_settings
+from bot.entry.app import BotApp, running
+from sandbox.demo import demo_state
+from sandbox.mikopbx import MikoPbxSimulator
+from sandbox.telegram import TelegramSandbox
+from tests.conftest import API_KEY, fast_client
+from tests.personas import ANNA, BORIS, GROUP_ADMINS, OLGA, STRANGER, VIKTOR, meet, policy
+
+TOKEN = "123456789:AAE_sandbox-token-read-ahead_x1"
+GROUP = -1001000000077
+LISTS = ("GET sip-providers", "GET incoming-routes", "GET extensions:getForSelect")
+
+
+@dataclass
+class World:
+    tg: TelegramSandbox
+    app: BotApp
+    office: MikoPbxSimulator
+    branch: MikoPbxSimulator
+
+    def mark(self) -> int:
+        return len(self.tg.events)
+
+    async def said(self, pattern: str, *, after: int, chat_id: int = GROUP) -> dict:
+        regex = re.compile(pattern, re.S)
+        return await self.tg.wait_for(
+            lambda e: (
+                e["kind"] == "send" and e.get("chat_id") == chat_id and regex.search(e.get("text") or "")
+            ),
+            after=after,
+            timeout=30,
+        )
+
+
+def lists(sim: MikoPbxSimulator) -> int:
+    return sum(sim.stats[key] for key in LISTS)
+
+
+async def until(condition, what: str, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+    """Wait for a state of a simulator (it tells no one): looked at every few ms."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached in {timeout} s: {what}")
+        await asyncio.sleep(0.005)
+
+
+async def simulator() -> MikoPbxSimulator:
+    state = demo_state()
+    state.settings["PBXRateLimitEnabled"] = "0"
+    state.registrar.delay = 0.05
+    sim = MikoPbxSimulator(state, api_keys=[API_KEY])
+    await sim.start()
+    return sim
+
+
+@pytest.fixture
+async def world(tmp_path):
+    office, branch = await simulator(), await simulator()
+    try:
+        async with TelegramSandbox(TOKEN) as tg:
+            meet(tg, ANNA, BORIS, OLGA, VIKTOR, STRANGER)
+            tg.add_group(GROUP, "PBX admins", [ANNA, BORIS, OLGA, VIKTOR, STRANGER], admins=GROUP_ADMINS)
+            tg.started.add(OLGA)
+            settings = load_settings(
+                None,
+                pbx={
+                    name: {"url": sim.url, "api_key": API_KEY, "reload_wait": 0}
+                    for name, sim in (("office", office), ("branch", branch))
+                },
+                telegram={"token": TOKEN, "api_base": tg.url, "groups": {GROUP: "office"}},
+                storage={"data_dir": str(tmp_path / "data")},
+                policy=policy(ANNA, BORIS, OLGA, VIKTOR),
+                default_language="en",
+            )
+            async with (
+                fast_client(office.url, name="office") as to_office,
+                fast_client(branch.url, name="branch") as to_branch,
+                running(
+                    settings, clients={"office": to_office, "branch": to_branch}, polling_timeout=1
+                ) as app,
+            ):
+                w = World(tg, app, office, branch)
+                start = w.mark()
+                tg.send(OLGA, GROUP, "/whoami")  # the chat's PBX is found once
+                await w.said(".", after=start)
+                yield w
+    finally:
+        await office.stop()
+        await branch.stop()
+
+
+@pytest.mark.parametrize(
+    "seen", [True, False], ids=["chat seen before", "first command of a configured group"]
+)
+async def test_the_lists_leave_before_the_binding_is_read_and_are_read_once(world: World, monkeypatch, seen):
+    w = world
+    services = w.app.services
+    if not seen:
+        services.last_pbx.clear()  # a restart: the config's group -> PBX is the guess
+    gate = asyncio.Event()
+    lookup = services._pbx_of_chat
+
+    async def slow_lookup(chat_id: int, *, private: bool) -> str | None:
+        await gate.wait()  # a slow database
+        return await lookup(chat_id, private=private)
+
+    monkeypatch.setattr(services, "_pbx_of_chat", slow_lookup)
+    before = lists(w.office)
+    start = w.mark()
+    w.tg.send(OLGA, GROUP, "/addnumber zadarma 847900 → IVR")
+    await until(lambda: lists(w.office) == before + 3, "the three list calls, binding not read yet")
+    assert not gate.is_set()
+    gate.set()
+    card = await w.said(r"(?:Plan|План) (\w{6})", after=start)
+    plan_id = re.search(r"(?:Plan|План) (\w{6})", card["text"]).group(1)
+    assert lists(w.office) == before + 3  # the command joined them: not read twice
+    assert lists(w.branch) == 0
+
+    trail = services.store.audit.trail()
+    proposed = next(i for i, e in enumerate(trail) if e.event == "proposed" and e.plan_id == plan_id)
+    first = proposed
+    while trail[first - 1].event == "api_call":  # the reads' calls: stored with the plan, just before
+        first -= 1
+    calls = [e.detail for e in trail[first:proposed] if "{" not in e.detail["path"]]
+    calls = [c for c in calls if c["path"].count("/") == 1]  # the lists (the details are read too)
+    joined = sorted(c["path"] for c in calls if c.get("joined"))
+    assert joined == ["/extensions:getForSelect", "/incoming-routes", "/sip-providers"], calls
+    assert all(c["status"] == 200 for c in calls)
+    # /metrics counts each PBX call once: the joined ones are not calls
+    metrics = w.app.metrics.render().decode()
+    counted = re.search(r'pbxbot_pbx_calls_total\{method="GET",pbx="office",status="200"\} (\d+)', metrics)
+    assert counted and int(float(counted.group(1))) == w.office.reads(), metrics
+
+
+async def test_a_chat_rebound_by_another_process_is_planned_on_the_pbx_looked_up(world: World):
+    """The read ahead went to the PBX this process last knew; the command reads,
+    plans and stores on the one the database says now."""
+    w = world
+    w.app.services.store.chats.bind(GROUP, "branch")  # another replica's /pbx branch
+    office_before = lists(w.office)
+    start = w.mark()
+    w.tg.send(OLGA, GROUP, "/addnumber zadarma 847900 → IVR")
+    card = await w.said(r"(?:Plan|План) (\w{6})", after=start)
+    row = w.app.services.store.plans.get(re.search(r"(?:Plan|План) (\w{6})", card["text"]).group(1))
+    assert row.pbx == "branch"
+    assert lists(w.branch) == 3
+    assert lists(w.office) == office_before + 3  # what the guess cost: three reads, nothing else
+    assert w.office.writes() == 0 and w.app.services.last_pbx[GROUP] == "branch"
+
+
+@pytest.mark.parametrize(
+    ("user", "text"),
+    [
+        (OLGA, "/addnumber zadarma"),  # a typo: refused before any read
+        (OLGA, "/addnumber@some_other_bot zadarma 847900 → IVR"),  # another bot's command
+        (OLGA, "/plans"),  # not a change
+        (STRANGER, "/addnumber zadarma 847900 → IVR"),  # not allowed
+    ],
+)
+async def test_nothing_is_read_ahead_for_what_will_not_read(world: World, monkeypatch, user: int, text: str):
+    w = world
+    begun: list[str] = []
+    read_ahead = w.app.services.changes.read_ahead
+    monkeypatch.setattr(w.app.services.changes, "read_ahead", lambda *a: begun.append(a[0]) or read_ahead(*a))
+    before = w.office.reads()
+    start = w.mark()
+    w.tg.send(user, GROUP, text)
+    # updates are taken in order, and the read ahead is decided before the first await: once
+    # the /whoami sent after it is answered, the message above is past that point
+    w.tg.send(OLGA, GROUP, "/whoami")
+    await w.said(f"id {OLGA} ", after=start)
+    assert begun == [] and w.office.reads() == before
+
+    start = w.mark()
+    w.tg.send(OLGA, GROUP, "/whoami")
+    await w.said(f"id {OLGA} ", after=start)
+    assert w.office.reads() == before  # nor later
