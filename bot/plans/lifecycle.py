@@ -16,7 +16,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from pbx.budget import Priority, at
 from pbx.errors import PbxError
@@ -77,6 +77,21 @@ from .secrets import Secrets
 from .snapshot import Snapshot
 from .validate import sip_passwords
 
+T = TypeVar("T")
+
+
+def _and(
+    planner: Callable[[Snapshot], Plan], then: Callable[[Plan, Snapshot], T] | None
+) -> Callable[[Snapshot], tuple[Plan, T | None]]:
+    """`planner`, then `then` on its plan and snapshot (both pure: read_then may run them twice)."""
+
+    def work(snapshot: Snapshot) -> tuple[Plan, T | None]:
+        plan = planner(snapshot)
+        return plan, (then(plan, snapshot) if then is not None else None)
+
+    return work
+
+
 # what `plan` plans with `read_then`: the 3 list calls first
 _READ_THEN = (AddNumber, AddNumbers, RouteNumber, RemoveNumber, ChangePassword, FixHost)
 
@@ -111,6 +126,14 @@ class Lifecycle:
 
     async def plan(self, pbx: str, intent: Intent) -> tuple[Plan, Snapshot]:
         """Read the PBX and plan, storing nothing (what `pbxbot plan` shows)."""
+        plan, snapshot, _ = await self._plan(pbx, intent, None)
+        return plan, snapshot
+
+    async def _plan(
+        self, pbx: str, intent: Intent, then: Callable[[Plan, Snapshot], T] | None
+    ) -> tuple[Plan, Snapshot, T | None]:
+        """`plan`, and `then(plan, snapshot)` done with it: while the PBX answers, when the
+        plan is made then (`then` must not await or keep state: it may run twice)."""
         handle = self.ledger.handle(pbx)
         if isinstance(intent, AddNumber):
             intent = AddNumbers(intent.provider, (intent,))
@@ -125,28 +148,31 @@ class Lifecycle:
                 recipe_when=self.recipe_when,
                 phone_dids=self.phone_dids,
             )
-            snapshot, plan = await reader.read_then(add, host=intent.provider.host)
-            return plan, snapshot
+            snapshot, (plan, done) = await reader.read_then(_and(add, then), host=intent.provider.host)
+            return plan, snapshot, done
         if isinstance(intent, RouteNumber):
             route = partial(plan_route, intent, phone_dids=self.phone_dids)
-            snapshot, plan = await reader.read_then(route, number=intent.number)
-            return plan, snapshot
+            snapshot, (plan, done) = await reader.read_then(_and(route, then), number=intent.number)
+            return plan, snapshot, done
         if isinstance(intent, RemoveNumber):
-            snapshot, plan = await reader.read_then(partial(plan_remove, intent), number=intent.number)
-            return plan, snapshot
+            remove = partial(plan_remove, intent)
+            snapshot, (plan, done) = await reader.read_then(_and(remove, then), number=intent.number)
+            return plan, snapshot, done
         if isinstance(intent, ChangePassword):
-            snapshot, plan = await reader.read_then(partial(plan_password, intent), number=intent.number)
-            return plan, snapshot
+            password = partial(plan_password, intent)
+            snapshot, (plan, done) = await reader.read_then(_and(password, then), number=intent.number)
+            return plan, snapshot, done
         if isinstance(intent, FixHost):
             fix = partial(
                 plan_fix_host, intent, default_extension=self.default_extension, phone_dids=self.phone_dids
             )
-            snapshot, plan = await reader.read_then(fix, host=intent.host)
-            return plan, snapshot
+            snapshot, (plan, done) = await reader.read_then(_and(fix, then), host=intent.host)
+            return plan, snapshot, done
         if isinstance(intent, PutBack):
             ids = {a["id"] for a in intent.accounts}
             snapshot = await handle.reader.read(accounts=ids, fresh=ids)
-            return plan_put_back(intent, snapshot), snapshot
+            plan, done = _and(partial(plan_put_back, intent), then)(snapshot)
+            return plan, snapshot, done
         if isinstance(intent, Undo):
             original = await self.ledger.get(intent.plan_id)
             if original.status not in (APPLIED, FAILED) or not original.results:
@@ -159,43 +185,23 @@ class Lifecycle:
             snapshot = await handle.reader.read(host=original.host, accounts=written, fresh=written)
             steps = [Step.from_dict(s) for s in original.steps]
             results = {int(k): v for k, v in original.results.items()}
-            return plan_undo(steps, results, snapshot, pbx=pbx), snapshot
+            plan, done = _and(partial(plan_undo, steps, results, pbx=pbx), then)(snapshot)
+            return plan, snapshot, done
         raise ChangeError("not_a_change")
 
-    async def propose(
+    def _row(
         self,
-        actor: Actor,
+        plan: Plan,
         pbx: str,
         intent: Intent,
-        *,
-        secrets: Mapping[str, str] | None = None,
-        command: str = "",
-        chat_id: int | None = None,
-        version: int = 1,
-    ) -> Proposal:
-        await self.ledger.require(actor, Action.PROPOSE)
-        secrets = sip_passwords(secrets, also=ChangeError)  # one validator for chat, CSV and CLI
-        calls: list[dict[str, Any]] = []  # the reads' api_call events: stored with the plan, or alone
-        token = api_calls.set(calls)
-        try:
-            plan, snapshot = await self.plan(pbx, intent)
-            plan.summary["names"] = display_names(plan, snapshot)
-            if isinstance(intent, ChangePassword) and secrets and intent.number in secrets:
-                # given for the number as typed (a phone, maybe): it is the account's login's
-                secrets = {login: secrets[intent.number] for login in plan.needs_secret}
-        except BaseException as exc:
-            api_calls.reset(token)
-            await self.ledger.flush_calls(calls, actor, None, pbx=pbx)
-            if isinstance(exc, PlanError):
-                await self.ledger.audit("plan_refused", actor, None, pbx=pbx, code=exc.code, command=command)
-            raise
-        api_calls.reset(token)
-        if plan.empty:
-            await self.ledger.flush_calls(calls, actor, None, pbx=pbx)
-            await self.ledger.audit("plan_empty", actor, None, pbx=pbx, command=command)
-            return Proposal(plan, None)
+        actor: Actor,
+        command: str,
+        chat_id: int | None,
+        version: int,
+    ) -> PlanRow:
+        """The plan as stored when proposed (its id drawn as it is inserted)."""
         now = self.ledger.clock()
-        row = PlanRow(
+        return PlanRow(
             id="",
             pbx=pbx,
             kind=plan.kind.value,
@@ -217,6 +223,46 @@ class Lifecycle:
             needs_secret=plan.needs_secret,
             undo_of=intent.plan_id if isinstance(intent, Undo) else None,
         )
+
+    async def propose(
+        self,
+        actor: Actor,
+        pbx: str,
+        intent: Intent,
+        *,
+        secrets: Mapping[str, str] | None = None,
+        command: str = "",
+        chat_id: int | None = None,
+        version: int = 1,
+    ) -> Proposal:
+        """Read, plan and store a plan: proposed, or approved at once when the policy
+        needs no approval."""
+        await self.ledger.require(actor, Action.PROPOSE)
+        secrets = sip_passwords(secrets, also=ChangeError)  # one validator for chat, CSV and CLI
+        calls: list[dict[str, Any]] = []  # the reads' api_call events: stored with the plan, or alone
+        token = api_calls.set(calls)
+
+        def stored(plan: Plan, snapshot: Snapshot) -> PlanRow | None:
+            """What is stored, made while the PBX answers (and again if the plan is)."""
+            plan.summary["names"] = display_names(plan, snapshot)
+            return None if plan.empty else self._row(plan, pbx, intent, actor, command, chat_id, version)
+
+        try:
+            plan, _, row = await self._plan(pbx, intent, stored)
+            if isinstance(intent, ChangePassword) and secrets and intent.number in secrets:
+                # given for the number as typed (a phone, maybe): it is the account's login's
+                secrets = {login: secrets[intent.number] for login in plan.needs_secret}
+        except BaseException as exc:
+            api_calls.reset(token)
+            await self.ledger.flush_calls(calls, actor, None, pbx=pbx)
+            if isinstance(exc, PlanError):
+                await self.ledger.audit("plan_refused", actor, None, pbx=pbx, code=exc.code, command=command)
+            raise
+        api_calls.reset(token)
+        if row is None:
+            await self.ledger.flush_calls(calls, actor, None, pbx=pbx)
+            await self.ledger.audit("plan_empty", actor, None, pbx=pbx, command=command)
+            return Proposal(plan, None)
         ledger = self.ledger
         read_calls = [ledger.event("api_call", actor, None, **call, pbx=pbx) for call in calls]
         proposed = dict(kind=row.kind, steps=len(plan.steps), command=command, version=version)
