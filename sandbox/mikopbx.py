@@ -12,6 +12,7 @@ What it imitates (mikopbx/Core 2026.1):
   `pid` of whichever of the three API workers answered, `meta.timestamp` to the second
   and `meta.hash` = sha1(timestamp + content), an `E-Tag` header = sha1(content): two
   answers of the same unchanged list are rarely the same to the byte;
+- nginx's gzip (level 1) of JSON, text and HTML for a client that accepts it;
 - nginx's rate limit: 180 requests per 60 s window + 20 burst per client, then
   "Too many requests" (429, plain text) and a 300 s block doubling per offence,
   off when general setting `PBXRateLimitEnabled` is "0";
@@ -33,6 +34,7 @@ import random
 import re
 import secrets
 import time
+import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -284,7 +286,7 @@ class MikoPbxSimulator(LoopbackServer):
         try:
             if self.latency:
                 await asyncio.sleep(self.latency)
-            return await self._api_call(request)
+            return _nginx_gzip(request, await self._api_call(request))
         finally:
             if self.timeline is not None:
                 self.timeline.append((started, time.monotonic()))
@@ -761,6 +763,35 @@ def _envelope(status: int, data: Any, messages: Any, function: str) -> web.Respo
     return web.Response(
         text=php_json(body), status=status, content_type="application/json", headers={"E-Tag": etag}
     )
+
+
+# MikoPBX's nginx.conf (src/Core/System/RootFS/etc/nginx/nginx.conf): gzip on, gzip_proxied any,
+# these gzip_types (text/html always), nginx's defaults: level 1, 20 bytes at least
+_GZIP_TYPES = {
+    "text/html",
+    "text/plain",
+    "text/css",
+    "application/json",
+    "application/x-javascript",
+    "text/xml",
+    "application/xml",
+    "text/javascript",
+    "application/javascript",
+}
+
+
+def _nginx_gzip(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """The answer as nginx sends it to a client that accepts gzip: compressed, level 1."""
+    if not isinstance(response, web.Response) or not isinstance(response.body, bytes):
+        return response
+    accepted = request.headers.get("Accept-Encoding", "").lower()
+    if "gzip" not in accepted or response.content_type not in _GZIP_TYPES or len(response.body) < 20:
+        return response
+    packer = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # a gzip stream
+    response.body = packer.compress(response.body) + packer.flush()
+    response.headers["Content-Encoding"] = "gzip"
+    response.headers["Vary"] = "Accept-Encoding"
+    return response
 
 
 def _not_found(request: web.Request) -> web.Response:

@@ -54,6 +54,16 @@ async def test_two_answers_of_an_unchanged_list_differ_where_mikopbx_s_differ(si
         assert answer.headers["E-Tag"] == hashlib.sha1(content).hexdigest()
 
 
+async def test_json_is_gzipped_as_mikopbx_s_nginx_does_for_a_client_that_accepts_it(sim):
+    """nginx.conf: gzip on for application/json (level 1); httpx asks for it by default."""
+    async with httpx.AsyncClient(base_url=sim.url + "/pbxcore/api/v3", headers=AUTH) as http:
+        packed = await http.get("/incoming-routes")
+        plain = await http.get("/incoming-routes", headers={"Accept-Encoding": "identity"})
+    assert packed.headers["Content-Encoding"] == "gzip" and "Content-Encoding" not in plain.headers
+    assert int(packed.headers["Content-Length"]) < int(plain.headers["Content-Length"])
+    assert packed.json()["data"] == plain.json()["data"]
+
+
 async def test_unknown_endpoint_is_phalcons_404_with_success_not_result(sim):
     async with httpx.AsyncClient(base_url=sim.url, headers=AUTH) as http:
         response = await http.get("/pbxcore/api/v3/no-such-resource")
