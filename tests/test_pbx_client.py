@@ -566,3 +566,54 @@ async def test_an_answer_read_ahead_is_not_taken_late_or_after_a_write(sim, clie
     routes = await client.list_routes()
     assert sim.stats["GET incoming-routes"] == 4
     assert {r.id: r.note for r in routes}[2] == "edited"
+
+
+async def test_an_answer_read_ahead_the_same_as_the_kept_list_gives_that_list_not_one_parsed_since(sim):
+    """An answer read ahead that was the kept list, to the byte, is that list when its
+    command takes it seconds later: not whatever list was parsed meanwhile (here, a read
+    begun before the bot's write, answered late, with what the PBX held then)."""
+    import httpx
+
+    from tests.conftest import fast_client
+
+    class Held(httpx.AsyncBaseTransport):
+        """The next route list's answer, once read from the PBX, is held until released."""
+
+        def __init__(self) -> None:
+            self.inner = httpx.AsyncHTTPTransport()
+            self.hold: asyncio.Event | None = None
+            self.served = asyncio.Event()
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            response = await self.inner.handle_async_request(request)
+            routes = request.method == "GET" and request.url.path.endswith("/incoming-routes")
+            if self.hold is not None and routes:
+                hold, self.hold = self.hold, None
+                await response.aread()
+                self.served.set()
+                await hold.wait()
+            return response
+
+        async def aclose(self) -> None:
+            await self.inner.aclose()
+
+    for rid in range(100, 200):  # a list long enough to be kept parsed
+        sim.state.routes[rid] = {
+            "id": rid, "rulename": f"in {rid}", "number": str(900000 + rid), "provider": None,
+            "priority": rid, "timeout": 120, "extension": "2000", "audio_message_id": None, "note": "",
+        }  # fmt: skip
+    transport = Held()
+    async with fast_client(sim.url, name="demo", transport=transport) as client:
+        await client.list_routes()  # kept parsed: route 150's note ""
+        sim.state.routes[150]["note"] = "by hand"  # an admin, in the web interface
+        transport.hold = release = asyncio.Event()
+        late = asyncio.ensure_future(client.list_routes())  # e.g. the refresher's: answered late
+        await transport.served.wait()  # ... with "by hand"
+        await client.patch_route(150, {"note": ""}, providerid=None)  # the bot puts it back
+        await ahead(client, client.list_routes)  # a command's read ahead: the kept list again
+        release.set()
+        assert {r.id: r.note for r in await late}[150] == "by hand"  # what the PBX said then
+        reads = sim.stats["GET incoming-routes"]
+        routes = await client.list_routes()  # the command: takes its answer read ahead
+        assert sim.stats["GET incoming-routes"] == reads  # (taken, not read again)
+        assert {r.id: r.note for r in routes}[150] == ""  # what the PBX says since the write
