@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 import httpx
 
-from .base import call_written, reading_ahead
+from .base import call_written, planning, reading_ahead
 from .budget import Budget, Claim, LocalBudget, claimed, current_claim, current_priority
 from .errors import (
     PbxAuthError,
@@ -290,7 +290,8 @@ class MikoPbxClient:
         shared read waits in the budget at the most urgent of its callers'
         priorities (a background read joined by a command is the command's).
         A read begun ahead (`reading_ahead`) and answered before its command asked
-        is taken by the first read of the same, within AHEAD_KEEP and before any write."""
+        is taken by the first read of the same a command plans on (`planning`), within
+        AHEAD_KEEP and before any write; any other read drops it and reads anew."""
         if write is None:
             write = method != "GET"
         if write or method != "GET" or not auth:
@@ -304,8 +305,8 @@ class MikoPbxClient:
         shared = self._reads.get(key)
         if shared is not None and shared.until is not None and not ahead:  # answered ahead: taken once
             del self._reads[key]
-            if time.monotonic() > shared.until:
-                shared = None
+            if not planning.get() or time.monotonic() > shared.until:
+                shared = None  # not a command's planning read (the stale check, say), or too late
         joined = shared is not None and shared.epoch == self._epoch
         if shared is None or not joined:
             claim = current_claim()
