@@ -94,9 +94,11 @@ class Services:
             pbx = next(iter(self.changes.pbxs))  # a private chat, one PBX
         if pbx is None or not text or not text.startswith("/"):
             return None
-        mention = text.split(maxsplit=1)[0].partition("@")[2]
+        command, _, mention = text.split(maxsplit=1)[0].partition("@")
         if mention and mention.lower() != self.bot_username.lower():
             return None  # another bot's command
+        if command != command.lower():
+            return None  # no handler takes it: a command matches in its case (parse takes any)
         try:
             intent = parse(text)
         except UsageError:

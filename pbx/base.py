@@ -26,6 +26,11 @@ call_written: ContextVar[Callable[[], None] | None] = ContextVar("call_written",
 # them as plain reads is correct too: the command then reads again.
 reading_ahead: ContextVar[bool] = ContextVar("reading_ahead", default=False)
 
+# Set by the reads a command plans on (SnapshotReader.read_then): only they take an answer read
+# ahead and answered before they asked. Any other read (the stale check before a write above
+# all) is answered by what the PBX holds now, or by a read under way.
+planning: ContextVar[bool] = ContextVar("planning", default=False)
+
 
 class Pbx(Protocol):
     name: str

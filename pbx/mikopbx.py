@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 import httpx
 
-from .base import call_written, reading_ahead
+from .base import call_written, planning, reading_ahead
 from .budget import Budget, Claim, LocalBudget, claimed, current_claim, current_priority
 from .errors import (
     PbxAuthError,
@@ -61,7 +61,6 @@ from .models import (
 log = logging.getLogger("pbxbot.pbx")
 
 API_PATH = "/pbxcore/api/v3"
-_KEPT = object()  # `_exchange`'s word for "the body is the kept list's"
 # how long an answer read ahead waits for the command it was begun for (its reader looks up
 # the chat's PBX first: a millisecond, or a slow database's round trip)
 AHEAD_KEEP = 5.0
@@ -75,6 +74,15 @@ _VOLATILE_TAIL = re.compile(
 )
 _NOT_FOUND_CODES = {"api_ProviderNotFound", "api_IncomingRouteNotFound"}
 _RETRY_STATUSES = {429, 502, 503, 504}
+
+
+@dataclass(frozen=True, slots=True)
+class _Kept:
+    """`_exchange`'s word for "the body is the kept list's": the records kept for it then.
+    Carried with the answer, not looked up when a reader gets it: a reader may come
+    seconds later (an answer read ahead), after another answer was kept for the key."""
+
+    records: list[Any]
 
 
 @dataclass(slots=True)
@@ -282,7 +290,8 @@ class MikoPbxClient:
         shared read waits in the budget at the most urgent of its callers'
         priorities (a background read joined by a command is the command's).
         A read begun ahead (`reading_ahead`) and answered before its command asked
-        is taken by the first read of the same, within AHEAD_KEEP and before any write."""
+        is taken by the first read of the same a command plans on (`planning`), within
+        AHEAD_KEEP and before any write; any other read drops it and reads anew."""
         if write is None:
             write = method != "GET"
         if write or method != "GET" or not auth:
@@ -296,8 +305,8 @@ class MikoPbxClient:
         shared = self._reads.get(key)
         if shared is not None and shared.until is not None and not ahead:  # answered ahead: taken once
             del self._reads[key]
-            if time.monotonic() > shared.until:
-                shared = None
+            if not planning.get() or time.monotonic() > shared.until:
+                shared = None  # not a command's planning read (the stale check, say), or too late
         joined = shared is not None and shared.epoch == self._epoch
         if shared is None or not joined:
             claim = current_claim()
@@ -322,9 +331,9 @@ class MikoPbxClient:
             raise
         if joined:
             self._emit(CallRecord(method, path, 200, _ms(started), joined=True))
-        if data is _KEPT:  # the body is the kept list's, to the byte: not even decoded
+        if isinstance(data, _Kept):  # the body is the kept list's, to the byte: not even decoded
             if parse is not None:
-                return list(self._lists[key][1])
+                return list(data.records)
             data = self._unwrap(method, path, httpx.Response(200, content=body))
         if parse is None:
             return data
@@ -373,7 +382,7 @@ class MikoPbxClient:
     ) -> Any:
         """The call itself: rate limit, auth, retries of what may be retried.
         `raw` (a read's key): (the answer's data, its body as received) instead of the
-        parsed answer; (`_KEPT`, body) when the body is the one kept parsed for that key."""
+        parsed answer; (`_Kept`, body) when the body is the one kept parsed for that key."""
         attempt = 0
         renewed = False
         extensions = _written_trace(call_written.get())
@@ -418,7 +427,7 @@ class MikoPbxClient:
                     if raw is not None:
                         kept = self._lists.get(raw)
                         if status == 200 and kept is not None and _same_answer(response.content, kept[0]):
-                            return _KEPT, response.content
+                            return _Kept(kept[1]), response.content
                         return self._unwrap(method, path, response), response.content
                     data = self._unwrap(method, path, response)
                     return data if parse is None else self._parsed(method, path, status, data, parse)

@@ -540,16 +540,37 @@ async def ahead(client, call):
     return await task
 
 
+async def planned(call):
+    """`call` as a command's read to plan on (SnapshotReader.read_then)."""
+    from pbx.base import planning
+
+    token = planning.set(True)
+    try:
+        return await call()
+    finally:
+        planning.reset(token)
+
+
 async def test_an_answer_read_ahead_is_taken_once_by_the_read_it_was_begun_for(sim, client):
     records: list = []
     client.listeners.append(records.append)
     await ahead(client, client.list_routes)
     assert sim.stats["GET incoming-routes"] == 1
-    await client.list_routes()  # the command, after the answer came: takes it
+    await planned(client.list_routes)  # the command, after the answer came: takes it
     assert sim.stats["GET incoming-routes"] == 1
     assert [r.joined for r in records] == [False, True]  # told as joined, not as a call
-    await client.list_routes()  # taken already: read anew
+    await planned(client.list_routes)  # taken already: read anew
     assert sim.stats["GET incoming-routes"] == 2
+
+
+async def test_an_answer_read_ahead_is_taken_by_a_command_planning_only(sim, client):
+    """Any other read (the stale check before a write) reads what the PBX holds now."""
+    await ahead(client, client.list_routes)
+    sim.state.routes[2]["note"] = "by hand"
+    routes = await client.list_routes()
+    assert sim.stats["GET incoming-routes"] == 2 and {r.id: r.note for r in routes}[2] == "by hand"
+    await planned(client.list_routes)  # and the answer read ahead is gone: read anew
+    assert sim.stats["GET incoming-routes"] == 3
 
 
 async def test_an_answer_read_ahead_is_not_taken_late_or_after_a_write(sim, client, monkeypatch):
@@ -557,12 +578,63 @@ async def test_an_answer_read_ahead_is_not_taken_late_or_after_a_write(sim, clie
 
     monkeypatch.setattr(module, "AHEAD_KEEP", 0.0)  # nobody came in time
     await ahead(client, client.list_routes)
-    await client.list_routes()
+    await planned(client.list_routes)
     assert sim.stats["GET incoming-routes"] == 2
 
     monkeypatch.setattr(module, "AHEAD_KEEP", 60.0)
     await ahead(client, client.list_routes)
     await client.patch_route(2, {"note": "edited"}, providerid=None)  # what was read ahead may not show it
-    routes = await client.list_routes()
+    routes = await planned(client.list_routes)
     assert sim.stats["GET incoming-routes"] == 4
     assert {r.id: r.note for r in routes}[2] == "edited"
+
+
+async def test_an_answer_read_ahead_the_same_as_the_kept_list_gives_that_list_not_one_parsed_since(sim):
+    """An answer read ahead that was the kept list, to the byte, is that list when its
+    command takes it seconds later: not whatever list was parsed meanwhile (here, a read
+    begun before the bot's write, answered late, with what the PBX held then)."""
+    import httpx
+
+    from tests.conftest import fast_client
+
+    class Held(httpx.AsyncBaseTransport):
+        """The next route list's answer, once read from the PBX, is held until released."""
+
+        def __init__(self) -> None:
+            self.inner = httpx.AsyncHTTPTransport()
+            self.hold: asyncio.Event | None = None
+            self.served = asyncio.Event()
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            response = await self.inner.handle_async_request(request)
+            routes = request.method == "GET" and request.url.path.endswith("/incoming-routes")
+            if self.hold is not None and routes:
+                hold, self.hold = self.hold, None
+                await response.aread()
+                self.served.set()
+                await hold.wait()
+            return response
+
+        async def aclose(self) -> None:
+            await self.inner.aclose()
+
+    for rid in range(100, 200):  # a list long enough to be kept parsed
+        sim.state.routes[rid] = {
+            "id": rid, "rulename": f"in {rid}", "number": str(900000 + rid), "provider": None,
+            "priority": rid, "timeout": 120, "extension": "2000", "audio_message_id": None, "note": "",
+        }  # fmt: skip
+    transport = Held()
+    async with fast_client(sim.url, name="demo", transport=transport) as client:
+        await client.list_routes()  # kept parsed: route 150's note ""
+        sim.state.routes[150]["note"] = "by hand"  # an admin, in the web interface
+        transport.hold = release = asyncio.Event()
+        late = asyncio.ensure_future(client.list_routes())  # e.g. the refresher's: answered late
+        await transport.served.wait()  # ... with "by hand"
+        await client.patch_route(150, {"note": ""}, providerid=None)  # the bot puts it back
+        await ahead(client, client.list_routes)  # a command's read ahead: the kept list again
+        release.set()
+        assert {r.id: r.note for r in await late}[150] == "by hand"  # what the PBX said then
+        reads = sim.stats["GET incoming-routes"]
+        routes = await planned(client.list_routes)  # the command: takes its answer read ahead
+        assert sim.stats["GET incoming-routes"] == reads  # (taken, not read again)
+        assert {r.id: r.note for r in routes}[150] == ""  # what the PBX says since the write

@@ -171,6 +171,7 @@ async def test_a_chat_rebound_by_another_process_is_planned_on_the_pbx_looked_up
     [
         (OLGA, "/addnumber zadarma"),  # a typo: refused before any read
         (OLGA, "/addnumber@some_other_bot zadarma 847900 → IVR"),  # another bot's command
+        (OLGA, "/AddNumber zadarma 847900 → IVR"),  # no handler takes it (commands match by case)
         (OLGA, "/plans"),  # not a change
         (STRANGER, "/addnumber zadarma 847900 → IVR"),  # not allowed
     ],

@@ -415,3 +415,28 @@ async def test_a_destination_given_to_someone_else_makes_a_new_version_showing_i
     new = outcome.replacement.row
     assert (new.version, new.status, new.summary["destination"]) == (2, "proposed", "Ivan Desk")
     assert "847900" not in [p["username"] for p in sim.state.providers.values()]
+
+
+# ---------------------------------------------------------------------- reads begun ahead
+
+
+async def test_the_stale_check_never_takes_lists_read_ahead_for_a_command(sim, client):
+    """Lists read ahead for a command (handlers/access.py) and answered before it asked
+    wait a few seconds for it. The stale check before a write is not that command: it
+    reads what the PBX holds now, not what it held when a message came in (a command
+    that then went to another PBX, or has not asked yet)."""
+    import asyncio
+
+    from pbx.base import reading_ahead
+
+    await recipe_host(client)
+    plan = await propose(client, "/route 847900 → Sales")
+    token = reading_ahead.set(True)
+    try:  # as SnapshotReader.read_ahead begins them
+        lists = (client.list_providers, client.list_routes, client.destinations)
+        begun = [asyncio.ensure_future(call()) for call in lists]
+    finally:
+        reading_ahead.reset(token)
+    await asyncio.gather(*begun)  # answered: kept a while for the command
+    sim.state.queues[0]["name"] = "Sales (old)"  # the admin renames the queue the plan routes to
+    assert await apply(client, plan) is ApplyStatus.STALE

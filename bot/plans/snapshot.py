@@ -28,7 +28,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from bot.routing.rules import accounts_of_number, host_key, same_host
-from pbx.base import Pbx, call_written, reading_ahead
+from pbx.base import Pbx, call_written, planning, reading_ahead
 from pbx.budget import Priority, current_priority
 from pbx.models import Destination, Provider, ProviderSummary, RegistrationStatus, Route
 
@@ -918,7 +918,13 @@ class SnapshotReader:
         query = Query(host, number, False, False, tuple(accounts))
         seen, version = self._seen, self._version
         if seen is None or version != self._seen_version:
-            snapshot = await self._read(query, await self._lists_now())
+            planned = planning.set(True)  # the lists a command plans on: read ahead for it, maybe
+            try:
+                lists = await self._read_lists()
+            finally:
+                planning.reset(planned)
+            await self._lists(*lists)
+            snapshot = await self._read(query, lists)
             return snapshot, work(snapshot)
         sent = asyncio.Event()
         written = [0]
@@ -928,10 +934,11 @@ class SnapshotReader:
             if written[0] == 3:  # the three list calls
                 sent.set()
 
-        token = call_written.set(one_written)
+        token, planned = call_written.set(one_written), planning.set(True)
         try:
             reading = asyncio.ensure_future(self._read_lists())
         finally:
+            planning.reset(planned)
             call_written.reset(token)
         try:
             return await self._then(work, query, seen, version, reading, sent)
