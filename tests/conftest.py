@@ -31,14 +31,20 @@ def fast_client(url: str, **kwargs) -> MikoPbxClient:
     return MikoPbxClient(url, **options)
 
 
-@pytest.fixture
-async def sim():
-    """The demo PBX over HTTP on loopback; nginx's rate limit off unless a test turns it on."""
+async def start_demo_sim(registration_delay: float = 0.05) -> MikoPbxSimulator:
+    """The demo PBX over HTTP on loopback, started; nginx's rate limit off unless a test turns it on."""
     state = demo_state()
     state.settings["PBXRateLimitEnabled"] = "0"
-    state.registrar.delay = 0.05
+    state.registrar.delay = registration_delay
     simulator = MikoPbxSimulator(state, api_keys=[API_KEY])
     await simulator.start()
+    return simulator
+
+
+@pytest.fixture
+async def sim():
+    """The demo PBX (`start_demo_sim`), stopped after the test."""
+    simulator = await start_demo_sim()
     yield simulator
     await simulator.stop()
 

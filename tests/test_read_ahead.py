@@ -17,10 +17,9 @@ import pytest
 
 from bot.config import load_settings
 from bot.entry.app import BotApp, running
-from sandbox.demo import demo_state
 from sandbox.mikopbx import MikoPbxSimulator
 from sandbox.telegram import TelegramSandbox
-from tests.conftest import API_KEY, fast_client
+from tests.conftest import API_KEY, fast_client, start_demo_sim
 from tests.personas import ANNA, BORIS, GROUP_ADMINS, OLGA, STRANGER, VIKTOR, meet, policy
 
 TOKEN = "123456789:AAE_sandbox-token-read-ahead_x1"
@@ -62,18 +61,9 @@ async def until(condition, what: str, timeout: float = 30.0) -> None:  # noqa: A
         await asyncio.sleep(0.005)
 
 
-async def simulator() -> MikoPbxSimulator:
-    state = demo_state()
-    state.settings["PBXRateLimitEnabled"] = "0"
-    state.registrar.delay = 0.05
-    sim = MikoPbxSimulator(state, api_keys=[API_KEY])
-    await sim.start()
-    return sim
-
-
 @pytest.fixture
 async def world(tmp_path):
-    office, branch = await simulator(), await simulator()
+    office, branch = await start_demo_sim(), await start_demo_sim()
     try:
         async with TelegramSandbox(TOKEN) as tg:
             meet(tg, ANNA, BORIS, OLGA, VIKTOR, STRANGER)

@@ -22,9 +22,8 @@ from bot.plans.executor import ApplyStatus, Executor
 from bot.plans.planner import Plan, plan_add_numbers, plan_undo
 from bot.plans.snapshot import SnapshotReader
 from pbx.models import SECRET_MASK
-from sandbox.demo import demo_state
 from sandbox.mikopbx import MikoPbxSimulator
-from tests.conftest import API_KEY, fast_client
+from tests.conftest import fast_client, start_demo_sim
 
 PASSWORDS = {"847900": "pw-847900", "0053248": "pw-0053248", "847901": "pw-847901", "847902": "pw-847902"}
 TIMEOUT = 0.4  # the client's; a "timeout" fault answers later than this
@@ -123,12 +122,7 @@ def executor(client) -> Executor:
 
 
 async def start_sim() -> MikoPbxSimulator:
-    state = demo_state()
-    state.settings["PBXRateLimitEnabled"] = "0"
-    state.registrar.delay = 0.01
-    sim = MikoPbxSimulator(state, api_keys=[API_KEY])
-    await sim.start()
-    return sim
+    return await start_demo_sim(registration_delay=0.01)
 
 
 async def planned_state(case: Case) -> dict[str, Any]:
