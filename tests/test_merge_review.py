@@ -16,6 +16,23 @@ from storage.repos import Repos
 from tests.test_mirror import ZADARMA, Gated, grow
 
 
+class Drifts(list):
+    """A reader's `on_drift`: every (before, after) it is told, in order."""
+
+    async def __call__(self, before: Any, after: Any) -> None:
+        self.append((before, after))
+
+
+async def read_once_gated(client: Any, drifts: Drifts) -> tuple[Gated, SnapshotReader]:
+    """A reader over a Gated client (open), after one read of the host; `asked` cleared."""
+    gated = Gated(client)
+    gated.open.set()
+    reader = SnapshotReader(gated, on_drift=drifts)
+    await reader.read(host=ZADARMA)
+    gated.asked.clear()
+    return gated, reader
+
+
 class Answered:
     """The client, with the answers of some detail reads held: the PBX answered (the
     record is as it was when asked), the answer reaches the bot when `release` is set."""
@@ -115,13 +132,9 @@ async def test_a_failed_read_in_a_batch_loses_no_drift_of_the_accounts_read_with
     """One detail read of a batch fails (an account removed meanwhile, a timeout): the
     others were read and are kept. Their hand edits are still told as drift, and stored."""
     ids = grow(sim, 3)
-    drifts: list[tuple[Any, Any]] = []
-
-    async def on_drift(before, after):
-        drifts.append((before, after))
-
+    drifts = Drifts()
     failing = OneFails(client, failing=ids[0], others=2)
-    reader = SnapshotReader(failing, mirror=AsyncRepos(Repos(engine)), on_drift=on_drift)
+    reader = SnapshotReader(failing, mirror=AsyncRepos(Repos(engine)), on_drift=drifts)
     await reader.read(host=ZADARMA)
     sim.state.providers[ids[1]]["manualattributes"] = "[endpoint]\nlanguage=en"  # by hand
     failing.active = True
@@ -139,17 +152,9 @@ async def test_a_hand_edit_read_once_by_two_commands_at_once_is_told_once(sim, c
     """Two commands read a host at once; an account's list entry changed by hand, so both
     want it, and the second joins the first one's read. The edit is one drift event."""
     ids = grow(sim, 2)
-    drifts: list[tuple[Any, Any]] = []
-
-    async def on_drift(before, after):
-        drifts.append((before, after))
-
-    gated = Gated(client)
-    gated.open.set()
-    reader = SnapshotReader(gated, on_drift=on_drift)
-    await reader.read(host=ZADARMA)
+    drifts = Drifts()
+    gated, reader = await read_once_gated(client, drifts)
     gated.open.clear()
-    gated.asked.clear()
     sim.state.providers[ids[0]]["port"] = 5080  # by hand
     fetching = asyncio.Event()
     fetch = reader._fetch
@@ -202,12 +207,8 @@ async def test_an_account_the_bot_removed_in_another_process_is_no_drift(sim, cl
     """Two processes on one database: one removes an account (the executor's delete step,
     then `forget`). The other's next read must not tell it as removed by hand."""
     ids = grow(sim, 2)
-    drifts: list[tuple[Any, Any]] = []
-
-    async def on_drift(before, after):
-        drifts.append((before, after))
-
-    other = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)), on_drift=on_drift)
+    drifts = Drifts()
+    other = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)), on_drift=drifts)
     await other.read(host=ZADARMA)
     writer = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)))
     await writer.read(host=ZADARMA)
@@ -277,16 +278,8 @@ async def test_records_another_process_stored_are_taken_though_a_sync_failed_bef
 async def test_an_account_added_by_hand_seen_by_two_reads_at_once_is_read_and_told_once(sim, client):
     """Two reads at once both list an account added by hand: it is read once and told once."""
     (first,) = grow(sim, 1)
-    drifts: list[tuple[Any, Any]] = []
-
-    async def on_drift(before, after):
-        drifts.append((before, after))
-
-    gated = Gated(client)
-    gated.open.set()
-    reader = SnapshotReader(gated, on_drift=on_drift)
-    await reader.read(host=ZADARMA)
-    gated.asked.clear()
+    drifts = Drifts()
+    gated, reader = await read_once_gated(client, drifts)
     added = "SIP-TRUNK-ADDED"
     sim.state.providers[added] = {
         **sim.state.providers[first],
@@ -305,13 +298,9 @@ async def test_a_hand_edit_is_told_though_the_refresher_re_read_it_before_the_re
     round re-reads one of them (the command's record is its "before": no change to tell)
     before the command's batch ends. The hand edit the command read is still told, once."""
     first, other = grow(sim, 2)
-    drifts: list[tuple[Any, Any]] = []
-
-    async def on_drift(before, after):
-        drifts.append((before, after))
-
+    drifts = Drifts()
     held = Answered(client, hold=other, priority=Priority.COMMAND)
-    reader = SnapshotReader(held, on_drift=on_drift)
+    reader = SnapshotReader(held, on_drift=drifts)
     await reader.read(host=ZADARMA)
     sim.state.providers[first]["manualattributes"] = "[endpoint]\nlanguage=en"  # by hand
     held.active = True
