@@ -139,34 +139,33 @@ class Lifecycle:
             intent = AddNumbers(intent.provider, (intent,))
         # planned while the lists are read, on what the mirror holds, when it holds it all
         # (the plan is the one on the snapshot read: see read_then)
-        reader = handle.reader
+        planner: Callable[[Snapshot], Plan] | None = None
+        where: dict[str, str] = {}
         if isinstance(intent, AddNumbers):
-            add = partial(
+            planner = partial(
                 plan_add_numbers,
                 intent,
                 default_extension=self.default_extension,
                 recipe_when=self.recipe_when,
                 phone_dids=self.phone_dids,
             )
-            snapshot, (plan, done) = await reader.read_then(_and(add, then), host=intent.provider.host)
-            return plan, snapshot, done
-        if isinstance(intent, RouteNumber):
-            route = partial(plan_route, intent, phone_dids=self.phone_dids)
-            snapshot, (plan, done) = await reader.read_then(_and(route, then), number=intent.number)
-            return plan, snapshot, done
-        if isinstance(intent, RemoveNumber):
-            remove = partial(plan_remove, intent)
-            snapshot, (plan, done) = await reader.read_then(_and(remove, then), number=intent.number)
-            return plan, snapshot, done
-        if isinstance(intent, ChangePassword):
-            password = partial(plan_password, intent)
-            snapshot, (plan, done) = await reader.read_then(_and(password, then), number=intent.number)
-            return plan, snapshot, done
-        if isinstance(intent, FixHost):
-            fix = partial(
+            where = {"host": intent.provider.host}
+        elif isinstance(intent, RouteNumber):
+            planner, where = (
+                partial(plan_route, intent, phone_dids=self.phone_dids),
+                {"number": intent.number},
+            )
+        elif isinstance(intent, RemoveNumber):
+            planner, where = partial(plan_remove, intent), {"number": intent.number}
+        elif isinstance(intent, ChangePassword):
+            planner, where = partial(plan_password, intent), {"number": intent.number}
+        elif isinstance(intent, FixHost):
+            planner = partial(
                 plan_fix_host, intent, default_extension=self.default_extension, phone_dids=self.phone_dids
             )
-            snapshot, (plan, done) = await reader.read_then(_and(fix, then), host=intent.host)
+            where = {"host": intent.host}
+        if planner is not None:
+            snapshot, (plan, done) = await handle.reader.read_then(_and(planner, then), **where)
             return plan, snapshot, done
         if isinstance(intent, PutBack):
             ids = {a["id"] for a in intent.accounts}

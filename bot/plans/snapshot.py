@@ -879,18 +879,12 @@ class SnapshotReader:
         `reading_ahead`). Nothing is compared or kept here; the command does that.
         Returns an event set once the requests are written (or have failed)."""
         written = asyncio.Event()
-        left = [3]
-
-        def one_written() -> None:
-            left[0] -= 1
-            if left[0] == 0:
-                written.set()
 
         def done(task: asyncio.Future[Any]) -> None:
             written.set()  # answered or failed: written, or never will be
             _retrieved(task)
 
-        ahead, told = reading_ahead.set(True), call_written.set(one_written)
+        ahead, told = reading_ahead.set(True), call_written.set(_counted(3, written))
         try:
             for call in (self.pbx.list_providers, self.pbx.list_routes, self.pbx.destinations):
                 asyncio.ensure_future(call()).add_done_callback(done)
@@ -917,34 +911,24 @@ class SnapshotReader:
         `work` must not await or keep state: it may run twice."""
         query = Query(host, number, False, False, tuple(accounts))
         seen, version = self._seen, self._version
-        if seen is None or version != self._seen_version:
-            planned = planning.set(True)  # the lists a command plans on: read ahead for it, maybe
-            try:
-                lists = await self._read_lists()
-            finally:
-                planning.reset(planned)
-            await self._lists(*lists)
-            snapshot = await self._read(query, lists)
-            return snapshot, work(snapshot)
-        sent = asyncio.Event()
-        written = [0]
-
-        def one_written() -> None:
-            written[0] += 1
-            if written[0] == 3:  # the three list calls
-                sent.set()
-
-        token, planned = call_written.set(one_written), planning.set(True)
+        planned = planning.set(True)  # the lists a command plans on: read ahead for it, maybe
         try:
-            reading = asyncio.ensure_future(self._read_lists())
+            if seen is None or version != self._seen_version:
+                snapshot = await self._read(query, await self._lists_now())
+                return snapshot, work(snapshot)
+            sent = asyncio.Event()
+            token = call_written.set(_counted(3, sent))  # the three list calls
+            try:
+                reading = asyncio.ensure_future(self._read_lists())
+            finally:
+                call_written.reset(token)
+            try:
+                return await self._then(work, query, seen, version, reading, sent)
+            finally:
+                if not reading.done():  # given up or `work` failed: the list calls go too, as in `read`
+                    reading.cancel()
         finally:
             planning.reset(planned)
-            call_written.reset(token)
-        try:
-            return await self._then(work, query, seen, version, reading, sent)
-        finally:
-            if not reading.done():  # given up or `work` failed: the list calls go too, as in `read`
-                reading.cancel()
 
     async def _then(
         self,
@@ -997,6 +981,18 @@ class SnapshotReader:
         chosen = list(dict.fromkeys(never + moved + [pid for _, pid in oldest]))[:count]
         await self._fetch(chosen, set(chosen))
         return chosen
+
+
+def _counted(count: int, event: asyncio.Event) -> Callable[[], None]:
+    """A `call_written` callback that sets `event` once `count` calls are written."""
+    left = [count]
+
+    def one_written() -> None:
+        left[0] -= 1
+        if left[0] == 0:
+            event.set()
+
+    return one_written
 
 
 def _retrieved(task: asyncio.Future[Any]) -> None:
