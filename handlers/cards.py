@@ -15,6 +15,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -237,6 +238,25 @@ async def release(services: Services, row: PlanRow, exc: BaseException) -> PlanR
     return released
 
 
+@dataclass(frozen=True)
+class Card:
+    """A plan's card as sent: its text (the short one when the plan does not fit), buttons."""
+
+    text: str
+    summary: bool  # the plan itself goes as a document
+    markup: InlineKeyboardMarkup | None
+
+
+async def render(services: Services, row: PlanRow, lang: str, facts: CardFacts | None = None) -> Card:
+    """The card of `row` in `lang` (see `card_language`)."""
+    facts = facts or await services.changes.card_facts(row)
+    text = await card_text(services, row, lang, facts=facts)
+    summary = not fits(text)
+    if summary:
+        text = await card_text(services, row, lang, summary=True, facts=facts)
+    return Card(text, summary, await keyboard(services, row, lang, facts))
+
+
 async def post_card(
     bot: Bot,
     services: Services,
@@ -246,6 +266,7 @@ async def post_card(
     *,
     placeholder: int | None = None,
     facts: CardFacts | None = None,
+    rendered: Card | None = None,
 ) -> PlanRow:
     """Send the card (and the full plan as a document when it is too long); remember
     where it is. Retried until posted, at most until the plan expires; when it cannot
@@ -259,11 +280,9 @@ async def post_card(
         return current is not None and current.status in OPEN
 
     try:
-        facts = facts or await services.changes.card_facts(row)
-        text = await card_text(services, row, lang, facts=facts)
-        summary = not fits(text)
+        card = rendered or await render(services, row, lang, facts)
+        text, summary, markup = card.text, card.summary, card.markup
         if summary:
-            text = await card_text(services, row, lang, summary=True, facts=facts)
             full = plan_text(
                 services.changes.plan_of(row),
                 lang,
@@ -278,7 +297,6 @@ async def post_card(
                 until=until,
                 wanted=wanted,
             )
-        markup = await keyboard(services, row, lang, facts)
         message_id = None
         if placeholder is not None and not summary:
             message_id = await _in_place(bot, chat_id, placeholder, text, markup, until)

@@ -23,7 +23,16 @@ from bot.text.render import Html, lines_of, tr
 from bot.text.views import numbers_lines
 
 from .buttons import NewPassword
-from .cards import apply_and_report, ask_secret, post_card, refresh_card, rejected_logins, tell_released
+from .cards import (
+    apply_and_report,
+    ask_secret,
+    card_language,
+    post_card,
+    refresh_card,
+    rejected_logins,
+    render,
+    tell_released,
+)
 from .context import need_pbx
 from .longanswer import answer_long
 from .progress import Announcer, answer_in_place
@@ -48,7 +57,32 @@ async def propose_and_post(
     core's or the PBX's) is answered by handlers/errors.py."""
     announcer = Announcer(message, lang)  # a long read says so at once; the card then takes its place
     with announcer.listening():
-        proposal = await services.changes.propose(actor, pbx, intent, secrets=secrets, command=command)
+        proposal = await services.changes.propose(
+            actor,
+            pbx,
+            intent,
+            secrets=secrets,
+            command=command,
+            audit_later=True,
+            # the card is made while the PBX answers, for a plan it then confirms
+            card=lambda row, facts: render(services, row, card_language(services, row), facts),
+        )
+    try:
+        return await _post(bot, services, message, actor, pbx, proposal, announcer, lang)
+    finally:
+        await services.changes.write_audit(proposal)  # after the card (see _post); or when it failed
+
+
+async def _post(
+    bot: Bot,
+    services: Services,
+    message: MaybeInaccessibleMessageUnion,
+    actor: Actor,
+    pbx: str,
+    proposal: Proposal,
+    announcer: Announcer,
+    lang: str,
+) -> Proposal:
     if proposal.row is None:
         await answer_in_place(announcer, tr("plan.empty", lang))
         return proposal
@@ -59,7 +93,11 @@ async def propose_and_post(
             chat_id = groups[0]
             await answer_in_place(announcer, tr("tg.card.posted_in_group", lang, id=proposal.row.id))
     placeholder = announcer.placeholder(chat_id)
-    row = await post_card(bot, services, proposal.row, chat_id, placeholder=placeholder, facts=proposal.facts)
+    made = proposal.card
+    row = await post_card(
+        bot, services, proposal.row, chat_id, placeholder=placeholder, facts=proposal.facts, rendered=made
+    )
+    await services.changes.write_audit(proposal)
     if row.message_id is None:  # the card could not be posted: the plan is released
         await tell_released(bot, row, [message.chat.id, actor.id], lang)
         return proposal

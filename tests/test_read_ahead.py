@@ -124,6 +124,10 @@ async def test_the_lists_leave_before_the_binding_is_read_and_are_read_once(worl
     assert lists(w.office) == before + 3  # the command joined them: not read twice
     assert lists(w.branch) == 0
 
+    def audited() -> bool:  # written once the card is out
+        return any(e.event == "proposed" and e.plan_id == plan_id for e in services.store.audit.trail())
+
+    await until(audited, "the proposal audited")
     trail = services.store.audit.trail()
     proposed = next(i for i, e in enumerate(trail) if e.event == "proposed" and e.plan_id == plan_id)
     first = proposed

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextvars
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bot.config import PolicySettings
@@ -127,6 +127,8 @@ class Proposal:
     row: PlanRow | None  # None: the plan changes nothing, and nothing is stored
     tally: Tally | None = None
     facts: CardFacts | None = None  # for the card of a plan just stored, when known without asking
+    audit: list[AuditRow] = field(default_factory=list)  # written by Lifecycle.write_audit (audit_later)
+    card: Any = None  # what `propose(card=...)` made of it while the PBX answered
 
 
 @dataclass

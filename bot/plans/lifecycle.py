@@ -13,13 +13,16 @@ SIP passwords come through `secrets.py` and are erased when the plan ends.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
 from pbx.budget import Priority, at
 from pbx.errors import PbxError
+from storage.repos.locks import Conflict
 from storage.tables import ApprovalRow, PlanRow
 
 from .changes import (
@@ -78,6 +81,15 @@ from .snapshot import Snapshot
 from .validate import sip_passwords
 
 T = TypeVar("T")
+log = logging.getLogger("pbxbot.changes")
+
+
+@dataclass(frozen=True)
+class _Draft:
+    """A plan being stored while the PBX answers (`Lifecycle.propose`)."""
+
+    row: PlanRow
+    insert: asyncio.Future[tuple[Conflict | None, Any]]  # see Lifecycle._store
 
 
 def _and(
@@ -233,26 +245,52 @@ class Lifecycle:
         command: str = "",
         chat_id: int | None = None,
         version: int = 1,
+        audit_later: bool = False,
+        card: Callable[[PlanRow, CardFacts], Awaitable[Any]] | None = None,
     ) -> Proposal:
         """Read, plan and store a plan: proposed, or approved at once when the policy
-        needs no approval."""
+        needs no approval.
+
+        The plan made ahead (on the mirror, while the lists are on the wire: see
+        `read_then`) is stored ahead too; when the lists do not confirm it, that row is
+        discarded before the plan made on what was read is stored. The audit rows (the
+        reads, "proposed") are written once the plan is confirmed; with `audit_later`,
+        by the caller's `write_audit(proposal)` once the card is out (the card waits for
+        no write of its own, and the write does not fight the card's sending for the
+        interpreter). `card(row, facts)`: the card of a plan stored ahead for approval,
+        made while the PBX answers (as `Proposal.card`); it must not write."""
         await self.ledger.require(actor, Action.PROPOSE)
         secrets = sip_passwords(secrets, also=ChangeError)  # one validator for chat, CSV and CLI
         calls: list[dict[str, Any]] = []  # the reads' api_call events: stored with the plan, or alone
         token = api_calls.set(calls)
+        drafts: list[_Draft] = []  # plans stored ahead: the last one is the plan's, if any
 
         def stored(plan: Plan, snapshot: Snapshot) -> PlanRow | None:
-            """What is stored, made while the PBX answers (and again if the plan is)."""
+            """What is stored, made and stored while the PBX answers (and again if the plan is)."""
             plan.summary["names"] = display_names(plan, snapshot)
-            return None if plan.empty else self._row(plan, pbx, intent, actor, command, chat_id, version)
+            if plan.empty:
+                return None
+            row = self._row(plan, pbx, intent, actor, command, chat_id, version)
+            made = None
+            if card is not None and not (facts := self._fresh_facts(row, given(plan))).tally.done:
+                made = partial(card, row, facts)
+            earlier = drafts[:]  # a guess the lists did not confirm: gone first (it locks the same logins)
+            drafts[:] = [_Draft(row, asyncio.ensure_future(self._store(row, plan.logins, earlier, made)))]
+            return row
+
+        def given(plan: Plan) -> dict[str, str]:
+            if isinstance(intent, ChangePassword) and secrets and intent.number in secrets:
+                # given for the number as typed (a phone, maybe): it is the account's login's
+                return {login: secrets[intent.number] for login in plan.needs_secret}
+            return dict(secrets or {})
 
         try:
             plan, _, row = await self._plan(pbx, intent, stored)
-            if isinstance(intent, ChangePassword) and secrets and intent.number in secrets:
-                # given for the number as typed (a phone, maybe): it is the account's login's
-                secrets = {login: secrets[intent.number] for login in plan.needs_secret}
+            conflict, made_card = await self._settled(drafts, row)
+            secrets = given(plan)
         except BaseException as exc:
             api_calls.reset(token)
+            await asyncio.shield(self._settled(drafts, None))  # whatever was stored ahead goes
             await self.ledger.flush_calls(calls, actor, None, pbx=pbx)
             if isinstance(exc, PlanError):
                 await self.ledger.audit("plan_refused", actor, None, pbx=pbx, code=exc.code, command=command)
@@ -263,14 +301,6 @@ class Lifecycle:
             await self.ledger.audit("plan_empty", actor, None, pbx=pbx, command=command)
             return Proposal(plan, None)
         ledger = self.ledger
-        read_calls = [ledger.event("api_call", actor, None, **call, pbx=pbx) for call in calls]
-        proposed = dict(kind=row.kind, steps=len(plan.steps), command=command, version=version)
-        conflict = await self.db.add_plan(
-            row,
-            plan.logins,
-            # the reads and the proposal audited in the plan's own transaction: one trip to the database
-            lambda stored: [*read_calls, ledger.event("proposed", actor, stored, **proposed)],
-        )
         if conflict is not None:
             await ledger.flush_calls(calls, actor, None, pbx=pbx)
             held = await self.db.plans.get(conflict.plan_id)
@@ -287,16 +317,67 @@ class Lifecycle:
                 since=conflict.since,
                 logins=", ".join(shown) + (f" (+{more})" if more else ""),
             )
+        proposed = dict(kind=row.kind, steps=len(plan.steps), command=command, version=version)
+        audit = [*(ledger.event("api_call", actor, None, **call, pbx=pbx) for call in calls)]
+        audit.append(ledger.event("proposed", actor, row, **proposed))
         if secrets:
             await self.secrets.seal(row, secrets)
-        # a plan stored this instant has no approvals yet: the policy alone says whether it needs any
-        count = tally(ledger.policy, row.kind, row.proposer_id, [])
-        if count.done:
+        facts = self._fresh_facts(row, secrets)
+        if facts.tally.done or not audit_later:
+            await self.db.audit.add(*audit)
+            audit = []
+        if facts.tally.done:
             await self.promote(row, actor)
-            return Proposal(plan, await self.db.plans.get(row.id), count)
-        # the card's facts as just stored: no approval, the passwords not given
-        missing = [login for login in row.needs_secret if login not in (secrets or {})]
-        return Proposal(plan, row, count, CardFacts(count, [], missing))
+            return Proposal(plan, await self.db.plans.get(row.id), facts.tally)
+        return Proposal(plan, row, facts.tally, facts, audit, made_card)
+
+    def _fresh_facts(self, row: PlanRow, secrets: Mapping[str, str]) -> CardFacts:
+        """The card's facts of a plan stored this instant: no approval yet (the policy alone
+        says whether it needs any), the passwords given with it."""
+        count = tally(self.ledger.policy, row.kind, row.proposer_id, [])
+        return CardFacts(count, [], [login for login in row.needs_secret if login not in secrets])
+
+    async def write_audit(self, proposal: Proposal) -> None:
+        """The audit rows `propose(audit_later=True)` left to write (once: then none)."""
+        audit, proposal.audit = proposal.audit, []
+        if audit:
+            await self.db.audit.add(*audit)
+
+    async def _store(
+        self,
+        row: PlanRow,
+        logins: list[str],
+        earlier: list[_Draft],
+        card: Callable[[], Awaitable[Any]] | None,
+    ) -> tuple[Conflict | None, Any]:
+        """Store `row` (a fresh id drawn) with its logins locked, once the drafts before it
+        are gone; then make its card. (None, the card) or (the plan holding its logins, None)."""
+        await self._settled(earlier, None)
+        held = await self.db.add_plan(row, logins)
+        if held is not None or card is None:
+            return held, None
+        try:
+            return None, await card()
+        except Exception:  # the card is made again when posted (and fails there, if it must)
+            log.exception("the card of plan %s could not be made ahead", row.id)
+            return None, None
+
+    async def _settled(self, drafts: list[_Draft], kept: PlanRow | None) -> tuple[Conflict | None, Any]:
+        """Wait for the plans stored ahead; discard all but `kept`. `kept`'s answer: (None,
+        its card) when stored, or (the plan holding its logins, None) when not."""
+        answer: tuple[Conflict | None, Any] = (None, None)
+        for draft in drafts:
+            try:
+                held, made = await draft.insert
+            except Exception:
+                if draft.row is kept:
+                    raise
+                continue  # nothing stored
+            if draft.row is kept:
+                answer = held, made
+            elif held is None:
+                await self.db.discard_plan(draft.row.id)
+        return answer
 
     async def next_step(self, row: PlanRow) -> Next:
         """What happens to the plan next; the handlers only render and send it."""

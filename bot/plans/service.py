@@ -56,6 +56,7 @@ class Changes:
         # the lifecycle
         life = self.lifecycle
         self.plan, self.propose, self.undo = life.plan, life.propose, life.undo
+        self.write_audit = life.write_audit
         self.read_ahead = life.read_ahead
         self.approve, self.reject, self.cancel = life.approve, life.reject, life.cancel
         self.apply, self.expire, self.release = life.apply, life.expire, life.release

@@ -20,9 +20,9 @@ import secrets as _secrets
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
-from sqlalchemy import Connection, Engine, insert
+from sqlalchemy import Connection, Engine, delete, insert
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from ..tables import AuditRow, LockRow, PlanRow
 from .approvals import ApprovalRepo
@@ -171,6 +171,15 @@ class Repos:
                 continue  # the id was taken: draw again
             return None
         raise RuntimeError("could not draw a free plan id")
+
+    def discard_plan(self, plan_id: str) -> None:
+        """A plan stored while the PBX was still being read, that the answer did not confirm
+        (see `Lifecycle.propose`): no card, approval or audit row names it yet. Gone with
+        its locks, in one transaction; a plan that moved on from proposed is kept."""
+        draft = select(col(PlanRow.id)).where(col(PlanRow.id) == plan_id, col(PlanRow.status) == "proposed")
+        with self._writing() as db:
+            db.execute(delete(LockRow).where(col(LockRow.plan_id).in_(draft)))  # first: they refer to it
+            db.execute(delete(PlanRow).where(col(PlanRow.id).in_(draft)))
 
     # ------------------------------------------------------------------ health
 

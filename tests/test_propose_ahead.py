@@ -1,0 +1,154 @@
+"""A proposal stored, and its card made, while the PBX answers (Lifecycle.propose).
+
+The plan made ahead on the mirror (see test_plan_ahead.py) is stored at once, its
+logins locked, and its card made; the lists confirm it, or it is discarded before
+the plan made on what was read is stored. What the database holds afterwards is
+the plan the PBX's answer gives, and nothing else: no row, lock or audit row of a
+plan the lists did not confirm, whatever ended the read (storage: SQLite and
+PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from sqlmodel import Session, select
+
+from bot.plans.commands import parse
+from pbx.errors import PbxError
+from sandbox.demo import DEMO_IVR_EXTENSION, DEMO_PROVIDER_ID, DEMO_QUEUE_EXTENSION
+from storage.tables import LockRow
+from tests.test_changes import OLGA, ZADARMA, Clock, make_changes
+from tests.test_mirror import grow
+
+LISTS = {"/sip-providers", "/incoming-routes", "/extensions:getForSelect"}
+ADD = "/addnumber zadarma 847900 → IVR"
+
+
+class Cards:
+    """`card` for propose: what each call saw when it was made."""
+
+    def __init__(self, store: Any, client: Any):
+        self.store = store
+        self.made: list[dict[str, Any]] = []
+        self.answered: list[str] = []
+        client.listeners.append(lambda record: self.answered.append(record.path))
+
+    async def __call__(self, row: Any, facts: Any) -> str:
+        self.made.append(
+            {
+                "id": row.id,
+                "stored": [p.id for p in self.store.plans.find()],
+                "lists_answered": LISTS & set(self.answered),
+                "missing": facts.missing,
+            }
+        )
+        return f"card of {row.id}"
+
+
+def locks(engine) -> list[tuple[str, str]]:
+    with Session(engine) as s:
+        return sorted((lock.login, lock.plan_id) for lock in s.exec(select(LockRow)))
+
+
+@pytest.fixture
+async def warm(sim, client, store, tmp_path):
+    """Changes whose reader holds the host and has compared the lists: the next
+    proposal is planned (and stored) ahead of the PBX's answer."""
+    changes = make_changes(store, client, Clock(), tmp_path)
+    grow(sim, 5)
+    reader = changes.pbxs["demo"].reader
+    await reader.read(host=ZADARMA)
+    await reader.read(host=ZADARMA)
+    return changes
+
+
+async def propose(changes, text: str, **kwargs: Any):
+    return await changes.propose(OLGA, "demo", parse(text), command=text, **kwargs)
+
+
+async def test_the_plan_is_stored_and_its_card_made_before_the_pbx_answers(warm, sim, client, store, engine):
+    cards = Cards(store, client)
+    sim.latency = 1.0  # a slow PBX: the lists answer a second after they are asked
+    proposal = await propose(warm, ADD, card=cards, audit_later=True)
+    row = proposal.row
+    assert [c["id"] for c in cards.made] == [row.id]  # made once: the lists confirmed the plan
+    made = cards.made[0]
+    assert made["stored"] == [row.id] and made["lists_answered"] == set(), made  # stored, lists on the wire
+    assert made["missing"] == ["847900"]  # the card's facts: the password still to come
+    assert proposal.card == f"card of {row.id}"
+    assert [p.id for p in store.plans.find()] == [row.id]
+    assert locks(engine) == sorted((login, row.id) for login in proposal.plan.logins)
+    assert {"847706", "847900"} <= set(proposal.plan.logins)
+    # the audit waits for the caller (once its card is out), and is written once
+    assert [e.event for e in store.audit.trail(plan_id=row.id)] == []
+    await warm.write_audit(proposal)
+    await warm.write_audit(proposal)
+    trail = store.audit.trail()
+    assert [e.event for e in trail if e.plan_id == row.id] == ["proposed"]
+    read = [e.detail["path"] for e in trail if e.event == "api_call"]
+    assert sorted(read) == sorted(LISTS), read  # the reads the plan was made on
+
+
+async def test_a_plan_the_lists_do_not_confirm_is_discarded_for_the_one_they_give(
+    warm, sim, client, store, engine
+):
+    cards = Cards(store, client)
+    # edited by hand since the mirror read it: the plan made ahead moves a route as it was
+    route = next(r for r in sim.state.routes.values() if r.get("provider") == DEMO_PROVIDER_ID)
+    route["extension"] = "201"
+    sim.latency = 0.5
+    proposal = await propose(warm, ADD, card=cards, audit_later=True)
+    row = proposal.row
+    guessed, final = cards.made
+    assert guessed["id"] != row.id and final["id"] == row.id  # stored ahead, then replaced
+    assert guessed["lists_answered"] == set() and final["lists_answered"] == LISTS
+    assert final["stored"] == [row.id]  # the guess was gone before the plan was stored
+    assert proposal.card == f"card of {row.id}"
+    assert any(
+        s.before.get("extension") == "201" for s in proposal.plan.steps if s.target == str(route["id"])
+    )
+    assert [p.id for p in store.plans.find()] == [row.id]
+    assert locks(engine) == sorted((login, row.id) for login in proposal.plan.logins)
+    assert {"847706", "847900"} <= set(proposal.plan.logins)
+    await warm.write_audit(proposal)
+    assert not [e for e in store.audit.trail() if e.plan_id == guessed["id"]]  # nobody saw it: no trace
+
+
+async def test_a_plan_stored_ahead_goes_when_the_pbx_then_says_there_is_nothing_to_do(
+    warm, sim, client, store, engine
+):
+    cards = Cards(store, client)
+    # the mirror has 847706 at the queue; by hand it now goes to the IVR, as the command asks
+    route = next(r for r in sim.state.routes.values() if r.get("provider") == DEMO_PROVIDER_ID)
+    assert route["extension"] == DEMO_QUEUE_EXTENSION
+    route["extension"] = DEMO_IVR_EXTENSION
+    sim.latency = 0.5
+    proposal = await propose(warm, f"/route 847706 → {DEMO_IVR_EXTENSION}", card=cards)
+    assert [c["stored"] for c in cards.made] == [[cards.made[0]["id"]]]  # the guess: stored ahead
+    assert proposal.row is None and proposal.plan.empty
+    assert store.plans.find() == [] and locks(engine) == []
+
+
+async def test_a_plan_stored_ahead_goes_when_the_read_fails(warm, sim, store, engine):
+    sim.inject("/incoming-routes", method="GET", status=403, delay=0.5)
+    with pytest.raises(PbxError):
+        await propose(warm, ADD)
+    assert store.plans.find() == [] and locks(engine) == []
+    assert [e.event for e in store.audit.trail() if e.event != "api_call"] == []
+
+
+async def test_a_proposal_cancelled_while_the_pbx_answers_leaves_nothing(warm, sim, store, engine):
+    sim.latency = 5.0
+    task = asyncio.ensure_future(propose(warm, ADD))
+    deadline = asyncio.get_running_loop().time() + 30
+    while not store.plans.find():  # stored ahead
+        assert asyncio.get_running_loop().time() < deadline, "the plan was never stored ahead"
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    while store.plans.find() or locks(engine):  # discarded, shielded from the cancel
+        assert asyncio.get_running_loop().time() < deadline, "the plan stored ahead stayed"
+        await asyncio.sleep(0.01)
