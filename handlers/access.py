@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiogram import BaseMiddleware
+from aiogram.client.session.middlewares.base import BaseRequestMiddleware
+from aiogram.methods import GetUpdates
 from aiogram.types import CallbackQuery, Message, TelegramObject
 
 from bot.errors import expected
@@ -26,6 +28,36 @@ from bot.text.i18n import pick_language, t
 
 ANONYMOUS_ADMIN_ID = 1087968824  # @GroupAnonymousBot
 AHEAD_WAIT = 0.02  # s: the longest a command waits for its reads ahead to be written
+
+
+def read_ahead(services: Services, message: Message) -> asyncio.Event | None:
+    """The list calls of a change command (`Services.read_ahead`), begun before anything
+    is looked up: for a message of someone who may propose, written as themselves."""
+    user, chat, sender = message.from_user, message.chat, message.sender_chat
+    if user is None or user.id == ANONYMOUS_ADMIN_ID or (sender is not None and sender.id == chat.id):
+        return None
+    if not may(services.settings.policy, user.id, Action.PROPOSE):
+        return None
+    return services.read_ahead(chat.id, message.text)
+
+
+class ReadAhead(BaseRequestMiddleware):
+    """A session middleware: the change commands a getUpdates answer brings begin their
+    list calls as it arrives, before aiogram asks for the next updates and dispatches
+    these (the access middleware would begin them ~0.6 ms later; it joins them). The
+    answer goes on once the requests are written, or after AHEAD_WAIT at most."""
+
+    def __init__(self, services: Services):
+        self.services = services
+
+    async def __call__(self, make_request: Any, bot: Any, method: Any) -> Any:
+        result = await make_request(bot, method)
+        if isinstance(method, GetUpdates):
+            for update in result:
+                if update.message is not None and (written := read_ahead(self.services, update.message)):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(written.wait(), AHEAD_WAIT)
+        return result
 
 
 class Access(BaseMiddleware):
@@ -60,13 +92,12 @@ class Access(BaseMiddleware):
             await self._refuse(event, user.id, chat.id if chat else None, lang)
             return None
         private = chat is None or chat.type == "private"
-        if chat and isinstance(event, Message) and may(services.settings.policy, user.id, Action.PROPOSE):
+        if isinstance(event, Message) and (written := read_ahead(services, event)) is not None:
             # the PBX answers while the chat's binding is read: once the requests are written
-            # (the database's thread would hold them up), or a few ms at most (the budget may)
-            written = services.read_ahead(chat.id, event.text)
-            if written is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(written.wait(), AHEAD_WAIT)
+            # (the database's thread would hold them up), or a few ms at most (the budget may).
+            # Polled, they left as the update came (`ReadAhead`): this joins them.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(written.wait(), AHEAD_WAIT)
         pbx = await services.pbx_of_chat(chat.id, private=private) if chat else None
         data.update(actor=Actor(user.id, user.full_name), role=role, pbx=pbx, private=private)
         return await handler(event, data)

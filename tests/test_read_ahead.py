@@ -17,6 +17,7 @@ import pytest
 
 from bot.config import load_settings
 from bot.entry.app import BotApp, running
+from handlers.access import Access
 from sandbox.mikopbx import MikoPbxSimulator
 from sandbox.telegram import TelegramSandbox
 from tests.conftest import API_KEY, fast_client, start_demo_sim
@@ -95,6 +96,27 @@ async def world(tmp_path):
     finally:
         await office.stop()
         await branch.stop()
+
+
+async def test_a_polled_command_reads_before_aiogram_dispatches_it(world: World, monkeypatch):
+    """The getUpdates answer begins the reads (`ReadAhead`): they leave while no middleware
+    has seen the update yet; the command joins them."""
+    w = world
+    gate = asyncio.Event()
+    dispatched = Access.__call__
+
+    async def held(self, handler, event, data):
+        await gate.wait()  # aiogram busy elsewhere: the update not dispatched yet
+        return await dispatched(self, handler, event, data)
+
+    monkeypatch.setattr(Access, "__call__", held)
+    before = lists(w.office)
+    start = w.mark()
+    w.tg.send(OLGA, GROUP, "/addnumber zadarma 847900 → IVR")
+    await until(lambda: lists(w.office) == before + 3, "the three list calls, the update not dispatched")
+    gate.set()
+    await w.said(r"(?:Plan|План) (\w{6})", after=start)
+    assert lists(w.office) == before + 3  # joined: not read twice
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,7 @@ from bot.routing.watch import DriftWatch
 from bot.services import Services
 from bot.text.i18n import CATALOGUES, t
 from handlers import routers
-from handlers.access import Access, Observe
+from handlers.access import Access, Observe, ReadAhead
 from handlers.cards import refresh_card
 from handlers.errors import error_handler
 from handlers.routing import TelegramPoster
@@ -622,6 +622,7 @@ async def running(
     throttle = make_throttle(settings)
     bot = make_bot(settings, throttle)
     bot.session.middleware(Refusals(metrics))
+    bot.session.middleware(ReadAhead(services))  # a command's PBX reads leave as its update arrives
     if settings.redis.url:  # replicas: another process may edit a card; no memory of what it shows
         services.shown = None
     dispatcher = make_dispatcher(services, metrics)
