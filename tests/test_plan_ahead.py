@@ -129,6 +129,40 @@ async def test_the_client_tells_when_each_call_is_written(client):
     assert len(told) == 2  # nobody asked this time
 
 
+async def test_reads_ahead_leave_one_after_another_the_route_list_first(client, monkeypatch):
+    """Three at once would take turns on the loop: the first request would leave when the
+    last does. Each leaves once the one before is written; the slowest answer first."""
+    import pbx.mikopbx as mikopbx
+
+    steps: list[str] = []
+    exchange, trace = client._exchange, mikopbx._written_trace
+
+    async def begun(method, path, *args, **kwargs):
+        steps.append(f"begin {path}")
+        return await exchange(method, path, *args, **kwargs)
+
+    def noted(written):
+        def told() -> None:
+            steps.append("written")
+            if written is not None:
+                written()
+
+        return trace(told)
+
+    monkeypatch.setattr(client, "_exchange", begun)
+    monkeypatch.setattr(mikopbx, "_written_trace", noted)
+    written = SnapshotReader(client).read_ahead()
+    await asyncio.wait_for(written.wait(), 30)
+    assert steps == [
+        "begin /incoming-routes",
+        "written",
+        "begin /sip-providers",
+        "written",
+        "begin /extensions:getForSelect",
+        "written",
+    ]
+
+
 async def test_the_refreshers_reread_of_unchanged_accounts_keeps_the_plan_made_ahead(sim, client, engine):
     """A big PBX's refresher re-reads details all the time; the same settings read again
     change nothing a plan reads, a hand edit of extra parameters does."""
