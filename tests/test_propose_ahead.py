@@ -10,6 +10,7 @@ PostgreSQL)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from sqlmodel import Session, select
 from bot.plans.commands import parse
 from pbx.errors import PbxError
 from sandbox.demo import DEMO_IVR_EXTENSION, DEMO_PROVIDER_ID, DEMO_QUEUE_EXTENSION
+from storage.repos import Repos
 from storage.tables import LockRow
 from tests.test_changes import OLGA, ZADARMA, Clock, make_changes
 from tests.test_mirror import grow
@@ -83,8 +85,8 @@ async def test_the_plan_is_stored_and_its_card_made_before_the_pbx_answers(warm,
     assert {"847706", "847900"} <= set(proposal.plan.logins)
     # the audit waits for the caller (once its card is out), and is written once
     assert [e.event for e in store.audit.trail(plan_id=row.id)] == []
-    await warm.write_audit(proposal)
-    await warm.write_audit(proposal)
+    await warm.write_audit(proposal.row.id)
+    await warm.write_audit(proposal.row.id)
     trail = store.audit.trail()
     assert [e.event for e in trail if e.plan_id == row.id] == ["proposed"]
     read = [e.detail["path"] for e in trail if e.event == "api_call"]
@@ -112,7 +114,7 @@ async def test_a_plan_the_lists_do_not_confirm_is_discarded_for_the_one_they_giv
     assert [p.id for p in store.plans.find()] == [row.id]
     assert locks(engine) == sorted((login, row.id) for login in proposal.plan.logins)
     assert {"847706", "847900"} <= set(proposal.plan.logins)
-    await warm.write_audit(proposal)
+    await warm.write_audit(proposal.row.id)
     assert not [e for e in store.audit.trail() if e.plan_id == guessed["id"]]  # nobody saw it: no trace
 
 
@@ -152,3 +154,30 @@ async def test_a_proposal_cancelled_while_the_pbx_answers_leaves_nothing(warm, s
     while store.plans.find() or locks(engine):  # discarded, shielded from the cancel
         assert asyncio.get_running_loop().time() < deadline, "the plan stored ahead stayed"
         await asyncio.sleep(0.01)
+
+
+async def test_a_plan_stored_ahead_then_discarded_locks_no_other_command_out(warm, sim, store, monkeypatch):
+    """A's plan made ahead (on a mirror a hand edit outdated) is stored and locks 847706;
+    the PBX then says A has nothing to do. B, proposed meanwhile on the same number, is
+    not refused because of a plan nobody saw: it waits for A's fate, then stores itself."""
+    discard = Repos.discard_plan
+
+    def slow_discard(self, plan_id: str) -> None:  # B's insert comes while A's plan is still there
+        time.sleep(0.3)
+        discard(self, plan_id)
+
+    monkeypatch.setattr(Repos, "discard_plan", slow_discard)
+    route = next(r for r in sim.state.routes.values() if r.get("provider") == DEMO_PROVIDER_ID)
+    assert route["extension"] == DEMO_QUEUE_EXTENSION
+    route["extension"] = DEMO_IVR_EXTENSION  # by hand, since the mirror read it
+    sim.latency = 0.5
+    a = asyncio.ensure_future(propose(warm, f"/route 847706 → {DEMO_IVR_EXTENSION}"))
+    deadline = asyncio.get_running_loop().time() + 30
+    while not store.plans.find():  # A's plan stored ahead
+        assert asyncio.get_running_loop().time() < deadline, "A's plan was never stored ahead"
+        await asyncio.sleep(0.01)
+    held_by_a = store.plans.find()[0].id
+    b = await propose(warm, "/route 847706 → 201")
+    assert (await a).row is None  # A: nothing to do, nothing stored
+    assert b.row is not None and b.row.id != held_by_a
+    assert [p.id for p in store.plans.find()] == [b.row.id]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextvars
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from bot.config import PolicySettings
@@ -127,7 +127,6 @@ class Proposal:
     row: PlanRow | None  # None: the plan changes nothing, and nothing is stored
     tally: Tally | None = None
     facts: CardFacts | None = None  # for the card of a plan just stored, when known without asking
-    audit: list[AuditRow] = field(default_factory=list)  # written by Lifecycle.write_audit (audit_later)
     card: Any = None  # what `propose(card=...)` made of it while the PBX answered
 
 
@@ -186,6 +185,7 @@ class Ledger:
         self.vault = vault
         self.pbxs = pbxs
         self.clock = clock
+        self._held: dict[str, list[AuditRow]] = {}  # plan id -> audit rows not written yet (`hold`)
 
     def handle(self, name: str) -> PbxHandle:
         if name not in self.pbxs:
@@ -193,7 +193,33 @@ class Ledger:
         return self.pbxs[name]
 
     async def audit(self, event: str, actor: Actor | None, row: PlanRow | None = None, **detail: Any) -> None:
-        await self.db.audit.add(self.event(event, actor, row, **detail))
+        await self.add(self.event(event, actor, row, **detail))
+
+    async def add(self, *rows: AuditRow) -> None:
+        """Audit rows, after the rows still held for their plans (`hold`): a plan's trail
+        is in order whoever writes next."""
+        plans = dict.fromkeys(r.plan_id for r in rows if r.plan_id and r.plan_id in self._held)
+        held = {plan: self._held.pop(plan) for plan in plans}
+        try:
+            await self.db.audit.add(*(r for rows_of in held.values() for r in rows_of), *rows)
+        except BaseException:
+            for plan, rows_of in held.items():
+                self._held[plan] = rows_of + self._held.get(plan, [])
+            raise
+
+    def hold(self, plan_id: str, rows: list[AuditRow]) -> None:
+        """A proposal's audit rows, written by `write_held` once its card is out (or before
+        the plan's next audit row, whoever writes it)."""
+        self._held.setdefault(plan_id, []).extend(rows)
+
+    async def write_held(self, plan_id: str) -> None:
+        held = self._held.pop(plan_id, [])
+        if held:
+            try:
+                await self.db.audit.add(*held)
+            except BaseException:
+                self._held[plan_id] = held + self._held.get(plan_id, [])
+                raise
 
     def event(self, event: str, actor: Actor | None, row: PlanRow | None = None, **detail: Any) -> AuditRow:
         return AuditRow(
@@ -210,7 +236,7 @@ class Ledger:
         self, calls: list[dict[str, Any]], actor: Actor | None, row: PlanRow | None, **kw: Any
     ) -> None:
         if calls:
-            await self.db.audit.add(*(self.event("api_call", actor, row, **call, **kw) for call in calls))
+            await self.add(*(self.event("api_call", actor, row, **call, **kw) for call in calls))
             calls.clear()
 
     async def move(self, plan_id: str, from_status: Any, to_status: PlanStatus, **fields: Any) -> bool:

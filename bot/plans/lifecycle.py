@@ -82,6 +82,7 @@ from .validate import sip_passwords
 
 T = TypeVar("T")
 log = logging.getLogger("pbxbot.changes")
+_RETRIES = 5  # a proposal held up by plans stored ahead, then discarded, tries again at most so often
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ class Lifecycle:
         self.lease = lease
         self.default_extension = default_extension
         self.phone_dids = dict(phone_dids or {})  # the config's [phone_dids]: family or host -> form
+        self._ahead: dict[str, asyncio.Future[bool]] = {}  # plans stored ahead, not yet confirmed: kept?
 
     def read_ahead(self, pbx: str, intent: Intent) -> asyncio.Event | None:
         """The list calls `plan` will make for this intent, begun now (before the caller
@@ -255,10 +257,14 @@ class Lifecycle:
         `read_then`) is stored ahead too; when the lists do not confirm it, that row is
         discarded before the plan made on what was read is stored. The audit rows (the
         reads, "proposed") are written once the plan is confirmed; with `audit_later`,
-        by the caller's `write_audit(proposal)` once the card is out (the card waits for
-        no write of its own, and the write does not fight the card's sending for the
-        interpreter). `card(row, facts)`: the card of a plan stored ahead for approval,
-        made while the PBX answers (as `Proposal.card`); it must not write."""
+        by the caller's `write_audit(plan_id)` once the card's first sending ends (the card
+        waits for no write of its own, and the write does not fight the sending for the
+        interpreter), or first thing when the plan's next audit row is written.
+        `card(row, facts)`: the card of a plan stored ahead for approval, made while the
+        PBX answers (as `Proposal.card`); it must not write.
+
+        A login locked by a plan stored ahead here that its lists then discard is not
+        taken by it: the proposal waits for that plan's fate and stores itself then."""
         await self.ledger.require(actor, Action.PROPOSE)
         secrets = sip_passwords(secrets, also=ChangeError)  # one validator for chat, CSV and CLI
         calls: list[dict[str, Any]] = []  # the reads' api_call events: stored with the plan, or alone
@@ -287,6 +293,10 @@ class Lifecycle:
         try:
             plan, _, row = await self._plan(pbx, intent, stored)
             conflict, made_card = await self._settled(drafts, row)
+            for _ in range(_RETRIES):  # the holder was a plan stored ahead, and is gone: the logins are free
+                if row is None or conflict is None or not await self._discarded(conflict.plan_id):
+                    break
+                conflict = await self.db.add_plan(row, plan.logins)
             secrets = given(plan)
         except BaseException as exc:
             api_calls.reset(token)
@@ -324,12 +334,13 @@ class Lifecycle:
             await self.secrets.seal(row, secrets)
         facts = self._fresh_facts(row, secrets)
         if facts.tally.done or not audit_later:
-            await self.db.audit.add(*audit)
-            audit = []
+            await ledger.add(*audit)
+        else:
+            ledger.hold(row.id, audit)
         if facts.tally.done:
             await self.promote(row, actor)
             return Proposal(plan, await self.db.plans.get(row.id), facts.tally)
-        return Proposal(plan, row, facts.tally, facts, audit, made_card)
+        return Proposal(plan, row, facts.tally, facts, made_card)
 
     def _fresh_facts(self, row: PlanRow, secrets: Mapping[str, str]) -> CardFacts:
         """The card's facts of a plan stored this instant: no approval yet (the policy alone
@@ -337,11 +348,9 @@ class Lifecycle:
         count = tally(self.ledger.policy, row.kind, row.proposer_id, [])
         return CardFacts(count, [], [login for login in row.needs_secret if login not in secrets])
 
-    async def write_audit(self, proposal: Proposal) -> None:
+    async def write_audit(self, plan_id: str) -> None:
         """The audit rows `propose(audit_later=True)` left to write (once: then none)."""
-        audit, proposal.audit = proposal.audit, []
-        if audit:
-            await self.db.audit.add(*audit)
+        await self.ledger.write_held(plan_id)
 
     async def _store(
         self,
@@ -354,6 +363,8 @@ class Lifecycle:
         are gone; then make its card. (None, the card) or (the plan holding its logins, None)."""
         await self._settled(earlier, None)
         held = await self.db.add_plan(row, logins)
+        if held is None:  # its fate told to any proposal its locks hold up (`_discarded`)
+            self._ahead[row.id] = asyncio.get_running_loop().create_future()
         if held is not None or card is None:
             return held, None
         try:
@@ -375,9 +386,25 @@ class Lifecycle:
                 continue  # nothing stored
             if draft.row is kept:
                 answer = held, made
+                self._fate(draft.row.id, kept=True)
             elif held is None:
-                await self.db.discard_plan(draft.row.id)
+                try:
+                    await self.db.discard_plan(draft.row.id)
+                finally:
+                    self._fate(draft.row.id, kept=False)
         return answer
+
+    def _fate(self, plan_id: str, *, kept: bool) -> None:
+        if (fate := self._ahead.pop(plan_id, None)) is not None and not fate.done():
+            fate.set_result(kept)
+
+    async def _discarded(self, plan_id: str) -> bool:
+        """Whether the plan holding some logins was one stored ahead whose lists did not
+        confirm it: here, once its proposal knows; elsewhere (a replica), if it is gone."""
+        fate = self._ahead.get(plan_id)
+        if fate is not None:
+            return not await asyncio.shield(fate)
+        return await self.db.plans.get(plan_id) is None
 
     async def next_step(self, row: PlanRow) -> Next:
         """What happens to the plan next; the handlers only render and send it."""
@@ -555,7 +582,7 @@ class Lifecycle:
             # the calls made so far and the event, in one transaction, before the executor goes on
             made = [self.ledger.event("api_call", actor, row, **call) for call in calls]
             calls.clear()
-            await self.db.audit.add(*made, self.ledger.event(name, actor, row, **detail))
+            await self.ledger.add(*made, self.ledger.event(name, actor, row, **detail))
             if on_step is not None:
                 await on_step(name, detail)
 
