@@ -5,8 +5,10 @@ post; a refusal raised on the way is answered by handlers/errors.py."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import tzinfo
+from functools import partial
 
 from aiogram import Bot, Router
 from aiogram.exceptions import TelegramBadRequest
@@ -38,6 +40,7 @@ from .longanswer import answer_long
 from .progress import Announcer, answer_in_place
 
 log = logging.getLogger("pbxbot.numbers")
+AUDIT_WAIT = 1.0  # s: a proposal's audit rows wait for its card this long at most (Telegram may hold it)
 
 
 async def propose_and_post(
@@ -70,7 +73,8 @@ async def propose_and_post(
     try:
         return await _post(bot, services, message, actor, pbx, proposal, announcer, lang)
     finally:
-        await services.changes.write_audit(proposal)  # after the card (see _post); or when it failed
+        if proposal.row is not None:  # written after the card (see _post); if it never came to that, now
+            await services.changes.write_audit(proposal.row.id)
 
 
 async def _post(
@@ -93,11 +97,27 @@ async def _post(
             chat_id = groups[0]
             await answer_in_place(announcer, tr("tg.card.posted_in_group", lang, id=proposal.row.id))
     placeholder = announcer.placeholder(chat_id)
-    made = proposal.card
-    row = await post_card(
-        bot, services, proposal.row, chat_id, placeholder=placeholder, facts=proposal.facts, rendered=made
+    stored = proposal.row
+    # the proposal's audit rows after the card, not beside it; or once it takes its time
+    late: list[asyncio.Future[None]] = []
+    write = partial(services.changes.write_audit, stored.id)
+    timer = asyncio.get_running_loop().call_later(
+        AUDIT_WAIT, lambda: late.append(asyncio.ensure_future(write()))
     )
-    await services.changes.write_audit(proposal)
+    try:
+        row = await post_card(
+            bot,
+            services,
+            stored,
+            chat_id,
+            placeholder=placeholder,
+            facts=proposal.facts,
+            rendered=proposal.card,
+        )
+    finally:
+        timer.cancel()
+        await asyncio.gather(*late)
+    await write()
     if row.message_id is None:  # the card could not be posted: the plan is released
         await tell_released(bot, row, [message.chat.id, actor.id], lang)
         return proposal

@@ -14,7 +14,12 @@ import time
 from dataclasses import dataclass
 
 import pytest
+from aiogram.exceptions import TelegramForbiddenError
+from aiogram.methods import GetUpdates, SendMessage
+from aiogram.types import Update
 
+import handlers.access as access
+import handlers.cards as cards
 from bot.config import load_settings
 from bot.entry.app import BotApp, running
 from handlers.access import Access
@@ -210,3 +215,82 @@ async def test_nothing_is_read_ahead_for_what_will_not_read(world: World, monkey
     w.tg.send(OLGA, GROUP, "/whoami")
     await w.said(f"id {OLGA} ", after=start)
     assert w.office.reads() == before  # nor later
+
+
+@pytest.mark.parametrize("tried", [True, False], ids=["refused when sent", "refused before"])
+async def test_a_plan_whose_card_cannot_be_posted_is_audited_proposed_then_cancelled(
+    world: World, monkeypatch, tried: bool
+):
+    """The proposal's audit rows wait for the card's first sending; when that never
+    ends, the plan's release (the group forbids the bot) writes them first: the trail
+    stays in order either way."""
+    w = world
+    sending = cards.persist
+
+    async def forbidden(call, chat_id, **kwargs):
+        if chat_id == GROUP:
+            if tried:
+                await call(chat_id)  # the first attempt is made (and lands), then Telegram says no
+            raise TelegramForbiddenError(method=SendMessage(chat_id=chat_id, text="."), message="Forbidden")
+        return await sending(call, chat_id, **kwargs)
+
+    monkeypatch.setattr(cards, "persist", forbidden)
+    store = w.app.services.store
+    w.tg.send(OLGA, GROUP, "/addnumber zadarma 847900 → IVR")
+
+    def trail() -> list[str]:
+        ids = {e.plan_id for e in store.audit.trail() if e.event == "cancelled"}
+        return [e.event for e in store.audit.trail(plan_id=ids.pop())] if ids else []
+
+    await until(lambda: "cancelled" in trail(), "the plan released")
+    events = trail()
+    assert events.index("proposed") < events.index("cancelled"), events
+
+
+async def test_the_proposal_is_audited_once_its_card_was_tried_while_telegram_holds_it_back(world: World):
+    """Telegram says "retry after 8 s" to the card: the audit rows do not wait for it
+    (they wait AUDIT_WAIT, 1 s)."""
+    w = world
+    store = w.app.services.store
+    w.tg.inject("sendMessage", count=1, retry_after=8)
+    before = {p.id for p in store.plans.find()}
+    w.tg.send(OLGA, GROUP, "/addnumber zadarma 847900 → IVR")
+
+    def proposed() -> list[str]:
+        return [p.id for p in store.plans.find() if p.id not in before and p.message_id is None]
+
+    await until(lambda: bool(proposed()), "the plan stored, its card not posted")
+    plan_id = proposed()[0]
+    audited = lambda: "proposed" in [e.event for e in store.audit.trail(plan_id=plan_id)]  # noqa: E731
+    await until(audited, "the proposal audited before its card", timeout=6.0)
+    assert store.plans.get(plan_id).message_id is None  # the card still waits for Telegram
+
+
+async def test_a_batch_of_commands_is_held_once_for_its_reads_ahead(monkeypatch):
+    """A getUpdates answer of many change commands whose requests cannot leave at once
+    (the budget waits): every read begins first, and the batch waits AHEAD_WAIT once."""
+    began: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    def never_written(services, message):
+        began.append(loop.time())
+        return asyncio.Event()
+
+    monkeypatch.setattr(access, "read_ahead", never_written)
+    message = {
+        "date": 0,
+        "chat": {"id": GROUP, "type": "supergroup"},
+        "from": {"id": OLGA, "is_bot": False, "first_name": "Olga"},
+        "text": "/addnumber zadarma 847900 → IVR",
+    }
+    updates = [
+        Update.model_validate({"update_id": i, "message": {**message, "message_id": i}}) for i in range(25)
+    ]
+
+    async def answer(bot, method):
+        return updates
+
+    start = loop.time()
+    assert await access.ReadAhead(services=None)(answer, None, GetUpdates()) is updates
+    assert len(began) == 25 and began[-1] - began[0] < access.AHEAD_WAIT
+    assert loop.time() - start < 10 * access.AHEAD_WAIT  # 25 waits one after another: 25 x AHEAD_WAIT
