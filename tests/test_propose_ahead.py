@@ -181,3 +181,93 @@ async def test_a_plan_stored_ahead_then_discarded_locks_no_other_command_out(war
     assert (await a).row is None  # A: nothing to do, nothing stored
     assert b.row is not None and b.row.id != held_by_a
     assert [p.id for p in store.plans.find()] == [b.row.id]
+
+
+async def test_a_proposal_cancelled_while_its_card_is_made_leaves_nothing_and_locks_nobody_out(
+    warm, sim, store, engine
+):
+    """A is cancelled once the lists confirmed its plan, while its card (made in the
+    insert's task) is still being made: the insert's task ends, and the plan goes; B on
+    the same logins is not held up by it (the review found B waiting forever)."""
+    making = asyncio.Event()
+
+    async def slow_card(row: Any, facts: Any) -> str:
+        making.set()
+        await asyncio.sleep(3600)  # a card that takes its time (render awaits the database)
+        return "card"
+
+    sim.latency = 0.05
+    a = asyncio.ensure_future(propose(warm, ADD, card=slow_card, audit_later=True))
+    await asyncio.wait_for(making.wait(), 30)
+    await asyncio.sleep(0.5)  # the lists have answered: A waits in _settled for its draft
+    a.cancel()
+    try:
+        await a
+    except asyncio.CancelledError:
+        pass
+    deadline = asyncio.get_running_loop().time() + 30
+    while store.plans.find() or locks(engine):  # discarded once the card's task has ended
+        assert asyncio.get_running_loop().time() < deadline, [p.id for p in store.plans.find()]
+        await asyncio.sleep(0.02)
+    left = (list(warm.lifecycle._ahead), [p.id for p in store.plans.find()], locks(engine))
+    try:
+        b = await asyncio.wait_for(propose(warm, ADD), 10)
+    except TimeoutError:
+        raise AssertionError(f"B hangs on A's unresolved fate; left: {left}") from None
+    assert left == ([], [], []), f"A's plan (no card, no audit) stays: {left}; B: {b.row}"
+
+
+async def test_a_proposal_cancelled_while_its_draft_is_inserted_leaves_nothing(
+    warm, sim, store, engine, monkeypatch
+):
+    """Cancelled while the INSERT runs in a database thread (which commits whatever the
+    task does): the plan goes all the same."""
+    add_plan = Repos.add_plan
+    started = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def slow_add_plan(self, *args: Any, **kwargs: Any) -> Any:
+        loop.call_soon_threadsafe(started.set)
+        time.sleep(0.5)
+        return add_plan(self, *args, **kwargs)
+
+    monkeypatch.setattr(Repos, "add_plan", slow_add_plan)
+    sim.latency = 0.05
+    a = asyncio.ensure_future(propose(warm, ADD))
+    await asyncio.wait_for(started.wait(), 30)
+    await asyncio.sleep(0.2)  # the lists have answered; the draft's insert is in its thread
+    a.cancel()
+    try:
+        await a
+    except asyncio.CancelledError:
+        pass
+    deadline = loop.time() + 30
+    while store.plans.find() or locks(engine):  # discarded once the insert has ended
+        assert loop.time() < deadline, [p.id for p in store.plans.find()]
+        await asyncio.sleep(0.02)
+
+
+async def test_a_plans_trail_stays_in_order_while_its_held_rows_are_being_written(
+    warm, sim, store, monkeypatch
+):
+    """The late write of the held rows (AUDIT_WAIT passed, Telegram holds the card) is
+    under way when the card is given up and the plan released: "cancelled" waits for it."""
+    proposal = await propose(warm, ADD, audit_later=True)
+    first = [True]
+
+    def slow(*events: Any) -> None:
+        if first:
+            first.clear()
+            time.sleep(0.3)
+        store.audit.add(*events)
+
+    async def slow_add(*events: Any) -> None:
+        await warm.db.run(slow, *events)
+
+    monkeypatch.setattr(warm.db.audit, "add", slow_add)
+    late = asyncio.ensure_future(warm.write_audit(proposal.row.id))  # the AUDIT_WAIT timer's task
+    await asyncio.sleep(0.05)
+    await warm.release(proposal.row.id, "card_not_posted")  # post_card's release
+    await late
+    events = [e.event for e in store.audit.trail(plan_id=proposal.row.id)]
+    assert events == ["proposed", "cancelled"], events

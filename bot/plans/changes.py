@@ -13,6 +13,7 @@ compare-and-set).
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import enum
 from collections.abc import Mapping
@@ -186,6 +187,7 @@ class Ledger:
         self.pbxs = pbxs
         self.clock = clock
         self._held: dict[str, list[AuditRow]] = {}  # plan id -> audit rows not written yet (`hold`)
+        self._writing: dict[str, asyncio.Future[None]] = {}  # plan id -> its held rows being written
 
     def handle(self, name: str) -> PbxHandle:
         if name not in self.pbxs:
@@ -198,6 +200,9 @@ class Ledger:
     async def add(self, *rows: AuditRow) -> None:
         """Audit rows, after the rows still held for their plans (`hold`): a plan's trail
         is in order whoever writes next."""
+        for plan in dict.fromkeys(r.plan_id for r in rows if r.plan_id):
+            if (writing := self._writing.get(plan)) is not None:
+                await asyncio.shield(writing)  # its held rows go first (or come back to be taken here)
         plans = dict.fromkeys(r.plan_id for r in rows if r.plan_id and r.plan_id in self._held)
         held = {plan: self._held.pop(plan) for plan in plans}
         try:
@@ -214,12 +219,17 @@ class Ledger:
 
     async def write_held(self, plan_id: str) -> None:
         held = self._held.pop(plan_id, [])
-        if held:
-            try:
-                await self.db.audit.add(*held)
-            except BaseException:
-                self._held[plan_id] = held + self._held.get(plan_id, [])
-                raise
+        if not held:
+            return
+        self._writing[plan_id] = writing = asyncio.get_running_loop().create_future()
+        try:
+            await self.db.audit.add(*held)
+        except BaseException:
+            self._held[plan_id] = held + self._held.get(plan_id, [])
+            raise
+        finally:
+            del self._writing[plan_id]
+            writing.set_result(None)
 
     def event(self, event: str, actor: Actor | None, row: PlanRow | None = None, **detail: Any) -> AuditRow:
         return AuditRow(

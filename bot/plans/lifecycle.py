@@ -83,6 +83,7 @@ from .validate import sip_passwords
 T = TypeVar("T")
 log = logging.getLogger("pbxbot.changes")
 _RETRIES = 5  # a proposal held up by plans stored ahead, then discarded, tries again at most so often
+_FATE_WAIT = 30.0  # s: the longest it waits for such a plan's fate
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,8 @@ class _Draft:
     """A plan being stored while the PBX answers (`Lifecycle.propose`)."""
 
     row: PlanRow
-    insert: asyncio.Future[tuple[Conflict | None, Any]]  # see Lifecycle._store
+    insert: asyncio.Future[Conflict | None]  # None: stored; else the plan holding its logins
+    card: asyncio.Future[Any] | None  # its card, made once it is stored (see propose's `card`)
 
 
 def _and(
@@ -281,7 +283,10 @@ class Lifecycle:
             if card is not None and not (facts := self._fresh_facts(row, given(plan))).tally.done:
                 made = partial(card, row, facts)
             earlier = drafts[:]  # a guess the lists did not confirm: gone first (it locks the same logins)
-            drafts[:] = [_Draft(row, asyncio.ensure_future(self._store(row, plan.logins, earlier, made)))]
+            insert = asyncio.ensure_future(self._store(row, plan.logins, earlier))
+            drafts[:] = [
+                _Draft(row, insert, asyncio.ensure_future(self._card(insert, made)) if made else None)
+            ]
             return row
 
         def given(plan: Plan) -> dict[str, str]:
@@ -296,7 +301,9 @@ class Lifecycle:
             for _ in range(_RETRIES):  # the holder was a plan stored ahead, and is gone: the logins are free
                 if row is None or conflict is None or not await self._discarded(conflict.plan_id):
                     break
-                conflict = await self.db.add_plan(row, plan.logins)
+                again = _Draft(row, asyncio.ensure_future(self._store(row, plan.logins, [])), None)
+                drafts.append(again)  # discarded with the others if this ends here
+                conflict, _ = await self._settled([again], row)
             secrets = given(plan)
         except BaseException as exc:
             api_calls.reset(token)
@@ -352,42 +359,46 @@ class Lifecycle:
         """The audit rows `propose(audit_later=True)` left to write (once: then none)."""
         await self.ledger.write_held(plan_id)
 
-    async def _store(
-        self,
-        row: PlanRow,
-        logins: list[str],
-        earlier: list[_Draft],
-        card: Callable[[], Awaitable[Any]] | None,
-    ) -> tuple[Conflict | None, Any]:
+    async def _store(self, row: PlanRow, logins: list[str], earlier: list[_Draft]) -> Conflict | None:
         """Store `row` (a fresh id drawn) with its logins locked, once the drafts before it
-        are gone; then make its card. (None, the card) or (the plan holding its logins, None)."""
+        are gone: None, or the plan holding its logins (then nothing is stored)."""
         await self._settled(earlier, None)
         held = await self.db.add_plan(row, logins)
         if held is None:  # its fate told to any proposal its locks hold up (`_discarded`)
             self._ahead[row.id] = asyncio.get_running_loop().create_future()
-        if held is not None or card is None:
-            return held, None
+        return held
+
+    @staticmethod
+    async def _card(insert: asyncio.Future[Conflict | None], card: Callable[[], Awaitable[Any]]) -> Any:
+        """The card of a plan stored ahead, once stored (None when it is not, or fails)."""
         try:
-            return None, await card()
+            if await asyncio.shield(insert) is not None:
+                return None
+            return await card()
         except Exception:  # the card is made again when posted (and fails there, if it must)
-            log.exception("the card of plan %s could not be made ahead", row.id)
-            return None, None
+            log.exception("a card could not be made ahead")
+            return None
 
     async def _settled(self, drafts: list[_Draft], kept: PlanRow | None) -> tuple[Conflict | None, Any]:
         """Wait for the plans stored ahead; discard all but `kept`. `kept`'s answer: (None,
-        its card) when stored, or (the plan holding its logins, None) when not."""
+        its card) when stored, or (the plan holding its logins, None) when not. Whoever
+        cancels the caller, an insert begun ends (shielded), and is discarded then."""
         answer: tuple[Conflict | None, Any] = (None, None)
         for draft in drafts:
             try:
-                held, made = await draft.insert
+                held = await asyncio.shield(draft.insert)
             except Exception:
                 if draft.row is kept:
                     raise
-                continue  # nothing stored
+                continue  # nothing stored (one transaction)
             if draft.row is kept:
+                made = await draft.card if held is None and draft.card is not None else None
                 answer = held, made
                 self._fate(draft.row.id, kept=True)
-            elif held is None:
+                continue
+            if draft.card is not None:
+                draft.card.cancel()  # it writes nothing
+            if held is None:
                 try:
                     await self.db.discard_plan(draft.row.id)
                 finally:
@@ -403,7 +414,10 @@ class Lifecycle:
         confirm it: here, once its proposal knows; elsewhere (a replica), if it is gone."""
         fate = self._ahead.get(plan_id)
         if fate is not None:
-            return not await asyncio.shield(fate)
+            try:
+                return not await asyncio.wait_for(asyncio.shield(fate), _FATE_WAIT)
+            except TimeoutError:  # a proposal stuck on its PBX: its logins are held, as they are
+                return False
         return await self.db.plans.get(plan_id) is None
 
     async def next_step(self, row: PlanRow) -> Next:
