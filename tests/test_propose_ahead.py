@@ -72,7 +72,7 @@ async def propose(changes, text: str, **kwargs: Any):
 
 async def test_the_plan_is_stored_and_its_card_made_before_the_pbx_answers(warm, sim, client, store, engine):
     cards = Cards(store, client)
-    sim.latency = 1.0  # a slow PBX: the lists answer a second after they are asked
+    sim.latency = 2.0  # a slow PBX: the lists answer two seconds after they are asked
     proposal = await propose(warm, ADD, card=cards, audit_later=True)
     row = proposal.row
     assert [c["id"] for c in cards.made] == [row.id]  # made once: the lists confirmed the plan
@@ -100,7 +100,7 @@ async def test_a_plan_the_lists_do_not_confirm_is_discarded_for_the_one_they_giv
     # edited by hand since the mirror read it: the plan made ahead moves a route as it was
     route = next(r for r in sim.state.routes.values() if r.get("provider") == DEMO_PROVIDER_ID)
     route["extension"] = "201"
-    sim.latency = 0.5
+    sim.latency = 2.0  # time to store and make the card ahead, on a busy machine too
     proposal = await propose(warm, ADD, card=cards, audit_later=True)
     row = proposal.row
     guessed, final = cards.made
@@ -126,7 +126,7 @@ async def test_a_plan_stored_ahead_goes_when_the_pbx_then_says_there_is_nothing_
     route = next(r for r in sim.state.routes.values() if r.get("provider") == DEMO_PROVIDER_ID)
     assert route["extension"] == DEMO_QUEUE_EXTENSION
     route["extension"] = DEMO_IVR_EXTENSION
-    sim.latency = 0.5
+    sim.latency = 2.0  # time to store and make the card ahead, on a busy machine too
     proposal = await propose(warm, f"/route 847706 → {DEMO_IVR_EXTENSION}", card=cards)
     assert [c["stored"] for c in cards.made] == [[cards.made[0]["id"]]]  # the guess: stored ahead
     assert proposal.row is None and proposal.plan.empty
