@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,17 +200,7 @@ class Ledger:
     async def add(self, *rows: AuditRow) -> None:
         """Audit rows, after the rows still held for their plans (`hold`): a plan's trail
         is in order whoever writes next."""
-        for plan in dict.fromkeys(r.plan_id for r in rows if r.plan_id):
-            if (writing := self._writing.get(plan)) is not None:
-                await asyncio.shield(writing)  # its held rows go first (or come back to be taken here)
-        plans = dict.fromkeys(r.plan_id for r in rows if r.plan_id and r.plan_id in self._held)
-        held = {plan: self._held.pop(plan) for plan in plans}
-        try:
-            await self.db.audit.add(*(r for rows_of in held.values() for r in rows_of), *rows)
-        except BaseException:
-            for plan, rows_of in held.items():
-                self._held[plan] = rows_of + self._held.get(plan, [])
-            raise
+        await self._write(dict.fromkeys(r.plan_id for r in rows if r.plan_id), rows)
 
     def hold(self, plan_id: str, rows: list[AuditRow]) -> None:
         """A proposal's audit rows, written by `write_held` once its card is out (or before
@@ -218,17 +208,30 @@ class Ledger:
         self._held.setdefault(plan_id, []).extend(rows)
 
     async def write_held(self, plan_id: str) -> None:
-        held = self._held.pop(plan_id, [])
-        if not held:
+        await self._write([plan_id], ())
+
+    async def _write(self, plans: Iterable[str], rows: Iterable[AuditRow]) -> None:
+        """The rows held for `plans`, then `rows`, in one transaction. A write of a plan's
+        held rows under way goes first; failed, they are held again."""
+        plans = list(plans)
+        while waits := [w for plan in plans if (w := self._writing.get(plan)) is not None]:
+            await asyncio.shield(waits[0])
+        held = {plan: self._held.pop(plan) for plan in plans if plan in self._held}
+        rows = list(rows)
+        if not held and not rows:
             return
-        self._writing[plan_id] = writing = asyncio.get_running_loop().create_future()
+        writing = asyncio.get_running_loop().create_future()
+        for plan in held:
+            self._writing[plan] = writing
         try:
-            await self.db.audit.add(*held)
+            await self.db.audit.add(*(r for rows_of in held.values() for r in rows_of), *rows)
         except BaseException:
-            self._held[plan_id] = held + self._held.get(plan_id, [])
+            for plan, rows_of in held.items():
+                self._held[plan] = rows_of + self._held.get(plan, [])
             raise
         finally:
-            del self._writing[plan_id]
+            for plan in held:
+                del self._writing[plan]
             writing.set_result(None)
 
     def event(self, event: str, actor: Actor | None, row: PlanRow | None = None, **detail: Any) -> AuditRow:
