@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from pbx.budget import Priority, at
 from pbx.errors import PbxError
 from storage.repos.locks import Conflict
-from storage.tables import ApprovalRow, PlanRow
+from storage.tables import ApprovalRow, AuditRow, PlanRow
 
 from .changes import (
     APPLIED,
@@ -335,13 +335,17 @@ class Lifecycle:
                 logins=", ".join(shown) + (f" (+{more})" if more else ""),
             )
         proposed = dict(kind=row.kind, steps=len(plan.steps), command=command, version=version)
-        audit = [*(ledger.event("api_call", actor, None, **call, pbx=pbx) for call in calls)]
-        audit.append(ledger.event("proposed", actor, row, **proposed))
+        stamped, read = ledger.clock(), calls[:]  # the rows as of now, made when written
+
+        def audit() -> list[AuditRow]:
+            rows = [ledger.event("api_call", actor, None, at=stamped, **call, pbx=pbx) for call in read]
+            return [*rows, ledger.event("proposed", actor, row, at=stamped, **proposed)]
+
         if secrets:
             await self.secrets.seal(row, secrets)
         facts = self._fresh_facts(row, secrets)
         if facts.tally.done or not audit_later:
-            await ledger.add(*audit)
+            await ledger.add(*audit())
         else:
             ledger.hold(row.id, audit)
         if facts.tally.done:
