@@ -4,6 +4,7 @@ change service, storage, and which PBX a chat works on. Free of aiogram."""
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING
@@ -23,6 +24,9 @@ if TYPE_CHECKING:  # the entry layer builds the scheduler and hands it over: no 
     from bot.entry.scheduler import Scheduler
 
 
+_AHEAD_REMEMBERED = 1024  # messages: far more than one getUpdates answer brings (100)
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -38,6 +42,9 @@ class Services:
     # the PBX each chat was last found to work on, here: where a change command's reads
     # begin while its binding is looked up (`read_ahead`); never where anything is written
     last_pbx: dict[int, str] = field(default_factory=dict)
+    # the messages whose reads began ahead, newest last: asked again (the access middleware
+    # after the session's), a message's reads are not begun or counted twice
+    _ahead: OrderedDict[tuple[int, int], asyncio.Event | None] = field(default_factory=OrderedDict)
 
     @property
     def db(self) -> AsyncRepos:
@@ -80,6 +87,16 @@ class Services:
         if private and len(self.changes.pbxs) == 1:
             return next(iter(self.changes.pbxs))
         return None
+
+    def read_ahead_once(self, chat_id: int, message_id: int, text: str | None) -> asyncio.Event | None:
+        """`read_ahead` for a message, once: asked again, what the first asking began."""
+        key = (chat_id, message_id)
+        if key in self._ahead:
+            return self._ahead[key]
+        begun = self._ahead[key] = self.read_ahead(chat_id, text)
+        if len(self._ahead) > _AHEAD_REMEMBERED:
+            self._ahead.popitem(last=False)
+        return begun
 
     def read_ahead(self, chat_id: int, text: str | None) -> asyncio.Event | None:
         """A change command's list calls, begun before the chat's binding is looked up:

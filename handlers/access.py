@@ -38,7 +38,7 @@ def read_ahead(services: Services, message: Message) -> asyncio.Event | None:
         return None
     if not may(services.settings.policy, user.id, Action.PROPOSE):
         return None
-    return services.read_ahead(chat.id, message.text)
+    return services.read_ahead_once(chat.id, message.message_id, message.text)
 
 
 class ReadAhead(BaseRequestMiddleware):

@@ -92,8 +92,8 @@ class _Shared:
     epoch: int  # the client's write epoch when it began
     task: asyncio.Task[Any]
     claim: Claim
-    ahead: bool  # begun for a command about to ask (`reading_ahead`), and not joined by it yet
-    until: float | None = None  # answered ahead: the first reader takes it until then (monotonic)
+    waiting: int  # commands it was begun or joined ahead for (`reading_ahead`) that have not asked yet
+    until: float | None = None  # answered ahead: each of them takes it until then (monotonic)
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,8 +290,10 @@ class MikoPbxClient:
         shared read waits in the budget at the most urgent of its callers'
         priorities (a background read joined by a command is the command's).
         A read begun ahead (`reading_ahead`) and answered before its command asked
-        is taken by the first read of the same a command plans on (`planning`), within
-        AHEAD_KEEP and before any write; any other read drops it and reads anew."""
+        is taken by the read of the same a command plans on (`planning`), within
+        AHEAD_KEEP and before any write: once for each command that began or joined it
+        ahead (two commands at once share one read); any other read drops it and reads
+        anew."""
         if write is None:
             write = method != "GET"
         if write or method != "GET" or not auth:
@@ -303,10 +305,16 @@ class MikoPbxClient:
         key = (path, tuple(sorted((params or {}).items())))
         ahead = reading_ahead.get()
         shared = self._reads.get(key)
-        if shared is not None and shared.until is not None and not ahead:  # answered ahead: taken once
-            del self._reads[key]
-            if not planning.get() or time.monotonic() > shared.until:
-                shared = None  # not a command's planning read (the stale check, say), or too late
+        until = shared.until if shared is not None and not ahead else None
+        taken = until is not None  # answered ahead, and this is not another read ahead
+        if shared is not None and until is not None:
+            if planning.get() and time.monotonic() <= until:
+                shared.waiting -= 1  # one of the commands it was read for: kept for the others
+                if shared.waiting <= 0:
+                    del self._reads[key]
+            else:  # not a command's planning read (the stale check, say), or too late
+                del self._reads[key]
+                shared = None
         joined = shared is not None and shared.epoch == self._epoch
         if shared is None or not joined:
             claim = current_claim()
@@ -314,12 +322,15 @@ class MikoPbxClient:
                 task = asyncio.ensure_future(
                     self._exchange(method, path, params, None, None, False, auth, None, raw=key)
                 )
-            shared = _Shared(self._epoch, task, claim, ahead)
+            shared = _Shared(self._epoch, task, claim, 1 if ahead else 0)
             self._reads[key] = shared
             task.add_done_callback(lambda done: self._read_done(key, done))
         else:
             shared.claim.raise_to(current_priority())
-            shared.ahead = shared.ahead and ahead  # joined by its command: not kept once answered
+            if ahead:
+                shared.waiting += 1  # another command will ask for it
+            elif planning.get() and not taken:
+                shared.waiting = max(0, shared.waiting - 1)  # its command, in time: not kept for it
             if (written := call_written.get()) is not None:
                 written()  # the one joined is on its way (or about to be)
         started = time.perf_counter()
@@ -357,7 +368,7 @@ class MikoPbxClient:
         failed = task.cancelled() or task.exception() is not None  # retrieved: its waiters have it
         if (shared := self._reads.get(key)) is None or shared.task is not task:
             return
-        if shared.ahead and not failed:  # its command has not asked yet: kept for it a while
+        if shared.waiting > 0 and not failed:  # commands have not asked yet: kept for them a while
             shared.until = time.monotonic() + AHEAD_KEEP
             asyncio.get_running_loop().call_later(AHEAD_KEEP, self._not_taken, key, task)
         else:

@@ -563,6 +563,34 @@ async def test_an_answer_read_ahead_is_taken_once_by_the_read_it_was_begun_for(s
     assert sim.stats["GET incoming-routes"] == 2
 
 
+async def test_an_answer_read_ahead_for_two_commands_is_taken_by_each(sim, client):
+    """Two commands at once: the second joins the first's read ahead. Answered before
+    either asks, it is kept for both, not taken by the first and read again by the other."""
+    await ahead(client, client.list_routes)
+    await ahead(client, client.list_routes)  # the second command's: joins it (answered already)
+    await planned(client.list_routes)
+    await planned(client.list_routes)
+    assert sim.stats["GET incoming-routes"] == 1
+    await planned(client.list_routes)  # both came: a third reads anew
+    assert sim.stats["GET incoming-routes"] == 2
+
+
+async def test_a_command_that_joined_its_read_in_flight_leaves_the_answer_to_the_other(sim, client):
+    from pbx.base import reading_ahead
+
+    token = reading_ahead.set(True)
+    try:  # two commands' reads ahead, at once: one request
+        begun = [asyncio.ensure_future(client.list_routes()) for _ in range(2)]
+    finally:
+        reading_ahead.reset(token)
+    first = asyncio.ensure_future(planned(client.list_routes))  # one command asks while it is on the wire
+    await asyncio.gather(*begun, first)
+    await planned(client.list_routes)  # the other, after the answer: takes it
+    assert sim.stats["GET incoming-routes"] == 1
+    await planned(client.list_routes)
+    assert sim.stats["GET incoming-routes"] == 2
+
+
 async def test_an_answer_read_ahead_is_taken_by_a_command_planning_only(sim, client):
     """Any other read (the stale check before a write) reads what the PBX holds now."""
     await ahead(client, client.list_routes)

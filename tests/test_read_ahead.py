@@ -171,6 +171,47 @@ async def test_the_lists_leave_before_the_binding_is_read_and_are_read_once(worl
     assert counted and int(float(counted.group(1))) == w.office.reads(), metrics
 
 
+async def test_two_commands_at_once_take_one_read_of_each_list(world: World, monkeypatch):
+    """Olga and Anna each send a change; both wait before dispatch (aiogram busy) until
+    the lists read ahead for them are answered. Each command plans on those answers: the
+    PBX is read once. Each message begins its reads once (the session middleware's), not again
+    in the access middleware."""
+    w = world
+    handle = w.app.services.changes.pbxs["office"]
+    begun: list[int] = []
+    read_ahead = handle.reader.read_ahead
+
+    def counted() -> asyncio.Event:
+        begun.append(1)
+        return read_ahead()
+
+    monkeypatch.setattr(handle.reader, "read_ahead", counted)
+    gate = asyncio.Event()
+    dispatched = Access.__call__
+
+    async def held(self, handler, event, data):
+        await gate.wait()
+        return await dispatched(self, handler, event, data)
+
+    monkeypatch.setattr(Access, "__call__", held)
+    before = lists(w.office)
+    start = w.mark()
+    w.tg.send(OLGA, GROUP, "/addnumber zadarma 847900 → IVR")
+    w.tg.send(ANNA, GROUP, "/addnumber zadarma 847901 → IVR")
+    reads = handle.client._reads  # answered ahead: kept for the commands until they ask
+
+    await until(lambda: len(begun) == 2, "both messages' reads begun")
+    answered = lambda: len(reads) == 3 and all(r.until is not None for r in reads.values())  # noqa: E731
+    await until(answered, "the lists answered")
+    gate.set()
+    # one card; the other plan would change 847706 too (the recipe): refused, "locked"
+    card = await w.said(r"(?:Plan|План) (\w{6})", after=start)
+    await w.said(r"847706: (?:already|уже)", after=start)
+    assert lists(w.office) == before + 3  # both planned on the answers read ahead
+    assert len(begun) == 2
+    assert "847900" in card["text"] or "847901" in card["text"]
+
+
 async def test_a_chat_rebound_by_another_process_is_planned_on_the_pbx_looked_up(world: World):
     """The read ahead went to the PBX this process last knew; the command reads,
     plans and stores on the one the database says now."""
