@@ -94,6 +94,7 @@ class _Shared:
     claim: Claim
     waiting: int  # commands it was begun or joined ahead for (`reading_ahead`) that have not asked yet
     until: float | None = None  # answered ahead: each of them takes it until then (monotonic)
+    asked: bool = False  # begun by a command's planning read: a read ahead joining it is that command's, late
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,7 +297,9 @@ class MikoPbxClient:
         anew."""
         if write is None:
             write = method != "GET"
-        if write or method != "GET" or not auth:
+        if not auth:  # logging in, a ping: nothing of the PBX's data changes; nothing shared
+            return await self._exchange(method, path, params, json, form, write, auth, parse)
+        if write or method != "GET":
             self._epoch += 1  # reads under way from now on may not show this write
             try:
                 return await self._exchange(method, path, params, json, form, write, auth, parse)
@@ -322,13 +325,13 @@ class MikoPbxClient:
                 task = asyncio.ensure_future(
                     self._exchange(method, path, params, None, None, False, auth, None, raw=key)
                 )
-            shared = _Shared(self._epoch, task, claim, 1 if ahead else 0)
+            shared = _Shared(self._epoch, task, claim, 1 if ahead else 0, asked=planning.get() and not ahead)
             self._reads[key] = shared
             task.add_done_callback(lambda done: self._read_done(key, done))
         else:
             shared.claim.raise_to(current_priority())
-            if ahead:
-                shared.waiting += 1  # another command will ask for it
+            if ahead and not (shared.asked and shared.waiting == 0):
+                shared.waiting += 1  # another command will ask for it (not the one that asked)
             elif planning.get() and not taken:
                 shared.waiting = max(0, shared.waiting - 1)  # its command, in time: not kept for it
             if (written := call_written.get()) is not None:

@@ -591,6 +591,103 @@ async def test_a_command_that_joined_its_read_in_flight_leaves_the_answer_to_the
     assert sim.stats["GET incoming-routes"] == 2
 
 
+def begun_ahead(client, call):
+    """`call` begun as a read ahead, not awaited."""
+    from pbx.base import reading_ahead
+
+    token = reading_ahead.set(True)
+    try:
+        return asyncio.ensure_future(call())
+    finally:
+        reading_ahead.reset(token)
+
+
+def begun_planned(call):
+    """`call` begun as a command's planning read, not awaited."""
+    from pbx.base import planning
+
+    token = planning.set(True)
+    try:
+        return asyncio.ensure_future(call())
+    finally:
+        planning.reset(token)
+
+
+async def test_a_read_ahead_late_for_its_command_is_not_kept_for_another(sim, client):
+    """The reads ahead leave one after another and the command waits for them 20 ms at
+    most: its planning read may leave first, and its read ahead join it late. That is the
+    same command, not one still to come: the answer is not kept, and the next command reads
+    what the PBX holds (found by a review of 48bbfda)."""
+    sim.latency = 0.1
+    mine = begun_planned(client.list_routes)
+    await asyncio.sleep(0.01)
+    late = begun_ahead(client, client.list_routes)
+    await asyncio.gather(mine, late)
+    assert sim.stats["GET incoming-routes"] == 1
+    sim.state.routes[2]["note"] = "by hand"
+    routes = await planned(client.list_routes)  # another command, nothing read ahead for it
+    assert sim.stats["GET incoming-routes"] == 2
+    assert {r.id: r.note for r in routes}[2] == "by hand"
+
+
+async def test_a_write_between_two_commands_taking_a_read_ahead_makes_the_second_read_anew(sim, client):
+    await ahead(client, client.list_routes)
+    await ahead(client, client.list_routes)
+    await planned(client.list_routes)  # the first takes it
+    await client.patch_route(2, {"note": "edited"}, providerid=None)
+    routes = await planned(client.list_routes)  # the second, after the bot's write: reads anew
+    assert {r.id: r.note for r in routes}[2] == "edited"
+    assert sim.stats["GET incoming-routes"] == 2
+
+
+async def test_an_answer_kept_for_two_commands_is_let_go_after_the_keep(sim, client, monkeypatch):
+    import pbx.mikopbx as module
+
+    monkeypatch.setattr(module, "AHEAD_KEEP", 0.2)
+    await ahead(client, client.list_routes)
+    await ahead(client, client.list_routes)
+    await planned(client.list_routes)  # one of the two; the other never comes
+    sim.state.routes[2]["note"] = "by hand"
+    await until_let_go(client)
+    routes = await planned(client.list_routes)
+    assert {r.id: r.note for r in routes}[2] == "by hand"
+
+
+async def test_a_failed_read_ahead_for_two_commands_is_let_go(sim, client):
+    sim.inject("/incoming-routes", method="GET", status=500)
+    results = await asyncio.gather(
+        begun_ahead(client, client.list_routes),
+        begun_ahead(client, client.list_routes),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, Exception) for r in results)
+    assert client._reads == {}
+    await planned(client.list_routes)
+    await planned(client.list_routes)  # each reads (and the fault is gone)
+    assert sim.stats["GET incoming-routes"] == 2
+
+
+async def test_a_read_ahead_that_logs_in_first_is_joined_by_its_command(sim):
+    """With a login and password, the first call after a start logs in first. Logging in
+    changes nothing of the PBX's: a read under way may still be joined (found by a review)."""
+    async with fast_client(sim.url, name="demo", login="admin", password="admin") as c:
+        begun = begun_ahead(c, c.list_routes)
+        # the login answered (the client tells no one): the list's request next
+        while c._jwt is None and not begun.done():  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+        await planned(c.list_routes)
+        await begun
+        assert sim.stats["GET incoming-routes"] == 1
+
+
+async def until_let_go(client, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+    """Until the client keeps no answer read ahead (its keep timer fired)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while client._reads:  # its timer tells no one
+        assert asyncio.get_running_loop().time() < deadline, client._reads
+        await asyncio.sleep(0.01)
+
+
 async def test_an_answer_read_ahead_is_taken_by_a_command_planning_only(sim, client):
     """Any other read (the stale check before a write) reads what the PBX holds now."""
     await ahead(client, client.list_routes)

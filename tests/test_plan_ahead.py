@@ -204,3 +204,26 @@ async def test_lists_parsed_anew_but_equal_are_compared_by_identity_after(sim, c
     work = Planner("/addnumber zadarma 847901 → IVR")
     await reader.read_then(work, host=ZADARMA)
     assert len(work.seen) == 1 and compared[0] == 0
+
+
+async def test_a_command_that_asks_before_its_reads_ahead_leave_keeps_nothing_for_the_next(
+    sim, client, engine
+):
+    """The budget holds the reads ahead past the 20 ms a command waits: the command's
+    lists leave first, its reads ahead join them late. Nothing is kept for a command still
+    to come: the next one reads, and sees the account added by hand meanwhile."""
+    reader = await warm(sim, client, engine)
+    reader.read_ahead()  # the command's reads ahead: only the route list has begun
+    await reader.read_then(Planner("/addnumber zadarma 847900 → IVR"), host=ZADARMA)
+    await asyncio.wait_for(until_idle(client), 30)  # the late reads ahead answered too
+    listed = sim.stats["GET sip-providers"]
+    added = grow(sim, 21)[-1]  # one more than warm's 20: an admin, in the web interface
+    snapshot, _ = await reader.read_then(Planner("/addnumber zadarma 847901 → IVR"), host=ZADARMA)
+    assert added in {p.id for p in snapshot.providers}
+    assert sim.stats["GET sip-providers"] == listed + 1
+
+
+async def until_idle(client) -> None:
+    """Until no read of the client is on the wire (answers kept ahead may stay)."""
+    while any(shared.until is None for shared in client._reads.values()):  # noqa: ASYNC110
+        await asyncio.sleep(0.005)
