@@ -31,6 +31,7 @@ from bot.routing.rules import accounts_of_number, host_key, same_host
 from pbx.base import Pbx, call_written, planning, reading_ahead
 from pbx.budget import Priority, current_priority
 from pbx.models import Destination, Provider, ProviderSummary, RegistrationStatus, Route
+from storage.repos.mirror import GONE
 
 if TYPE_CHECKING:
     from storage.aio import AsyncRepos
@@ -487,7 +488,13 @@ class SnapshotReader:
         wanted: dict[str, list[str]] = {}
         newest = self._synced
         for kind, key, read_at in stamps:
-            if self._newer(kind, key, read_at.timestamp()):
+            if kind == GONE:  # dropped by another process (or reader) after this one read it
+                if (kept := self._details.get(key)) is not None and read_at.timestamp() - kept[
+                    0
+                ] > _MICROSECOND:
+                    self._version += 1
+                    self._forget_here(key)
+            elif self._newer(kind, key, read_at.timestamp()):
                 wanted.setdefault(kind, []).append(key)
             if newest is None or read_at > newest:
                 newest = read_at
@@ -535,10 +542,12 @@ class SnapshotReader:
             except Exception as exc:  # the mirror is a help: a read or a write goes on without it
                 log.warning("the mirror of %s could not be stored: %s", self.pbx.name, type(exc).__name__)
 
-    async def _drop(self, provider_ids: list[str]) -> None:
+    async def _drop(self, provider_ids: list[str], at: float) -> None:
         if self.mirror is not None and provider_ids:
             try:
-                await self.mirror.mirror.drop(self.pbx.name, "account", provider_ids)
+                await self.mirror.mirror.forget(
+                    self.pbx.name, provider_ids, at=datetime.fromtimestamp(at, UTC)
+                )
             except Exception as exc:
                 log.warning("the mirror of %s could not be updated: %s", self.pbx.name, type(exc).__name__)
 
@@ -559,12 +568,15 @@ class SnapshotReader:
         ids = [pid for pid in provider_ids if pid]
         self._version += 1
         for pid in ids:
-            self._details.pop(pid, None)
-            self._reading.pop(pid, None)
-            self._dropped[pid] = self._dropped.get(pid, 0) + 1
-            self._told.pop(pid, None)
-            self._began.pop(pid, None)
-        await self._drop(ids)
+            self._forget_here(pid)
+        await self._drop(ids, self._clock())
+
+    def _forget_here(self, pid: str) -> None:
+        self._details.pop(pid, None)
+        self._reading.pop(pid, None)
+        self._dropped[pid] = self._dropped.get(pid, 0) + 1
+        self._told.pop(pid, None)
+        self._began.pop(pid, None)
 
     async def remember_route(self, route: Route) -> None:
         """The PBX's answer to the bot's own write of a route."""

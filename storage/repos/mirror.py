@@ -1,7 +1,10 @@
 """The PBX mirror (`MirrorRow`): each record of a PBX as last read, and when.
 
 Account rows are keyed by the account's id; the lists (routes, destinations,
-registration states) are one row each, with an empty key."""
+registration states) are one row each, with an empty key. An account the bot dropped
+(removed, or written with an unknown outcome) leaves a tombstone (`GONE`, no data) in
+its place: another process that still holds the account drops it too when it syncs,
+instead of taking its absence from the PBX's list for a removal by hand."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from ..tables import MirrorRow, utcnow
 from .base import Repo
 
 ACCOUNT = "account"
+GONE = "gone"  # an account's tombstone: dropped by the bot at `read_at`
 
 
 class MirrorRepo(Repo):
@@ -39,13 +43,34 @@ class MirrorRepo(Repo):
         # rows at once (the process's resident memory keeps such a peak)
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
+            kinds = [kind, GONE] if kind == ACCOUNT else [kind]  # read again: no longer gone
             with self.session() as s:
                 s.exec(
                     delete(MirrorRow).where(
-                        col(MirrorRow.pbx) == pbx, col(MirrorRow.kind) == kind, col(MirrorRow.key).in_(chunk)
+                        col(MirrorRow.pbx) == pbx,
+                        col(MirrorRow.kind).in_(kinds),
+                        col(MirrorRow.key).in_(chunk),
                     )
                 )
                 s.add_all(MirrorRow(pbx=pbx, kind=kind, key=k, data=records[k], read_at=at) for k in chunk)
+                self.commit(s)
+
+    def forget(self, pbx: str, keys: Iterable[str], *, at: datetime | None = None) -> None:
+        """Accounts the bot dropped: their rows go, and a tombstone each (`GONE`, at `at`)
+        tells the other processes to drop them too."""
+        at = at or utcnow()
+        wanted = list(dict.fromkeys(keys))
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            with self.session() as s:
+                s.exec(
+                    delete(MirrorRow).where(
+                        col(MirrorRow.pbx) == pbx,
+                        col(MirrorRow.kind).in_([ACCOUNT, GONE]),
+                        col(MirrorRow.key).in_(chunk),
+                    )
+                )
+                s.add_all(MirrorRow(pbx=pbx, kind=GONE, key=k, data={}, read_at=at) for k in chunk)
                 self.commit(s)
 
     def drop(self, pbx: str, kind: str | None = None, keys: Iterable[str] | None = None) -> int:
