@@ -4,9 +4,13 @@ mirror dropped or re-read its account, and a batch in which one read fails."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from bot.plans.mirror import MirrorRefresher
 from bot.plans.snapshot import SnapshotReader
@@ -247,6 +251,95 @@ async def test_an_account_read_again_after_its_tombstone_is_kept_by_the_other_pr
     snapshot = await other.read(host=ZADARMA)
     assert snapshot.details[ids[0]].manualattributes == "[endpoint]\nlanguage=en"
     assert details_read(sim) == reads  # from the mirror
+
+
+async def test_a_read_begun_before_a_removal_and_stored_after_it_leaves_the_tombstone(sim, client, engine):
+    """One process re-reads an account and the PBX answers; another then removes it and
+    forgets it. The first read is stored after that, stamped when it began: the newer
+    tombstone stands, and the first process drops the account instead of telling the
+    bot's own removal as one by hand (found by a review of df30383)."""
+    ids = grow(sim, 2)
+    pid = ids[0]
+    drifts = Drifts()
+    held = Answered(client, hold=pid)
+    other = SnapshotReader(held, mirror=AsyncRepos(Repos(engine)), on_drift=drifts)
+    await other.read(host=ZADARMA)
+    writer = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)))
+    await writer.read(host=ZADARMA)
+    held.active = True
+    early = asyncio.create_task(other.read(host=ZADARMA, fresh=[pid]))
+    await asyncio.wait_for(held.answered.wait(), 30)  # the PBX answered: the account exists
+    await client.delete_provider(pid)  # the executor's delete step, in the other process...
+    await writer.forget([pid])  # ...and its tombstone
+    held.release.set()
+    await early
+    held.active = False
+    assert {(r.kind, r.key) for r in Repos(engine).mirror.load("demo", None) if r.key == pid} == {
+        ("gone", pid)
+    }
+    await other.read(host=ZADARMA)
+    assert drifts == []
+
+
+async def test_a_tombstone_stamped_before_a_row_already_synced_is_seen(sim, client, engine):
+    """A row is stamped before it commits, by its process's clock: a tombstone may commit
+    after a row stamped later that another process has synced already (found by a review)."""
+    ids = grow(sim, 2)
+    drifts = Drifts()
+    other = SnapshotReader(
+        client, mirror=AsyncRepos(Repos(engine)), on_drift=drifts, clock=lambda: time.time() - 2
+    )
+    await other.read(host=ZADARMA)  # its records stamped 2 s back
+    await SnapshotReader(client, mirror=AsyncRepos(Repos(engine))).registrations()  # a row stamped now
+    await other.read(host=ZADARMA)  # synced: the newest row seen is that one
+    writer = SnapshotReader(client, mirror=AsyncRepos(Repos(engine)), clock=lambda: time.time() - 0.5)
+    await writer.read(host=ZADARMA)
+    await client.delete_provider(ids[0])
+    await writer.forget([ids[0]])  # stamped 0.5 s back: after other's record, before the newest row
+    await other.read(host=ZADARMA)
+    assert drifts == []
+
+
+def test_two_processes_forgetting_one_account_at_once_both_go_through(engine):
+    """Two replicas telling one removal at once: the second forget waits for the first's
+    tombstone and writes over it, rather than failing on the key and losing its chunk
+    (PostgreSQL; SQLite has one writer at a time). Found by a review."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite serialises writers")
+    repos = Repos(engine)
+    at = datetime.now(UTC)
+    repos.mirror.put("demo", "account", {"A": {"id": "A"}, "B": {"id": "B"}}, at=at)
+    with engine.connect() as first:
+        tx = first.begin()  # the first process's forget of A, not committed yet
+        first.execute(
+            text("DELETE FROM mirror WHERE pbx = 'demo' AND kind IN ('account', 'gone') AND key = 'A'")
+        )
+        first.execute(
+            text(
+                "INSERT INTO mirror (pbx, kind, key, data, read_at) VALUES ('demo', 'gone', 'A', '{}', :at)"
+            ),
+            {"at": at},
+        )
+        failure: list[BaseException] = []
+
+        def second() -> None:
+            try:
+                Repos(engine).mirror.forget("demo", ["A", "B"])
+            except BaseException as exc:
+                failure.append(exc)
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        deadline = time.monotonic() + 30
+        with engine.connect() as look:  # until the second waits on the first's row lock
+            waiting = text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+            while look.execute(waiting).scalar() == 0:
+                assert time.monotonic() < deadline, "the second forget never waited"
+                time.sleep(0.01)
+        tx.commit()
+    thread.join(30)
+    assert not failure, failure
+    assert {(r.kind, r.key) for r in repos.mirror.load("demo", None)} == {("gone", "A"), ("gone", "B")}
 
 
 async def test_a_wall_clock_stepped_back_never_serves_a_detail_its_list_entry_contradicts(sim, client):

@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -296,6 +296,9 @@ _LISTS = ("routes", "destinations", "listed")  # the lists the mirror keeps (reg
 NOTICE_OVER = 10  # a read of more account details than this is announced first ("never silent")
 FETCH_BATCH = 500  # account details read at once, then stored (the mirror's transaction size too)
 _MICROSECOND = 1e-6  # the database keeps read times to the microsecond
+# a sync asks again for rows stamped this long before the newest it saw: a row is stamped
+# before it commits, and by its process's clock (another host's may be a little behind)
+SYNC_LAG = timedelta(seconds=5)
 TRIM_AFTER = 1000  # after a read of this many details, the heap it freed goes back to the system
 DEFAULT_RATE = 165 / 60  # calls a second, when the client does not say its own
 
@@ -484,7 +487,8 @@ class SnapshotReader:
         if self._wipe:
             self._wipe = False
             await self.mirror.mirror.drop(name)
-        stamps = await self.mirror.mirror.stamps(name, self._synced if self._loaded else None)
+        since = self._synced - SYNC_LAG if self._loaded and self._synced is not None else None
+        stamps = await self.mirror.mirror.stamps(name, since)
         wanted: dict[str, list[str]] = {}
         newest = self._synced
         for kind, key, read_at in stamps:

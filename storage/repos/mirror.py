@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col, select
 
 from ..tables import MirrorRow, utcnow
@@ -20,6 +21,13 @@ from .base import Repo
 
 ACCOUNT = "account"
 GONE = "gone"  # an account's tombstone: dropped by the bot at `read_at`
+
+
+def _insert(s: Any) -> Any:
+    """The dialect's INSERT, which has ON CONFLICT (the bot's two: SQLite, PostgreSQL)."""
+    if s.get_bind().dialect.name == "postgresql":
+        return postgresql.insert
+    return sqlite.insert
 
 
 class MirrorRepo(Repo):
@@ -45,6 +53,20 @@ class MirrorRepo(Repo):
             chunk = keys[start : start + 500]
             kinds = [kind, GONE] if kind == ACCOUNT else [kind]  # read again: no longer gone
             with self.session() as s:
+                if kind == ACCOUNT:  # dropped since this was read (another process): the tombstone stands
+                    newer = set(
+                        s.exec(
+                            select(MirrorRow.key).where(
+                                col(MirrorRow.pbx) == pbx,
+                                col(MirrorRow.kind) == GONE,
+                                col(MirrorRow.key).in_(chunk),
+                                col(MirrorRow.read_at) >= at,
+                            )
+                        )
+                    )
+                    chunk = [k for k in chunk if k not in newer]
+                    if not chunk:
+                        continue
                 s.exec(
                     delete(MirrorRow).where(
                         col(MirrorRow.pbx) == pbx,
@@ -70,7 +92,14 @@ class MirrorRepo(Repo):
                         col(MirrorRow.key).in_(chunk),
                     )
                 )
-                s.add_all(MirrorRow(pbx=pbx, kind=GONE, key=k, data={}, read_at=at) for k in chunk)
+                # an upsert: two processes telling one removal at once must not collide on the key
+                tombstones = [{"pbx": pbx, "kind": GONE, "key": k, "data": {}, "read_at": at} for k in chunk]
+                insert = _insert(s)(MirrorRow).values(tombstones)
+                s.exec(
+                    insert.on_conflict_do_update(
+                        index_elements=["pbx", "kind", "key"], set_={"read_at": insert.excluded.read_at}
+                    )
+                )
                 self.commit(s)
 
     def drop(self, pbx: str, kind: str | None = None, keys: Iterable[str] | None = None) -> int:
