@@ -528,27 +528,36 @@ def test_only_the_envelopes_own_pid_and_meta_are_left_out_of_the_comparison():
 # ---------------------------------------------------------------- reads begun ahead
 
 
-async def ahead(client, call):
-    """`call` begun as a read ahead (SnapshotReader.read_ahead), awaited to its answer."""
+def begun_ahead(client, call):
+    """`call` begun as a read ahead (SnapshotReader.read_ahead), not awaited."""
     from pbx.base import reading_ahead
 
     token = reading_ahead.set(True)
     try:
-        task = asyncio.ensure_future(call())
+        return asyncio.ensure_future(call())
     finally:
         reading_ahead.reset(token)
-    return await task
 
 
-async def planned(call):
-    """`call` as a command's read to plan on (SnapshotReader.read_then)."""
+def begun_planned(call):
+    """`call` begun as a command's read to plan on (SnapshotReader.read_then), not awaited."""
     from pbx.base import planning
 
     token = planning.set(True)
     try:
-        return await call()
+        return asyncio.ensure_future(call())
     finally:
         planning.reset(token)
+
+
+async def ahead(client, call):
+    """`call` begun as a read ahead, awaited to its answer."""
+    return await begun_ahead(client, call)
+
+
+async def planned(call):
+    """`call` as a command's read to plan on, awaited."""
+    return await begun_planned(call)
 
 
 async def test_an_answer_read_ahead_is_taken_once_by_the_read_it_was_begun_for(sim, client):
@@ -576,41 +585,13 @@ async def test_an_answer_read_ahead_for_two_commands_is_taken_by_each(sim, clien
 
 
 async def test_a_command_that_joined_its_read_in_flight_leaves_the_answer_to_the_other(sim, client):
-    from pbx.base import reading_ahead
-
-    token = reading_ahead.set(True)
-    try:  # two commands' reads ahead, at once: one request
-        begun = [asyncio.ensure_future(client.list_routes()) for _ in range(2)]
-    finally:
-        reading_ahead.reset(token)
-    first = asyncio.ensure_future(planned(client.list_routes))  # one command asks while it is on the wire
+    begun = [begun_ahead(client, client.list_routes) for _ in range(2)]  # two commands': one request
+    first = begun_planned(client.list_routes)  # one command asks while it is on the wire
     await asyncio.gather(*begun, first)
     await planned(client.list_routes)  # the other, after the answer: takes it
     assert sim.stats["GET incoming-routes"] == 1
     await planned(client.list_routes)
     assert sim.stats["GET incoming-routes"] == 2
-
-
-def begun_ahead(client, call):
-    """`call` begun as a read ahead, not awaited."""
-    from pbx.base import reading_ahead
-
-    token = reading_ahead.set(True)
-    try:
-        return asyncio.ensure_future(call())
-    finally:
-        reading_ahead.reset(token)
-
-
-def begun_planned(call):
-    """`call` begun as a command's planning read, not awaited."""
-    from pbx.base import planning
-
-    token = planning.set(True)
-    try:
-        return asyncio.ensure_future(call())
-    finally:
-        planning.reset(token)
 
 
 async def test_a_read_ahead_late_for_its_command_is_not_kept_for_another(sim, client):

@@ -493,9 +493,7 @@ class SnapshotReader:
         newest = self._synced
         for kind, key, read_at in stamps:
             if kind == GONE:  # dropped by another process (or reader) after this one read it
-                if (kept := self._details.get(key)) is not None and read_at.timestamp() - kept[
-                    0
-                ] > _MICROSECOND:
+                if key in self._details and self._newer("account", key, read_at.timestamp()):
                     self._version += 1
                     self._forget_here(key)
             elif self._newer(kind, key, read_at.timestamp()):

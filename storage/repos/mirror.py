@@ -8,7 +8,7 @@ instead of taking its absence from the PBX's list for a removal by hand."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +21,13 @@ from .base import Repo
 
 ACCOUNT = "account"
 GONE = "gone"  # an account's tombstone: dropped by the bot at `read_at`
+
+
+def _chunks(keys: list[str]) -> Iterator[list[str]]:
+    """500 at a time: a bounded IN list, and a 5,000-account read never holds 5,000 ORM rows
+    at once (the process's resident memory keeps such a peak)."""
+    for start in range(0, len(keys), 500):
+        yield keys[start : start + 500]
 
 
 def _insert(s: Any) -> Any:
@@ -46,11 +53,7 @@ class MirrorRepo(Repo):
         if not records:
             return
         at = at or utcnow()
-        keys = list(records)
-        # 500 at a time: a bounded IN list, and a 5,000-account read never holds 5,000 ORM
-        # rows at once (the process's resident memory keeps such a peak)
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
+        for chunk in _chunks(list(records)):
             kinds = [kind, GONE] if kind == ACCOUNT else [kind]  # read again: no longer gone
             with self.session() as s:
                 if kind == ACCOUNT:  # dropped since this was read (another process): the tombstone stands
@@ -81,14 +84,12 @@ class MirrorRepo(Repo):
         """Accounts the bot dropped: their rows go, and a tombstone each (`GONE`, at `at`)
         tells the other processes to drop them too."""
         at = at or utcnow()
-        wanted = list(dict.fromkeys(keys))
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
+        for chunk in _chunks(list(dict.fromkeys(keys))):
             with self.session() as s:
                 s.exec(
                     delete(MirrorRow).where(
                         col(MirrorRow.pbx) == pbx,
-                        col(MirrorRow.kind).in_([ACCOUNT, GONE]),
+                        col(MirrorRow.kind) == ACCOUNT,
                         col(MirrorRow.key).in_(chunk),
                     )
                 )
